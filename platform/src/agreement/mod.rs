@@ -1,0 +1,459 @@
+//! Service agreements: the per-tenant YAML files in `tenants/` that every limit of the platform comes from.
+//!
+//! `ServiceAgreement::from_yaml` parses and validates a whole file and reports every error at once
+//! (file, field, reason). `registry` keeps the agreements in force and hot-reloads them.
+
+mod fields;
+pub mod registry;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_yaml::Value;
+
+pub use fields::FieldError;
+use fields::{duration, integer, positive_number, size, string, Errors, Section};
+
+use crate::tenant::TenantId;
+use crate::units::ByteSize;
+
+/// The only agreement schema version this build understands.
+pub const SCHEMA_VERSION: u64 = 1;
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ServiceAgreement {
+    pub version: u64,
+    pub tenant: TenantId,
+    pub name: String,
+    /// Absent: the tenant has no batch ingestion; files in its staging folder are left alone.
+    pub batch: Option<BatchAgreement>,
+    /// Absent: the tenant has no stream ingestion.
+    pub stream: Option<StreamAgreement>,
+    pub apps: AppsAgreement,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct BatchAgreement {
+    /// First match wins.
+    pub routes: Vec<Route>,
+    pub formats: Vec<Format>,
+    pub max_file_size: ByteSize,
+    pub max_files_per_hour: u64,
+    pub max_bytes_per_day: ByteSize,
+    pub max_concurrent_jobs: u64,
+    /// Extra attempts after the first failed one.
+    pub retries: u64,
+    /// A file not renamed into place is taken once unchanged for this long.
+    #[serde(serialize_with = "crate::units::serialize_duration")]
+    pub min_file_age: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Route {
+    /// Glob on the file name (`*` and `?`).
+    pub files: String,
+    pub app: String,
+    /// `app: name@3` pins version 3; otherwise the newest installed version runs.
+    pub app_version: Option<i32>,
+    #[serde(serialize_with = "crate::units::serialize_duration")]
+    pub timeout: Duration,
+    pub memory: ByteSize,
+    /// CPU seconds the app may use (RLIMIT_CPU); absent means bounded by `timeout` only.
+    #[serde(serialize_with = "crate::units::serialize_opt_duration")]
+    pub cpu_time: Option<Duration>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Csv,
+    Tsv,
+    Jsonl,
+    Json,
+}
+
+impl Format {
+    pub const ALL: [Format; 4] = [Format::Csv, Format::Tsv, Format::Jsonl, Format::Json];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Tsv => "tsv",
+            Format::Jsonl => "jsonl",
+            Format::Json => "json",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Format> {
+        Format::ALL.into_iter().find(|f| f.name() == s)
+    }
+
+    /// The format a file name claims by its extension (`.ndjson` is JSON lines too).
+    pub fn from_file_name(name: &str) -> Option<Format> {
+        let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+        match ext.as_str() {
+            "ndjson" => Some(Format::Jsonl),
+            other => Format::parse(other),
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct StreamAgreement {
+    pub topics: Vec<Topic>,
+    pub max_instances: u64,
+    pub restart: RestartPolicy,
+    #[serde(serialize_with = "crate::units::serialize_duration")]
+    pub report_interval: Duration,
+    pub thresholds: Thresholds,
+    pub on_breach: BreachAction,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Topic {
+    /// Without the tenant prefix; the broker topic is `<tenant>.<name>`.
+    pub name: String,
+    pub partitions: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RestartPolicy {
+    pub policy: RestartMode,
+    pub max_restarts: u64,
+    #[serde(serialize_with = "crate::units::serialize_duration")]
+    pub backoff: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartMode {
+    Never,
+    OnFailure,
+    Always,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Thresholds {
+    pub min_processing_rate: f64,
+    #[serde(serialize_with = "crate::units::serialize_duration")]
+    pub max_avg_ingestion_time: Duration,
+    pub breach_reports: u64,
+    #[serde(serialize_with = "crate::units::serialize_duration")]
+    pub cooldown: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreachAction {
+    ScaleOut,
+    Restart,
+    Notify,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct AppsAgreement {
+    pub max_apps: u64,
+    pub max_app_size: ByteSize,
+}
+
+/// Every error found in one agreement file.
+#[derive(Debug, thiserror::Error)]
+pub struct AgreementError {
+    pub file: PathBuf,
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for AgreementError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        write!(f, "{}: {n} error{}", self.file.display(), if n == 1 { "" } else { "s" })?;
+        for e in &self.errors {
+            write!(f, "\n  {}: {}", e.field, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl ServiceAgreement {
+    /// Reads and validates `tenants/<tenant>.yaml`.
+    pub fn load(path: &Path) -> Result<Self, AgreementError> {
+        let text = std::fs::read_to_string(path).map_err(|e| AgreementError {
+            file: path.to_owned(),
+            errors: vec![FieldError { field: "(file)".into(), message: format!("cannot read: {e}") }],
+        })?;
+        Self::from_yaml(path, &text)
+    }
+
+    /// Parses `text`, the contents of `path`; the file stem must equal the `tenant` field.
+    pub fn from_yaml(path: &Path, text: &str) -> Result<Self, AgreementError> {
+        let fail = |errors: Vec<FieldError>| AgreementError { file: path.to_owned(), errors };
+        let value: Value = serde_yaml::from_str(text).map_err(|e| {
+            let at = e.location().map(|l| format!(" at line {}, column {}", l.line(), l.column())).unwrap_or_default();
+            fail(vec![FieldError { field: "(syntax)".into(), message: format!("{e}{at}") }])
+        })?;
+        let mut errors = Errors::default();
+        let agreement = parse(&value, &mut errors);
+        if let Some(a) = &agreement {
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            if a.tenant.as_str() != stem {
+                errors.push("tenant", format!("`{}` does not match the file name `{stem}`", a.tenant));
+            }
+        }
+        match agreement {
+            Some(a) if errors.0.is_empty() => Ok(a),
+            _ => Err(fail(errors.0)),
+        }
+    }
+
+    /// The route for a file name, if any.
+    pub fn route_for(&self, file_name: &str) -> Option<&Route> {
+        self.batch.as_ref()?.routes.iter().find(|r| glob_match(&r.files, file_name))
+    }
+}
+
+fn parse(value: &Value, errors: &mut Errors) -> Option<ServiceAgreement> {
+    let root = Section::new(value, "", &["version", "tenant", "name", "batch", "stream", "apps"], errors)?;
+    let version = root.required("version", errors, |v| match v.as_u64() {
+        Some(SCHEMA_VERSION) => Ok(SCHEMA_VERSION),
+        _ => Err(format!("unsupported agreement version (this platform reads version {SCHEMA_VERSION})")),
+    });
+    let tenant = root.required("tenant", errors, |v| TenantId::parse(&string(v)?));
+    let name = root.required("name", errors, string);
+    let batch = match root.get("batch") {
+        Some(v) => parse_batch(v, &root.field("batch"), errors).map(Some),
+        None => Some(None),
+    };
+    let stream = match root.get("stream") {
+        Some(v) => parse_stream(v, &root.field("stream"), errors).map(Some),
+        None => Some(None),
+    };
+    let apps = match root.get("apps") {
+        Some(v) => parse_apps(v, &root.field("apps"), errors),
+        None => Some(AppsAgreement { max_apps: 10, max_app_size: ByteSize(50 << 20) }),
+    };
+    Some(ServiceAgreement { version: version?, tenant: tenant?, name: name?, batch: batch?, stream: stream?, apps: apps? })
+}
+
+fn parse_batch(value: &Value, path: &str, errors: &mut Errors) -> Option<BatchAgreement> {
+    let s = Section::new(
+        value,
+        path,
+        &[
+            "routes", "formats", "max_file_size", "max_files_per_hour", "max_bytes_per_day",
+            "max_concurrent_jobs", "retries", "min_file_age",
+        ],
+        errors,
+    )?;
+    let formats: Vec<Option<Format>> = s
+        .list("formats", errors, true)
+        .into_iter()
+        .map(|(field, v)| {
+            let parsed = string(v).and_then(|name| {
+                Format::parse(&name).ok_or_else(|| {
+                    let known: Vec<_> = Format::ALL.iter().map(|f| f.name()).collect();
+                    format!("unknown format `{name}` (known: {})", known.join(", "))
+                })
+            });
+            parsed.map_err(|m| errors.push(field, m)).ok()
+        })
+        .collect();
+    let route_items = s.list("routes", errors, true);
+    if route_items.is_empty() && s.get("routes").is_some() {
+        errors.push(s.field("routes"), "at least one route is needed to ingest anything");
+    }
+    let routes: Vec<Option<Route>> = route_items.iter().map(|(field, v)| parse_route(v, field, errors)).collect();
+    let max_file_size = s.required("max_file_size", errors, size);
+    let max_files_per_hour = s.required("max_files_per_hour", errors, integer(1, 10_000_000));
+    let max_bytes_per_day = s.required("max_bytes_per_day", errors, size);
+    let max_concurrent_jobs = s.required("max_concurrent_jobs", errors, integer(1, 1024));
+    let retries = s.optional("retries", 0, errors, integer(0, 100));
+    let min_file_age = s.optional("min_file_age", Duration::from_secs(2), errors, duration);
+
+    let formats: Option<Vec<Format>> = formats.into_iter().collect();
+    let routes: Option<Vec<Route>> = routes.into_iter().collect();
+    if let (Some(formats), Some(routes)) = (&formats, &routes) {
+        for (i, route) in routes.iter().enumerate() {
+            if let Some(f) = Format::from_file_name(&route.files) {
+                if !formats.contains(&f) {
+                    errors.push(
+                        format!("{path}.routes[{i}].files"),
+                        format!("`{}` matches {f} files but {f} is not in {path}.formats", route.files),
+                    );
+                }
+            }
+        }
+    }
+    Some(BatchAgreement {
+        routes: routes?,
+        formats: formats?,
+        max_file_size: max_file_size?,
+        max_files_per_hour: max_files_per_hour?,
+        max_bytes_per_day: max_bytes_per_day?,
+        max_concurrent_jobs: max_concurrent_jobs?,
+        retries: retries?,
+        min_file_age: min_file_age?,
+    })
+}
+
+fn parse_route(value: &Value, path: &str, errors: &mut Errors) -> Option<Route> {
+    let s = Section::new(value, path, &["files", "app", "timeout", "memory", "cpu_time"], errors)?;
+    let files = s.required("files", errors, |v| {
+        let p = string(v)?;
+        if p.contains('/') {
+            Err(format!("`{p}` must match file names, not paths"))
+        } else {
+            Ok(p)
+        }
+    });
+    let app = s.required("app", errors, |v| {
+        let text = string(v)?;
+        let (name, version) = match text.split_once('@') {
+            Some((n, ver)) => {
+                let ver: i32 = ver.parse().ok().filter(|v| *v >= 1).ok_or_else(|| {
+                    format!("`{text}`: the version after `@` must be a positive whole number")
+                })?;
+                (n.to_owned(), Some(ver))
+            }
+            None => (text.clone(), None),
+        };
+        crate::apps::validate_app_name(&name)?;
+        Ok((name, version))
+    });
+    let timeout = s.required("timeout", errors, duration);
+    let memory = s.required("memory", errors, |v| {
+        let m = size(v)?;
+        if m.0 < 16 << 20 {
+            Err(format!("{m} is too little memory to start a program (at least 16MiB)"))
+        } else {
+            Ok(m)
+        }
+    });
+    let cpu_time = s.optional("cpu_time", None, errors, |v| duration(v).map(Some));
+    let (app, app_version) = app?;
+    Some(Route { files: files?, app, app_version, timeout: timeout?, memory: memory?, cpu_time: cpu_time? })
+}
+
+fn parse_stream(value: &Value, path: &str, errors: &mut Errors) -> Option<StreamAgreement> {
+    let s = Section::new(
+        value,
+        path,
+        &["topics", "max_instances", "restart", "report_interval", "thresholds", "on_breach"],
+        errors,
+    )?;
+    let mut names = std::collections::HashSet::new();
+    let topics: Vec<Option<Topic>> = s
+        .list("topics", errors, true)
+        .into_iter()
+        .map(|(field, v)| {
+            let t = Section::new(v, &field, &["name", "partitions"], errors)?;
+            let name = t.required("name", errors, |v| {
+                let n = string(v)?;
+                let ok = n.len() <= 100 && n.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                if ok { Ok(n) } else { Err(format!("`{n}` is not a topic name (letters, digits, `.`, `_`, `-`, up to 100)")) }
+            });
+            if let Some(n) = &name {
+                if !names.insert(n.clone()) {
+                    errors.push(t.field("name"), format!("topic `{n}` is listed twice"));
+                }
+            }
+            let partitions = t.optional("partitions", 1, errors, integer(1, 1024));
+            Some(Topic { name: name?, partitions: partitions? })
+        })
+        .collect();
+    let max_instances = s.required("max_instances", errors, integer(1, 256));
+    let restart = match s.get("restart") {
+        Some(v) => (|| {
+            let r = Section::new(v, &s.field("restart"), &["policy", "max_restarts", "backoff"], errors)?;
+            let policy = r.optional("policy", RestartMode::OnFailure, errors, |v| match string(v)?.as_str() {
+                "never" => Ok(RestartMode::Never),
+                "on-failure" => Ok(RestartMode::OnFailure),
+                "always" => Ok(RestartMode::Always),
+                other => Err(format!("unknown restart policy `{other}` (never, on-failure, always)")),
+            });
+            let max_restarts = r.optional("max_restarts", 5, errors, integer(0, 10_000));
+            let backoff = r.optional("backoff", Duration::from_secs(1), errors, duration);
+            Some(RestartPolicy { policy: policy?, max_restarts: max_restarts?, backoff: backoff? })
+        })(),
+        None => Some(RestartPolicy { policy: RestartMode::OnFailure, max_restarts: 5, backoff: Duration::from_secs(1) }),
+    };
+    let report_interval = s.optional("report_interval", Duration::from_secs(10), errors, duration);
+    let thresholds = match s.get("thresholds") {
+        None => {
+            errors.push(s.field("thresholds"), "missing required field");
+            None
+        }
+        Some(v) => (|| {
+            let t = Section::new(
+                v,
+                &s.field("thresholds"),
+                &["min_processing_rate", "max_avg_ingestion_time", "breach_reports", "cooldown"],
+                errors,
+            )?;
+            let min_processing_rate = t.required("min_processing_rate", errors, positive_number);
+            let max_avg_ingestion_time = t.required("max_avg_ingestion_time", errors, duration);
+            let breach_reports = t.optional("breach_reports", 3, errors, integer(1, 1000));
+            let cooldown = t.optional("cooldown", Duration::from_secs(60), errors, duration);
+            Some(Thresholds {
+                min_processing_rate: min_processing_rate?,
+                max_avg_ingestion_time: max_avg_ingestion_time?,
+                breach_reports: breach_reports?,
+                cooldown: cooldown?,
+            })
+        })(),
+    };
+    let on_breach = s.optional("on_breach", BreachAction::Notify, errors, |v| match string(v)?.as_str() {
+        "scale_out" => Ok(BreachAction::ScaleOut),
+        "restart" => Ok(BreachAction::Restart),
+        "notify" => Ok(BreachAction::Notify),
+        other => Err(format!("unknown action `{other}` (scale_out, restart, notify)")),
+    });
+    let topics: Option<Vec<Topic>> = topics.into_iter().collect();
+    Some(StreamAgreement {
+        topics: topics?,
+        max_instances: max_instances?,
+        restart: restart?,
+        report_interval: report_interval?,
+        thresholds: thresholds?,
+        on_breach: on_breach?,
+    })
+}
+
+fn parse_apps(value: &Value, path: &str, errors: &mut Errors) -> Option<AppsAgreement> {
+    let s = Section::new(value, path, &["max_apps", "max_app_size"], errors)?;
+    let max_apps = s.optional("max_apps", 10, errors, integer(1, 10_000));
+    let max_app_size = s.optional("max_app_size", ByteSize(50 << 20), errors, size);
+    Some(AppsAgreement { max_apps: max_apps?, max_app_size: max_app_size? })
+}
+
+/// `*` matches any run of characters, `?` one character; everything else literally.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,135 @@
+use super::*;
+
+fn parse(name: &str, text: &str) -> Result<ServiceAgreement, AgreementError> {
+    ServiceAgreement::from_yaml(Path::new(&format!("tenants/{name}.yaml")), text)
+}
+
+fn fields(err: &AgreementError) -> Vec<&str> {
+    err.errors.iter().map(|e| e.field.as_str()).collect()
+}
+
+#[test]
+fn the_example_agreements_parse() {
+    for name in ["zoo", "food"] {
+        let path = PathBuf::from(format!("{}/../tenants/{name}.yaml", env!("CARGO_MANIFEST_DIR")));
+        let a = ServiceAgreement::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.tenant.as_str(), name);
+        assert!(a.batch.is_some() && a.stream.is_some());
+    }
+}
+
+#[test]
+fn every_error_is_reported_at_once_with_its_field() {
+    let text = r#"
+version: 1
+tenant: zoo
+name: Zoo
+colour: green
+batch:
+  routes:
+    - files: "*.csv"
+      app: tortoise-csv
+      timeout: 10 minutes
+      memory: 512MiB
+      mem: 1GiB
+  formats: [csv, parquet]
+  max_file_size: big
+  max_files_per_hour: -3
+  max_bytes_per_day: 20GiB
+"#;
+    let err = parse("zoo", text).unwrap_err();
+    let f = fields(&err);
+    for expected in [
+        "colour",
+        "batch.routes[0].timeout",
+        "batch.routes[0].mem",
+        "batch.formats[1]",
+        "batch.max_file_size",
+        "batch.max_files_per_hour",
+        "batch.max_concurrent_jobs",
+    ] {
+        assert!(f.contains(&expected), "missing {expected} in {err}");
+    }
+    let text = err.to_string();
+    assert!(text.starts_with("tenants/zoo.yaml: 7 errors"), "{text}");
+    assert!(text.contains("parquet"), "{text}");
+    assert!(text.contains("`10 minutes` has unknown duration unit"), "{text}");
+}
+
+#[test]
+fn the_tenant_must_match_the_file_name() {
+    let err = parse("food", "version: 1\ntenant: zoo\nname: Zoo\n").unwrap_err();
+    assert_eq!(fields(&err), ["tenant"]);
+    assert!(err.errors[0].message.contains("`food`"));
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let err = parse("zoo", "version: 1\ntenant: [zoo\n").unwrap_err();
+    assert_eq!(fields(&err), ["(syntax)"]);
+    assert!(err.errors[0].message.contains("line"), "{}", err);
+}
+
+#[test]
+fn unsupported_versions_are_refused() {
+    let err = parse("zoo", "version: 2\ntenant: zoo\nname: Zoo\n").unwrap_err();
+    assert_eq!(fields(&err), ["version"]);
+}
+
+#[test]
+fn a_route_for_a_format_the_tenant_does_not_allow_is_an_error() {
+    let text = r#"
+version: 1
+tenant: zoo
+name: Zoo
+batch:
+  routes: [{files: "*.jsonl", app: x, timeout: 1m, memory: 64MiB}]
+  formats: [csv]
+  max_file_size: 1MiB
+  max_files_per_hour: 10
+  max_bytes_per_day: 1GiB
+  max_concurrent_jobs: 1
+"#;
+    let err = parse("zoo", text).unwrap_err();
+    assert_eq!(fields(&err), ["batch.routes[0].files"]);
+}
+
+#[test]
+fn pinned_app_versions_and_defaults() {
+    let text = r#"
+version: 1
+tenant: zoo
+name: Zoo
+batch:
+  routes: [{files: "*.csv", app: tortoise-csv@3, timeout: 1m, memory: 64MiB}]
+  formats: [csv]
+  max_file_size: 1MiB
+  max_files_per_hour: 10
+  max_bytes_per_day: 1GiB
+  max_concurrent_jobs: 1
+"#;
+    let a = parse("zoo", text).unwrap();
+    let route = a.route_for("readings.csv").unwrap();
+    assert_eq!((route.app.as_str(), route.app_version), ("tortoise-csv", Some(3)));
+    let batch = a.batch.unwrap();
+    assert_eq!((batch.retries, batch.min_file_age), (0, Duration::from_secs(2)));
+    assert_eq!(a.apps.max_apps, 10);
+}
+
+#[test]
+fn globs_match_file_names() {
+    assert!(glob_match("*.csv", "a.csv"));
+    assert!(glob_match("orders-*.jsonl", "orders-2026-11-21.jsonl"));
+    assert!(!glob_match("orders-*.jsonl", "order-1.jsonl"));
+    assert!(glob_match("r?.csv", "r1.csv"));
+    assert!(!glob_match("*.csv", "a.csv.gz"));
+    assert!(glob_match("*", "anything"));
+}
+
+#[test]
+fn formats_come_from_extensions() {
+    assert_eq!(Format::from_file_name("a.CSV"), Some(Format::Csv));
+    assert_eq!(Format::from_file_name("a.ndjson"), Some(Format::Jsonl));
+    assert_eq!(Format::from_file_name("a.parquet"), None);
+    assert_eq!(Format::from_file_name("noext"), None);
+}

@@ -1,0 +1,210 @@
+//! The app registry: tenants' programs, installed as versions under `<data>/apps/<tenant>/<name>/<version>/`
+//! and recorded in the store. An app is one executable, or a `.tar.gz` holding `app.yaml`
+//! (`name`, `kind`, `entrypoint`, `version`) and its files. The platform never looks inside beyond that.
+
+mod unpack;
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::agreement::ServiceAgreement;
+use crate::store::{self, apps::App, Db};
+use crate::tenant::TenantId;
+use crate::units::ByteSize;
+
+pub use unpack::unpack_tar_gz;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{what} exceeds the agreement's max_app_size of {limit}")]
+    TooLarge { what: &'static str, limit: ByteSize },
+    #[error("unsafe archive: {0}")]
+    UnsafeArchive(String),
+    #[error("not a valid .tar.gz archive: {0}")]
+    BadArchive(String),
+    #[error("app.yaml: {0}")]
+    Manifest(String),
+    #[error("invalid app: {0}")]
+    Invalid(String),
+    #[error("the agreement allows at most {limit} apps and all are in use")]
+    TooManyApps { limit: u64 },
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("platform store: {0}")]
+    Store(#[from] sqlx::Error),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppKind {
+    Batch,
+    Stream,
+}
+
+impl AppKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppKind::Batch => "batch",
+            AppKind::Stream => "stream",
+        }
+    }
+}
+
+/// `app.yaml` inside an archive.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    pub kind: AppKind,
+    /// Path of the program inside the archive, run as `<entrypoint> <input-file>`.
+    pub entrypoint: String,
+    /// The tenant's own version label, kept for display; the platform numbers versions itself.
+    pub version: String,
+}
+
+/// `[a-z0-9][a-z0-9._-]{0,63}`, safe as a folder name.
+pub fn validate_app_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{name}` is not a valid app name (1-64 characters of a-z, 0-9, `.`, `_`, `-`)"))
+    }
+}
+
+/// How an install names the app when the upload is a bare executable (archives name themselves).
+pub struct InstallRequest<'a> {
+    pub name: Option<&'a str>,
+    pub kind: AppKind,
+}
+
+pub struct Registry {
+    db: Db,
+    root: PathBuf,
+}
+
+fn is_gzip(path: &Path) -> std::io::Result<bool> {
+    let mut magic = [0u8; 2];
+    let n = fs::File::open(path)?.read(&mut magic)?;
+    Ok(n == 2 && magic == [0x1f, 0x8b])
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut fs::File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+impl Registry {
+    pub fn new(db: Db, data_dir: &Path) -> Self {
+        Registry { db, root: data_dir.join("apps") }
+    }
+
+    /// Installs `source` (already on this machine) as the next version of the app.
+    pub async fn install(&self, agreement: &ServiceAgreement, req: InstallRequest<'_>, source: &Path) -> Result<App, AppError> {
+        let tenant = &agreement.tenant;
+        let limit = agreement.apps.max_app_size;
+        let size = fs::metadata(source)?.len();
+        if size > limit.0 {
+            return Err(AppError::TooLarge { what: "upload", limit });
+        }
+        let staging = self.root.join(".incoming").join(Uuid::new_v4().to_string());
+        fs::create_dir_all(&staging)?;
+        let result = self.install_from(agreement, req, source, &staging).await;
+        let _ = fs::remove_dir_all(&staging);
+        if let Err(e) = &result {
+            tracing::warn!(%tenant, error = %e, "app install refused");
+        }
+        result
+    }
+
+    async fn install_from(&self, agreement: &ServiceAgreement, req: InstallRequest<'_>, source: &Path, staging: &Path) -> Result<App, AppError> {
+        let tenant = &agreement.tenant;
+        let sha256 = {
+            let s = source.to_owned();
+            tokio::task::spawn_blocking(move || sha256_file(&s)).await.map_err(std::io::Error::other)??
+        };
+        let (name, kind, entrypoint) = if is_gzip(source)? {
+            let (src, dst, limit) = (source.to_owned(), staging.to_owned(), agreement.apps.max_app_size);
+            tokio::task::spawn_blocking(move || unpack_tar_gz(fs::File::open(&src)?, &dst, limit))
+                .await
+                .map_err(std::io::Error::other)??;
+            let manifest = read_manifest(staging)?;
+            if let Some(asked) = req.name {
+                if asked != manifest.name {
+                    return Err(AppError::Invalid(format!("app.yaml names the app `{}` but the upload is for `{asked}`", manifest.name)));
+                }
+            }
+            (manifest.name, manifest.kind, manifest.entrypoint)
+        } else {
+            let name = req.name.ok_or_else(|| AppError::Invalid("a single-executable app needs a name".into()))?.to_owned();
+            validate_app_name(&name).map_err(AppError::Invalid)?;
+            fs::copy(source, staging.join(&name))?;
+            fs::set_permissions(staging.join(&name), fs::Permissions::from_mode(0o755))?;
+            (name.clone(), req.kind, name)
+        };
+        let size_bytes = fs::metadata(source)?.len() as i64;
+
+        let mut tx = self.db.begin().await?;
+        let version = store::apps::next_version(&mut tx, tenant, &name).await?;
+        if version == 1 && store::apps::count_names(&mut tx, tenant).await? >= agreement.apps.max_apps as i64 {
+            return Err(AppError::TooManyApps { limit: agreement.apps.max_apps });
+        }
+        let dir = self.root.join(tenant.as_str()).join(&name).join(version.to_string());
+        if dir.exists() {
+            fs::remove_dir_all(&dir)?; // left by an install that crashed before committing
+        }
+        fs::create_dir_all(dir.parent().expect("app dir has a parent"))?;
+        fs::rename(staging, &dir)?;
+        let app = App {
+            id: Uuid::new_v4(),
+            tenant: tenant.to_string(),
+            name,
+            version,
+            kind: kind.as_str().to_owned(),
+            entrypoint,
+            dir: dir.to_string_lossy().into_owned(),
+            sha256,
+            size_bytes,
+            created_at: chrono::Utc::now(),
+        };
+        store::apps::insert(&mut tx, &app).await?;
+        tx.commit().await?;
+        tracing::info!(%tenant, app = %app.name, version = app.version, kind = %app.kind, "app installed");
+        Ok(app)
+    }
+
+    pub async fn list(&self, tenant: &TenantId) -> Result<Vec<App>, AppError> {
+        Ok(store::apps::list(&self.db, tenant).await?)
+    }
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest, AppError> {
+    let text = fs::read_to_string(dir.join("app.yaml")).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => AppError::Manifest("missing from the archive's top folder".into()),
+        _ => AppError::Manifest(e.to_string()),
+    })?;
+    let m: Manifest = serde_yaml::from_str(&text).map_err(|e| AppError::Manifest(e.to_string()))?;
+    validate_app_name(&m.name).map_err(|e| AppError::Manifest(format!("name: {e}")))?;
+    let entry = Path::new(&m.entrypoint);
+    let inside = entry.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+    if !inside {
+        return Err(AppError::Manifest(format!("entrypoint: `{}` must be a path inside the archive", m.entrypoint)));
+    }
+    let target = dir.join(entry);
+    let meta = fs::symlink_metadata(&target)
+        .map_err(|_| AppError::Manifest(format!("entrypoint: `{}` is not in the archive", m.entrypoint)))?;
+    if !meta.is_file() {
+        return Err(AppError::Manifest(format!("entrypoint: `{}` is not a regular file", m.entrypoint)));
+    }
+    fs::set_permissions(&target, fs::Permissions::from_mode(meta.permissions().mode() | 0o555))?;
+    Ok(m)
+}

@@ -1,0 +1,109 @@
+//! From a complete file in staging to a queued (or rejected) job. The order makes it crash-safe:
+//! the job row is written first, then the file is moved out of staging atomically, then it is
+//! checked; a restart finds the row in `detected` and finishes whichever step was cut short.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::constraints::{self, Refusal};
+use super::layout::move_file;
+use super::sniff::sniff;
+use super::Ctx;
+use crate::store::jobs::{self, Admission, Job};
+use crate::tenant::TenantId;
+use crate::units::ByteSize;
+
+/// Claims `path` for `tenant`. Returns `Ok(None)` when the file was gone (taken by someone else).
+pub async fn claim(ctx: &Arc<Ctx>, tenant: &TenantId, path: &Path) -> anyhow::Result<Option<Uuid>> {
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow::anyhow!("file name is not UTF-8: {}", path.display()))?;
+    let id = Uuid::now_v7();
+    let work = ctx.layout.work_file(tenant, id, name);
+    jobs::insert_detected(&ctx.db, tenant, id, name, &path.to_string_lossy(), &work.to_string_lossy()).await?;
+    if let Err(e) = move_file(path, &work) {
+        jobs::forget(&ctx.db, tenant, id).await?;
+        let _ = std::fs::remove_dir(ctx.layout.work_dir(tenant, id));
+        return match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(None),
+            _ => Err(anyhow::anyhow!("moving {} out of staging: {e}", path.display())),
+        };
+    }
+    tracing::debug!(%tenant, job = %id, file = name, "claimed");
+    let job = jobs::get(&ctx.db, tenant, id).await?.ok_or_else(|| anyhow::anyhow!("job {id} vanished"))?;
+    evaluate(ctx, tenant, &job).await?;
+    Ok(Some(id))
+}
+
+/// Checks a claimed file against the agreement and queues or rejects it. Safe to repeat.
+pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::Result<()> {
+    let work = PathBuf::from(&job.work_path);
+    let size = std::fs::metadata(&work)?.len();
+    let Some(agreement) = ctx.agreements.get(tenant) else {
+        let refusal = Refusal { reason: "no_agreement", detail: format!("tenant {tenant} has no service agreement in force") };
+        return reject(ctx, tenant, job, Some(size), None, refusal, None).await;
+    };
+    let (batch, route, format) = match constraints::precheck(&agreement, &job.file_name, size) {
+        Ok(ok) => ok,
+        Err(refusal) => return reject(ctx, tenant, job, Some(size), None, refusal, None).await,
+    };
+    let (content, checksum) = {
+        let work = work.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<_> { Ok((sniff(&work, format)?, sha256(&work)?)) }).await??
+    };
+    if let Err(why) = content {
+        let refusal = Refusal { reason: "content_mismatch", detail: why };
+        return reject(ctx, tenant, job, Some(size), Some(&checksum), refusal, None).await;
+    }
+
+    let mut admission = Admission::begin(&ctx.db, tenant).await?;
+    if let Some((original, original_name)) = admission.duplicate_of(job.id, &checksum).await? {
+        let refusal = Refusal {
+            reason: "duplicate",
+            detail: format!("same content (sha256 {}) as `{original_name}`, job {original}", &checksum[..16]),
+        };
+        return reject_in(ctx, admission, tenant, job, Some(size), Some(&checksum), refusal, Some(original)).await;
+    }
+    let usage = admission.usage().await?;
+    if let Err(refusal) = constraints::rates(batch, size, usage.files_last_hour, usage.bytes_last_day) {
+        return reject_in(ctx, admission, tenant, job, Some(size), Some(&checksum), refusal, None).await;
+    }
+    let max_attempts = batch.retries as i32 + 1;
+    admission.queue(job.id, size as i64, &checksum, format.name(), &route.app, route.app_version, max_attempts).await?;
+    tracing::info!(%tenant, job = %job.id, file = %job.file_name, size = %ByteSize(size), app = %route.app, "queued");
+    ctx.scheduler.push(tenant, job.id);
+    Ok(())
+}
+
+fn sha256(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+async fn reject(ctx: &Ctx, tenant: &TenantId, job: &Job, size: Option<u64>, checksum: Option<&str>, refusal: Refusal, dup: Option<Uuid>) -> anyhow::Result<()> {
+    let admission = Admission::begin(&ctx.db, tenant).await?;
+    reject_in(ctx, admission, tenant, job, size, checksum, refusal, dup).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn reject_in(ctx: &Ctx, admission: Admission<'_>, tenant: &TenantId, job: &Job, size: Option<u64>, checksum: Option<&str>, refusal: Refusal, dup: Option<Uuid>) -> anyhow::Result<()> {
+    let target = ctx.layout.quarantine_file(tenant, job.id, &job.file_name);
+    admission
+        .reject(job.id, size.map(|s| s as i64), checksum, refusal.reason, &refusal.detail, dup, &target.to_string_lossy())
+        .await?;
+    tracing::warn!(%tenant, job = %job.id, file = %job.file_name, reason = refusal.reason, detail = %refusal.detail, "rejected");
+    let job = jobs::get(&ctx.db, tenant, job.id).await?.ok_or_else(|| anyhow::anyhow!("job vanished"))?;
+    super::finalize(ctx, tenant, &job)?;
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! Where a staged file lives during its life. Staging belongs to the tenant; everything under the
+//! data folder belongs to the platform:
+//!
+//! ```text
+//! staging/<tenant>/<name>                      dropped by the tenant
+//! <data>/work/<tenant>/<job>/<name>            claimed: moved here atomically before anything else
+//! <data>/work/<tenant>/<job>/run-<n>/          the app's fresh working folder for attempt n
+//! <data>/ingested/<tenant>/<job>-<name>        succeeded
+//! <data>/quarantine/<tenant>/<job>-<name>      rejected or failed, with <job>-<name>.reason.json
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::tenant::TenantId;
+
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub staging: PathBuf,
+    pub data: PathBuf,
+}
+
+impl Layout {
+    pub fn staging_dir(&self, t: &TenantId) -> PathBuf {
+        self.staging.join(t.as_str())
+    }
+
+    pub fn work_root(&self) -> PathBuf {
+        self.data.join("work")
+    }
+
+    pub fn work_dir(&self, t: &TenantId, job: Uuid) -> PathBuf {
+        self.work_root().join(t.as_str()).join(job.to_string())
+    }
+
+    pub fn work_file(&self, t: &TenantId, job: Uuid, name: &str) -> PathBuf {
+        self.work_dir(t, job).join(name)
+    }
+
+    pub fn ingested_file(&self, t: &TenantId, job: Uuid, name: &str) -> PathBuf {
+        self.data.join("ingested").join(t.as_str()).join(format!("{job}-{name}"))
+    }
+
+    pub fn quarantine_file(&self, t: &TenantId, job: Uuid, name: &str) -> PathBuf {
+        self.data.join("quarantine").join(t.as_str()).join(format!("{job}-{name}"))
+    }
+}
+
+/// The staging rules: hidden names and files still being written under a temporary name are not ours.
+pub fn is_ignored(name: &str) -> bool {
+    name.starts_with('.') || name.ends_with(".part") || name.ends_with(".tmp")
+}
+
+/// Moves a file, atomically when source and target share a file system, by copy and delete otherwise.
+pub fn move_file(from: &Path, to: &Path) -> io::Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::rename(from, to) {
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let tmp = to.with_extension("moving");
+            std::fs::copy(from, &tmp)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, to)?;
+            std::fs::remove_file(from)
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_and_hidden_names_are_ignored() {
+        for name in [".hidden", "a.csv.part", "a.csv.tmp", ".a.csv"] {
+            assert!(is_ignored(name), "{name}");
+        }
+        for name in ["a.csv", "part.csv", "tmp"] {
+            assert!(!is_ignored(name), "{name}");
+        }
+    }
+}

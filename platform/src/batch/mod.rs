@@ -1,0 +1,297 @@
+//! mysimbdp-batchingestmanager: watches `staging/<tenant>/`, admits complete files under the tenant's
+//! agreement, and runs the tenant's batch app on each, recording exactly one outcome per file.
+//!
+//! watcher -> admission (claim, checks) -> scheduler (fair queues) -> runner (black-box app) -> finalize
+//!
+//! State lives in the store and the file system only; `recover` rebuilds everything in memory from
+//! them at start, so a platform killed at any point loses no file and ingests none twice.
+
+pub mod admission;
+pub mod constraints;
+pub mod layout;
+pub mod runner;
+pub mod scheduler;
+pub mod sniff;
+pub mod watcher;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::agreement::registry::Agreements;
+use crate::store::jobs::{self, Job, JobState};
+use crate::store::Db;
+use crate::tenant::TenantId;
+use crate::tenants::Tenants;
+use layout::{is_ignored, move_file, Layout};
+use scheduler::Scheduler;
+
+#[derive(Clone, Debug)]
+pub struct BatchConfig {
+    /// Apps running at once across all tenants.
+    pub workers: usize,
+    /// How often every tenant's folder is listed (files written in place, missed events).
+    pub rescan_interval: Duration,
+    /// Bytes of an app's output kept in its job's log (first half and last half).
+    pub log_limit: usize,
+    /// Between SIGTERM and SIGKILL when an app must stop.
+    pub kill_grace: Duration,
+    /// Delay before the first retry; doubled for each further one.
+    pub retry_backoff: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
+            rescan_interval: Duration::from_millis(500),
+            log_limit: 64 << 10,
+            kill_grace: Duration::from_secs(5),
+            retry_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What every part of the batch manager shares.
+pub struct Ctx {
+    pub db: Db,
+    pub layout: Layout,
+    pub agreements: Agreements,
+    pub tenants: Arc<Tenants>,
+    pub scheduler: Scheduler,
+    pub config: BatchConfig,
+    /// Cancelled on shutdown; running apps are stopped and their jobs requeued.
+    pub shutdown: CancellationToken,
+    /// Staging paths being claimed right now, so a rename event and a rescan do not race for one file.
+    claiming: Mutex<HashSet<PathBuf>>,
+    tasks: TaskTracker,
+}
+
+/// Runs the batch manager until `shutdown`, then waits for running apps to stop.
+pub async fn run(db: Db, layout: Layout, agreements: Agreements, tenants: Arc<Tenants>, config: BatchConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&layout.staging)?;
+    std::fs::create_dir_all(layout.work_root())?;
+    let ctx = Arc::new(Ctx {
+        db,
+        layout,
+        agreements,
+        tenants,
+        scheduler: Scheduler::default(),
+        config,
+        shutdown: shutdown.clone(),
+        claiming: Mutex::new(HashSet::new()),
+        tasks: TaskTracker::new(),
+    });
+    recover(&ctx).await?;
+
+    let (tx, mut candidates) = mpsc::unbounded_channel();
+    let _watcher = watcher::watch(&ctx.layout.staging, tx.clone())?;
+    let dispatcher = tokio::spawn(dispatch(ctx.clone()));
+    // Hashing is I/O- and CPU-bound; a few at a time keeps small files flowing past a huge one.
+    let admissions = Arc::new(Semaphore::new(4));
+    let mut rescan = tokio::time::interval(ctx.config.rescan_interval);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(staging = %ctx.layout.staging.display(), workers = ctx.config.workers, "batch manager started");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(c) = candidates.recv() => consider(&ctx, &admissions, c.path, true),
+            _ = rescan.tick() => {
+                let snapshot = ctx.agreements.current();
+                for (tenant, agreement) in &snapshot.in_force {
+                    let Some(batch) = &agreement.batch else { continue };
+                    for (path, age) in watcher::list(&ctx.layout.staging_dir(tenant)) {
+                        if age >= batch.min_file_age {
+                            consider(&ctx, &admissions, path, false);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("batch manager stopping: no new files; running apps get SIGTERM");
+    ctx.tasks.close();
+    ctx.tasks.wait().await;
+    dispatcher.abort();
+    Ok(())
+}
+
+/// Takes a candidate path through the staging rules and, if it is a tenant's complete file, admits it.
+fn consider(ctx: &Arc<Ctx>, admissions: &Arc<Semaphore>, path: PathBuf, renamed: bool) {
+    let Some((tenant, name)) = tenant_file(&ctx.layout.staging, &path) else { return };
+    if is_ignored(&name) || ctx.shutdown.is_cancelled() {
+        return;
+    }
+    let Some(agreement) = ctx.agreements.get(&tenant) else { return };
+    if agreement.batch.is_none() {
+        return;
+    }
+    if renamed && !path.is_file() {
+        return;
+    }
+    if !ctx.claiming.lock().expect("claiming lock").insert(path.clone()) {
+        return;
+    }
+    let (ctx, admissions) = (ctx.clone(), admissions.clone());
+    ctx.clone().tasks.spawn(async move {
+        let _permit = admissions.acquire().await;
+        if let Err(e) = admission::claim(&ctx, &tenant, &path).await {
+            tracing::error!(%tenant, file = %path.display(), error = %e, "admitting file failed; it will be retried");
+        }
+        ctx.claiming.lock().expect("claiming lock").remove(&path);
+    });
+}
+
+/// `staging/<tenant>/<name>` -> (tenant, name); anything deeper or elsewhere is not a staged file.
+fn tenant_file(root: &Path, path: &Path) -> Option<(TenantId, String)> {
+    let rel = path.strip_prefix(root).ok()?;
+    let mut parts = rel.components();
+    let tenant = parts.next()?.as_os_str().to_str()?;
+    let name = parts.next()?.as_os_str().to_str()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((TenantId::parse(tenant).ok()?, name.to_owned()))
+}
+
+/// Starts queued jobs whenever a slot is free.
+async fn dispatch(ctx: Arc<Ctx>) {
+    loop {
+        let limit = |t: &TenantId| {
+            ctx.agreements.get(t).and_then(|a| a.batch.as_ref().map(|b| b.max_concurrent_jobs as usize)).unwrap_or(1)
+        };
+        while let Some((tenant, id)) = ctx.scheduler.next(ctx.config.workers, limit) {
+            let ctx2 = ctx.clone();
+            ctx.tasks.spawn(async move {
+                if let Err(e) = runner::run(&ctx2, &tenant, id).await {
+                    tracing::error!(%tenant, job = %id, error = ?e, "running job failed in the platform; it stays open and is taken up on restart");
+                }
+                ctx2.scheduler.done(&tenant);
+            });
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.scheduler.wake.notified() => {}
+        }
+    }
+}
+
+/// Puts a job back in the queue after `delay` (its retry backoff).
+pub(crate) fn retry_after(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid, delay: Duration) {
+    let (ctx2, tenant) = (ctx.clone(), tenant.clone());
+    ctx.tasks.spawn(async move {
+        tokio::select! {
+            _ = ctx2.shutdown.cancelled() => return, // stays in retry_wait; recovery schedules it
+            _ = tokio::time::sleep(delay) => {}
+        }
+        match jobs::requeue(&ctx2.db, &tenant, id, "retrying after backoff").await {
+            Ok(()) => ctx2.scheduler.push(&tenant, id),
+            Err(e) => tracing::error!(%tenant, job = %id, error = %e, "requeue failed; recovery will take it up"),
+        }
+    });
+}
+
+/// Brings the file system in line with a final job: its file moved to `final_path` (plus a reason
+/// file beside a quarantined one) and its work folder gone. Repeatable; recovery calls it for jobs
+/// whose move a crash cut short.
+pub(crate) fn finalize(ctx: &Ctx, tenant: &TenantId, job: &Job) -> anyhow::Result<()> {
+    if !job.state().is_final() {
+        return Ok(());
+    }
+    let work = PathBuf::from(&job.work_path);
+    if let (Some(target), true) = (&job.final_path, work.exists()) {
+        let target = PathBuf::from(target);
+        if job.state() != JobState::Succeeded {
+            let reason = serde_json::json!({
+                "job": job.id, "tenant": job.tenant, "file": job.file_name, "state": job.state,
+                "reason": job.reason, "detail": job.detail, "exit_code": job.exit_code, "signal": job.signal,
+                "log": job.log,
+            });
+            let sidecar = PathBuf::from(format!("{}.reason.json", target.display()));
+            if let Some(parent) = sidecar.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&sidecar, serde_json::to_vec_pretty(&reason)?)?;
+        }
+        move_file(&work, &target)?;
+    }
+    let dir = ctx.layout.work_dir(tenant, job.id);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Ok(())
+}
+
+/// Takes up what a previous run of the manager left: claims cut short, queued and waiting jobs, apps
+/// that were running (ended if they outlived the platform, then run again), and final jobs whose
+/// file was not yet moved.
+async fn recover(ctx: &Arc<Ctx>) -> anyhow::Result<()> {
+    let open = jobs::open_jobs(&ctx.db).await?;
+    let mut counts = [0usize; 4];
+    for job in open {
+        let Ok(tenant) = TenantId::parse(&job.tenant) else { continue };
+        match job.state() {
+            JobState::Detected => {
+                counts[0] += 1;
+                let work = PathBuf::from(&job.work_path);
+                if !work.exists() {
+                    if let Err(e) = move_file(Path::new(&job.staging_path), &work) {
+                        tracing::warn!(%tenant, job = %job.id, error = %e, "claimed file is gone from staging; forgetting the claim");
+                        jobs::forget(&ctx.db, &tenant, job.id).await?;
+                        let _ = std::fs::remove_dir(ctx.layout.work_dir(&tenant, job.id));
+                        continue;
+                    }
+                }
+                admission::evaluate(ctx, &tenant, &job).await?;
+            }
+            JobState::Queued => {
+                counts[1] += 1;
+                ctx.scheduler.push(&tenant, job.id);
+            }
+            JobState::Running => {
+                counts[2] += 1;
+                if let (Some(pid), Some(ticks)) = (job.pid, job.pid_start_ticks) {
+                    if crate::runtime::process::kill_leftover(pid, ticks) {
+                        tracing::warn!(%tenant, job = %job.id, pid, "ended an app that outlived the previous platform process");
+                    }
+                }
+                let why = format!("platform restarted during attempt {}; running it again", job.attempts);
+                jobs::requeue_interrupted(&ctx.db, &tenant, job.id, &why).await?;
+                ctx.scheduler.push(&tenant, job.id);
+            }
+            JobState::RetryWait => {
+                counts[3] += 1;
+                let delay = job.not_before.map_or(Duration::ZERO, |t| (t - chrono::Utc::now()).to_std().unwrap_or_default());
+                retry_after(ctx, &tenant, job.id, delay);
+            }
+            _ => {}
+        }
+    }
+    // Final jobs whose file or work folder is still in the work area.
+    let mut finalized = 0;
+    for tenant_dir in std::fs::read_dir(ctx.layout.work_root())?.filter_map(|e| e.ok()) {
+        let Some(tenant) = tenant_dir.file_name().to_str().and_then(|t| TenantId::parse(t).ok()) else { continue };
+        for job_dir in std::fs::read_dir(tenant_dir.path())?.filter_map(|e| e.ok()) {
+            let Some(id) = job_dir.file_name().to_str().and_then(|s| Uuid::parse_str(s).ok()) else { continue };
+            if let Some(job) = jobs::get(&ctx.db, &tenant, id).await? {
+                if job.state().is_final() {
+                    finalize(ctx, &tenant, &job)?;
+                    finalized += 1;
+                }
+            }
+        }
+    }
+    if counts.iter().sum::<usize>() + finalized > 0 {
+        tracing::info!(
+            detected = counts[0], queued = counts[1], interrupted = counts[2], retry_wait = counts[3], finalized,
+            "recovered jobs left by the previous run"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! Finds staged files: inotify (notify) events for files renamed into place, which are complete by the
+//! staging rules and go straight to admission, and a periodic rescan of every tenant's folder for files
+//! written in place, which are taken once unchanged for the agreement's `min_file_age`. The rescan also
+//! covers events lost to overflow or missed while the platform was down.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use notify::event::{EventKind, ModifyKind, RenameMode};
+use notify::Watcher;
+use tokio::sync::mpsc;
+
+/// A file that may be ready.
+#[derive(Debug)]
+pub struct Candidate {
+    pub path: PathBuf,
+    /// Renamed into place: complete whatever its age.
+    pub renamed: bool,
+}
+
+/// Watches `root` recursively (tenants' folders appear and disappear under it) and sends renamed-in
+/// files. The returned watcher must be kept alive.
+pub fn watch(root: &Path, tx: mpsc::UnboundedSender<Candidate>) -> notify::Result<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(event) = res else { return };
+        let path = match event.kind {
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => event.paths.first(),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event.paths.get(1),
+            _ => None,
+        };
+        if let Some(path) = path {
+            let _ = tx.send(Candidate { path: path.clone(), renamed: true });
+        }
+    })?;
+    watcher.watch(root, notify::RecursiveMode::Recursive)?;
+    Ok(watcher)
+}
+
+/// Regular files in `dir`, with their age.
+pub fn list(dir: &Path) -> Vec<(PathBuf, Duration)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let now = SystemTime::now();
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            if !meta.is_file() {
+                return None;
+            }
+            let age = now.duration_since(meta.modified().ok()?).unwrap_or_default();
+            Some((e.path(), age))
+        })
+        .collect()
+}

@@ -1,0 +1,237 @@
+//! One run of a tenant's program under the platform's rules: a cleared environment holding only what
+//! the contract lists, a fresh working folder, its own process group (so a timeout ends everything it
+//! started), address-space and CPU-time limits, a parent-death signal (so a platform killed with -9
+//! does not leave it running), stdout and stderr merged into a bounded log, and a timeout that sends
+//! SIGTERM to the group and SIGKILL after a grace period.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use super::log::BoundedLog;
+use crate::units::ByteSize;
+
+pub struct ProcessSpec {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub cwd: PathBuf,
+    /// The complete environment; nothing of the platform's is inherited.
+    pub env: Vec<(String, String)>,
+    pub memory: Option<ByteSize>,
+    pub cpu_time: Option<Duration>,
+    pub timeout: Option<Duration>,
+    /// Between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    pub log_limit: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+/// Why the platform ended the program, if it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    No,
+    Timeout,
+    /// The platform is shutting down; the run does not count against the job.
+    Cancelled,
+}
+
+#[derive(Debug)]
+pub struct ProcessOutcome {
+    pub exit: Exit,
+    pub stopped: Stopped,
+    pub elapsed: Duration,
+    pub log: String,
+    pub log_dropped: u64,
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat); with the pid it
+/// identifies a process across pid reuse.
+pub fn start_ticks(pid: u32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses; fields after the last ')' are plain.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Kills the process group led by `pid` if that process is still the one that started at `ticks`.
+/// Used after a platform crash to end programs that outlived it.
+pub fn kill_leftover(pid: i32, ticks: i64) -> bool {
+    if pid <= 1 || start_ticks(pid as u32) != Some(ticks) {
+        return false;
+    }
+    // SAFETY: plain syscall on a process group we created.
+    unsafe { libc::kill(-pid, libc::SIGKILL) == 0 }
+}
+
+fn signal_group(pgid: i32, signal: i32) {
+    // SAFETY: plain syscall; the group is the one the child leads (process_group(0)).
+    unsafe {
+        libc::kill(-pgid, signal);
+    }
+}
+
+/// Runs the program to completion. `on_spawn` receives the pid (also the process group id) and
+/// its start time, so callers can record them before the program does anything.
+pub async fn run(spec: ProcessSpec, cancel: &CancellationToken, on_spawn: impl FnOnce(u32, Option<i64>)) -> std::io::Result<ProcessOutcome> {
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let memory = spec.memory.map(|m| m.0);
+    let cpu = spec.cpu_time.map(|d| d.as_secs().max(1));
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(bytes) = memory {
+                let lim = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(secs) = cpu {
+                let lim = libc::rlimit { rlim_cur: secs, rlim_max: secs + 5 };
+                if libc::setrlimit(libc::RLIMIT_CPU, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn()?;
+    let pid = child.id().expect("a child that was just spawned has a pid");
+    on_spawn(pid, start_ticks(pid));
+
+    let log = Arc::new(Mutex::new(BoundedLog::new(spec.log_limit)));
+    let mut readers = tokio::task::JoinSet::new();
+    let stdout = child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
+    let stderr = child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
+    for mut stream in [stdout, stderr].into_iter().flatten() {
+        let log = log.clone();
+        readers.spawn(async move {
+            let mut buf = vec![0u8; 16 << 10];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                log.lock().expect("log lock").push(&buf[..n]);
+            }
+        });
+    }
+
+    let pgid = pid as i32;
+    let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
+    let sleep_until_deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut stopped = Stopped::No;
+    let status = tokio::select! {
+        status = child.wait() => status?,
+        _ = sleep_until_deadline => {
+            stopped = Stopped::Timeout;
+            terminate(&mut child, pgid, spec.grace).await?
+        }
+        _ = cancel.cancelled() => {
+            stopped = Stopped::Cancelled;
+            terminate(&mut child, pgid, spec.grace).await?
+        }
+    };
+    let elapsed = started.elapsed();
+    // Whatever the program left running in its group would keep our pipes open; end it.
+    signal_group(pgid, libc::SIGKILL);
+    while readers.join_next().await.is_some() {}
+
+    use std::os::unix::process::ExitStatusExt;
+    let exit = match (status.code(), status.signal()) {
+        (Some(code), _) => Exit::Code(code),
+        (None, Some(sig)) => Exit::Signal(sig),
+        (None, None) => Exit::Code(-1),
+    };
+    let log = log.lock().expect("log lock");
+    Ok(ProcessOutcome { exit, stopped, elapsed, log: log.render(), log_dropped: log.dropped() })
+}
+
+async fn terminate(child: &mut tokio::process::Child, pgid: i32, grace: Duration) -> std::io::Result<std::process::ExitStatus> {
+    signal_group(pgid, libc::SIGTERM);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            signal_group(pgid, libc::SIGKILL);
+            child.wait().await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str, timeout: Option<Duration>) -> ProcessSpec {
+        ProcessSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            cwd: std::env::temp_dir(),
+            env: vec![("PATH".into(), "/usr/bin:/bin".into()), ("ONLY".into(), "this".into())],
+            memory: None,
+            cpu_time: None,
+            timeout,
+            grace: Duration::from_millis(200),
+            log_limit: 1 << 16,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_environment_is_exactly_what_was_given() {
+        let out = run(sh("env | sort", None), &CancellationToken::new(), |_, _| {}).await.unwrap();
+        assert_eq!(out.exit, Exit::Code(0));
+        let vars: Vec<&str> = out.log.lines().map(|l| l.split('=').next().unwrap()).collect();
+        // sh itself adds PWD (and may add SHLVL / _); nothing of the parent's environment leaks.
+        for v in &vars {
+            assert!(["ONLY", "PATH", "PWD", "SHLVL", "_"].contains(v), "unexpected variable {v}");
+        }
+        assert!(out.log.contains("ONLY=this"));
+    }
+
+    #[tokio::test]
+    async fn a_timeout_ends_the_whole_process_group() {
+        let marker = format!("/tmp/mysimbdp-pg-{}", std::process::id());
+        let script = format!("(sleep 30; touch {marker}) & sleep 30");
+        let out = run(sh(&script, Some(Duration::from_millis(300))), &CancellationToken::new(), |_, _| {}).await.unwrap();
+        assert_eq!(out.stopped, Stopped::Timeout);
+        assert!(matches!(out.exit, Exit::Signal(libc::SIGTERM) | Exit::Signal(libc::SIGKILL)), "{:?}", out.exit);
+        assert!(out.elapsed < Duration::from_secs(5));
+        assert!(!std::path::Path::new(&marker).exists());
+    }
+
+    #[tokio::test]
+    async fn the_start_time_identifies_the_process() {
+        let mut seen = None;
+        run(sh("true", None), &CancellationToken::new(), |pid, ticks| seen = Some((pid, ticks))).await.unwrap();
+        let (_, ticks) = seen.unwrap();
+        assert!(ticks.is_some());
+        assert!(start_ticks(std::process::id()).is_some());
+        assert!(!kill_leftover(std::process::id() as i32, -1), "a different start time is not our process");
+    }
+}

@@ -1,0 +1,86 @@
+//! The app registry's rows: one per installed version of a tenant's program.
+
+use chrono::{DateTime, Utc};
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use super::Db;
+use crate::tenant::TenantId;
+
+#[derive(Clone, Debug, FromRow, serde::Serialize)]
+pub struct App {
+    pub id: Uuid,
+    pub tenant: String,
+    pub name: String,
+    pub version: i32,
+    pub kind: String,
+    /// Relative to `dir`.
+    pub entrypoint: String,
+    pub dir: String,
+    pub sha256: String,
+    pub size_bytes: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Serialises version numbering per (tenant, app) so concurrent uploads get distinct versions.
+pub async fn next_version(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, tenant: &TenantId, name: &str) -> sqlx::Result<i32> {
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended('app/' || $1 || '/' || $2, 0))")
+        .bind(tenant.as_str())
+        .bind(name)
+        .execute(&mut **tx)
+        .await?;
+    let (v,): (Option<i32>,) = sqlx::query_as("select max(version) from apps where tenant = $1 and name = $2")
+        .bind(tenant.as_str())
+        .bind(name)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(v.unwrap_or(0) + 1)
+}
+
+pub async fn insert(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, app: &App) -> sqlx::Result<()> {
+    sqlx::query(
+        "insert into apps (id, tenant, name, version, kind, entrypoint, dir, sha256, size_bytes)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(app.id)
+    .bind(&app.tenant)
+    .bind(&app.name)
+    .bind(app.version)
+    .bind(&app.kind)
+    .bind(&app.entrypoint)
+    .bind(&app.dir)
+    .bind(&app.sha256)
+    .bind(app.size_bytes)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Distinct app names a tenant has, for the `max_apps` limit.
+pub async fn count_names(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, tenant: &TenantId) -> sqlx::Result<i64> {
+    let (n,): (i64,) = sqlx::query_as("select count(distinct name) from apps where tenant = $1")
+        .bind(tenant.as_str())
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(n)
+}
+
+/// The version to run: `version` if pinned, else the newest.
+pub async fn resolve(db: &Db, tenant: &TenantId, name: &str, version: Option<i32>) -> sqlx::Result<Option<App>> {
+    sqlx::query_as(
+        "select * from apps where tenant = $1 and name = $2 and ($3::int is null or version = $3)
+         order by version desc limit 1",
+    )
+    .bind(tenant.as_str())
+    .bind(name)
+    .bind(version)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn list(db: &Db, tenant: &TenantId) -> sqlx::Result<Vec<App>> {
+    sqlx::query_as("select * from apps where tenant = $1 order by name, version desc")
+        .bind(tenant.as_str())
+        .fetch_all(db)
+        .await
+}

@@ -1,0 +1,430 @@
+//! Ingestion jobs: one row per staged file and an event per state change.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::Db;
+use crate::tenant::TenantId;
+
+/// Where a job is in its life. The last three are final: each file ends in exactly one of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Detected,
+    Queued,
+    Running,
+    RetryWait,
+    Succeeded,
+    Rejected,
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Detected => "detected",
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::RetryWait => "retry_wait",
+            JobState::Succeeded => "succeeded",
+            JobState::Rejected => "rejected",
+            JobState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            JobState::Detected,
+            JobState::Queued,
+            JobState::Running,
+            JobState::RetryWait,
+            JobState::Succeeded,
+            JobState::Rejected,
+            JobState::Failed,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Rejected | JobState::Failed)
+    }
+}
+
+#[derive(Clone, Debug, FromRow, serde::Serialize)]
+pub struct Job {
+    pub id: Uuid,
+    pub tenant: String,
+    pub file_name: String,
+    pub staging_path: String,
+    pub work_path: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub detail: Option<String>,
+    pub size_bytes: Option<i64>,
+    pub checksum: Option<String>,
+    pub format: Option<String>,
+    pub route_app: Option<String>,
+    pub app_version: Option<i32>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub not_before: Option<DateTime<Utc>>,
+    pub records_ingested: Option<i64>,
+    pub records_rejected: Option<i64>,
+    pub bytes_read: Option<i64>,
+    pub app_message: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    #[serde(skip)]
+    pub log: Option<String>,
+    pub log_dropped_bytes: i64,
+    #[serde(skip)]
+    pub pid: Option<i32>,
+    #[serde(skip)]
+    pub pid_start_ticks: Option<i64>,
+    pub duplicate_of: Option<Uuid>,
+    pub final_path: Option<String>,
+    pub detected_at: DateTime<Utc>,
+    pub admitted_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub run_ms: Option<i64>,
+}
+
+impl Job {
+    pub fn state(&self) -> JobState {
+        JobState::parse(&self.state).unwrap_or(JobState::Failed)
+    }
+}
+
+#[derive(Clone, Debug, FromRow, serde::Serialize)]
+pub struct JobEvent {
+    pub at: DateTime<Utc>,
+    pub state: String,
+    pub message: String,
+}
+
+async fn event(tx: &mut Transaction<'_, Postgres>, tenant: &TenantId, id: Uuid, state: JobState, message: &str) -> sqlx::Result<()> {
+    sqlx::query("insert into job_events (job_id, tenant, state, message) values ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(tenant.as_str())
+        .bind(state.as_str())
+        .bind(message)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Records a file the moment it is claimed, before it is moved out of staging, so that a crash at
+/// any later point finds the row and finishes the move.
+pub async fn insert_detected(db: &Db, tenant: &TenantId, id: Uuid, file_name: &str, staging_path: &str, work_path: &str) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query("insert into jobs (id, tenant, file_name, staging_path, work_path, state) values ($1, $2, $3, $4, $5, 'detected')")
+        .bind(id)
+        .bind(tenant.as_str())
+        .bind(file_name)
+        .bind(staging_path)
+        .bind(work_path)
+        .execute(&mut *tx)
+        .await?;
+    event(&mut tx, tenant, id, JobState::Detected, &format!("detected {file_name}")).await?;
+    tx.commit().await
+}
+
+/// Forgets a claim whose file vanished before it could be moved (another manager took it first, or
+/// the tenant deleted it).
+pub async fn forget(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query("delete from job_events where job_id = $1 and tenant = $2").bind(id).bind(tenant.as_str()).execute(&mut *tx).await?;
+    sqlx::query("delete from jobs where id = $1 and tenant = $2 and state = 'detected'").bind(id).bind(tenant.as_str()).execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+pub async fn get(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Option<Job>> {
+    sqlx::query_as("select * from jobs where tenant = $1 and id = $2").bind(tenant.as_str()).bind(id).fetch_optional(db).await
+}
+
+/// A job by id for operators, whatever its tenant.
+pub async fn get_any(db: &Db, id: Uuid) -> sqlx::Result<Option<Job>> {
+    sqlx::query_as("select * from jobs where id = $1").bind(id).fetch_optional(db).await
+}
+
+pub async fn events(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Vec<JobEvent>> {
+    sqlx::query_as("select at, state, message from job_events where tenant = $1 and job_id = $2 order by id")
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_all(db)
+        .await
+}
+
+/// Jobs not yet in a final state, oldest first: what a starting manager takes up again.
+pub async fn open_jobs(db: &Db) -> sqlx::Result<Vec<Job>> {
+    sqlx::query_as("select * from jobs where state in ('detected', 'queued', 'running', 'retry_wait') order by detected_at, id")
+        .fetch_all(db)
+        .await
+}
+
+/// The admission decision, taken under a per-tenant lock so that concurrent admissions (several
+/// files at once, or several batch managers) cannot both squeeze under a rate limit.
+pub struct Admission<'a> {
+    tx: Transaction<'a, Postgres>,
+    tenant: TenantId,
+}
+
+/// Files and bytes admitted in the rolling windows the agreement limits.
+pub struct Usage {
+    pub files_last_hour: i64,
+    pub bytes_last_day: i64,
+}
+
+impl<'a> Admission<'a> {
+    pub async fn begin(db: &'a Db, tenant: &TenantId) -> sqlx::Result<Self> {
+        let mut tx = db.begin().await?;
+        sqlx::query("select pg_advisory_xact_lock(hashtextextended('admission/' || $1, 0))")
+            .bind(tenant.as_str())
+            .execute(&mut *tx)
+            .await?;
+        Ok(Admission { tx, tenant: tenant.clone() })
+    }
+
+    pub async fn usage(&mut self) -> sqlx::Result<Usage> {
+        let (files, bytes): (i64, Option<i64>) = sqlx::query_as(
+            "select count(*) filter (where admitted_at > now() - interval '1 hour'),
+                    sum(size_bytes)::bigint
+             from jobs where tenant = $1 and admitted_at > now() - interval '1 day'",
+        )
+        .bind(self.tenant.as_str())
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(Usage { files_last_hour: files, bytes_last_day: bytes.unwrap_or(0) })
+    }
+
+    /// Another job with the same content that succeeded or is still on its way.
+    pub async fn duplicate_of(&mut self, id: Uuid, checksum: &str) -> sqlx::Result<Option<(Uuid, String)>> {
+        sqlx::query_as(
+            "select id, file_name from jobs
+             where tenant = $1 and checksum = $2 and id <> $3
+               and state in ('queued', 'running', 'retry_wait', 'succeeded')
+             order by detected_at limit 1",
+        )
+        .bind(self.tenant.as_str())
+        .bind(checksum)
+        .bind(id)
+        .fetch_optional(&mut *self.tx)
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn queue(mut self, id: Uuid, size: i64, checksum: &str, format: &str, app: &str, app_version: Option<i32>, max_attempts: i32) -> sqlx::Result<()> {
+        sqlx::query(
+            "update jobs set state = 'queued', size_bytes = $3, checksum = $4, format = $5, route_app = $6,
+                    app_version = $7, max_attempts = $8, admitted_at = now()
+             where tenant = $1 and id = $2",
+        )
+        .bind(self.tenant.as_str())
+        .bind(id)
+        .bind(size)
+        .bind(checksum)
+        .bind(format)
+        .bind(app)
+        .bind(app_version)
+        .bind(max_attempts)
+        .execute(&mut *self.tx)
+        .await?;
+        event(&mut self.tx, &self.tenant, id, JobState::Queued, &format!("admitted: {size} bytes of {format} for app {app}")).await?;
+        self.tx.commit().await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn reject(mut self, id: Uuid, size: Option<i64>, checksum: Option<&str>, reason: &str, detail: &str, duplicate_of: Option<Uuid>, final_path: &str) -> sqlx::Result<()> {
+        sqlx::query(
+            "update jobs set state = 'rejected', size_bytes = $3, checksum = $4, reason = $5, detail = $6,
+                    duplicate_of = $7, final_path = $8, finished_at = now()
+             where tenant = $1 and id = $2",
+        )
+        .bind(self.tenant.as_str())
+        .bind(id)
+        .bind(size)
+        .bind(checksum)
+        .bind(reason)
+        .bind(detail)
+        .bind(duplicate_of)
+        .bind(final_path)
+        .execute(&mut *self.tx)
+        .await?;
+        event(&mut self.tx, &self.tenant, id, JobState::Rejected, &format!("{reason}: {detail}")).await?;
+        self.tx.commit().await
+    }
+}
+
+/// Marks the start of an attempt and returns its number.
+pub async fn start_attempt(db: &Db, tenant: &TenantId, id: Uuid, app_version: i32) -> sqlx::Result<i32> {
+    let mut tx = db.begin().await?;
+    let (attempt,): (i32,) = sqlx::query_as(
+        "update jobs set state = 'running', attempts = attempts + 1, started_at = now(), app_version = $3,
+                not_before = null, pid = null, pid_start_ticks = null
+         where tenant = $1 and id = $2 returning attempts",
+    )
+    .bind(tenant.as_str())
+    .bind(id)
+    .bind(app_version)
+    .fetch_one(&mut *tx)
+    .await?;
+    event(&mut tx, tenant, id, JobState::Running, &format!("attempt {attempt} started with app version {app_version}")).await?;
+    tx.commit().await?;
+    Ok(attempt)
+}
+
+/// Remembers the app's process so that a manager restarted after a crash can end it.
+pub async fn set_process(db: &Db, tenant: &TenantId, id: Uuid, pid: i32, start_ticks: i64) -> sqlx::Result<()> {
+    sqlx::query("update jobs set pid = $3, pid_start_ticks = $4 where tenant = $1 and id = $2")
+        .bind(tenant.as_str())
+        .bind(id)
+        .bind(pid)
+        .bind(start_ticks)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// What one run of the app left behind.
+#[derive(Clone, Debug, Default)]
+pub struct AttemptReport {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub run_ms: i64,
+    pub log: String,
+    pub log_dropped_bytes: i64,
+    pub records_ingested: Option<i64>,
+    pub records_rejected: Option<i64>,
+    pub bytes_read: Option<i64>,
+    pub app_message: Option<String>,
+}
+
+/// How an attempt ends for the job.
+pub enum AttemptEnd<'a> {
+    Succeeded { final_path: &'a str },
+    Retry { reason: &'a str, detail: &'a str, delay_ms: i64 },
+    Failed { reason: &'a str, detail: &'a str, final_path: &'a str },
+}
+
+pub async fn finish_attempt(db: &Db, tenant: &TenantId, id: Uuid, report: &AttemptReport, end: AttemptEnd<'_>) -> sqlx::Result<()> {
+    let (state, reason, detail, final_path, delay_ms) = match &end {
+        AttemptEnd::Succeeded { final_path } => (JobState::Succeeded, None, None, Some(*final_path), None),
+        AttemptEnd::Retry { reason, detail, delay_ms } => (JobState::RetryWait, Some(*reason), Some(*detail), None, Some(*delay_ms)),
+        AttemptEnd::Failed { reason, detail, final_path } => (JobState::Failed, Some(*reason), Some(*detail), Some(*final_path), None),
+    };
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "update jobs set state = $3, reason = $4, detail = $5, final_path = coalesce($6, final_path),
+                not_before = case when $7::bigint is null then null else now() + make_interval(secs => $7::bigint / 1000.0) end,
+                finished_at = case when $3 in ('succeeded', 'failed') then now() else null end,
+                exit_code = $8, signal = $9, run_ms = $10, log = $11, log_dropped_bytes = $12,
+                records_ingested = $13, records_rejected = $14, bytes_read = $15, app_message = $16,
+                pid = null, pid_start_ticks = null
+         where tenant = $1 and id = $2",
+    )
+    .bind(tenant.as_str())
+    .bind(id)
+    .bind(state.as_str())
+    .bind(reason)
+    .bind(detail)
+    .bind(final_path)
+    .bind(delay_ms)
+    .bind(report.exit_code)
+    .bind(report.signal)
+    .bind(report.run_ms)
+    .bind(&report.log)
+    .bind(report.log_dropped_bytes)
+    .bind(report.records_ingested)
+    .bind(report.records_rejected)
+    .bind(report.bytes_read)
+    .bind(&report.app_message)
+    .execute(&mut *tx)
+    .await?;
+    let message = match &end {
+        AttemptEnd::Succeeded { .. } => format!(
+            "ingested {} records ({} rejected) in {} ms",
+            report.records_ingested.map_or("?".into(), |n| n.to_string()),
+            report.records_rejected.map_or("?".into(), |n| n.to_string()),
+            report.run_ms
+        ),
+        AttemptEnd::Retry { reason, detail, delay_ms } => format!("{reason}: {detail}; retrying in {delay_ms} ms"),
+        AttemptEnd::Failed { reason, detail, .. } => format!("{reason}: {detail}"),
+    };
+    event(&mut tx, tenant, id, state, &message).await?;
+    tx.commit().await
+}
+
+/// Puts a job back in the queue (after its retry delay, or after a platform restart interrupted it).
+pub async fn requeue(db: &Db, tenant: &TenantId, id: Uuid, why: &str) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query("update jobs set state = 'queued', pid = null, pid_start_ticks = null where tenant = $1 and id = $2")
+        .bind(tenant.as_str())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    event(&mut tx, tenant, id, JobState::Queued, why).await?;
+    tx.commit().await
+}
+
+/// Ends a job that cannot run at all (its app is missing, its input vanished) without an attempt.
+pub async fn fail_without_run(db: &Db, tenant: &TenantId, id: Uuid, reason: &str, detail: &str, final_path: Option<&str>) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query("update jobs set state = 'failed', reason = $3, detail = $4, final_path = $5, finished_at = now() where tenant = $1 and id = $2")
+        .bind(tenant.as_str())
+        .bind(id)
+        .bind(reason)
+        .bind(detail)
+        .bind(final_path)
+        .execute(&mut *tx)
+        .await?;
+    event(&mut tx, tenant, id, JobState::Failed, &format!("{reason}: {detail}")).await?;
+    tx.commit().await
+}
+
+/// Filters for listing jobs; every one is optional.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    pub tenant: Option<TenantId>,
+    pub state: Option<JobState>,
+    pub file_name: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub limit: i64,
+}
+
+pub async fn list(db: &Db, f: &ListFilter) -> sqlx::Result<Vec<Job>> {
+    sqlx::query_as(
+        "select * from jobs
+         where ($1::text is null or tenant = $1) and ($2::text is null or state = $2)
+           and ($3::text is null or file_name = $3)
+           and ($4::timestamptz is null or detected_at >= $4) and ($5::timestamptz is null or detected_at < $5)
+         order by detected_at desc, id desc limit $6",
+    )
+    .bind(f.tenant.as_ref().map(|t| t.as_str()))
+    .bind(f.state.map(|s| s.as_str()))
+    .bind(&f.file_name)
+    .bind(f.since)
+    .bind(f.until)
+    .bind(f.limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Puts back a job whose attempt the platform itself interrupted (shutdown or crash); the attempt
+/// does not count against the app.
+pub async fn requeue_interrupted(db: &Db, tenant: &TenantId, id: Uuid, why: &str) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "update jobs set state = 'queued', attempts = greatest(attempts - 1, 0), pid = null, pid_start_ticks = null
+         where tenant = $1 and id = $2",
+    )
+    .bind(tenant.as_str())
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    event(&mut tx, tenant, id, JobState::Queued, why).await?;
+    tx.commit().await
+}

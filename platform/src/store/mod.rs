@@ -1,0 +1,29 @@
+//! The platform store: PostgreSQL through sqlx, schema in `migrations/`. One file per table family;
+//! every function that reads or writes a tenant's rows takes the `TenantId` first.
+
+pub mod apps;
+pub mod coredms;
+pub mod jobs;
+pub mod stats;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+pub type Db = PgPool;
+
+pub async fn connect(url: &str) -> anyhow::Result<Db> {
+    let options: PgConnectOptions = url.parse().map_err(|e| anyhow::anyhow!("invalid database url: {e}"))?;
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to the platform store: {e}"))?;
+    Ok(pool)
+}
+
+pub async fn migrate(db: &Db) -> anyhow::Result<()> {
+    sqlx::migrate!("../migrations").run(db).await.map_err(|e| anyhow::anyhow!("migrating the platform store: {e}"))
+}

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Local services for hosts without a Docker engine: installs what is missing (Debian packages) and runs
+# each service on loopback with its data under .local/ (ignored by git). Idempotent; safe to run twice.
+#
+#   scripts/services.sh up       install if needed, start, and write .local/env
+#   scripts/services.sh down     stop (data kept)
+#   scripts/services.sh status
+#   scripts/services.sh destroy  stop and delete all local data
+#
+# Services: PostgreSQL (platform store and coredms). The Kafka-API broker joins the SERVICES list the
+# same way (a <name>_up / <name>_down / <name>_status triple) when stream ingestion needs it.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LOCAL=${MYSIMBDP_LOCAL_DIR:-$ROOT/.local}
+PG_PORT=${MYSIMBDP_PG_PORT:-55432}
+PG_DIR=$LOCAL/pg
+SERVICES=(pg)
+
+log() { printf '[services] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"
+    elif command -v sudo >/dev/null; then sudo "$@"
+    else die "need root to run: $*"; fi
+}
+
+# Debian packages the platform and its build need; installed only when missing.
+ensure_packages() {
+    local missing=()
+    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    [ ${#missing[@]} -eq 0 ] && return
+    log "installing Debian packages: ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+pg_bin() {
+    local dir
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    [ -n "$dir" ] || die "PostgreSQL server binaries not found under /usr/lib/postgresql"
+    echo "$dir"
+}
+
+# PostgreSQL refuses to run as root; as root we run it as the `postgres` user the package creates.
+pg_run() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_ctl_() { pg_run "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" "$@"; }
+
+pg_status() { [ -f "$PG_DIR/data/PG_VERSION" ] && pg_ctl_ status >/dev/null 2>&1; }
+
+pg_up() {
+    ensure_packages postgresql postgresql-contrib
+    mkdir -p "$PG_DIR"
+    if [ "$(id -u)" = 0 ]; then chown postgres: "$PG_DIR"; chmod 0700 "$PG_DIR"; fi
+    if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
+        log "initialising PostgreSQL in $PG_DIR/data"
+        pg_run "$(pg_bin)/initdb" -D "$PG_DIR/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 -E UTF8 >/dev/null
+        pg_run mkdir -p "$PG_DIR/run"
+        cat <<CONF | pg_run tee -a "$PG_DIR/data/postgresql.conf" >/dev/null
+# mysimbdp local service
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PG_DIR/run'
+max_connections = 400
+shared_buffers = 512MB
+wal_buffers = 16MB
+max_wal_size = 4GB
+checkpoint_timeout = 15min
+password_encryption = scram-sha-256
+CONF
+    fi
+    if ! pg_status; then
+        log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+        pg_ctl_ -l "$PG_DIR/server.log" -w -t 60 start >/dev/null
+    fi
+    local password_file=$LOCAL/pg-password
+    if [ ! -s "$password_file" ]; then
+        (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$password_file")
+    fi
+    local password; password=$(cat "$password_file")
+    # The platform's own login: creates tenants' databases and roles, so it is a superuser here.
+    pg_run "$(pg_bin)/psql" -h "$PG_DIR/run" -p "$PG_PORT" -U postgres -d postgres -qtA -v ON_ERROR_STOP=1 <<SQL >/dev/null
+select 'create role mysimbdp superuser login' where not exists (select from pg_roles where rolname = 'mysimbdp') \gexec
+alter role mysimbdp password '$password';
+select 'create database mysimbdp owner mysimbdp' where not exists (select from pg_database where datname = 'mysimbdp') \gexec
+revoke all on database mysimbdp from public;
+SQL
+    local base="postgres://mysimbdp:$password@127.0.0.1:$PG_PORT"
+    {
+        echo "MYSIMBDP_DATABASE_URL=$base/mysimbdp"
+        echo "MYSIMBDP_COREDMS_URL=$base/postgres"
+        echo "MYSIMBDP_TEST_PG_URL=$base/postgres"
+    } > "$LOCAL/env.pg"
+}
+
+pg_down() { if pg_status; then log "stopping PostgreSQL"; pg_ctl_ -m fast -w stop >/dev/null; fi; }
+
+write_env() {
+    (umask 077; cat "$LOCAL"/env.* > "$LOCAL/env")
+    log "environment written to $LOCAL/env (source it, or: set -a; . $LOCAL/env; set +a)"
+}
+
+main() {
+    mkdir -p "$LOCAL"
+    case "${1:-up}" in
+        up) for s in "${SERVICES[@]}"; do "${s}_up"; done; write_env ;;
+        down) for s in "${SERVICES[@]}"; do "${s}_down"; done ;;
+        status)
+            local rc=0
+            for s in "${SERVICES[@]}"; do
+                if "${s}_status"; then echo "$s: running"; else echo "$s: stopped"; rc=1; fi
+            done
+            return $rc ;;
+        destroy) for s in "${SERVICES[@]}"; do "${s}_down"; done; rm -rf "$LOCAL" ;;
+        *) die "usage: $0 up|down|status|destroy" ;;
+    esac
+}
+
+main "$@"
