@@ -152,6 +152,12 @@ impl Registry {
             (name.clone(), req.kind, name)
         };
         let size_bytes = fs::metadata(source)?.len() as i64;
+        if let Some(newest) = store::apps::resolve(&self.db, tenant, &name, None).await? {
+            if newest.sha256 == sha256 && newest.kind == kind.as_str() {
+                tracing::info!(%tenant, app = %name, version = newest.version, "same content as the newest version; nothing installed");
+                return Ok(newest);
+            }
+        }
 
         let mut tx = self.db.begin().await?;
         let version = store::apps::next_version(&mut tx, tenant, &name).await?;

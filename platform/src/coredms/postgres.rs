@@ -45,7 +45,7 @@ impl Provisioner {
             .map_err(pg)?;
         let password = literal(&creds.password);
         if !exists {
-            let created = sqlx::query(&format!("create role {role} login password {password} nosuperuser nocreatedb nocreaterole noinherit"))
+            let created = sqlx::query(&format!("create role {role} login password {password} nosuperuser nocreatedb nocreaterole"))
                 .execute(&self.admin)
                 .await;
             if let Err(e) = created {

@@ -1,0 +1,229 @@
+//! Idempotent writes into the tenant's coredms database.
+//!
+//! PostgreSQL: a collection is a table `(_id text primary key, doc jsonb not null, ingested_at
+//! timestamptz)`. A batch is first written with binary `COPY` (the fastest way in); if any `_id` is
+//! already there (a re-run after a crash) the batch is rolled back and written again through a
+//! temporary table with `INSERT .. ON CONFLICT DO NOTHING`, so a re-run leaves one copy. After such a
+//! conflict the writer stays on the idempotent path until a batch goes in without conflicts.
+//!
+//! MongoDB: unordered `insertMany`, duplicate-key errors ignored.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+
+/// One document: its deterministic id and its JSON text (an object).
+#[derive(Clone, Debug)]
+pub struct Doc {
+    pub id: String,
+    pub json: String,
+}
+
+/// What a writer did: documents sent and documents that were new.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub sent: u64,
+    pub inserted: u64,
+}
+
+enum Backend {
+    Postgres { client: postgres::Client, idempotent_mode: bool },
+    Mongo(mongodb::sync::Database),
+}
+
+pub struct CoreDms {
+    backend: Backend,
+}
+
+/// JSON text sent as JSONB in binary COPY: a version byte then the text, with no parse on our side.
+#[derive(Debug)]
+struct RawJsonb<'a>(&'a str);
+
+impl ToSql for RawJsonb<'_> {
+    fn to_sql(&self, _: &Type, out: &mut postgres::types::private::BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&[1]);
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+    to_sql_checked!();
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn is_unique_violation(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
+impl CoreDms {
+    /// Connects with the tenant's own credentials (`MYSIMBDP_COREDMS_URL`) to its database.
+    pub fn connect(url: &str, database: &str) -> anyhow::Result<Self> {
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let client = postgres::Client::connect(url, postgres::NoTls).context("connecting to coredms (postgres)")?;
+            Backend::Postgres { client, idempotent_mode: false }
+        } else if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") {
+            let client = mongodb::sync::Client::with_uri_str(url).context("connecting to coredms (mongodb)")?;
+            Backend::Mongo(client.database(database))
+        } else {
+            anyhow::bail!("coredms url has an unsupported scheme (postgres:// or mongodb://)");
+        };
+        Ok(CoreDms { backend })
+    }
+
+    /// Creates the collection if it does not exist.
+    pub fn ensure_collection(&mut self, name: &str) -> anyhow::Result<()> {
+        if let Backend::Postgres { client, .. } = &mut self.backend {
+            let sql = format!(
+                "create table if not exists {} (_id text primary key, doc jsonb not null, ingested_at timestamptz not null default now())",
+                quote_ident(name)
+            );
+            // Two apps creating the same table at once can collide in the catalog; the second try sees it.
+            if let Err(e) = client.batch_execute(&sql) {
+                if !is_unique_violation(&e) {
+                    return Err(e).context("creating collection");
+                }
+                client.batch_execute(&sql).context("creating collection")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `docs` (one transaction on PostgreSQL); returns how many were new.
+    pub fn insert_batch(&mut self, collection: &str, docs: &[Doc]) -> anyhow::Result<u64> {
+        if docs.is_empty() {
+            return Ok(0);
+        }
+        match &mut self.backend {
+            Backend::Postgres { client, idempotent_mode } => {
+                if !*idempotent_mode {
+                    match copy_direct(client, collection, docs) {
+                        Ok(n) => return Ok(n),
+                        Err(e) if is_unique_violation(&e) => *idempotent_mode = true,
+                        Err(e) => return Err(e).context("writing to coredms"),
+                    }
+                }
+                let inserted = copy_idempotent(client, collection, docs).context("writing to coredms")?;
+                if inserted == docs.len() as u64 {
+                    *idempotent_mode = false; // past the part written before; back to the fast path
+                }
+                Ok(inserted)
+            }
+            Backend::Mongo(db) => insert_mongo(db, collection, docs),
+        }
+    }
+
+    /// Counts documents in a collection (tests and tools).
+    pub fn count(&mut self, collection: &str) -> anyhow::Result<u64> {
+        match &mut self.backend {
+            Backend::Postgres { client, .. } => {
+                let row = client.query_one(&format!("select count(*) from {}", quote_ident(collection)), &[])?;
+                Ok(row.get::<_, i64>(0) as u64)
+            }
+            Backend::Mongo(db) => Ok(db.collection::<mongodb::bson::Document>(collection).count_documents(mongodb::bson::doc! {}).run()?),
+        }
+    }
+}
+
+fn copy_rows(client: &mut postgres::Transaction<'_>, target: &str, docs: &[Doc]) -> Result<u64, postgres::Error> {
+    let sink = client.copy_in(&format!("copy {target} (_id, doc) from stdin (format binary)"))?;
+    let mut writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::JSONB]);
+    for d in docs {
+        writer.write(&[&d.id, &RawJsonb(&d.json)])?;
+    }
+    writer.finish()
+}
+
+fn copy_direct(client: &mut postgres::Client, collection: &str, docs: &[Doc]) -> Result<u64, postgres::Error> {
+    let mut tx = client.transaction()?;
+    let n = copy_rows(&mut tx, &quote_ident(collection), docs)?;
+    tx.commit()?;
+    Ok(n)
+}
+
+fn copy_idempotent(client: &mut postgres::Client, collection: &str, docs: &[Doc]) -> Result<u64, postgres::Error> {
+    let mut tx = client.transaction()?;
+    tx.batch_execute("create temp table if not exists mysimbdp_stage (_id text, doc jsonb) on commit delete rows")?;
+    copy_rows(&mut tx, "mysimbdp_stage", docs)?;
+    let n = tx.execute(&format!("insert into {} (_id, doc) select _id, doc from mysimbdp_stage on conflict (_id) do nothing", quote_ident(collection)), &[])?;
+    tx.commit()?;
+    Ok(n)
+}
+
+fn insert_mongo(db: &mongodb::sync::Database, collection: &str, docs: &[Doc]) -> anyhow::Result<u64> {
+    let mut batch = Vec::with_capacity(docs.len());
+    for d in docs {
+        let mut doc: mongodb::bson::Document = serde_json::from_str(&d.json).context("document is not a JSON object")?;
+        doc.insert("_id", d.id.clone());
+        batch.push(doc);
+    }
+    let coll = db.collection::<mongodb::bson::Document>(collection);
+    match coll.insert_many(batch).ordered(false).run() {
+        Ok(r) => Ok(r.inserted_ids.len() as u64),
+        Err(e) => match *e.kind {
+            mongodb::error::ErrorKind::InsertMany(ref failure)
+                if failure.write_errors.as_ref().is_some_and(|w| w.iter().all(|we| we.code == 11000)) && failure.write_concern_error.is_none() =>
+            {
+                let duplicates = failure.write_errors.as_ref().map_or(0, |w| w.len());
+                Ok((docs.len() - duplicates) as u64)
+            }
+            _ => Err(e).context("writing to coredms (mongodb)"),
+        },
+    }
+}
+
+/// Writes batches on its own thread so the app can parse the next batch meanwhile. The bounded
+/// channel (two batches) is the backpressure: a slow database slows the parser, memory stays flat.
+pub struct PipelinedWriter {
+    tx: Option<mpsc::SyncSender<Vec<Doc>>>,
+    handle: Option<JoinHandle<anyhow::Result<WriteStats>>>,
+}
+
+impl PipelinedWriter {
+    pub fn start(mut coredms: CoreDms, collection: &str) -> anyhow::Result<Self> {
+        coredms.ensure_collection(collection)?;
+        let (tx, rx) = mpsc::sync_channel::<Vec<Doc>>(2);
+        let collection = collection.to_owned();
+        let handle = std::thread::spawn(move || {
+            let mut stats = WriteStats::default();
+            for batch in rx {
+                stats.inserted += coredms.insert_batch(&collection, &batch)?;
+                stats.sent += batch.len() as u64;
+            }
+            Ok(stats)
+        });
+        Ok(PipelinedWriter { tx: Some(tx), handle: Some(handle) })
+    }
+
+    pub fn send(&mut self, batch: Vec<Doc>) -> anyhow::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let tx = self.tx.as_ref().expect("send after finish");
+        if tx.send(batch).is_err() {
+            // The writer thread ended early: its error says why.
+            return Err(self.join().err().unwrap_or_else(|| anyhow::anyhow!("writer stopped")));
+        }
+        Ok(())
+    }
+
+    /// Waits for everything sent to be written.
+    pub fn finish(mut self) -> anyhow::Result<WriteStats> {
+        self.tx.take();
+        self.join()
+    }
+
+    fn join(&mut self) -> anyhow::Result<WriteStats> {
+        self.tx.take();
+        match self.handle.take() {
+            Some(h) => h.join().map_err(|_| anyhow::anyhow!("writer thread panicked"))?,
+            None => Err(anyhow::anyhow!("writer already finished")),
+        }
+    }
+}
