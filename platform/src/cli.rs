@@ -248,7 +248,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 KindArg::Batch => AppKind::Batch,
                 KindArg::Stream => AppKind::Stream,
             };
-            let app = Registry::new(db, &paths.data_dir)
+            let app = Registry::new(db, &paths.data_dir)?
                 .install(&agreement, InstallRequest { name: name.as_deref(), kind }, &path)
                 .await?;
             println!("installed {} version {} ({}, {} bytes) for tenant {t}", app.name, app.version, app.kind, app.size_bytes);

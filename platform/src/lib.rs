@@ -28,8 +28,10 @@ pub use config::Config;
 /// Runs the platform until `shutdown` is cancelled, then stops intake, lets running apps stop (they
 /// get SIGTERM and their jobs are requeued for the next start) and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = config.absolute()?;
     let db = store::connect(&config.database_url).await?;
     store::migrate(&db).await?;
+    store::lock_down(&db).await;
     let coredms = coredms::CoreDms::connect(&config.coredms_url).await?;
     let agreements = agreement::registry::Agreements::watch(config.tenants_dir.clone(), Duration::from_secs(2), shutdown.clone())?;
     let tenants = Arc::new(tenants::Tenants::new(db.clone(), coredms, config.staging_dir.clone()));

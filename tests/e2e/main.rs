@@ -1,1 +1,12 @@
+//! End-to-end tests: the real platform, real PostgreSQL (store and coredms), real tenant apps run as
+//! black boxes. One test binary (one link step); every test has its own database, tenants and folders,
+//! so they run in parallel.
 
+mod agreements;
+mod batch_ingest;
+mod constraints;
+mod coredms_conformance;
+mod crash_recovery;
+mod isolation;
+mod misbehaving_apps;
+mod staging_rules;

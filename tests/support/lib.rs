@@ -1,1 +1,326 @@
+//! Test support: start the real platform against the real PostgreSQL with a fresh platform database,
+//! fresh tenant ids (hence fresh coredms databases and logins) and fresh folders per test, so tests
+//! run in parallel. Services come from `scripts/services.sh up` (`.local/env`); a test that cannot
+//! reach them fails with a message saying so.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mysimbdp::apps::{AppKind, InstallRequest, Registry};
+use mysimbdp::batch::BatchConfig;
+use mysimbdp::store::{self, jobs::Job, Db};
+use mysimbdp::tenant::TenantId;
+use tokio_util::sync::CancellationToken;
+
+/// The admin URL of the test PostgreSQL (`MYSIMBDP_TEST_PG_URL`), read from the environment or, when
+/// the tests are run by hand, from `.local/env`.
+pub fn pg_url() -> String {
+    if let Ok(url) = std::env::var("MYSIMBDP_TEST_PG_URL") {
+        return url;
+    }
+    let env_file = workspace_root().join(".local/env");
+    std::fs::read_to_string(&env_file)
+        .ok()
+        .and_then(|text| text.lines().find_map(|l| l.strip_prefix("MYSIMBDP_TEST_PG_URL=").map(str::to_owned)))
+        .unwrap_or_else(|| panic!("MYSIMBDP_TEST_PG_URL is not set and {} has none: run `scripts/services.sh up` first", env_file.display()))
+}
+
+/// `url` with its database replaced.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("url has a database part");
+    format!("{base}/{db}")
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_owned()
+}
+
+/// A binary of the workspace (built by `cargo build --workspace --bins` before the tests run).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` before the tests", path.display());
+    path
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// An agreement with the given batch section (indented two spaces under `batch:`).
+pub fn agreement(tenant: &str, batch: &str) -> String {
+    format!("version: 1\ntenant: {tenant}\nname: Test tenant {tenant}\nbatch:\n{batch}\napps:\n  max_apps: 20\n  max_app_size: 1GiB\n")
+}
+
+/// A platform under test: its folders, its store, and (while running) the platform itself.
+pub struct TestPlatform {
+    pub dir: tempfile::TempDir,
+    pub tenants_dir: PathBuf,
+    pub staging_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub database: String,
+    pub db: Db,
+    pub batch: BatchConfig,
+    tenants: Vec<TenantId>,
+    running: Option<(CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    process: Option<Child>,
+}
+
+pub fn fast_batch_config() -> BatchConfig {
+    BatchConfig {
+        workers: 4,
+        rescan_interval: Duration::from_millis(200),
+        log_limit: 16 << 10,
+        kill_grace: Duration::from_millis(500),
+        retry_backoff: Duration::from_millis(100),
+    }
+}
+
+impl TestPlatform {
+    /// Fresh folders and a fresh platform database; tenants are given as (id, agreement text).
+    pub async fn new(tenants: &[(&str, String)]) -> Self {
+        init_test_logging();
+        let admin = pg_url();
+        let database = format!("mysimbdp_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = connect_admin(&admin).await;
+        sqlx::Executor::execute(&mut conn, format!("create database {database}").as_str()).await.expect("create test database");
+        let database_url = with_database(&admin, &database);
+        let db = store::connect(&database_url).await.expect("connect to test database");
+        store::migrate(&db).await.expect("migrate");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tenants_dir, staging_dir, data_dir) = (dir.path().join("tenants"), dir.path().join("staging"), dir.path().join("data"));
+        for d in [&tenants_dir, &staging_dir, &data_dir] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let mut ids = Vec::new();
+        for (t, text) in tenants {
+            std::fs::write(tenants_dir.join(format!("{t}.yaml")), text).unwrap();
+            ids.push(TenantId::parse(t).unwrap());
+        }
+        TestPlatform { dir, tenants_dir, staging_dir, data_dir, database_url, database, db, batch: fast_batch_config(), tenants: ids, running: None, process: None }
+    }
+
+    pub fn config(&self) -> mysimbdp::Config {
+        mysimbdp::Config {
+            database_url: self.database_url.clone(),
+            coredms_url: pg_url(),
+            tenants_dir: self.tenants_dir.clone(),
+            staging_dir: self.staging_dir.clone(),
+            data_dir: self.data_dir.clone(),
+            batch: self.batch.clone(),
+        }
+    }
+
+    /// Starts the platform in this process (the same `run` that `mysimbdp serve` calls).
+    pub async fn start(&mut self) {
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(mysimbdp::run(self.config(), shutdown.clone()));
+        self.running = Some((shutdown, handle));
+        self.wait_provisioned().await;
+    }
+
+    /// Starts the platform as a separate `mysimbdp serve` process (for kill -9).
+    pub async fn start_process(&mut self) {
+        let c = self.config();
+        let child = Command::new(bin("mysimbdp"))
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("MYSIMBDP_DATABASE_URL", &c.database_url)
+            .env("MYSIMBDP_COREDMS_URL", &c.coredms_url)
+            .env("MYSIMBDP_TENANTS_DIR", &c.tenants_dir)
+            .env("MYSIMBDP_STAGING_DIR", &c.staging_dir)
+            .env("MYSIMBDP_DATA_DIR", &c.data_dir)
+            .env("MYSIMBDP_BATCH_WORKERS", c.batch.workers.to_string())
+            .env("MYSIMBDP_RESCAN_INTERVAL", "200ms")
+            .env("MYSIMBDP_RETRY_BACKOFF", "100ms")
+            .env("MYSIMBDP_KILL_GRACE", "500ms")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("platform.log")).unwrap())
+            .spawn()
+            .expect("spawn mysimbdp serve");
+        self.process = Some(child);
+        self.wait_provisioned().await;
+    }
+
+    /// kill -9 of the platform process.
+    pub fn kill9(&mut self) {
+        let mut child = self.process.take().expect("platform process running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+
+    /// Stops the in-process platform gracefully.
+    pub async fn stop(&mut self) {
+        if let Some((shutdown, handle)) = self.running.take() {
+            shutdown.cancel();
+            handle.await.expect("platform task").expect("platform run");
+        }
+    }
+
+    async fn wait_provisioned(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for t in &self.tenants {
+            loop {
+                if store::coredms::get(&self.db, t).await.unwrap().is_some() && self.staging_dir.join(t.as_str()).is_dir() {
+                    break;
+                }
+                if let Some((_, h)) = &self.running {
+                    assert!(!h.is_finished(), "the platform stopped during start-up");
+                }
+                assert!(Instant::now() < deadline, "tenant {t} was not provisioned within 30s");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    pub fn tenant(&self, t: &str) -> TenantId {
+        TenantId::parse(t).unwrap()
+    }
+
+    /// Installs an app from a local file, as `mysimbdp apps install` does.
+    pub async fn install(&self, tenant: &str, name: &str, path: &Path) {
+        let agreement = mysimbdp::agreement::ServiceAgreement::load(&self.tenants_dir.join(format!("{tenant}.yaml"))).unwrap();
+        Registry::new(self.db.clone(), &self.data_dir)
+            .unwrap()
+            .install(&agreement, InstallRequest { name: Some(name), kind: AppKind::Batch }, path)
+            .await
+            .unwrap_or_else(|e| panic!("installing {name}: {e}"));
+    }
+
+    /// Installs a shell script as an app (for apps built around the test binaries).
+    pub async fn install_script(&self, tenant: &str, name: &str, script: &str) {
+        let path = self.dir.path().join(format!("{name}.sh"));
+        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        self.install(tenant, name, &path).await;
+    }
+
+    /// Drops a file the way the staging rules ask: written as `.part`, then renamed into place.
+    pub fn drop_file(&self, tenant: &str, name: &str, content: &[u8]) -> PathBuf {
+        let dir = self.staging_dir.join(tenant);
+        std::fs::create_dir_all(&dir).unwrap();
+        let part = dir.join(format!("{name}.part"));
+        std::fs::write(&part, content).unwrap();
+        let target = dir.join(name);
+        std::fs::rename(&part, &target).unwrap();
+        target
+    }
+
+    /// Waits until the job for `file` reaches a final state, and returns it.
+    pub async fn wait_final(&self, tenant: &str, file: &str) -> Job {
+        self.wait_final_within(tenant, file, Duration::from_secs(60)).await
+    }
+
+    pub async fn wait_final_within(&self, tenant: &str, file: &str, within: Duration) -> Job {
+        let deadline = Instant::now() + within;
+        loop {
+            let jobs = self.jobs_for(tenant, file).await;
+            if let Some(j) = jobs.iter().find(|j| j.state().is_final()) {
+                return j.clone();
+            }
+            if let Some((_, h)) = &self.running {
+                assert!(!h.is_finished(), "the platform stopped while waiting for {file}");
+            }
+            assert!(Instant::now() < deadline, "{file} of {tenant} did not reach a final state within {within:?}: {jobs:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn jobs_for(&self, tenant: &str, file: &str) -> Vec<Job> {
+        let filter = store::jobs::ListFilter { tenant: Some(self.tenant(tenant)), file_name: Some(file.into()), limit: 100, ..Default::default() };
+        store::jobs::list(&self.db, &filter).await.unwrap()
+    }
+
+    pub async fn all_jobs(&self, tenant: &str) -> Vec<Job> {
+        let filter = store::jobs::ListFilter { tenant: Some(self.tenant(tenant)), limit: 100_000, ..Default::default() };
+        store::jobs::list(&self.db, &filter).await.unwrap()
+    }
+
+    /// Events (state, message) of a job, oldest first.
+    pub async fn events(&self, tenant: &str, job: &Job) -> Vec<(String, String)> {
+        store::jobs::events(&self.db, &self.tenant(tenant), job.id).await.unwrap().into_iter().map(|e| (e.state, e.message)).collect()
+    }
+
+    /// The tenant's coredms database, opened with the platform's admin login.
+    pub async fn coredms_admin(&self, tenant: &str) -> sqlx::PgConnection {
+        connect_admin(&with_database(&pg_url(), &self.tenant(tenant).coredms_name())).await
+    }
+
+    /// Documents in a tenant's collection (0 if the collection does not exist).
+    pub async fn count_docs(&self, tenant: &str, collection: &str) -> i64 {
+        let mut c = self.coredms_admin(tenant).await;
+        let exists: bool = sqlx::query_scalar("select to_regclass($1) is not null").bind(collection).fetch_one(&mut c).await.unwrap();
+        if !exists {
+            return 0;
+        }
+        sqlx::query_scalar(&format!("select count(*) from \"{collection}\"")).fetch_one(&mut c).await.unwrap()
+    }
+
+    /// One document by `_id`.
+    pub async fn doc(&self, tenant: &str, collection: &str, id: &str) -> serde_json::Value {
+        let mut c = self.coredms_admin(tenant).await;
+        sqlx::query_scalar(&format!("select doc from \"{collection}\" where _id = $1"))
+            .bind(id)
+            .fetch_one(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("document {id} in {collection} of {tenant}: {e}"))
+    }
+
+    /// The tenant's coredms view as apps get it.
+    pub async fn tenant_coredms_url(&self, tenant: &str) -> String {
+        let creds = store::coredms::get(&self.db, &self.tenant(tenant)).await.unwrap().expect("tenant provisioned");
+        let base = pg_url();
+        let hostpart = base.split('@').nth(1).expect("url with host").rsplit_once('/').unwrap().0.to_owned();
+        format!("postgres://{}:{}@{hostpart}/{}", creds.username, creds.password, creds.database)
+    }
+
+    /// Stops everything and removes the test's databases (best effort).
+    pub async fn cleanup(mut self) {
+        self.stop().await;
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.db.close().await;
+        let mut conn = connect_admin(&pg_url()).await;
+        for t in &self.tenants {
+            let n = t.coredms_name();
+            let _ = sqlx::Executor::execute(&mut conn, format!("drop database if exists {n} with (force)").as_str()).await;
+            let _ = sqlx::Executor::execute(&mut conn, format!("drop role if exists {n}").as_str()).await;
+        }
+        let _ = sqlx::Executor::execute(&mut conn, format!("drop database if exists {} with (force)", self.database).as_str()).await;
+    }
+}
+
+/// Turns on the platform's logs in tests when `MYSIMBDP_TEST_LOG` is set (e.g. `mysimbdp=debug`).
+pub fn init_test_logging() {
+    if let Ok(filter) = std::env::var("MYSIMBDP_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
+}
+
+pub async fn connect_admin(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL ({e}): run `scripts/services.sh up` first"))
+}
+
+/// Waits until `cond` holds, or panics with `what` after `within`.
+pub async fn eventually(within: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Generated data from the workspace's `gen-data` tool.
+pub fn gen_data(kind: &str, rows: u64, bad_every: u64, seed: u64) -> Vec<u8> {
+    let out = Command::new(bin("gen-data")).args([kind, &rows.to_string(), &bad_every.to_string(), &seed.to_string()]).output().unwrap();
+    assert!(out.status.success(), "gen-data failed");
+    out.stdout
+}

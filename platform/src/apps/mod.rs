@@ -104,8 +104,8 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
 }
 
 impl Registry {
-    pub fn new(db: Db, data_dir: &Path) -> Self {
-        Registry { db, root: data_dir.join("apps") }
+    pub fn new(db: Db, data_dir: &Path) -> std::io::Result<Self> {
+        Ok(Registry { db, root: crate::config::absolute_dir(&data_dir.join("apps"))? })
     }
 
     /// Installs `source` (already on this machine) as the next version of the app.

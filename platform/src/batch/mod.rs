@@ -170,7 +170,12 @@ async fn dispatch(ctx: Arc<Ctx>) {
             let ctx2 = ctx.clone();
             ctx.tasks.spawn(async move {
                 if let Err(e) = runner::run(&ctx2, &tenant, id).await {
-                    tracing::error!(%tenant, job = %id, error = ?e, "running job failed in the platform; it stays open and is taken up on restart");
+                    // The platform failed (store, coredms, file system), not the app: try again later.
+                    tracing::error!(%tenant, job = %id, error = ?e, "running the job failed in the platform; retrying in 5s");
+                    match jobs::requeue_interrupted(&ctx2.db, &tenant, id, &format!("platform error, retrying: {e:#}")).await {
+                        Ok(()) => retry_after(&ctx2, &tenant, id, Duration::from_secs(5)),
+                        Err(e) => tracing::error!(%tenant, job = %id, error = %e, "requeue failed; recovery will take it up"),
+                    }
                 }
                 ctx2.scheduler.done(&tenant);
             });

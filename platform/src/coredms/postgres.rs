@@ -37,40 +37,15 @@ impl Provisioner {
     }
 
     pub async fn provision(&self, creds: &Credentials) -> Result<(), CoreDmsError> {
-        let role = ident(&creds.username);
-        let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = $1)")
-            .bind(&creds.username)
-            .fetch_one(&self.admin)
-            .await
-            .map_err(pg)?;
-        let password = literal(&creds.password);
-        if !exists {
-            let created = sqlx::query(&format!("create role {role} login password {password} nosuperuser nocreatedb nocreaterole"))
-                .execute(&self.admin)
-                .await;
-            if let Err(e) = created {
-                if !already_exists(&e) {
-                    return Err(pg(e));
-                }
-            }
-        }
-        sqlx::query(&format!("alter role {role} with login password {password}")).execute(&self.admin).await.map_err(pg)?;
-
-        let db_exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-            .bind(&creds.database)
-            .fetch_one(&self.admin)
-            .await
-            .map_err(pg)?;
-        let database = ident(&creds.database);
-        if !db_exists {
-            if let Err(e) = sqlx::query(&format!("create database {database} owner {role}")).execute(&self.admin).await {
-                if !already_exists(&e) {
-                    return Err(pg(e));
-                }
-            }
-        }
-        sqlx::query(&format!("revoke all on database {database} from public")).execute(&self.admin).await.map_err(pg)?;
-        sqlx::query(&format!("grant connect, temporary on database {database} to {role}")).execute(&self.admin).await.map_err(pg)?;
+        // Role and grant changes of one tenant from two places at once fail with "tuple concurrently
+        // updated"; a session lock per tenant serialises provisioners, in this process or another.
+        let mut conn = self.admin.acquire().await.map_err(pg)?;
+        let key = format!("mysimbdp-provision/{}", creds.database);
+        sqlx::query("select pg_advisory_lock(hashtextextended($1, 0))").bind(&key).execute(&mut *conn).await.map_err(pg)?;
+        let result = provision_locked(&mut conn, creds).await;
+        let unlocked = sqlx::query("select pg_advisory_unlock(hashtextextended($1, 0))").bind(&key).execute(&mut *conn).await;
+        result?;
+        unlocked.map_err(pg)?;
         Ok(())
     }
 
@@ -80,4 +55,42 @@ impl Provisioner {
         sqlx::query(&format!("drop role if exists {n}")).execute(&self.admin).await.map_err(pg)?;
         Ok(())
     }
+}
+
+async fn provision_locked(conn: &mut sqlx::PgConnection, creds: &Credentials) -> Result<(), CoreDmsError> {
+    let role = ident(&creds.username);
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = $1)")
+        .bind(&creds.username)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(pg)?;
+    let password = literal(&creds.password);
+    if !exists {
+        let created = sqlx::query(&format!("create role {role} login password {password} nosuperuser nocreatedb nocreaterole"))
+            .execute(&mut *conn)
+            .await;
+        if let Err(e) = created {
+            if !already_exists(&e) {
+                return Err(pg(e));
+            }
+        }
+    }
+    sqlx::query(&format!("alter role {role} with login password {password}")).execute(&mut *conn).await.map_err(pg)?;
+
+    let db_exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+        .bind(&creds.database)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(pg)?;
+    let database = ident(&creds.database);
+    if !db_exists {
+        if let Err(e) = sqlx::query(&format!("create database {database} owner {role}")).execute(&mut *conn).await {
+            if !already_exists(&e) {
+                return Err(pg(e));
+            }
+        }
+    }
+    sqlx::query(&format!("revoke all on database {database} from public")).execute(&mut *conn).await.map_err(pg)?;
+    sqlx::query(&format!("grant connect, temporary on database {database} to {role}")).execute(&mut *conn).await.map_err(pg)?;
+    Ok(())
 }

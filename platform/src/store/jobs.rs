@@ -360,7 +360,7 @@ pub async fn finish_attempt(db: &Db, tenant: &TenantId, id: Uuid, report: &Attem
 /// Puts a job back in the queue (after its retry delay, or after a platform restart interrupted it).
 pub async fn requeue(db: &Db, tenant: &TenantId, id: Uuid, why: &str) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
-    sqlx::query("update jobs set state = 'queued', pid = null, pid_start_ticks = null where tenant = $1 and id = $2")
+    sqlx::query("update jobs set state = 'queued', pid = null, pid_start_ticks = null where tenant = $1 and id = $2 and state in ('retry_wait', 'queued')")
         .bind(tenant.as_str())
         .bind(id)
         .execute(&mut *tx)
@@ -413,13 +413,14 @@ pub async fn list(db: &Db, f: &ListFilter) -> sqlx::Result<Vec<Job>> {
     .await
 }
 
-/// Puts back a job whose attempt the platform itself interrupted (shutdown or crash); the attempt
-/// does not count against the app.
+/// Puts back a job whose attempt the platform itself interrupted (shutdown, crash, platform error);
+/// an attempt that had started does not count against the app.
 pub async fn requeue_interrupted(db: &Db, tenant: &TenantId, id: Uuid, why: &str) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
     sqlx::query(
-        "update jobs set state = 'queued', attempts = greatest(attempts - 1, 0), pid = null, pid_start_ticks = null
-         where tenant = $1 and id = $2",
+        "update jobs set state = 'queued', pid = null, pid_start_ticks = null,
+                attempts = case when state = 'running' then greatest(attempts - 1, 0) else attempts end
+         where tenant = $1 and id = $2 and state in ('queued', 'running')",
     )
     .bind(tenant.as_str())
     .bind(id)

@@ -27,3 +27,17 @@ pub async fn connect(url: &str) -> anyhow::Result<Db> {
 pub async fn migrate(db: &Db) -> anyhow::Result<()> {
     sqlx::migrate!("../migrations").run(db).await.map_err(|e| anyhow::anyhow!("migrating the platform store: {e}"))
 }
+
+/// Closes the platform store's database to everyone but its owner and superusers: tenants' coredms
+/// logins live on the same server in small deployments and must not open it. Needs ownership of the
+/// database; where the platform's login lacks it, this is logged and left to the operator.
+pub async fn lock_down(db: &Db) {
+    let result = sqlx::raw_sql(
+        "do $$ begin execute format('revoke all on database %I from public', current_database()); end $$",
+    )
+    .execute(db)
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not revoke PUBLIC access to the platform store's database; do it by hand");
+    }
+}

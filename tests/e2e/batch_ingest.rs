@@ -1,0 +1,59 @@
+//! A CSV and a JSONL file for two tenants end as documents in each tenant's own coredms database.
+
+use mysimbdp_e2e::{agreement, bin, gen_data, unique, TestPlatform};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn csv_and_jsonl_of_two_tenants_land_in_their_own_coredms() {
+    let (zoo, food) = (unique("zoo"), unique("food"));
+    let zoo_batch = "  routes: [{files: \"*.csv\", app: tortoise-csv, timeout: 1m, memory: 1GiB}]\n  formats: [csv]\n  max_file_size: 10MiB\n  max_files_per_hour: 100\n  max_bytes_per_day: 1GiB\n  max_concurrent_jobs: 2";
+    let food_batch = "  routes: [{files: \"orders-*.jsonl\", app: orders-jsonl, timeout: 1m, memory: 1GiB}]\n  formats: [jsonl]\n  max_file_size: 1MiB\n  max_files_per_hour: 10\n  max_bytes_per_day: 10MiB\n  max_concurrent_jobs: 1";
+    let mut p = TestPlatform::new(&[(&zoo, agreement(&zoo, zoo_batch)), (&food, agreement(&food, food_batch))]).await;
+    p.start().await;
+    p.install(&zoo, "tortoise-csv", &bin("tortoise-csv")).await;
+    p.install(&food, "orders-jsonl", &bin("orders-jsonl")).await;
+
+    // 5,000 rows with every 50th malformed; 900 order events with every 30th malformed.
+    p.drop_file(&zoo, "readings.csv", &gen_data("tortoise", 5000, 50, 1));
+    p.drop_file(&food, "orders-1.jsonl", &gen_data("orders", 900, 30, 2));
+
+    let job = p.wait_final(&zoo, "readings.csv").await;
+    assert_eq!(job.state, "succeeded", "{job:?}");
+    assert_eq!((job.records_ingested, job.records_rejected), (Some(4900), Some(100)));
+    assert!(job.log.as_deref().unwrap_or_default().contains("line 51 rejected: acceleration `not-a-number` is not a number"), "{:?}", job.log);
+    let job = p.wait_final(&food, "orders-1.jsonl").await;
+    assert_eq!(job.state, "succeeded", "{job:?}");
+    assert_eq!((job.records_ingested, job.records_rejected), (Some(870), Some(30)));
+    let events: Vec<String> = p.events(&food, &job).await.into_iter().map(|(s, _)| s).collect();
+    assert_eq!(events, ["detected", "queued", "running", "succeeded"]);
+
+    assert_eq!(p.count_docs(&zoo, "readings").await, 4900);
+    assert_eq!(p.count_docs(&food, "orders").await, 870);
+    assert_eq!(p.count_docs(&zoo, "orders").await, 0, "no food data in the zoo's database");
+    assert_eq!(p.count_docs(&food, "readings").await, 0, "no zoo data in the food database");
+
+    // The wrangled shapes: typed, renamed, nested.
+    let doc = p.doc(&zoo, "readings", "tortoise-00:1700000000000").await;
+    assert_eq!(doc["device_id"], "tortoise-00");
+    assert_eq!(doc["ts"], "2023-11-14T22:13:20.000Z");
+    assert!(doc["acceleration"]["x"].is_i64() && doc["acceleration"]["magnitude"].is_f64(), "{doc}");
+    assert!(doc["environment"]["humidity"].is_f64(), "{doc}");
+    assert!(doc.get("dev-id").is_none());
+    let doc = p.doc(&food, "orders", "1800000000:placed").await;
+    assert_eq!(doc["status"], "placed");
+    assert!(doc["amount_cents"].is_i64() && doc["customer"]["name"].is_string(), "{doc}");
+    assert_eq!(doc["date"], "2025-01-18");
+
+    // Ingested files leave staging for the ingested area.
+    assert!(!p.staging_dir.join(&zoo).join("readings.csv").exists());
+    let ingested = p.data_dir.join("ingested").join(&zoo);
+    assert_eq!(std::fs::read_dir(&ingested).unwrap().count(), 1);
+
+    // The same content dropped again is recognised and not ingested twice.
+    p.drop_file(&zoo, "readings-copy.csv", &gen_data("tortoise", 5000, 50, 1));
+    let dup = p.wait_final(&zoo, "readings-copy.csv").await;
+    assert_eq!((dup.state.as_str(), dup.reason.as_deref()), ("rejected", Some("duplicate")));
+    assert!(dup.detail.as_deref().unwrap().contains("`readings.csv`"), "{dup:?}");
+    assert_eq!(dup.attempts, 0);
+    assert_eq!(p.count_docs(&zoo, "readings").await, 4900);
+    p.cleanup().await;
+}

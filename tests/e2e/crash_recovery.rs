@@ -1,0 +1,61 @@
+//! kill -9 of the platform while files are being claimed and apps are running, then restart: every
+//! file ends with exactly one outcome and the coredms holds exactly one copy of each record.
+
+use std::time::Duration;
+
+use mysimbdp_e2e::{agreement, bin, eventually, gen_data, unique, TestPlatform};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_and_restart_lose_nothing_and_double_nothing() {
+    let t = unique("crash");
+    let batch = "  routes: [{files: \"*.csv\", app: slow-tortoise, timeout: 1m, memory: 1GiB}]\n  formats: [csv]\n  max_file_size: 100MiB\n  max_files_per_hour: 1000\n  max_bytes_per_day: 10GiB\n  max_concurrent_jobs: 3\n  retries: 1";
+    let mut p = TestPlatform::new(&[(&t, agreement(&t, batch))]).await;
+    // The real ingest app, slowed down so that kills land while it runs and while it writes.
+    let tortoise = bin("tortoise-csv");
+    p.install_script(&t, "slow-tortoise", &format!("sleep 0.2; exec {} \"$1\"", tortoise.display())).await;
+    p.start_process().await;
+
+    const FILES: u64 = 12;
+    const ROWS: u64 = 20_000;
+    for i in 0..FILES {
+        p.drop_file(&t, &format!("part-{i:02}.csv"), &gen_data("tortoise", ROWS, 0, 100 + i));
+    }
+    // Kill while files are being claimed, then twice more while apps run.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    p.kill9();
+    for _ in 0..2 {
+        p.start_process().await;
+        let db = p.db.clone();
+        eventually(Duration::from_secs(30), "an app running", async || {
+            let (n,): (i64,) = sqlx::query_as("select count(*) from jobs where state = 'running'").fetch_one(&db).await.unwrap();
+            n > 0
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        p.kill9();
+    }
+    p.start_process().await;
+
+    let db = p.db.clone();
+    eventually(Duration::from_secs(120), "every file in a final state", async || {
+        let (open,): (i64,) = sqlx::query_as("select count(*) from jobs where state not in ('succeeded','rejected','failed')").fetch_one(&db).await.unwrap();
+        let (total,): (i64,) = sqlx::query_as("select count(*) from jobs").fetch_one(&db).await.unwrap();
+        open == 0 && total >= FILES as i64
+    })
+    .await;
+    let jobs = p.all_jobs(&t).await;
+    assert_eq!(jobs.len() as u64, FILES, "exactly one job per file: {:?}", jobs.iter().map(|j| &j.file_name).collect::<Vec<_>>());
+    for job in &jobs {
+        assert_eq!(job.state, "succeeded", "{job:?}");
+        assert_eq!(job.records_ingested, Some(ROWS as i64), "{job:?}");
+    }
+    assert_eq!(p.count_docs(&t, "readings").await, (FILES * ROWS) as i64, "exactly one copy of each record");
+    // Nothing left in staging or in the work area; every file in the ingested area.
+    assert_eq!(std::fs::read_dir(p.staging_dir.join(&t)).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(p.data_dir.join("work").join(&t)).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(p.data_dir.join("ingested").join(&t)).unwrap().count() as u64, FILES);
+    // The interruptions are on record.
+    let (restarts,): (i64,) = sqlx::query_as("select count(*) from job_events where message like 'platform restarted during attempt%'").fetch_one(&p.db).await.unwrap();
+    assert!(restarts >= 1, "at least one running job was taken up again");
+    p.cleanup().await;
+}

@@ -1,0 +1,51 @@
+//! A half-written file is not picked up until complete; a `.part` file renamed into place is, at once.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use mysimbdp_e2e::{agreement, unique, TestPlatform};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_are_taken_only_when_complete() {
+    let t = unique("stage");
+    let batch = "  routes: [{files: \"*.csv\", app: ok, timeout: 1m, memory: 256MiB}]\n  formats: [csv]\n  max_file_size: 1MiB\n  max_files_per_hour: 100\n  max_bytes_per_day: 1GiB\n  max_concurrent_jobs: 1\n  min_file_age: 1500ms";
+    let mut p = TestPlatform::new(&[(&t, agreement(&t, batch))]).await;
+    p.start().await;
+    p.install_script(&t, "ok", "wc -l < \"$1\"").await;
+    let dir = p.staging_dir.join(&t);
+
+    // Written in place, slowly: each write is younger than min_file_age, so nothing is taken.
+    let path = dir.join("slow.csv");
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(f, "a,b").unwrap();
+    for i in 0..8 {
+        writeln!(f, "{i},x").unwrap();
+        f.flush().unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(p.jobs_for(&t, "slow.csv").await.is_empty(), "taken while still being written");
+        assert!(path.exists());
+    }
+    drop(f);
+    let done = Instant::now();
+    let job = p.wait_final(&t, "slow.csv").await;
+    assert!(done.elapsed() >= Duration::from_millis(1000), "taken before min_file_age passed");
+    assert_eq!((job.state.as_str(), job.log.as_deref()), ("succeeded", Some("9\n")), "the whole file was ingested");
+
+    // `.part`, `.tmp` and hidden files are never taken, however old.
+    std::fs::write(dir.join("big.csv.part"), "a\n1\n").unwrap();
+    std::fs::write(dir.join("x.csv.tmp"), "a\n1\n").unwrap();
+    std::fs::write(dir.join(".hidden.csv"), "a\n1\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(p.all_jobs(&t).await.len(), 1);
+    assert!(dir.join("big.csv.part").exists() && dir.join("x.csv.tmp").exists() && dir.join(".hidden.csv").exists());
+
+    // Renamed into place: complete at once. The file is fresh (younger than min_file_age), so only
+    // the rename can make it complete.
+    std::fs::write(dir.join("fresh.csv.part"), "a\n1\n2\n").unwrap();
+    let renamed = Instant::now();
+    std::fs::rename(dir.join("fresh.csv.part"), dir.join("fresh.csv")).unwrap();
+    let job = p.wait_final(&t, "fresh.csv").await;
+    assert_eq!(job.state, "succeeded");
+    assert!(renamed.elapsed() < Duration::from_millis(1500), "a renamed file is taken without waiting for min_file_age: {:?}", renamed.elapsed());
+    p.cleanup().await;
+}
