@@ -183,7 +183,8 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MYSIMBDP_LOG").unwrap_or_else(|_| "info,sqlx=warn".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("MYSIMBDP_LOG").unwrap_or_else(|_| "info,sqlx=warn".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -198,7 +199,16 @@ fn tenant(s: &str) -> anyhow::Result<TenantId> {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { store, paths, coredms_url, workers, rescan_interval, log_limit, kill_grace, retry_backoff } => {
+        Command::Serve {
+            store,
+            paths,
+            coredms_url,
+            workers,
+            rescan_interval,
+            log_limit,
+            kill_grace,
+            retry_backoff,
+        } => {
             let defaults = BatchConfig::default();
             let config = mysimbdp::Config {
                 database_url: store.database_url,
@@ -251,7 +261,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let app = Registry::new(db, &paths.data_dir)?
                 .install(&agreement, InstallRequest { name: name.as_deref(), kind }, &path)
                 .await?;
-            println!("installed {} version {} ({}, {} bytes) for tenant {t}", app.name, app.version, app.kind, app.size_bytes);
+            println!(
+                "installed {} version {} ({}, {} bytes) for tenant {t}",
+                app.name, app.version, app.kind, app.size_bytes
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Apps(AppsCommand::List { store, tenant: t, json }) => {
@@ -263,7 +276,16 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 let rows = apps
                     .iter()
-                    .map(|a| vec![a.name.clone(), a.version.to_string(), a.kind.clone(), a.entrypoint.clone(), a.size_bytes.to_string(), a.created_at.format("%F %T").to_string()])
+                    .map(|a| {
+                        vec![
+                            a.name.clone(),
+                            a.version.to_string(),
+                            a.kind.clone(),
+                            a.entrypoint.clone(),
+                            a.size_bytes.to_string(),
+                            a.created_at.format("%F %T").to_string(),
+                        ]
+                    })
                     .collect();
                 print_table(&["NAME", "VERSION", "KIND", "ENTRYPOINT", "BYTES", "INSTALLED"], rows);
             }
@@ -346,7 +368,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let by_day = store::stats::by_day(&db, t.as_ref(), since).await?;
             let reasons = store::stats::reasons(&db, t.as_ref(), since).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "by_day": by_day, "reasons": reasons }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "by_day": by_day, "reasons": reasons }))?
+                );
             } else {
                 let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
                 let rows = by_day
@@ -370,12 +395,29 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     })
                     .collect();
                 print_table(
-                    &["TENANT", "DAY", "FILES", "OK", "REJECTED", "FAILED", "INGESTED", "RECORDS", "BAD ROWS", "MEAN MS", "P50 MS", "P95 MS", "THROUGHPUT"],
+                    &[
+                        "TENANT",
+                        "DAY",
+                        "FILES",
+                        "OK",
+                        "REJECTED",
+                        "FAILED",
+                        "INGESTED",
+                        "RECORDS",
+                        "BAD ROWS",
+                        "MEAN MS",
+                        "P50 MS",
+                        "P95 MS",
+                        "THROUGHPUT",
+                    ],
                     rows,
                 );
                 if !reasons.is_empty() {
                     println!();
-                    let rows = reasons.iter().map(|r| vec![r.tenant.clone(), r.state.clone(), r.reason.clone(), r.count.to_string()]).collect();
+                    let rows = reasons
+                        .iter()
+                        .map(|r| vec![r.tenant.clone(), r.state.clone(), r.reason.clone(), r.count.to_string()])
+                        .collect();
                     print_table(&["TENANT", "OUTCOME", "REASON", "FILES"], rows);
                 }
             }

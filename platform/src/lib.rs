@@ -33,7 +33,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     store::migrate(&db).await?;
     store::lock_down(&db).await;
     let coredms = coredms::CoreDms::connect(&config.coredms_url).await?;
-    let agreements = agreement::registry::Agreements::watch(config.tenants_dir.clone(), Duration::from_secs(2), shutdown.clone())?;
+    let agreements =
+        agreement::registry::Agreements::watch(config.tenants_dir.clone(), Duration::from_secs(2), shutdown.clone())?;
     let tenants = Arc::new(tenants::Tenants::new(db.clone(), coredms, config.staging_dir.clone()));
     let reconcile = {
         let (tenants, agreements, shutdown) = (tenants.clone(), agreements.clone(), shutdown.clone());

@@ -17,9 +17,7 @@ impl TenantId {
         if valid_len && first_ok && rest_ok {
             Ok(TenantId(s.to_owned()))
         } else {
-            Err(format!(
-                "`{s}` is not a valid tenant id (2-32 characters of a-z, 0-9 and `-`, not starting with `-`)"
-            ))
+            Err(format!("`{s}` is not a valid tenant id (2-32 characters of a-z, 0-9 and `-`, not starting with `-`)"))
         }
     }
 

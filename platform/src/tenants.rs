@@ -33,7 +33,8 @@ impl Tenants {
         if let Some(view) = self.provisioned.lock().expect("tenants lock").get(tenant) {
             return Ok(view.clone());
         }
-        std::fs::create_dir_all(self.staging.join(tenant.as_str())).map_err(|e| CoreDmsError::Postgres(format!("creating staging folder: {e}")))?;
+        std::fs::create_dir_all(self.staging.join(tenant.as_str()))
+            .map_err(|e| CoreDmsError::Postgres(format!("creating staging folder: {e}")))?;
         let view = self.coredms.provision(&self.db, tenant).await?;
         tracing::info!(%tenant, database = %view.database, backend = self.coredms.backend_name(), "tenant provisioned");
         self.provisioned.lock().expect("tenants lock").insert(tenant.clone(), view.clone());

@@ -10,13 +10,10 @@ pub struct ByteSize(pub u64);
 impl ByteSize {
     pub fn parse(input: &str) -> Result<Self, String> {
         let s = input.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
         let (number, unit) = s.split_at(split);
-        let number: f64 = number
-            .parse()
-            .map_err(|_| format!("`{input}` is not a size (expected e.g. 512, 64KiB, 200MiB, 20GiB)"))?;
+        let number: f64 =
+            number.parse().map_err(|_| format!("`{input}` is not a size (expected e.g. 512, 64KiB, 200MiB, 20GiB)"))?;
         let multiplier: u64 = match unit.trim() {
             "" | "B" => 1,
             "KB" | "kB" => 1_000,
@@ -51,7 +48,7 @@ impl fmt::Display for ByteSize {
         for (unit, size) in UNITS {
             if self.0 >= size {
                 let value = self.0 as f64 / size as f64;
-                return if self.0 % size == 0 {
+                return if self.0.is_multiple_of(size) {
                     write!(f, "{}{unit}", self.0 / size)
                 } else {
                     write!(f, "{value:.2}{unit}")
@@ -70,9 +67,8 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("`{input}` has no unit (expected e.g. 500ms, 2s, 10m, 1h, 1d)"))?;
     let (number, unit) = s.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("`{input}` is not a duration (expected e.g. 500ms, 2s, 10m, 1h, 1d)"))?;
+    let number: f64 =
+        number.parse().map_err(|_| format!("`{input}` is not a duration (expected e.g. 500ms, 2s, 10m, 1h, 1d)"))?;
     let seconds = match unit.trim() {
         "ms" => number / 1000.0,
         "s" => number,
@@ -81,7 +77,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
         "d" => number * 86400.0,
         other => return Err(format!("`{input}` has unknown duration unit `{other}` (use ms, s, m, h, d)")),
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 1e9 {
+    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
         return Err(format!("`{input}` is out of range"));
     }
     Ok(Duration::from_secs_f64(seconds))
@@ -90,13 +86,13 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
 /// Formats a duration the way agreements write them, for messages that quote a limit.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 86_400_000 == 0 && ms > 0 {
+    if ms.is_multiple_of(86_400_000) && ms > 0 {
         format!("{}d", ms / 86_400_000)
-    } else if ms % 3_600_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(3_600_000) && ms > 0 {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

@@ -19,7 +19,11 @@ async fn an_invalid_edit_keeps_the_previous_agreement_in_force() {
     let two_kib = |seed: u8| format!("a,b\n{}", format!("{seed},2\n").repeat(512)).into_bytes();
 
     // An edit with two mistakes: both reported, file and field named; the 1KiB limit stays.
-    std::fs::write(&file, agreement(&t, &batch("lots")).replace("  max_concurrent_jobs: 1", "  max_concurrent_jobs: 1\n  colour: red")).unwrap();
+    std::fs::write(
+        &file,
+        agreement(&t, &batch("lots")).replace("  max_concurrent_jobs: 1", "  max_concurrent_jobs: 1\n  colour: red"),
+    )
+    .unwrap();
     let check = std::process::Command::new(bin("mysimbdp")).args(["agreement", "check"]).arg(&file).output().unwrap();
     let report = String::from_utf8_lossy(&check.stdout);
     assert!(!check.status.success());
@@ -41,7 +45,10 @@ async fn an_invalid_edit_keeps_the_previous_agreement_in_force() {
     // A tenant added while running is provisioned and served.
     let new = unique("added");
     std::fs::write(p.tenants_dir.join(format!("{new}.yaml")), agreement(&new, &batch("1MiB"))).unwrap();
-    mysimbdp_e2e::eventually(Duration::from_secs(10), "the new tenant's staging folder", async || p.staging_dir.join(&new).is_dir()).await;
+    mysimbdp_e2e::eventually(Duration::from_secs(10), "the new tenant's staging folder", async || {
+        p.staging_dir.join(&new).is_dir()
+    })
+    .await;
     p.install_script(&new, "ok", "exit 0").await;
     p.drop_file(&new, "c.csv", b"a\n1\n");
     assert_eq!(p.wait_final(&new, "c.csv").await.state, "succeeded");

@@ -19,7 +19,14 @@ async fn csv_and_jsonl_of_two_tenants_land_in_their_own_coredms() {
     let job = p.wait_final(&zoo, "readings.csv").await;
     assert_eq!(job.state, "succeeded", "{job:?}");
     assert_eq!((job.records_ingested, job.records_rejected), (Some(4900), Some(100)));
-    assert!(job.log.as_deref().unwrap_or_default().contains("line 51 rejected: acceleration `not-a-number` is not a number"), "{:?}", job.log);
+    assert!(
+        job.log
+            .as_deref()
+            .unwrap_or_default()
+            .contains("line 51 rejected: acceleration `not-a-number` is not a number"),
+        "{:?}",
+        job.log
+    );
     let job = p.wait_final(&food, "orders-1.jsonl").await;
     assert_eq!(job.state, "succeeded", "{job:?}");
     assert_eq!((job.records_ingested, job.records_rejected), (Some(870), Some(30)));

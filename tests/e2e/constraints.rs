@@ -11,9 +11,15 @@ fn batch(limits: &str) -> String {
 async fn each_violation_is_rejected_before_the_app_runs() {
     let (small, rate, volume) = (unique("small"), unique("rate"), unique("volume"));
     let mut p = TestPlatform::new(&[
-        (&small, agreement(&small, &batch("  max_file_size: 1KiB\n  max_files_per_hour: 100\n  max_bytes_per_day: 1MiB"))),
+        (
+            &small,
+            agreement(&small, &batch("  max_file_size: 1KiB\n  max_files_per_hour: 100\n  max_bytes_per_day: 1MiB")),
+        ),
         (&rate, agreement(&rate, &batch("  max_file_size: 1KiB\n  max_files_per_hour: 2\n  max_bytes_per_day: 1MiB"))),
-        (&volume, agreement(&volume, &batch("  max_file_size: 1KiB\n  max_files_per_hour: 100\n  max_bytes_per_day: 1000B"))),
+        (
+            &volume,
+            agreement(&volume, &batch("  max_file_size: 1KiB\n  max_files_per_hour: 100\n  max_bytes_per_day: 1000B")),
+        ),
     ])
     .await;
     p.start().await;
@@ -45,7 +51,8 @@ async fn each_violation_is_rejected_before_the_app_runs() {
         // Quarantined, with the reason beside it.
         let q = std::path::PathBuf::from(job.final_path.clone().unwrap());
         assert!(q.starts_with(p.data_dir.join("quarantine").join(&small)) && q.exists(), "{q:?}");
-        let sidecar: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{}.reason.json", q.display())).unwrap()).unwrap();
+        let sidecar: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(format!("{}.reason.json", q.display())).unwrap()).unwrap();
         assert_eq!(sidecar["reason"], reason);
         assert!(!p.staging_dir.join(&small).join(file).exists());
     }

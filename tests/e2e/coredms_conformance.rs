@@ -7,7 +7,12 @@ use mysimbdp_e2e::{pg_url, unique, with_database, TestPlatform};
 use mysimbdp_sdk::{CoreDms, Doc};
 
 fn docs(range: std::ops::Range<u32>) -> Vec<Doc> {
-    range.map(|i| Doc { id: format!("doc-{i}"), json: format!("{{\"n\": {i}, \"nested\": {{\"s\": \"x\\\\y\\ttab\"}}}}") }).collect()
+    range
+        .map(|i| Doc {
+            id: format!("doc-{i}"),
+            json: format!("{{\"n\": {i}, \"nested\": {{\"s\": \"x\\\\y\\ttab\"}}}}"),
+        })
+        .collect()
 }
 
 /// Provision two tenants on `admin_url`, write idempotently as one, and check the other cannot read it.
@@ -41,7 +46,10 @@ async fn conformance(admin_url: &str) {
     let (url_b, db_a) = (view_b.url.clone(), view_a.database.clone());
     let cross = tokio::task::spawn_blocking(move || {
         let target = if url_b.starts_with("mongodb") {
-            url_b.replace(&format!("/{}?", url_b.rsplit('/').next().unwrap().split('?').next().unwrap()), &format!("/{db_a}?"))
+            url_b.replace(
+                &format!("/{}?", url_b.rsplit('/').next().unwrap().split('?').next().unwrap()),
+                &format!("/{db_a}?"),
+            )
         } else {
             with_database(&url_b, &db_a)
         };

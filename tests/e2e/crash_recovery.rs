@@ -27,7 +27,8 @@ async fn kill_9_and_restart_lose_nothing_and_double_nothing() {
         p.start_process().await;
         let db = p.db.clone();
         eventually(Duration::from_secs(30), "an app running", async || {
-            let (n,): (i64,) = sqlx::query_as("select count(*) from jobs where state = 'running'").fetch_one(&db).await.unwrap();
+            let (n,): (i64,) =
+                sqlx::query_as("select count(*) from jobs where state = 'running'").fetch_one(&db).await.unwrap();
             n > 0
         })
         .await;
@@ -38,13 +39,22 @@ async fn kill_9_and_restart_lose_nothing_and_double_nothing() {
 
     let db = p.db.clone();
     eventually(Duration::from_secs(120), "every file in a final state", async || {
-        let (open,): (i64,) = sqlx::query_as("select count(*) from jobs where state not in ('succeeded','rejected','failed')").fetch_one(&db).await.unwrap();
+        let (open,): (i64,) =
+            sqlx::query_as("select count(*) from jobs where state not in ('succeeded','rejected','failed')")
+                .fetch_one(&db)
+                .await
+                .unwrap();
         let (total,): (i64,) = sqlx::query_as("select count(*) from jobs").fetch_one(&db).await.unwrap();
         open == 0 && total >= FILES as i64
     })
     .await;
     let jobs = p.all_jobs(&t).await;
-    assert_eq!(jobs.len() as u64, FILES, "exactly one job per file: {:?}", jobs.iter().map(|j| &j.file_name).collect::<Vec<_>>());
+    assert_eq!(
+        jobs.len() as u64,
+        FILES,
+        "exactly one job per file: {:?}",
+        jobs.iter().map(|j| &j.file_name).collect::<Vec<_>>()
+    );
     for job in &jobs {
         assert_eq!(job.state, "succeeded", "{job:?}");
         assert_eq!(job.records_ingested, Some(ROWS as i64), "{job:?}");
@@ -55,7 +65,11 @@ async fn kill_9_and_restart_lose_nothing_and_double_nothing() {
     assert_eq!(std::fs::read_dir(p.data_dir.join("work").join(&t)).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(p.data_dir.join("ingested").join(&t)).unwrap().count() as u64, FILES);
     // The interruptions are on record.
-    let (restarts,): (i64,) = sqlx::query_as("select count(*) from job_events where message like 'platform restarted during attempt%'").fetch_one(&p.db).await.unwrap();
+    let (restarts,): (i64,) =
+        sqlx::query_as("select count(*) from job_events where message like 'platform restarted during attempt%'")
+            .fetch_one(&p.db)
+            .await
+            .unwrap();
     assert!(restarts >= 1, "at least one running job was taken up again");
     p.cleanup().await;
 }

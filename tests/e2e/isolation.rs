@@ -30,8 +30,15 @@ async fn apps_see_only_their_own_tenant() {
     assert_eq!(
         keys,
         [
-            "HOME", "LANG", "MYSIMBDP_COREDMS_DB", "MYSIMBDP_COREDMS_URL", "MYSIMBDP_INPUT_FILE", "MYSIMBDP_JOB_ID",
-            "MYSIMBDP_RESULT_FILE", "MYSIMBDP_TENANT", "PATH",
+            "HOME",
+            "LANG",
+            "MYSIMBDP_COREDMS_DB",
+            "MYSIMBDP_COREDMS_URL",
+            "MYSIMBDP_INPUT_FILE",
+            "MYSIMBDP_JOB_ID",
+            "MYSIMBDP_RESULT_FILE",
+            "MYSIMBDP_TENANT",
+            "PATH",
         ],
         "exactly the contract's variables; nothing of the platform's environment"
     );
@@ -52,13 +59,16 @@ async fn apps_see_only_their_own_tenant() {
     sqlx::raw_sql("create table t (_id text primary key, doc jsonb not null)").execute(&mut own).await.unwrap();
     // ...and reach neither B's database nor the platform store.
     for other in [b_db.as_str(), p.database.as_str()] {
-        let err = PgConnection::connect(&with_database(url, other)).await.err().unwrap_or_else(|| panic!("{a}'s login opened {other}"));
+        let err = PgConnection::connect(&with_database(url, other))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{a}'s login opened {other}"));
         assert!(err.to_string().contains("permission denied for database"), "{err}");
     }
     // B's credentials are not A's.
     let b_url = p.tenant_coredms_url(&b).await;
     assert_ne!(b_url.split('@').next(), url.split('@').next());
-    let err = PgConnection::connect(&with_database(&b_url, &a_db)).await.err().expect("B cannot open A's database");
+    let err = PgConnection::connect(&with_database(&b_url, &a_db)).await.expect_err("B cannot open A's database");
     assert!(err.to_string().contains("permission denied for database"), "{err}");
     p.cleanup().await;
 }

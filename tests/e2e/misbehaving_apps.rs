@@ -36,7 +36,10 @@ async fn failures_are_recorded_and_the_platform_keeps_going() {
     }
 
     let crash = p.wait_final(&t, "crash-1.csv").await;
-    assert_eq!((crash.state.as_str(), crash.reason.as_deref(), crash.exit_code), ("failed", Some("app_error"), Some(3)));
+    assert_eq!(
+        (crash.state.as_str(), crash.reason.as_deref(), crash.exit_code),
+        ("failed", Some("app_error"), Some(3))
+    );
     assert_eq!(crash.detail.as_deref(), Some("exited with status 3"));
     assert!(crash.log.as_deref().unwrap().contains("crashing on purpose"));
 
@@ -64,7 +67,8 @@ async fn failures_are_recorded_and_the_platform_keeps_going() {
 
     // Each failed file is quarantined with its log beside it.
     let q = std::path::PathBuf::from(flood.final_path.clone().unwrap());
-    let sidecar: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{}.reason.json", q.display())).unwrap()).unwrap();
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{}.reason.json", q.display())).unwrap()).unwrap();
     assert!(sidecar["log"].as_str().unwrap().contains("bytes dropped"));
 
     // The platform keeps going.
@@ -99,9 +103,27 @@ async fn retries_follow_the_agreement_and_exit_75_means_try_later() {
     let job = p.wait_final(&t, "flaky.csv").await;
     assert_eq!((job.state.as_str(), job.attempts), ("succeeded", 3), "{job:?}");
     let states: Vec<String> = p.events(&t, &job).await.into_iter().map(|(s, _)| s).collect();
-    assert_eq!(states, ["detected", "queued", "running", "retry_wait", "queued", "running", "retry_wait", "queued", "running", "succeeded"]);
+    assert_eq!(
+        states,
+        [
+            "detected",
+            "queued",
+            "running",
+            "retry_wait",
+            "queued",
+            "running",
+            "retry_wait",
+            "queued",
+            "running",
+            "succeeded"
+        ]
+    );
 
     let later = p.wait_final_within(&t, "later-1.csv", Duration::from_secs(30)).await;
-    assert_eq!((later.state.as_str(), later.reason.as_deref(), later.attempts), ("failed", Some("try_later"), 3), "{later:?}");
+    assert_eq!(
+        (later.state.as_str(), later.reason.as_deref(), later.attempts),
+        ("failed", Some("try_later"), 3),
+        "{later:?}"
+    );
     p.cleanup().await;
 }

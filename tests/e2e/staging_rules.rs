@@ -46,6 +46,10 @@ async fn files_are_taken_only_when_complete() {
     std::fs::rename(dir.join("fresh.csv.part"), dir.join("fresh.csv")).unwrap();
     let job = p.wait_final(&t, "fresh.csv").await;
     assert_eq!(job.state, "succeeded");
-    assert!(renamed.elapsed() < Duration::from_millis(1500), "a renamed file is taken without waiting for min_file_age: {:?}", renamed.elapsed());
+    assert!(
+        renamed.elapsed() < Duration::from_millis(1500),
+        "a renamed file is taken without waiting for min_file_age: {:?}",
+        renamed.elapsed()
+    );
     p.cleanup().await;
 }

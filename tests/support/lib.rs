@@ -23,7 +23,12 @@ pub fn pg_url() -> String {
     std::fs::read_to_string(&env_file)
         .ok()
         .and_then(|text| text.lines().find_map(|l| l.strip_prefix("MYSIMBDP_TEST_PG_URL=").map(str::to_owned)))
-        .unwrap_or_else(|| panic!("MYSIMBDP_TEST_PG_URL is not set and {} has none: run `scripts/services.sh up` first", env_file.display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "MYSIMBDP_TEST_PG_URL is not set and {} has none: run `scripts/services.sh up` first",
+                env_file.display()
+            )
+        })
 }
 
 /// `url` with its database replaced.
@@ -86,12 +91,15 @@ impl TestPlatform {
         let admin = pg_url();
         let database = format!("mysimbdp_test_{}", uuid::Uuid::new_v4().simple());
         let mut conn = connect_admin(&admin).await;
-        sqlx::Executor::execute(&mut conn, format!("create database {database}").as_str()).await.expect("create test database");
+        sqlx::Executor::execute(&mut conn, format!("create database {database}").as_str())
+            .await
+            .expect("create test database");
         let database_url = with_database(&admin, &database);
         let db = store::connect(&database_url).await.expect("connect to test database");
         store::migrate(&db).await.expect("migrate");
         let dir = tempfile::tempdir().expect("tempdir");
-        let (tenants_dir, staging_dir, data_dir) = (dir.path().join("tenants"), dir.path().join("staging"), dir.path().join("data"));
+        let (tenants_dir, staging_dir, data_dir) =
+            (dir.path().join("tenants"), dir.path().join("staging"), dir.path().join("data"));
         for d in [&tenants_dir, &staging_dir, &data_dir] {
             std::fs::create_dir_all(d).unwrap();
         }
@@ -100,7 +108,19 @@ impl TestPlatform {
             std::fs::write(tenants_dir.join(format!("{t}.yaml")), text).unwrap();
             ids.push(TenantId::parse(t).unwrap());
         }
-        TestPlatform { dir, tenants_dir, staging_dir, data_dir, database_url, database, db, batch: fast_batch_config(), tenants: ids, running: None, process: None }
+        TestPlatform {
+            dir,
+            tenants_dir,
+            staging_dir,
+            data_dir,
+            database_url,
+            database,
+            db,
+            batch: fast_batch_config(),
+            tenants: ids,
+            running: None,
+            process: None,
+        }
     }
 
     pub fn config(&self) -> mysimbdp::Config {
@@ -165,7 +185,9 @@ impl TestPlatform {
         let deadline = Instant::now() + Duration::from_secs(30);
         for t in &self.tenants {
             loop {
-                if store::coredms::get(&self.db, t).await.unwrap().is_some() && self.staging_dir.join(t.as_str()).is_dir() {
+                if store::coredms::get(&self.db, t).await.unwrap().is_some()
+                    && self.staging_dir.join(t.as_str()).is_dir()
+                {
                     break;
                 }
                 if let Some((_, h)) = &self.running {
@@ -183,7 +205,8 @@ impl TestPlatform {
 
     /// Installs an app from a local file, as `mysimbdp apps install` does.
     pub async fn install(&self, tenant: &str, name: &str, path: &Path) {
-        let agreement = mysimbdp::agreement::ServiceAgreement::load(&self.tenants_dir.join(format!("{tenant}.yaml"))).unwrap();
+        let agreement =
+            mysimbdp::agreement::ServiceAgreement::load(&self.tenants_dir.join(format!("{tenant}.yaml"))).unwrap();
         Registry::new(self.db.clone(), &self.data_dir)
             .unwrap()
             .install(&agreement, InstallRequest { name: Some(name), kind: AppKind::Batch }, path)
@@ -224,24 +247,38 @@ impl TestPlatform {
             if let Some((_, h)) = &self.running {
                 assert!(!h.is_finished(), "the platform stopped while waiting for {file}");
             }
-            assert!(Instant::now() < deadline, "{file} of {tenant} did not reach a final state within {within:?}: {jobs:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{file} of {tenant} did not reach a final state within {within:?}: {jobs:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub async fn jobs_for(&self, tenant: &str, file: &str) -> Vec<Job> {
-        let filter = store::jobs::ListFilter { tenant: Some(self.tenant(tenant)), file_name: Some(file.into()), limit: 100, ..Default::default() };
+        let filter = store::jobs::ListFilter {
+            tenant: Some(self.tenant(tenant)),
+            file_name: Some(file.into()),
+            limit: 100,
+            ..Default::default()
+        };
         store::jobs::list(&self.db, &filter).await.unwrap()
     }
 
     pub async fn all_jobs(&self, tenant: &str) -> Vec<Job> {
-        let filter = store::jobs::ListFilter { tenant: Some(self.tenant(tenant)), limit: 100_000, ..Default::default() };
+        let filter =
+            store::jobs::ListFilter { tenant: Some(self.tenant(tenant)), limit: 100_000, ..Default::default() };
         store::jobs::list(&self.db, &filter).await.unwrap()
     }
 
     /// Events (state, message) of a job, oldest first.
     pub async fn events(&self, tenant: &str, job: &Job) -> Vec<(String, String)> {
-        store::jobs::events(&self.db, &self.tenant(tenant), job.id).await.unwrap().into_iter().map(|e| (e.state, e.message)).collect()
+        store::jobs::events(&self.db, &self.tenant(tenant), job.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.state, e.message))
+            .collect()
     }
 
     /// The tenant's coredms database, opened with the platform's admin login.
@@ -252,7 +289,8 @@ impl TestPlatform {
     /// Documents in a tenant's collection (0 if the collection does not exist).
     pub async fn count_docs(&self, tenant: &str, collection: &str) -> i64 {
         let mut c = self.coredms_admin(tenant).await;
-        let exists: bool = sqlx::query_scalar("select to_regclass($1) is not null").bind(collection).fetch_one(&mut c).await.unwrap();
+        let exists: bool =
+            sqlx::query_scalar("select to_regclass($1) is not null").bind(collection).fetch_one(&mut c).await.unwrap();
         if !exists {
             return 0;
         }
@@ -288,10 +326,15 @@ impl TestPlatform {
         let mut conn = connect_admin(&pg_url()).await;
         for t in &self.tenants {
             let n = t.coredms_name();
-            let _ = sqlx::Executor::execute(&mut conn, format!("drop database if exists {n} with (force)").as_str()).await;
+            let _ =
+                sqlx::Executor::execute(&mut conn, format!("drop database if exists {n} with (force)").as_str()).await;
             let _ = sqlx::Executor::execute(&mut conn, format!("drop role if exists {n}").as_str()).await;
         }
-        let _ = sqlx::Executor::execute(&mut conn, format!("drop database if exists {} with (force)", self.database).as_str()).await;
+        let _ = sqlx::Executor::execute(
+            &mut conn,
+            format!("drop database if exists {} with (force)", self.database).as_str(),
+        )
+        .await;
     }
 }
 
@@ -320,7 +363,10 @@ pub async fn eventually(within: Duration, what: &str, mut cond: impl AsyncFnMut(
 
 /// Generated data from the workspace's `gen-data` tool.
 pub fn gen_data(kind: &str, rows: u64, bad_every: u64, seed: u64) -> Vec<u8> {
-    let out = Command::new(bin("gen-data")).args([kind, &rows.to_string(), &bad_every.to_string(), &seed.to_string()]).output().unwrap();
+    let out = Command::new(bin("gen-data"))
+        .args([kind, &rows.to_string(), &bad_every.to_string(), &seed.to_string()])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "gen-data failed");
     out.stdout
 }

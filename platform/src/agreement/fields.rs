@@ -57,17 +57,18 @@ impl<'a> Section<'a> {
                 for key in map.keys() {
                     match key.as_str() {
                         Some(k) if allowed.contains(&k) => {}
-                        Some(k) => errors.push(
-                            join(path, k),
-                            format!("unknown field (expected one of: {})", allowed.join(", ")),
-                        ),
+                        Some(k) => errors
+                            .push(join(path, k), format!("unknown field (expected one of: {})", allowed.join(", "))),
                         None => errors.push(path, format!("keys must be strings, found {}", kind(key))),
                     }
                 }
                 Some(Section { path: path.to_owned(), map })
             }
             other => {
-                errors.push(if path.is_empty() { "(document)" } else { path }, format!("expected a mapping, found {}", kind(other)));
+                errors.push(
+                    if path.is_empty() { "(document)" } else { path },
+                    format!("expected a mapping, found {}", kind(other)),
+                );
                 None
             }
         }
@@ -82,7 +83,12 @@ impl<'a> Section<'a> {
     }
 
     /// A field that must be present; `parse` turns it into a value or a message.
-    pub fn required<T>(&self, key: &str, errors: &mut Errors, parse: impl FnOnce(&Value) -> Result<T, String>) -> Option<T> {
+    pub fn required<T>(
+        &self,
+        key: &str,
+        errors: &mut Errors,
+        parse: impl FnOnce(&Value) -> Result<T, String>,
+    ) -> Option<T> {
         match self.get(key) {
             Some(v) => self.parsed(key, v, errors, parse),
             None => {
@@ -93,14 +99,26 @@ impl<'a> Section<'a> {
     }
 
     /// A field with a default when absent. `None` only when present and invalid.
-    pub fn optional<T>(&self, key: &str, default: T, errors: &mut Errors, parse: impl FnOnce(&Value) -> Result<T, String>) -> Option<T> {
+    pub fn optional<T>(
+        &self,
+        key: &str,
+        default: T,
+        errors: &mut Errors,
+        parse: impl FnOnce(&Value) -> Result<T, String>,
+    ) -> Option<T> {
         match self.get(key) {
             Some(v) => self.parsed(key, v, errors, parse),
             None => Some(default),
         }
     }
 
-    fn parsed<T>(&self, key: &str, v: &Value, errors: &mut Errors, parse: impl FnOnce(&Value) -> Result<T, String>) -> Option<T> {
+    fn parsed<T>(
+        &self,
+        key: &str,
+        v: &Value,
+        errors: &mut Errors,
+        parse: impl FnOnce(&Value) -> Result<T, String>,
+    ) -> Option<T> {
         match parse(v) {
             Ok(t) => Some(t),
             Err(message) => {

@@ -238,7 +238,14 @@ fn parse(value: &Value, errors: &mut Errors) -> Option<ServiceAgreement> {
         Some(v) => parse_apps(v, &root.field("apps"), errors),
         None => Some(AppsAgreement { max_apps: 10, max_app_size: ByteSize(50 << 20) }),
     };
-    Some(ServiceAgreement { version: version?, tenant: tenant?, name: name?, batch: batch?, stream: stream?, apps: apps? })
+    Some(ServiceAgreement {
+        version: version?,
+        tenant: tenant?,
+        name: name?,
+        batch: batch?,
+        stream: stream?,
+        apps: apps?,
+    })
 }
 
 fn parse_batch(value: &Value, path: &str, errors: &mut Errors) -> Option<BatchAgreement> {
@@ -246,8 +253,14 @@ fn parse_batch(value: &Value, path: &str, errors: &mut Errors) -> Option<BatchAg
         value,
         path,
         &[
-            "routes", "formats", "max_file_size", "max_files_per_hour", "max_bytes_per_day",
-            "max_concurrent_jobs", "retries", "min_file_age",
+            "routes",
+            "formats",
+            "max_file_size",
+            "max_files_per_hour",
+            "max_bytes_per_day",
+            "max_concurrent_jobs",
+            "retries",
+            "min_file_age",
         ],
         errors,
     )?;
@@ -316,9 +329,11 @@ fn parse_route(value: &Value, path: &str, errors: &mut Errors) -> Option<Route> 
         let text = string(v)?;
         let (name, version) = match text.split_once('@') {
             Some((n, ver)) => {
-                let ver: i32 = ver.parse().ok().filter(|v| *v >= 1).ok_or_else(|| {
-                    format!("`{text}`: the version after `@` must be a positive whole number")
-                })?;
+                let ver: i32 = ver
+                    .parse()
+                    .ok()
+                    .filter(|v| *v >= 1)
+                    .ok_or_else(|| format!("`{text}`: the version after `@` must be a positive whole number"))?;
                 (n.to_owned(), Some(ver))
             }
             None => (text.clone(), None),
@@ -356,7 +371,11 @@ fn parse_stream(value: &Value, path: &str, errors: &mut Errors) -> Option<Stream
             let name = t.required("name", errors, |v| {
                 let n = string(v)?;
                 let ok = n.len() <= 100 && n.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-                if ok { Ok(n) } else { Err(format!("`{n}` is not a topic name (letters, digits, `.`, `_`, `-`, up to 100)")) }
+                if ok {
+                    Ok(n)
+                } else {
+                    Err(format!("`{n}` is not a topic name (letters, digits, `.`, `_`, `-`, up to 100)"))
+                }
             });
             if let Some(n) = &name {
                 if !names.insert(n.clone()) {
@@ -381,7 +400,9 @@ fn parse_stream(value: &Value, path: &str, errors: &mut Errors) -> Option<Stream
             let backoff = r.optional("backoff", Duration::from_secs(1), errors, duration);
             Some(RestartPolicy { policy: policy?, max_restarts: max_restarts?, backoff: backoff? })
         })(),
-        None => Some(RestartPolicy { policy: RestartMode::OnFailure, max_restarts: 5, backoff: Duration::from_secs(1) }),
+        None => {
+            Some(RestartPolicy { policy: RestartMode::OnFailure, max_restarts: 5, backoff: Duration::from_secs(1) })
+        }
     };
     let report_interval = s.optional("report_interval", Duration::from_secs(10), errors, duration);
     let thresholds = match s.get("thresholds") {

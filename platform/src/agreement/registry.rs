@@ -121,7 +121,9 @@ pub fn load_dir(dir: &Path, previous: &Snapshot) -> Snapshot {
                 if previous.invalid.get(&file) != Some(&errors) {
                     let report = AgreementError { file: file.clone(), errors: errors.clone() };
                     match &kept {
-                        Some(_) => tracing::error!("invalid service agreement, the previous version stays in force: {report}"),
+                        Some(_) => {
+                            tracing::error!("invalid service agreement, the previous version stays in force: {report}")
+                        }
                         None => tracing::error!("invalid service agreement, tenant not in force: {report}"),
                     }
                 }

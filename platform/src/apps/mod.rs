@@ -109,7 +109,12 @@ impl Registry {
     }
 
     /// Installs `source` (already on this machine) as the next version of the app.
-    pub async fn install(&self, agreement: &ServiceAgreement, req: InstallRequest<'_>, source: &Path) -> Result<App, AppError> {
+    pub async fn install(
+        &self,
+        agreement: &ServiceAgreement,
+        req: InstallRequest<'_>,
+        source: &Path,
+    ) -> Result<App, AppError> {
         let tenant = &agreement.tenant;
         let limit = agreement.apps.max_app_size;
         let size = fs::metadata(source)?.len();
@@ -126,7 +131,13 @@ impl Registry {
         result
     }
 
-    async fn install_from(&self, agreement: &ServiceAgreement, req: InstallRequest<'_>, source: &Path, staging: &Path) -> Result<App, AppError> {
+    async fn install_from(
+        &self,
+        agreement: &ServiceAgreement,
+        req: InstallRequest<'_>,
+        source: &Path,
+        staging: &Path,
+    ) -> Result<App, AppError> {
         let tenant = &agreement.tenant;
         let sha256 = {
             let s = source.to_owned();
@@ -140,12 +151,16 @@ impl Registry {
             let manifest = read_manifest(staging)?;
             if let Some(asked) = req.name {
                 if asked != manifest.name {
-                    return Err(AppError::Invalid(format!("app.yaml names the app `{}` but the upload is for `{asked}`", manifest.name)));
+                    return Err(AppError::Invalid(format!(
+                        "app.yaml names the app `{}` but the upload is for `{asked}`",
+                        manifest.name
+                    )));
                 }
             }
             (manifest.name, manifest.kind, manifest.entrypoint)
         } else {
-            let name = req.name.ok_or_else(|| AppError::Invalid("a single-executable app needs a name".into()))?.to_owned();
+            let name =
+                req.name.ok_or_else(|| AppError::Invalid("a single-executable app needs a name".into()))?.to_owned();
             validate_app_name(&name).map_err(AppError::Invalid)?;
             fs::copy(source, staging.join(&name))?;
             fs::set_permissions(staging.join(&name), fs::Permissions::from_mode(0o755))?;
@@ -201,7 +216,8 @@ fn read_manifest(dir: &Path) -> Result<Manifest, AppError> {
     let m: Manifest = serde_yaml::from_str(&text).map_err(|e| AppError::Manifest(e.to_string()))?;
     validate_app_name(&m.name).map_err(|e| AppError::Manifest(format!("name: {e}")))?;
     let entry = Path::new(&m.entrypoint);
-    let inside = entry.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+    let inside =
+        entry.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
     if !inside {
         return Err(AppError::Manifest(format!("entrypoint: `{}` must be a path inside the archive", m.entrypoint)));
     }

@@ -85,7 +85,12 @@ pub fn unpack_tar_gz(reader: impl Read, dest: &Path, max_total: ByteSize) -> Res
                 std::os::unix::fs::symlink(&link, &target)?;
             }
             tar::EntryType::Link => return Err(unsafe_entry(&raw, "is a hard link (not allowed)")),
-            other => return Err(unsafe_entry(&raw, &format!("is a {other:?} entry (only files, folders and links are allowed)"))),
+            other => {
+                return Err(unsafe_entry(
+                    &raw,
+                    &format!("is a {other:?} entry (only files, folders and links are allowed)"),
+                ))
+            }
         }
     }
     Ok(total)

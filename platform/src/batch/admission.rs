@@ -19,7 +19,10 @@ use crate::units::ByteSize;
 
 /// Claims `path` for `tenant`. Returns `Ok(None)` when the file was gone (taken by someone else).
 pub async fn claim(ctx: &Arc<Ctx>, tenant: &TenantId, path: &Path) -> anyhow::Result<Option<Uuid>> {
-    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow::anyhow!("file name is not UTF-8: {}", path.display()))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow::anyhow!("file name is not UTF-8: {}", path.display()))?;
     let id = Uuid::now_v7();
     let work = ctx.layout.work_file(tenant, id, name);
     jobs::insert_detected(&ctx.db, tenant, id, name, &path.to_string_lossy(), &work.to_string_lossy()).await?;
@@ -42,7 +45,8 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
     let work = PathBuf::from(&job.work_path);
     let size = std::fs::metadata(&work)?.len();
     let Some(agreement) = ctx.agreements.get(tenant) else {
-        let refusal = Refusal { reason: "no_agreement", detail: format!("tenant {tenant} has no service agreement in force") };
+        let refusal =
+            Refusal { reason: "no_agreement", detail: format!("tenant {tenant} has no service agreement in force") };
         return reject(ctx, tenant, job, Some(size), None, refusal, None).await;
     };
     let (batch, route, format) = match constraints::precheck(&agreement, &job.file_name, size) {
@@ -51,7 +55,8 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
     };
     let (content, checksum) = {
         let work = work.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<_> { Ok((sniff(&work, format)?, sha256(&work)?)) }).await??
+        tokio::task::spawn_blocking(move || -> std::io::Result<_> { Ok((sniff(&work, format)?, sha256(&work)?)) })
+            .await??
     };
     if let Err(why) = content {
         let refusal = Refusal { reason: "content_mismatch", detail: why };
@@ -91,16 +96,41 @@ fn sha256(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-async fn reject(ctx: &Ctx, tenant: &TenantId, job: &Job, size: Option<u64>, checksum: Option<&str>, refusal: Refusal, dup: Option<Uuid>) -> anyhow::Result<()> {
+async fn reject(
+    ctx: &Ctx,
+    tenant: &TenantId,
+    job: &Job,
+    size: Option<u64>,
+    checksum: Option<&str>,
+    refusal: Refusal,
+    dup: Option<Uuid>,
+) -> anyhow::Result<()> {
     let admission = Admission::begin(&ctx.db, tenant).await?;
     reject_in(ctx, admission, tenant, job, size, checksum, refusal, dup).await
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn reject_in(ctx: &Ctx, admission: Admission<'_>, tenant: &TenantId, job: &Job, size: Option<u64>, checksum: Option<&str>, refusal: Refusal, dup: Option<Uuid>) -> anyhow::Result<()> {
+async fn reject_in(
+    ctx: &Ctx,
+    admission: Admission<'_>,
+    tenant: &TenantId,
+    job: &Job,
+    size: Option<u64>,
+    checksum: Option<&str>,
+    refusal: Refusal,
+    dup: Option<Uuid>,
+) -> anyhow::Result<()> {
     let target = ctx.layout.quarantine_file(tenant, job.id, &job.file_name);
     admission
-        .reject(job.id, size.map(|s| s as i64), checksum, refusal.reason, &refusal.detail, dup, &target.to_string_lossy())
+        .reject(
+            job.id,
+            size.map(|s| s as i64),
+            checksum,
+            refusal.reason,
+            &refusal.detail,
+            dup,
+            &target.to_string_lossy(),
+        )
         .await?;
     tracing::warn!(%tenant, job = %job.id, file = %job.file_name, reason = refusal.reason, detail = %refusal.detail, "rejected");
     let job = jobs::get(&ctx.db, tenant, job.id).await?.ok_or_else(|| anyhow::anyhow!("job vanished"))?;

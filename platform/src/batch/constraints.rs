@@ -17,19 +17,27 @@ fn refuse(reason: &'static str, detail: String) -> Refusal {
 }
 
 /// Checks that need only the file's name and size: route, format by extension, size.
-pub fn precheck<'a>(agreement: &'a ServiceAgreement, name: &str, size: u64) -> Result<(&'a BatchAgreement, &'a Route, Format), Refusal> {
-    let batch = agreement
-        .batch
-        .as_ref()
-        .ok_or_else(|| refuse("no_batch_agreement", format!("tenant {} has no batch section in its agreement", agreement.tenant)))?;
+pub fn precheck<'a>(
+    agreement: &'a ServiceAgreement,
+    name: &str,
+    size: u64,
+) -> Result<(&'a BatchAgreement, &'a Route, Format), Refusal> {
+    let batch = agreement.batch.as_ref().ok_or_else(|| {
+        refuse("no_batch_agreement", format!("tenant {} has no batch section in its agreement", agreement.tenant))
+    })?;
     let format = Format::from_file_name(name);
     let allowed: Vec<&str> = batch.formats.iter().map(|f| f.name()).collect();
     let format = match format {
         Some(f) if batch.formats.contains(&f) => f,
-        Some(f) => return Err(refuse("format", format!("{f} files are not allowed (formats: {})", allowed.join(", ")))),
+        Some(f) => {
+            return Err(refuse("format", format!("{f} files are not allowed (formats: {})", allowed.join(", "))))
+        }
         None => {
             let ext = name.rsplit_once('.').map_or("(none)".to_owned(), |(_, e)| format!(".{e}"));
-            return Err(refuse("format", format!("extension {ext} is not a supported format (formats: {})", allowed.join(", "))));
+            return Err(refuse(
+                "format",
+                format!("extension {ext} is not a supported format (formats: {})", allowed.join(", ")),
+            ));
         }
     };
     let route = agreement.route_for(name).ok_or_else(|| {
@@ -53,7 +61,10 @@ pub fn rates(batch: &BatchAgreement, size: u64, files_last_hour: i64, bytes_last
     if files_last_hour as u64 + 1 > batch.max_files_per_hour {
         return Err(refuse(
             "max_files_per_hour",
-            format!("{files_last_hour} files admitted in the last hour, max_files_per_hour is {}", batch.max_files_per_hour),
+            format!(
+                "{files_last_hour} files admitted in the last hour, max_files_per_hour is {}",
+                batch.max_files_per_hour
+            ),
         ));
     }
     let after = bytes_last_day as u64 + size;
@@ -116,7 +127,10 @@ batch:
         let b = a.batch.as_ref().unwrap();
         assert!(rates(b, 10, 1, 0).is_ok());
         let r = rates(b, 10, 2, 0).unwrap_err();
-        assert_eq!((r.reason, r.detail.as_str()), ("max_files_per_hour", "2 files admitted in the last hour, max_files_per_hour is 2"));
+        assert_eq!(
+            (r.reason, r.detail.as_str()),
+            ("max_files_per_hour", "2 files admitted in the last hour, max_files_per_hour is 2")
+        );
         let r = rates(b, 2 << 20, 0, 2 << 20).unwrap_err();
         assert_eq!(r.reason, "max_bytes_per_day");
         assert!(r.detail.contains("over max_bytes_per_day 3MiB"), "{}", r.detail);

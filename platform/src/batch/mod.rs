@@ -74,7 +74,14 @@ pub struct Ctx {
 }
 
 /// Runs the batch manager until `shutdown`, then waits for running apps to stop.
-pub async fn run(db: Db, layout: Layout, agreements: Agreements, tenants: Arc<Tenants>, config: BatchConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    db: Db,
+    layout: Layout,
+    agreements: Agreements,
+    tenants: Arc<Tenants>,
+    config: BatchConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&layout.staging)?;
     std::fs::create_dir_all(layout.work_root())?;
     let ctx = Arc::new(Ctx {
@@ -272,7 +279,8 @@ async fn recover(ctx: &Arc<Ctx>) -> anyhow::Result<()> {
             }
             JobState::RetryWait => {
                 counts[3] += 1;
-                let delay = job.not_before.map_or(Duration::ZERO, |t| (t - chrono::Utc::now()).to_std().unwrap_or_default());
+                let delay =
+                    job.not_before.map_or(Duration::ZERO, |t| (t - chrono::Utc::now()).to_std().unwrap_or_default());
                 retry_after(ctx, &tenant, job.id, delay);
             }
             _ => {}
@@ -294,7 +302,11 @@ async fn recover(ctx: &Arc<Ctx>) -> anyhow::Result<()> {
     }
     if counts.iter().sum::<usize>() + finalized > 0 {
         tracing::info!(
-            detected = counts[0], queued = counts[1], interrupted = counts[2], retry_wait = counts[3], finalized,
+            detected = counts[0],
+            queued = counts[1],
+            interrupted = counts[2],
+            retry_wait = counts[3],
+            finalized,
             "recovered jobs left by the previous run"
         );
     }

@@ -45,17 +45,45 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
         return Ok(()); // already taken up (a duplicate push after recovery)
     }
     let Some(agreement) = ctx.agreements.get(tenant) else {
-        return fail_early(ctx, tenant, &job, "no_agreement", format!("tenant {tenant} has no service agreement in force")).await;
+        return fail_early(
+            ctx,
+            tenant,
+            &job,
+            "no_agreement",
+            format!("tenant {tenant} has no service agreement in force"),
+        )
+        .await;
     };
     let Some(route) = agreement.route_for(&job.file_name).cloned() else {
-        return fail_early(ctx, tenant, &job, "no_route", format!("no route of the current agreement matches `{}`", job.file_name)).await;
+        return fail_early(
+            ctx,
+            tenant,
+            &job,
+            "no_route",
+            format!("no route of the current agreement matches `{}`", job.file_name),
+        )
+        .await;
     };
     let Some(app) = store::apps::resolve(&ctx.db, tenant, &route.app, route.app_version).await? else {
         let which = route.app_version.map_or(String::new(), |v| format!(" version {v}"));
-        return fail_early(ctx, tenant, &job, "app_not_found", format!("batch app `{}`{which} is not installed", route.app)).await;
+        return fail_early(
+            ctx,
+            tenant,
+            &job,
+            "app_not_found",
+            format!("batch app `{}`{which} is not installed", route.app),
+        )
+        .await;
     };
     if app.kind != "batch" {
-        return fail_early(ctx, tenant, &job, "app_not_found", format!("app `{}` is a {} app, not a batch app", app.name, app.kind)).await;
+        return fail_early(
+            ctx,
+            tenant,
+            &job,
+            "app_not_found",
+            format!("app `{}` is a {} app, not a batch app", app.name, app.kind),
+        )
+        .await;
     }
     let coredms = ctx.tenants.ensure(tenant).await?;
     let attempt = jobs::start_attempt(&ctx.db, tenant, id, app.version).await?;
@@ -104,8 +132,18 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
     let outcome = match spawned {
         Ok(o) => o,
         Err(e) => {
-            let report = AttemptReport { log: format!("the platform could not start the app: {e}"), ..Default::default() };
-            return end_attempt(ctx, tenant, &job, attempt, report, "app_start", format!("could not start `{}`: {e}", app.entrypoint)).await;
+            let report =
+                AttemptReport { log: format!("the platform could not start the app: {e}"), ..Default::default() };
+            return end_attempt(
+                ctx,
+                tenant,
+                &job,
+                attempt,
+                report,
+                "app_start",
+                format!("could not start `{}`: {e}", app.entrypoint),
+            )
+            .await;
         }
     };
     let result = read_result(&result_file);
@@ -136,22 +174,34 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
 
     if outcome.stopped == Stopped::Cancelled {
         // Not the app's fault: the platform is stopping. Run it again after the restart.
-        jobs::requeue_interrupted(&ctx.db, tenant, id, "platform shut down during the attempt; it will run again").await?;
+        jobs::requeue_interrupted(&ctx.db, tenant, id, "platform shut down during the attempt; it will run again")
+            .await?;
         return Ok(());
     }
     if outcome.stopped == Stopped::Timeout {
-        let detail = format!("ran longer than the route's timeout of {}; process group terminated", format_duration(route.timeout));
+        let detail = format!(
+            "ran longer than the route's timeout of {}; process group terminated",
+            format_duration(route.timeout)
+        );
         return end_attempt(ctx, tenant, &job, attempt, report, "timeout", detail).await;
     }
     match outcome.exit {
         Exit::Code(0) => {
             let target = ctx.layout.ingested_file(tenant, id, &job.file_name);
-            jobs::finish_attempt(&ctx.db, tenant, id, &report, AttemptEnd::Succeeded { final_path: &target.to_string_lossy() }).await?;
+            jobs::finish_attempt(
+                &ctx.db,
+                tenant,
+                id,
+                &report,
+                AttemptEnd::Succeeded { final_path: &target.to_string_lossy() },
+            )
+            .await?;
             tracing::info!(%tenant, job = %id, records = ?report.records_ingested, ms = report.run_ms, "succeeded");
             finalize_job(ctx, tenant, id).await
         }
         Exit::Code(EXIT_TRY_LATER) => {
-            let detail = report.app_message.clone().unwrap_or_else(|| "the app asked to be run again later (exit 75)".into());
+            let detail =
+                report.app_message.clone().unwrap_or_else(|| "the app asked to be run again later (exit 75)".into());
             end_attempt(ctx, tenant, &job, attempt, report, "try_later", detail).await
         }
         exit => {
@@ -167,7 +217,13 @@ fn classify_failure(exit: Exit, log: &str, route: &Route) -> (&'static str, Stri
         Exit::Signal(s) => format!("killed by signal {s} ({})", signal_name(s)),
     };
     if let Some(hint) = OUT_OF_MEMORY.iter().find(|m| log.contains(*m)) {
-        return ("memory_limit", format!("{status} after an allocation failed (`{hint}`): over the route's memory limit of {}", route.memory));
+        return (
+            "memory_limit",
+            format!(
+                "{status} after an allocation failed (`{hint}`): over the route's memory limit of {}",
+                route.memory
+            ),
+        );
     }
     ("app_error", status)
 }
@@ -197,18 +253,41 @@ fn read_result(path: &Path) -> Result<AppResult, String> {
 }
 
 /// Ends a failed attempt: retry after a backoff while attempts remain, otherwise fail and quarantine.
-async fn end_attempt(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job, attempt: i32, report: AttemptReport, reason: &str, detail: String) -> anyhow::Result<()> {
+async fn end_attempt(
+    ctx: &Arc<Ctx>,
+    tenant: &TenantId,
+    job: &Job,
+    attempt: i32,
+    report: AttemptReport,
+    reason: &str,
+    detail: String,
+) -> anyhow::Result<()> {
     if attempt < job.max_attempts {
         let delay = ctx.config.retry_backoff * 2u32.saturating_pow(attempt as u32 - 1).min(64);
         let detail = format!("attempt {attempt} of {}: {detail}", job.max_attempts);
-        jobs::finish_attempt(&ctx.db, tenant, job.id, &report, AttemptEnd::Retry { reason, detail: &detail, delay_ms: delay.as_millis() as i64 }).await?;
+        jobs::finish_attempt(
+            &ctx.db,
+            tenant,
+            job.id,
+            &report,
+            AttemptEnd::Retry { reason, detail: &detail, delay_ms: delay.as_millis() as i64 },
+        )
+        .await?;
         tracing::warn!(%tenant, job = %job.id, reason, %detail, "attempt failed; will retry");
         super::retry_after(ctx, tenant, job.id, delay);
         return Ok(());
     }
-    let detail = if job.max_attempts > 1 { format!("{detail} (attempt {attempt} of {})", job.max_attempts) } else { detail };
+    let detail =
+        if job.max_attempts > 1 { format!("{detail} (attempt {attempt} of {})", job.max_attempts) } else { detail };
     let target = ctx.layout.quarantine_file(tenant, job.id, &job.file_name);
-    jobs::finish_attempt(&ctx.db, tenant, job.id, &report, AttemptEnd::Failed { reason, detail: &detail, final_path: &target.to_string_lossy() }).await?;
+    jobs::finish_attempt(
+        &ctx.db,
+        tenant,
+        job.id,
+        &report,
+        AttemptEnd::Failed { reason, detail: &detail, final_path: &target.to_string_lossy() },
+    )
+    .await?;
     tracing::warn!(%tenant, job = %job.id, reason, %detail, "failed");
     finalize_job(ctx, tenant, job.id).await
 }
@@ -226,4 +305,3 @@ async fn finalize_job(ctx: &Ctx, tenant: &TenantId, id: Uuid) -> anyhow::Result<
     }
     Ok(())
 }
-

@@ -33,12 +33,11 @@ impl Provisioner {
             .await;
         match created {
             Ok(_) => Ok(()),
-            Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == USER_EXISTS) => {
-                db.run_command(doc! { "updateUser": &creds.username, "pwd": &creds.password, "roles": roles })
-                    .await
-                    .map(|_| ())
-                    .map_err(mongo)
-            }
+            Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == USER_EXISTS) => db
+                .run_command(doc! { "updateUser": &creds.username, "pwd": &creds.password, "roles": roles })
+                .await
+                .map(|_| ())
+                .map_err(mongo),
             Err(e) => Err(mongo(e)),
         }
     }

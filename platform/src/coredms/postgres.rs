@@ -41,9 +41,14 @@ impl Provisioner {
         // updated"; a session lock per tenant serialises provisioners, in this process or another.
         let mut conn = self.admin.acquire().await.map_err(pg)?;
         let key = format!("mysimbdp-provision/{}", creds.database);
-        sqlx::query("select pg_advisory_lock(hashtextextended($1, 0))").bind(&key).execute(&mut *conn).await.map_err(pg)?;
+        sqlx::query("select pg_advisory_lock(hashtextextended($1, 0))")
+            .bind(&key)
+            .execute(&mut *conn)
+            .await
+            .map_err(pg)?;
         let result = provision_locked(&mut conn, creds).await;
-        let unlocked = sqlx::query("select pg_advisory_unlock(hashtextextended($1, 0))").bind(&key).execute(&mut *conn).await;
+        let unlocked =
+            sqlx::query("select pg_advisory_unlock(hashtextextended($1, 0))").bind(&key).execute(&mut *conn).await;
         result?;
         unlocked.map_err(pg)?;
         Ok(())
@@ -66,9 +71,10 @@ async fn provision_locked(conn: &mut sqlx::PgConnection, creds: &Credentials) ->
         .map_err(pg)?;
     let password = literal(&creds.password);
     if !exists {
-        let created = sqlx::query(&format!("create role {role} login password {password} nosuperuser nocreatedb nocreaterole"))
-            .execute(&mut *conn)
-            .await;
+        let created =
+            sqlx::query(&format!("create role {role} login password {password} nosuperuser nocreatedb nocreaterole"))
+                .execute(&mut *conn)
+                .await;
         if let Err(e) = created {
             if !already_exists(&e) {
                 return Err(pg(e));
@@ -91,6 +97,9 @@ async fn provision_locked(conn: &mut sqlx::PgConnection, creds: &Credentials) ->
         }
     }
     sqlx::query(&format!("revoke all on database {database} from public")).execute(&mut *conn).await.map_err(pg)?;
-    sqlx::query(&format!("grant connect, temporary on database {database} to {role}")).execute(&mut *conn).await.map_err(pg)?;
+    sqlx::query(&format!("grant connect, temporary on database {database} to {role}"))
+        .execute(&mut *conn)
+        .await
+        .map_err(pg)?;
     Ok(())
 }

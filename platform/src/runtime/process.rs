@@ -82,7 +82,11 @@ fn signal_group(pgid: i32, signal: i32) {
 
 /// Runs the program to completion. `on_spawn` receives the pid (also the process group id) and
 /// its start time, so callers can record them before the program does anything.
-pub async fn run(spec: ProcessSpec, cancel: &CancellationToken, on_spawn: impl FnOnce(u32, Option<i64>)) -> std::io::Result<ProcessOutcome> {
+pub async fn run(
+    spec: ProcessSpec,
+    cancel: &CancellationToken,
+    on_spawn: impl FnOnce(u32, Option<i64>),
+) -> std::io::Result<ProcessOutcome> {
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
@@ -173,7 +177,11 @@ pub async fn run(spec: ProcessSpec, cancel: &CancellationToken, on_spawn: impl F
     Ok(ProcessOutcome { exit, stopped, elapsed, log: log.render(), log_dropped: log.dropped() })
 }
 
-async fn terminate(child: &mut tokio::process::Child, pgid: i32, grace: Duration) -> std::io::Result<std::process::ExitStatus> {
+async fn terminate(
+    child: &mut tokio::process::Child,
+    pgid: i32,
+    grace: Duration,
+) -> std::io::Result<std::process::ExitStatus> {
     signal_group(pgid, libc::SIGTERM);
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => status,
@@ -218,7 +226,8 @@ mod tests {
     async fn a_timeout_ends_the_whole_process_group() {
         let marker = format!("/tmp/mysimbdp-pg-{}", std::process::id());
         let script = format!("(sleep 30; touch {marker}) & sleep 30");
-        let out = run(sh(&script, Some(Duration::from_millis(300))), &CancellationToken::new(), |_, _| {}).await.unwrap();
+        let out =
+            run(sh(&script, Some(Duration::from_millis(300))), &CancellationToken::new(), |_, _| {}).await.unwrap();
         assert_eq!(out.stopped, Stopped::Timeout);
         assert!(matches!(out.exit, Exit::Signal(libc::SIGTERM) | Exit::Signal(libc::SIGKILL)), "{:?}", out.exit);
         assert!(out.elapsed < Duration::from_secs(5));

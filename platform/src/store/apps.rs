@@ -23,7 +23,11 @@ pub struct App {
 }
 
 /// Serialises version numbering per (tenant, app) so concurrent uploads get distinct versions.
-pub async fn next_version(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, tenant: &TenantId, name: &str) -> sqlx::Result<i32> {
+pub async fn next_version(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: &TenantId,
+    name: &str,
+) -> sqlx::Result<i32> {
     sqlx::query("select pg_advisory_xact_lock(hashtextextended('app/' || $1 || '/' || $2, 0))")
         .bind(tenant.as_str())
         .bind(name)

@@ -105,7 +105,13 @@ pub struct JobEvent {
     pub message: String,
 }
 
-async fn event(tx: &mut Transaction<'_, Postgres>, tenant: &TenantId, id: Uuid, state: JobState, message: &str) -> sqlx::Result<()> {
+async fn event(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &TenantId,
+    id: Uuid,
+    state: JobState,
+    message: &str,
+) -> sqlx::Result<()> {
     sqlx::query("insert into job_events (job_id, tenant, state, message) values ($1, $2, $3, $4)")
         .bind(id)
         .bind(tenant.as_str())
@@ -118,7 +124,14 @@ async fn event(tx: &mut Transaction<'_, Postgres>, tenant: &TenantId, id: Uuid, 
 
 /// Records a file the moment it is claimed, before it is moved out of staging, so that a crash at
 /// any later point finds the row and finishes the move.
-pub async fn insert_detected(db: &Db, tenant: &TenantId, id: Uuid, file_name: &str, staging_path: &str, work_path: &str) -> sqlx::Result<()> {
+pub async fn insert_detected(
+    db: &Db,
+    tenant: &TenantId,
+    id: Uuid,
+    file_name: &str,
+    staging_path: &str,
+    work_path: &str,
+) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
     sqlx::query("insert into jobs (id, tenant, file_name, staging_path, work_path, state) values ($1, $2, $3, $4, $5, 'detected')")
         .bind(id)
@@ -136,13 +149,25 @@ pub async fn insert_detected(db: &Db, tenant: &TenantId, id: Uuid, file_name: &s
 /// the tenant deleted it).
 pub async fn forget(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
-    sqlx::query("delete from job_events where job_id = $1 and tenant = $2").bind(id).bind(tenant.as_str()).execute(&mut *tx).await?;
-    sqlx::query("delete from jobs where id = $1 and tenant = $2 and state = 'detected'").bind(id).bind(tenant.as_str()).execute(&mut *tx).await?;
+    sqlx::query("delete from job_events where job_id = $1 and tenant = $2")
+        .bind(id)
+        .bind(tenant.as_str())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("delete from jobs where id = $1 and tenant = $2 and state = 'detected'")
+        .bind(id)
+        .bind(tenant.as_str())
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await
 }
 
 pub async fn get(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Option<Job>> {
-    sqlx::query_as("select * from jobs where tenant = $1 and id = $2").bind(tenant.as_str()).bind(id).fetch_optional(db).await
+    sqlx::query_as("select * from jobs where tenant = $1 and id = $2")
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(db)
+        .await
 }
 
 /// A job by id for operators, whatever its tenant.
@@ -160,9 +185,11 @@ pub async fn events(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Vec<Jo
 
 /// Jobs not yet in a final state, oldest first: what a starting manager takes up again.
 pub async fn open_jobs(db: &Db) -> sqlx::Result<Vec<Job>> {
-    sqlx::query_as("select * from jobs where state in ('detected', 'queued', 'running', 'retry_wait') order by detected_at, id")
-        .fetch_all(db)
-        .await
+    sqlx::query_as(
+        "select * from jobs where state in ('detected', 'queued', 'running', 'retry_wait') order by detected_at, id",
+    )
+    .fetch_all(db)
+    .await
 }
 
 /// The admission decision, taken under a per-tenant lock so that concurrent admissions (several
@@ -216,7 +243,16 @@ impl<'a> Admission<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub async fn queue(mut self, id: Uuid, size: i64, checksum: &str, format: &str, app: &str, app_version: Option<i32>, max_attempts: i32) -> sqlx::Result<()> {
+    pub async fn queue(
+        mut self,
+        id: Uuid,
+        size: i64,
+        checksum: &str,
+        format: &str,
+        app: &str,
+        app_version: Option<i32>,
+        max_attempts: i32,
+    ) -> sqlx::Result<()> {
         sqlx::query(
             "update jobs set state = 'queued', size_bytes = $3, checksum = $4, format = $5, route_app = $6,
                     app_version = $7, max_attempts = $8, admitted_at = now()
@@ -232,12 +268,28 @@ impl<'a> Admission<'a> {
         .bind(max_attempts)
         .execute(&mut *self.tx)
         .await?;
-        event(&mut self.tx, &self.tenant, id, JobState::Queued, &format!("admitted: {size} bytes of {format} for app {app}")).await?;
+        event(
+            &mut self.tx,
+            &self.tenant,
+            id,
+            JobState::Queued,
+            &format!("admitted: {size} bytes of {format} for app {app}"),
+        )
+        .await?;
         self.tx.commit().await
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub async fn reject(mut self, id: Uuid, size: Option<i64>, checksum: Option<&str>, reason: &str, detail: &str, duplicate_of: Option<Uuid>, final_path: &str) -> sqlx::Result<()> {
+    pub async fn reject(
+        mut self,
+        id: Uuid,
+        size: Option<i64>,
+        checksum: Option<&str>,
+        reason: &str,
+        detail: &str,
+        duplicate_of: Option<Uuid>,
+        final_path: &str,
+    ) -> sqlx::Result<()> {
         sqlx::query(
             "update jobs set state = 'rejected', size_bytes = $3, checksum = $4, reason = $5, detail = $6,
                     duplicate_of = $7, final_path = $8, finished_at = now()
@@ -271,7 +323,8 @@ pub async fn start_attempt(db: &Db, tenant: &TenantId, id: Uuid, app_version: i3
     .bind(app_version)
     .fetch_one(&mut *tx)
     .await?;
-    event(&mut tx, tenant, id, JobState::Running, &format!("attempt {attempt} started with app version {app_version}")).await?;
+    event(&mut tx, tenant, id, JobState::Running, &format!("attempt {attempt} started with app version {app_version}"))
+        .await?;
     tx.commit().await?;
     Ok(attempt)
 }
@@ -309,11 +362,21 @@ pub enum AttemptEnd<'a> {
     Failed { reason: &'a str, detail: &'a str, final_path: &'a str },
 }
 
-pub async fn finish_attempt(db: &Db, tenant: &TenantId, id: Uuid, report: &AttemptReport, end: AttemptEnd<'_>) -> sqlx::Result<()> {
+pub async fn finish_attempt(
+    db: &Db,
+    tenant: &TenantId,
+    id: Uuid,
+    report: &AttemptReport,
+    end: AttemptEnd<'_>,
+) -> sqlx::Result<()> {
     let (state, reason, detail, final_path, delay_ms) = match &end {
         AttemptEnd::Succeeded { final_path } => (JobState::Succeeded, None, None, Some(*final_path), None),
-        AttemptEnd::Retry { reason, detail, delay_ms } => (JobState::RetryWait, Some(*reason), Some(*detail), None, Some(*delay_ms)),
-        AttemptEnd::Failed { reason, detail, final_path } => (JobState::Failed, Some(*reason), Some(*detail), Some(*final_path), None),
+        AttemptEnd::Retry { reason, detail, delay_ms } => {
+            (JobState::RetryWait, Some(*reason), Some(*detail), None, Some(*delay_ms))
+        }
+        AttemptEnd::Failed { reason, detail, final_path } => {
+            (JobState::Failed, Some(*reason), Some(*detail), Some(*final_path), None)
+        }
     };
     let mut tx = db.begin().await?;
     sqlx::query(
@@ -370,7 +433,14 @@ pub async fn requeue(db: &Db, tenant: &TenantId, id: Uuid, why: &str) -> sqlx::R
 }
 
 /// Ends a job that cannot run at all (its app is missing, its input vanished) without an attempt.
-pub async fn fail_without_run(db: &Db, tenant: &TenantId, id: Uuid, reason: &str, detail: &str, final_path: Option<&str>) -> sqlx::Result<()> {
+pub async fn fail_without_run(
+    db: &Db,
+    tenant: &TenantId,
+    id: Uuid,
+    reason: &str,
+    detail: &str,
+    final_path: Option<&str>,
+) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
     sqlx::query("update jobs set state = 'failed', reason = $3, detail = $4, final_path = $5, finished_at = now() where tenant = $1 and id = $2")
         .bind(tenant.as_str())

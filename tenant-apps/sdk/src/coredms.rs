@@ -30,7 +30,7 @@ pub struct WriteStats {
 }
 
 enum Backend {
-    Postgres { client: postgres::Client, idempotent_mode: bool },
+    Postgres { client: Box<postgres::Client>, idempotent_mode: bool },
     Mongo(mongodb::sync::Database),
 }
 
@@ -43,7 +43,11 @@ pub struct CoreDms {
 struct RawJsonb<'a>(&'a str);
 
 impl ToSql for RawJsonb<'_> {
-    fn to_sql(&self, _: &Type, out: &mut postgres::types::private::BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut postgres::types::private::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         out.extend_from_slice(&[1]);
         out.extend_from_slice(self.0.as_bytes());
         Ok(IsNull::No)
@@ -67,7 +71,7 @@ impl CoreDms {
     pub fn connect(url: &str, database: &str) -> anyhow::Result<Self> {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let client = postgres::Client::connect(url, postgres::NoTls).context("connecting to coredms (postgres)")?;
-            Backend::Postgres { client, idempotent_mode: false }
+            Backend::Postgres { client: Box::new(client), idempotent_mode: false }
         } else if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") {
             let client = mongodb::sync::Client::with_uri_str(url).context("connecting to coredms (mongodb)")?;
             Backend::Mongo(client.database(database))
@@ -126,7 +130,10 @@ impl CoreDms {
                 let row = client.query_one(&format!("select count(*) from {}", quote_ident(collection)), &[])?;
                 Ok(row.get::<_, i64>(0) as u64)
             }
-            Backend::Mongo(db) => Ok(db.collection::<mongodb::bson::Document>(collection).count_documents(mongodb::bson::doc! {}).run()?),
+            Backend::Mongo(db) => Ok(db
+                .collection::<mongodb::bson::Document>(collection)
+                .count_documents(mongodb::bson::doc! {})
+                .run()?),
         }
     }
 }
@@ -151,7 +158,13 @@ fn copy_idempotent(client: &mut postgres::Client, collection: &str, docs: &[Doc]
     let mut tx = client.transaction()?;
     tx.batch_execute("create temp table if not exists mysimbdp_stage (_id text, doc jsonb) on commit delete rows")?;
     copy_rows(&mut tx, "mysimbdp_stage", docs)?;
-    let n = tx.execute(&format!("insert into {} (_id, doc) select _id, doc from mysimbdp_stage on conflict (_id) do nothing", quote_ident(collection)), &[])?;
+    let n = tx.execute(
+        &format!(
+            "insert into {} (_id, doc) select _id, doc from mysimbdp_stage on conflict (_id) do nothing",
+            quote_ident(collection)
+        ),
+        &[],
+    )?;
     tx.commit()?;
     Ok(n)
 }
@@ -159,7 +172,8 @@ fn copy_idempotent(client: &mut postgres::Client, collection: &str, docs: &[Doc]
 fn insert_mongo(db: &mongodb::sync::Database, collection: &str, docs: &[Doc]) -> anyhow::Result<u64> {
     let mut batch = Vec::with_capacity(docs.len());
     for d in docs {
-        let mut doc: mongodb::bson::Document = serde_json::from_str(&d.json).context("document is not a JSON object")?;
+        let mut doc: mongodb::bson::Document =
+            serde_json::from_str(&d.json).context("document is not a JSON object")?;
         doc.insert("_id", d.id.clone());
         batch.push(doc);
     }
@@ -168,7 +182,8 @@ fn insert_mongo(db: &mongodb::sync::Database, collection: &str, docs: &[Doc]) ->
         Ok(r) => Ok(r.inserted_ids.len() as u64),
         Err(e) => match *e.kind {
             mongodb::error::ErrorKind::InsertMany(ref failure)
-                if failure.write_errors.as_ref().is_some_and(|w| w.iter().all(|we| we.code == 11000)) && failure.write_concern_error.is_none() =>
+                if failure.write_errors.as_ref().is_some_and(|w| w.iter().all(|we| we.code == 11000))
+                    && failure.write_concern_error.is_none() =>
             {
                 let duplicates = failure.write_errors.as_ref().map_or(0, |w| w.len());
                 Ok((docs.len() - duplicates) as u64)

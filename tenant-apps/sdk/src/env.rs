@@ -21,7 +21,10 @@ fn var(name: &str) -> anyhow::Result<String> {
 impl BatchEnv {
     /// Reads the contract's variables; the input file may also come as the first argument.
     pub fn from_env() -> anyhow::Result<Self> {
-        let input = std::env::args().nth(1).map(PathBuf::from).map_or_else(|| var("MYSIMBDP_INPUT_FILE").map(PathBuf::from), Ok)?;
+        let input = std::env::args()
+            .nth(1)
+            .map(PathBuf::from)
+            .map_or_else(|| var("MYSIMBDP_INPUT_FILE").map(PathBuf::from), Ok)?;
         Ok(BatchEnv {
             tenant: var("MYSIMBDP_TENANT")?,
             job_id: std::env::var("MYSIMBDP_JOB_ID").unwrap_or_else(|_| "manual".into()),

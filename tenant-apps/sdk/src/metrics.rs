@@ -91,7 +91,16 @@ mod tests {
         assert_eq!(r.avg_ingestion_ms, 50.5);
         assert_eq!(r.p95_ingestion_ms, 95.0);
         let json = serde_json::to_value(&r).unwrap();
-        for key in ["version", "tenant", "app", "instance", "window_start", "window_end", "processing_rate", "throughput_bytes_per_s"] {
+        for key in [
+            "version",
+            "tenant",
+            "app",
+            "instance",
+            "window_start",
+            "window_end",
+            "processing_rate",
+            "throughput_bytes_per_s",
+        ] {
             assert!(json.get(key).is_some(), "{key}");
         }
     }

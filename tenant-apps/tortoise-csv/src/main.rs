@@ -17,7 +17,18 @@ use serde::Serialize;
 
 const COLLECTION: &str = "readings";
 const BATCH: usize = 10_000;
-const COLUMNS: [&str; 10] = ["time", "acceleration", "acceleration_x", "acceleration_y", "acceleration_z", "battery", "humidity", "pressure", "temperature", "dev-id"];
+const COLUMNS: [&str; 10] = [
+    "time",
+    "acceleration",
+    "acceleration_x",
+    "acceleration_y",
+    "acceleration_z",
+    "battery",
+    "humidity",
+    "pressure",
+    "temperature",
+    "dev-id",
+];
 
 #[derive(Serialize)]
 struct Reading<'a> {
@@ -64,7 +75,8 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<ExitCode> {
     let env = BatchEnv::from_env()?;
     let file = std::fs::File::open(&env.input_file).with_context(|| format!("opening {}", env.input_file.display()))?;
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).buffer_capacity(1 << 20).from_reader(file);
+    let mut reader =
+        csv::ReaderBuilder::new().has_headers(true).flexible(true).buffer_capacity(1 << 20).from_reader(file);
     let header = reader.byte_headers().context("reading the header")?.clone();
     let mut index = [0usize; COLUMNS.len()];
     let mut missing = Vec::new();
@@ -111,7 +123,12 @@ fn run() -> anyhow::Result<ExitCode> {
         records_ingested: stats.sent,
         records_rejected: rejected,
         bytes_read,
-        message: format!("{} readings ({} new, {} already present), {rejected} rows rejected", stats.sent, stats.inserted, stats.sent - stats.inserted),
+        message: format!(
+            "{} readings ({} new, {} already present), {rejected} rows rejected",
+            stats.sent,
+            stats.inserted,
+            stats.sent - stats.inserted
+        ),
     };
     eprintln!("tortoise-csv: {}", result.message);
     if let Some(path) = &env.result_file {
@@ -138,7 +155,9 @@ fn number<T: std::str::FromStr>(record: &csv::ByteRecord, i: usize, name: &str) 
 fn wrangle(record: &csv::ByteRecord, ix: &[usize; COLUMNS.len()], file: &str, line: u64) -> Result<Doc, String> {
     let time: f64 = number(record, ix[0], "time")?;
     let epoch_ms = if time > 1e11 { time as i64 } else { (time * 1000.0) as i64 };
-    let ts = DateTime::from_timestamp_millis(epoch_ms).ok_or("time is out of range")?.to_rfc3339_opts(SecondsFormat::Millis, true);
+    let ts = DateTime::from_timestamp_millis(epoch_ms)
+        .ok_or("time is out of range")?
+        .to_rfc3339_opts(SecondsFormat::Millis, true);
     let magnitude: f64 = number(record, ix[1], "acceleration")?;
     let x: i64 = number(record, ix[2], "acceleration_x")?;
     let y: i64 = number(record, ix[3], "acceleration_y")?;

@@ -37,7 +37,7 @@ fn main() -> std::io::Result<()> {
     let seed: u64 = args[4].parse().unwrap_or_else(|_| usage());
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    let bad = |i: u64| bad_every > 0 && (i + 1) % bad_every == 0;
+    let bad = |i: u64| bad_every > 0 && (i + 1).is_multiple_of(bad_every);
     // Distinct per seed so files generated with different seeds never share ids.
     let base_time = 1_600_000_000 + seed * 100_000_000;
     match args[1].as_str() {
