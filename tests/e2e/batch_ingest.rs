@@ -51,9 +51,10 @@ async fn csv_and_jsonl_of_two_tenants_land_in_their_own_coredms() {
     assert_eq!(doc["date"], "2025-01-18");
 
     // Ingested files leave staging for the ingested area.
+    let zoo_job = p.wait_final(&zoo, "readings.csv").await;
+    let moved = p.wait_moved(&zoo_job).await;
+    assert!(moved.starts_with(p.data_dir.join("ingested").join(&zoo)), "{moved:?}");
     assert!(!p.staging_dir.join(&zoo).join("readings.csv").exists());
-    let ingested = p.data_dir.join("ingested").join(&zoo);
-    assert_eq!(std::fs::read_dir(&ingested).unwrap().count(), 1);
 
     // The same content dropped again is recognised and not ingested twice.
     p.drop_file(&zoo, "readings-copy.csv", &gen_data("tortoise", 5000, 50, 1));

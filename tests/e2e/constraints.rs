@@ -49,8 +49,8 @@ async fn each_violation_is_rejected_before_the_app_runs() {
         let events: Vec<String> = p.events(&small, &job).await.into_iter().map(|(s, _)| s).collect();
         assert!(!events.contains(&"running".to_owned()), "{file}: {events:?}");
         // Quarantined, with the reason beside it.
-        let q = std::path::PathBuf::from(job.final_path.clone().unwrap());
-        assert!(q.starts_with(p.data_dir.join("quarantine").join(&small)) && q.exists(), "{q:?}");
+        let q = p.wait_moved(&job).await;
+        assert!(q.starts_with(p.data_dir.join("quarantine").join(&small)), "{q:?}");
         let sidecar: serde_json::Value =
             serde_json::from_slice(&std::fs::read(format!("{}.reason.json", q.display())).unwrap()).unwrap();
         assert_eq!(sidecar["reason"], reason);

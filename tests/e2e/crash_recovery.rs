@@ -61,6 +61,9 @@ async fn kill_9_and_restart_lose_nothing_and_double_nothing() {
     }
     assert_eq!(p.count_docs(&t, "readings").await, (FILES * ROWS) as i64, "exactly one copy of each record");
     // Nothing left in staging or in the work area; every file in the ingested area.
+    for job in &jobs {
+        p.wait_moved(job).await;
+    }
     assert_eq!(std::fs::read_dir(p.staging_dir.join(&t)).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(p.data_dir.join("work").join(&t)).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(p.data_dir.join("ingested").join(&t)).unwrap().count() as u64, FILES);

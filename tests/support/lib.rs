@@ -255,6 +255,18 @@ impl TestPlatform {
         }
     }
 
+    /// Waits for the file system to follow a final job: the store commits the outcome first and the
+    /// file is moved right after (recovery finishes the move if the platform dies in between).
+    pub async fn wait_moved(&self, job: &Job) -> PathBuf {
+        let target = PathBuf::from(job.final_path.clone().expect("a final job has a final path"));
+        let path = target.clone();
+        eventually(Duration::from_secs(10), &format!("{} moved to {}", job.file_name, target.display()), async || {
+            path.exists() && !Path::new(&job.work_path).exists()
+        })
+        .await;
+        target
+    }
+
     pub async fn jobs_for(&self, tenant: &str, file: &str) -> Vec<Job> {
         let filter = store::jobs::ListFilter {
             tenant: Some(self.tenant(tenant)),

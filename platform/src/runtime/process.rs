@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
+use std::io::Read;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
@@ -93,8 +93,6 @@ pub async fn run(
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
     let memory = spec.memory.map(|m| m.0);
@@ -120,27 +118,29 @@ pub async fn run(
             Ok(())
         });
     }
+    // One pipe for stdout and stderr (as `2>&1`), so the log keeps the order the program wrote in.
+    let (reader, writer) = std::io::pipe()?;
+    cmd.stdout(writer.try_clone()?).stderr(writer);
     let started = Instant::now();
     let mut child = cmd.spawn()?;
+    drop(cmd); // our copies of the pipe's write end; the reader sees EOF once the program's are closed
     let pid = child.id().expect("a child that was just spawned has a pid");
     on_spawn(pid, start_ticks(pid));
 
     let log = Arc::new(Mutex::new(BoundedLog::new(spec.log_limit)));
-    let mut readers = tokio::task::JoinSet::new();
-    let stdout = child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
-    let stderr = child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>);
-    for mut stream in [stdout, stderr].into_iter().flatten() {
+    let reading = {
         let log = log.clone();
-        readers.spawn(async move {
-            let mut buf = vec![0u8; 16 << 10];
-            while let Ok(n) = stream.read(&mut buf).await {
+        tokio::task::spawn_blocking(move || {
+            let mut reader = reader;
+            let mut buf = vec![0u8; 64 << 10];
+            while let Ok(n) = reader.read(&mut buf) {
                 if n == 0 {
                     break;
                 }
                 log.lock().expect("log lock").push(&buf[..n]);
             }
-        });
-    }
+        })
+    };
 
     let pgid = pid as i32;
     let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
@@ -165,7 +165,7 @@ pub async fn run(
     let elapsed = started.elapsed();
     // Whatever the program left running in its group would keep our pipes open; end it.
     signal_group(pgid, libc::SIGKILL);
-    while readers.join_next().await.is_some() {}
+    let _ = reading.await;
 
     use std::os::unix::process::ExitStatusExt;
     let exit = match (status.code(), status.signal()) {
