@@ -16,3 +16,10 @@ ensure_build_tools() {
         $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
 }
+
+# What every entry script does first: build tools, local services, their environment.
+prepare() {
+    ensure_build_tools
+    scripts/services.sh up
+    set -a; . .local/env; set +a
+}

@@ -7,9 +7,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 . scripts/lib.sh
-ensure_build_tools
-scripts/services.sh up
-set -a; . .local/env; set +a
+prepare
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

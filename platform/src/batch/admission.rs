@@ -47,11 +47,20 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
     let Some(agreement) = ctx.agreements.get(tenant) else {
         let refusal =
             Refusal { reason: "no_agreement", detail: format!("tenant {tenant} has no service agreement in force") };
-        return reject(ctx, tenant, job, Some(size), None, refusal, None).await;
+        return reject(ctx, tenant, job, Rejection { size: Some(size), checksum: None, refusal, duplicate_of: None })
+            .await;
     };
     let (batch, route, format) = match constraints::precheck(&agreement, &job.file_name, size) {
         Ok(ok) => ok,
-        Err(refusal) => return reject(ctx, tenant, job, Some(size), None, refusal, None).await,
+        Err(refusal) => {
+            return reject(
+                ctx,
+                tenant,
+                job,
+                Rejection { size: Some(size), checksum: None, refusal, duplicate_of: None },
+            )
+            .await
+        }
     };
     let (content, checksum) = {
         let work = work.clone();
@@ -60,7 +69,13 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
     };
     if let Err(why) = content {
         let refusal = Refusal { reason: "content_mismatch", detail: why };
-        return reject(ctx, tenant, job, Some(size), Some(&checksum), refusal, None).await;
+        return reject(
+            ctx,
+            tenant,
+            job,
+            Rejection { size: Some(size), checksum: Some(&checksum), refusal, duplicate_of: None },
+        )
+        .await;
     }
 
     let mut admission = Admission::begin(&ctx.db, tenant).await?;
@@ -69,11 +84,13 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
             reason: "duplicate",
             detail: format!("same content (sha256 {}) as `{original_name}`, job {original}", &checksum[..16]),
         };
-        return reject_in(ctx, admission, tenant, job, Some(size), Some(&checksum), refusal, Some(original)).await;
+        let r = Rejection { size: Some(size), checksum: Some(&checksum), refusal, duplicate_of: Some(original) };
+        return reject_in(ctx, admission, tenant, job, r).await;
     }
     let usage = admission.usage().await?;
     if let Err(refusal) = constraints::rates(batch, size, usage.files_last_hour, usage.bytes_last_day) {
-        return reject_in(ctx, admission, tenant, job, Some(size), Some(&checksum), refusal, None).await;
+        let r = Rejection { size: Some(size), checksum: Some(&checksum), refusal, duplicate_of: None };
+        return reject_in(ctx, admission, tenant, job, r).await;
     }
     let max_attempts = batch.retries as i32 + 1;
     admission.queue(job.id, size as i64, &checksum, format.name(), &route.app, route.app_version, max_attempts).await?;
@@ -96,31 +113,28 @@ fn sha256(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-async fn reject(
-    ctx: &Ctx,
-    tenant: &TenantId,
-    job: &Job,
+/// What is known about a file when it is refused.
+struct Rejection<'a> {
     size: Option<u64>,
-    checksum: Option<&str>,
+    checksum: Option<&'a str>,
     refusal: Refusal,
-    dup: Option<Uuid>,
-) -> anyhow::Result<()> {
-    let admission = Admission::begin(&ctx.db, tenant).await?;
-    reject_in(ctx, admission, tenant, job, size, checksum, refusal, dup).await
+    duplicate_of: Option<Uuid>,
 }
 
-#[allow(clippy::too_many_arguments)]
+async fn reject(ctx: &Ctx, tenant: &TenantId, job: &Job, r: Rejection<'_>) -> anyhow::Result<()> {
+    let admission = Admission::begin(&ctx.db, tenant).await?;
+    reject_in(ctx, admission, tenant, job, r).await
+}
+
 async fn reject_in(
     ctx: &Ctx,
     admission: Admission<'_>,
     tenant: &TenantId,
     job: &Job,
-    size: Option<u64>,
-    checksum: Option<&str>,
-    refusal: Refusal,
-    dup: Option<Uuid>,
+    r: Rejection<'_>,
 ) -> anyhow::Result<()> {
     let target = ctx.layout.quarantine_file(tenant, job.id, &job.file_name);
+    let Rejection { size, checksum, refusal, duplicate_of } = r;
     admission
         .reject(
             job.id,
@@ -128,7 +142,7 @@ async fn reject_in(
             checksum,
             refusal.reason,
             &refusal.detail,
-            dup,
+            duplicate_of,
             &target.to_string_lossy(),
         )
         .await?;

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
-use mysimbdp_sdk::{BatchEnv, CoreDms, Doc, JobResult, PipelinedWriter, EXIT_TRY_LATER};
+use mysimbdp_sdk::{BatchEnv, CoreDms, Doc, JobResult, PipelinedWriter, Source};
 use serde::{Deserialize, Serialize};
 
 const COLLECTION: &str = "orders";
@@ -48,32 +48,12 @@ struct Party<'a> {
     name: Option<&'a str>,
 }
 
-#[derive(Serialize)]
-struct Source<'a> {
-    file: &'a str,
-    line: u64,
-}
-
 fn main() -> ExitCode {
-    match run() {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("orders-jsonl: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    mysimbdp_sdk::run_batch("orders-jsonl", ingest)
 }
 
-fn run() -> anyhow::Result<ExitCode> {
-    let env = BatchEnv::from_env()?;
+fn ingest(env: &BatchEnv, coredms: CoreDms) -> anyhow::Result<JobResult> {
     let file = std::fs::File::open(&env.input_file).with_context(|| format!("opening {}", env.input_file.display()))?;
-    let coredms = match CoreDms::connect(&env.coredms_url, &env.coredms_db) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("orders-jsonl: coredms unreachable, asking to be retried later: {e:#}");
-            return Ok(ExitCode::from(EXIT_TRY_LATER as u8));
-        }
-    };
     let mut writer = PipelinedWriter::start(coredms, COLLECTION)?;
     let file_name = env.input_name();
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
@@ -106,17 +86,12 @@ fn run() -> anyhow::Result<ExitCode> {
     }
     writer.send(batch)?;
     let stats = writer.finish()?;
-    let result = JobResult {
+    Ok(JobResult {
         records_ingested: stats.sent,
         records_rejected: rejected,
         bytes_read,
         message: format!("{} order events ({} new), {rejected} lines rejected", stats.sent, stats.inserted),
-    };
-    eprintln!("orders-jsonl: {}", result.message);
-    if let Some(path) = &env.result_file {
-        result.write(path)?;
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {

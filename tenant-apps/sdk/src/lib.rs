@@ -22,3 +22,39 @@ pub use result::JobResult;
 /// Exit status that asks the platform to run the job again later (EX_TEMPFAIL), e.g. when the
 /// coredms is unreachable.
 pub const EXIT_TRY_LATER: i32 = 75;
+
+/// Where a document came from: the input file and its line, kept in the document for lineage.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Source<'a> {
+    pub file: &'a str,
+    pub line: u64,
+}
+
+/// Runs a batch app's body inside the contract: reads the environment, connects to the tenant's
+/// coredms (exit 75, "try again later", if it is unreachable), writes the result file the body returns
+/// and exits 0; an error is printed as `<app>: <cause chain>` and exits 1.
+pub fn run_batch(
+    app: &str,
+    body: impl FnOnce(&BatchEnv, CoreDms) -> anyhow::Result<JobResult>,
+) -> std::process::ExitCode {
+    let outcome = (|| {
+        let env = BatchEnv::from_env()?;
+        let coredms = match CoreDms::connect(&env.coredms_url, &env.coredms_db) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{app}: coredms unreachable, asking to be retried later: {e:#}");
+                return Ok(std::process::ExitCode::from(EXIT_TRY_LATER as u8));
+            }
+        };
+        let result = body(&env, coredms)?;
+        eprintln!("{app}: {}", result.message);
+        if let Some(path) = &env.result_file {
+            result.write(path)?;
+        }
+        Ok(std::process::ExitCode::SUCCESS)
+    })();
+    outcome.unwrap_or_else(|e: anyhow::Error| {
+        eprintln!("{app}: {e:#}");
+        std::process::ExitCode::FAILURE
+    })
+}

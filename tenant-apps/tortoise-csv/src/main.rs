@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, SecondsFormat};
-use mysimbdp_sdk::{BatchEnv, CoreDms, Doc, JobResult, PipelinedWriter, EXIT_TRY_LATER};
+use mysimbdp_sdk::{BatchEnv, CoreDms, Doc, JobResult, PipelinedWriter, Source};
 use serde::Serialize;
 
 const COLLECTION: &str = "readings";
@@ -56,24 +56,11 @@ struct Environment {
     temperature: f64,
 }
 
-#[derive(Serialize)]
-struct Source<'a> {
-    file: &'a str,
-    line: u64,
-}
-
 fn main() -> ExitCode {
-    match run() {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("tortoise-csv: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    mysimbdp_sdk::run_batch("tortoise-csv", ingest)
 }
 
-fn run() -> anyhow::Result<ExitCode> {
-    let env = BatchEnv::from_env()?;
+fn ingest(env: &BatchEnv, coredms: CoreDms) -> anyhow::Result<JobResult> {
     let file = std::fs::File::open(&env.input_file).with_context(|| format!("opening {}", env.input_file.display()))?;
     let mut reader =
         csv::ReaderBuilder::new().has_headers(true).flexible(true).buffer_capacity(1 << 20).from_reader(file);
@@ -90,13 +77,6 @@ fn run() -> anyhow::Result<ExitCode> {
         bail!("the header lacks required columns: {}", missing.join(", "));
     }
 
-    let coredms = match CoreDms::connect(&env.coredms_url, &env.coredms_db) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("tortoise-csv: coredms unreachable, asking to be retried later: {e:#}");
-            return Ok(ExitCode::from(EXIT_TRY_LATER as u8));
-        }
-    };
     let mut writer = PipelinedWriter::start(coredms, COLLECTION)?;
     let file_name = env.input_name();
     let (mut rejected, mut batch) = (0u64, Vec::with_capacity(BATCH));
@@ -119,7 +99,7 @@ fn run() -> anyhow::Result<ExitCode> {
     writer.send(batch)?;
     let stats = writer.finish()?;
     let bytes_read = reader.position().byte();
-    let result = JobResult {
+    Ok(JobResult {
         records_ingested: stats.sent,
         records_rejected: rejected,
         bytes_read,
@@ -129,12 +109,7 @@ fn run() -> anyhow::Result<ExitCode> {
             stats.inserted,
             stats.sent - stats.inserted
         ),
-    };
-    eprintln!("tortoise-csv: {}", result.message);
-    if let Some(path) = &env.result_file {
-        result.write(path)?;
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn field<'r>(record: &'r csv::ByteRecord, i: usize, name: &str) -> Result<&'r str, String> {
