@@ -159,6 +159,16 @@ enum IngestionsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run a failed job again (or, with --allow-duplicate, a file rejected as a duplicate). A running
+    /// platform picks it up within seconds.
+    Retry {
+        #[command(flatten)]
+        store: StoreArgs,
+        id: Uuid,
+        /// Ingest the file although the same content was ingested before.
+        #[arg(long)]
+        allow_duplicate: bool,
+    },
     /// One job with its history and the app's log.
     Show {
         #[command(flatten)]
@@ -325,6 +335,24 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     .collect();
                 print_table(&["ID", "TENANT", "FILE", "STATE", "SIZE", "RECORDS", "RUN", "DETAIL"], rows);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ingestions(IngestionsCommand::Retry { store, id, allow_duplicate }) => {
+            let db = store::connect(&store.database_url).await?;
+            let job = store::jobs::get_any(&db, id).await?.with_context(|| format!("no ingestion {id}"))?;
+            let t = tenant(&job.tenant)?;
+            store::jobs::retryable(&job, allow_duplicate)?;
+            let from = PathBuf::from(job.final_path.clone().with_context(|| format!("job {id} has no file to retry"))?);
+            anyhow::ensure!(from.exists(), "the file is no longer at {}", from.display());
+            // File first, then the store: a crash in between leaves a final job with its file in the
+            // work area, which recovery moves back to where the job says it is.
+            mysimbdp::batch::layout::move_file(&from, std::path::Path::new(&job.work_path))?;
+            if let Err(e) = store::jobs::retry(&db, &t, &job, allow_duplicate, job.max_attempts.max(1)).await {
+                mysimbdp::batch::layout::move_file(std::path::Path::new(&job.work_path), &from)?;
+                return Err(e.into());
+            }
+            let _ = std::fs::remove_file(format!("{}.reason.json", from.display()));
+            println!("{} ({}) queued again for tenant {t}", job.id, job.file_name);
             Ok(ExitCode::SUCCESS)
         }
         Command::Ingestions(IngestionsCommand::Show { store, id, json }) => {

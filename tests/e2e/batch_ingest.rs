@@ -63,5 +63,30 @@ async fn csv_and_jsonl_of_two_tenants_land_in_their_own_coredms() {
     assert!(dup.detail.as_deref().unwrap().contains("`readings.csv`"), "{dup:?}");
     assert_eq!(dup.attempts, 0);
     assert_eq!(p.count_docs(&zoo, "readings").await, 4900);
+
+    // Unless asked: an operator forces the duplicate through; the app runs, the coredms keeps one copy.
+    p.wait_moved(&dup).await;
+    let out = p.cli(&["ingestions", "retry", &dup.id.to_string(), "--allow-duplicate"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let db = p.db.clone();
+    mysimbdp_e2e::eventually(std::time::Duration::from_secs(30), "the forced duplicate ingested", async || {
+        let state: String =
+            sqlx::query_scalar("select state from jobs where id = $1").bind(dup.id).fetch_one(&db).await.unwrap();
+        state == "succeeded"
+    })
+    .await;
+    let forced = p.wait_final(&zoo, "readings-copy.csv").await;
+    assert_eq!((forced.records_ingested, forced.attempts), (Some(4900), 1), "{forced:?}");
+    let events: Vec<String> = p.events(&zoo, &forced).await.into_iter().map(|(_, m)| m).collect();
+    assert!(events.contains(&"retry asked, duplicate content allowed".to_owned()), "{events:?}");
+    assert_eq!(p.count_docs(&zoo, "readings").await, 4900);
+    // A succeeded job is not retried.
+    let out = p.cli(&["ingestions", "retry", &zoo_job.id.to_string()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is succeeded; only failed jobs"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     p.cleanup().await;
 }

@@ -166,6 +166,18 @@ impl TestPlatform {
         self.wait_provisioned().await;
     }
 
+    /// Runs a `mysimbdp` command against this platform's store.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("mysimbdp"))
+            .args(args)
+            .env("MYSIMBDP_DATABASE_URL", &self.database_url)
+            .env("MYSIMBDP_TENANTS_DIR", &self.tenants_dir)
+            .env("MYSIMBDP_STAGING_DIR", &self.staging_dir)
+            .env("MYSIMBDP_DATA_DIR", &self.data_dir)
+            .output()
+            .expect("run mysimbdp")
+    }
+
     /// kill -9 of the platform process.
     pub fn kill9(&mut self) {
         let mut child = self.process.take().expect("platform process running");

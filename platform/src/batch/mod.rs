@@ -104,11 +104,24 @@ pub async fn run(
     let admissions = Arc::new(Semaphore::new(4));
     let mut rescan = tokio::time::interval(ctx.config.rescan_interval);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Work queued by others (an operator's retry, a manager that stopped) is found in the store.
+    let mut sweep = tokio::time::interval(Duration::from_secs(2));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(staging = %ctx.layout.staging.display(), workers = ctx.config.workers, "batch manager started");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(c) = candidates.recv() => consider(&ctx, &admissions, c.path, true),
+            _ = sweep.tick() => match jobs::queued(&ctx.db).await {
+                // Pushing a job the scheduler holds already is a no-op, and a job that is started
+                // twice is refused by `start_attempt`, so the sweep cannot run anything twice.
+                Ok(queued) => for (id, tenant) in queued {
+                    if let Ok(tenant) = TenantId::parse(&tenant) {
+                        ctx.scheduler.push_if_idle(&tenant, id);
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "sweeping queued jobs failed"),
+            },
             _ = rescan.tick() => {
                 let snapshot = ctx.agreements.current();
                 for (tenant, agreement) in &snapshot.in_force {
@@ -184,7 +197,7 @@ async fn dispatch(ctx: Arc<Ctx>) {
                         Err(e) => tracing::error!(%tenant, job = %id, error = %e, "requeue failed; recovery will take it up"),
                     }
                 }
-                ctx2.scheduler.done(&tenant);
+                ctx2.scheduler.done(&tenant, id);
             });
         }
         tokio::select! {

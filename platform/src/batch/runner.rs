@@ -86,7 +86,9 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
         .await;
     }
     let coredms = ctx.tenants.ensure(tenant).await?;
-    let attempt = jobs::start_attempt(&ctx.db, tenant, id, app.version).await?;
+    let Some(attempt) = jobs::start_attempt(&ctx.db, tenant, id, app.version).await? else {
+        return Ok(()); // taken by another runner
+    };
     let input = PathBuf::from(&job.work_path);
     let run_dir = ctx.layout.work_dir(tenant, id).join(format!("run-{attempt}"));
     if run_dir.exists() {

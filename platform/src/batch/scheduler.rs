@@ -2,7 +2,7 @@
 //! bounded by its agreement's `max_concurrent_jobs` and all by the platform's worker count, so one
 //! tenant's flood of files waits behind its own limit while other tenants' files keep flowing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
@@ -17,6 +17,8 @@ struct State {
     turns: VecDeque<TenantId>,
     running: HashMap<TenantId, usize>,
     total_running: usize,
+    /// Jobs handed out and not yet done.
+    started: HashSet<Uuid>,
 }
 
 #[derive(Default)]
@@ -63,13 +65,24 @@ impl Scheduler {
             }
             *s.running.entry(tenant.clone()).or_default() += 1;
             s.total_running += 1;
+            s.started.insert(job);
             return Some((tenant, job));
         }
         None
     }
 
-    pub fn done(&self, tenant: &TenantId) {
+    /// Queues `job` unless it is queued here already or running here (the sweep's view of the store
+    /// lags behind this process's own bookkeeping).
+    pub fn push_if_idle(&self, tenant: &TenantId, job: Uuid) {
+        if self.state.lock().expect("scheduler lock").started.contains(&job) {
+            return;
+        }
+        self.push(tenant, job);
+    }
+
+    pub fn done(&self, tenant: &TenantId, job: Uuid) {
         let mut s = self.state.lock().expect("scheduler lock");
+        s.started.remove(&job);
         if let Some(n) = s.running.get_mut(tenant) {
             *n -= 1;
             if *n == 0 {
@@ -119,8 +132,13 @@ mod tests {
         let started: Vec<_> = std::iter::from_fn(|| s.next(10, limit)).collect();
         assert_eq!(started.iter().filter(|(x, _)| x.as_str() == "aa").count(), 1);
         assert_eq!(started.iter().filter(|(x, _)| x.as_str() == "bb").count(), 2);
-        s.done(&t("aa"));
+        let aa = started.iter().find(|(x, _)| x.as_str() == "aa").unwrap().1;
+        s.done(&t("aa"), aa);
+        s.push_if_idle(&t("aa"), aa); // running here no more, so it may be queued again
+        s.push_if_idle(&t("bb"), started.iter().find(|(x, _)| x.as_str() == "bb").unwrap().1); // still running: ignored
         assert_eq!(s.next(10, limit).unwrap().0.as_str(), "aa");
         assert!(s.next(4, limit).is_none(), "global limit of 4 reached");
+        assert_eq!(s.depth()[&t("aa")], 4, "the finished job was queued again");
+        assert_eq!(s.depth()[&t("bb")], 3, "the running job was not");
     }
 }

@@ -310,23 +310,83 @@ impl<'a> Admission<'a> {
     }
 }
 
-/// Marks the start of an attempt and returns its number.
-pub async fn start_attempt(db: &Db, tenant: &TenantId, id: Uuid, app_version: i32) -> sqlx::Result<i32> {
+/// Marks the start of an attempt and returns its number, or `None` if the job is no longer queued
+/// (another runner, in this process or another, took it): the conditional update is the claim.
+pub async fn start_attempt(db: &Db, tenant: &TenantId, id: Uuid, app_version: i32) -> sqlx::Result<Option<i32>> {
     let mut tx = db.begin().await?;
-    let (attempt,): (i32,) = sqlx::query_as(
+    let attempt: Option<(i32,)> = sqlx::query_as(
         "update jobs set state = 'running', attempts = attempts + 1, started_at = now(), app_version = $3,
                 not_before = null, pid = null, pid_start_ticks = null
-         where tenant = $1 and id = $2 returning attempts",
+         where tenant = $1 and id = $2 and state = 'queued' returning attempts",
     )
     .bind(tenant.as_str())
     .bind(id)
     .bind(app_version)
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
+    let Some((attempt,)) = attempt else { return Ok(None) };
     event(&mut tx, tenant, id, JobState::Running, &format!("attempt {attempt} started with app version {app_version}"))
         .await?;
     tx.commit().await?;
-    Ok(attempt)
+    Ok(Some(attempt))
+}
+
+/// Queued jobs, for managers to pick up work queued by others (an operator's retry, another manager).
+pub async fn queued(db: &Db) -> sqlx::Result<Vec<(Uuid, String)>> {
+    sqlx::query_as("select id, tenant from jobs where state = 'queued' order by detected_at limit 10000")
+        .fetch_all(db)
+        .await
+}
+
+/// Why a job cannot be retried.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    #[error(
+        "job {0} is {1}; only failed jobs (and, with --allow-duplicate, jobs rejected as duplicates) can be retried"
+    )]
+    NotRetryable(Uuid, String),
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
+}
+
+/// Whether `job` may be queued again.
+pub fn retryable(job: &Job, allow_duplicate: bool) -> Result<(), RetryError> {
+    let duplicate = job.state() == JobState::Rejected && job.reason.as_deref() == Some("duplicate");
+    if job.state() == JobState::Failed || (allow_duplicate && duplicate) {
+        return Ok(());
+    }
+    let state = match &job.reason {
+        Some(reason) => format!("{} ({reason})", job.state),
+        None => job.state.clone(),
+    };
+    Err(RetryError::NotRetryable(job.id, state))
+}
+
+/// Queues a final job again as asked by an operator. The caller moves the file back to the work area
+/// first; `fresh_attempts` is how many attempts the job gets now.
+pub async fn retry(
+    db: &Db,
+    tenant: &TenantId,
+    job: &Job,
+    allow_duplicate: bool,
+    fresh_attempts: i32,
+) -> Result<(), RetryError> {
+    retryable(job, allow_duplicate)?;
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "update jobs set state = 'queued', reason = null, detail = null, attempts = 0, max_attempts = $3,
+                final_path = null, finished_at = null, admitted_at = coalesce(admitted_at, now())
+         where tenant = $1 and id = $2 and state in ('failed', 'rejected')",
+    )
+    .bind(tenant.as_str())
+    .bind(job.id)
+    .bind(fresh_attempts)
+    .execute(&mut *tx)
+    .await?;
+    let why = if job.state() == JobState::Rejected { "retry asked, duplicate content allowed" } else { "retry asked" };
+    event(&mut tx, tenant, job.id, JobState::Queued, why).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Remembers the app's process so that a manager restarted after a crash can end it.
