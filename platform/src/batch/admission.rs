@@ -63,6 +63,7 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
         }
     };
     let (content, checksum) = {
+        let _permit = ctx.hashing.acquire().await?;
         let work = work.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<_> { Ok((sniff(&work, format)?, sha256(&work)?)) })
             .await??

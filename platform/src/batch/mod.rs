@@ -70,6 +70,9 @@ pub struct Ctx {
     pub shutdown: CancellationToken,
     /// Staging paths being claimed right now, so a rename event and a rescan do not race for one file.
     claiming: Mutex<HashSet<PathBuf>>,
+    /// Bounds the files being hashed and sniffed at once (I/O- and CPU-bound), so small files keep
+    /// flowing past a huge one; claiming (a row and a rename) is not bounded by it.
+    pub(crate) hashing: Semaphore,
     tasks: TaskTracker,
 }
 
@@ -93,6 +96,7 @@ pub async fn run(
         config,
         shutdown: shutdown.clone(),
         claiming: Mutex::new(HashSet::new()),
+        hashing: Semaphore::new(4),
         tasks: TaskTracker::new(),
     });
     recover(&ctx).await?;
@@ -100,8 +104,6 @@ pub async fn run(
     let (tx, mut candidates) = mpsc::unbounded_channel();
     let _watcher = watcher::watch(&ctx.layout.staging, tx.clone())?;
     let dispatcher = tokio::spawn(dispatch(ctx.clone()));
-    // Hashing is I/O- and CPU-bound; a few at a time keeps small files flowing past a huge one.
-    let admissions = Arc::new(Semaphore::new(4));
     let mut rescan = tokio::time::interval(ctx.config.rescan_interval);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Work queued by others (an operator's retry, a manager that stopped) is found in the store.
@@ -111,7 +113,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(c) = candidates.recv() => consider(&ctx, &admissions, c.path, true),
+            Some(c) = candidates.recv() => consider(&ctx, c.path, true),
             _ = sweep.tick() => match jobs::queued(&ctx.db).await {
                 // Pushing a job the scheduler holds already is a no-op, and a job that is started
                 // twice is refused by `start_attempt`, so the sweep cannot run anything twice.
@@ -128,7 +130,7 @@ pub async fn run(
                     let Some(batch) = &agreement.batch else { continue };
                     for (path, age) in watcher::list(&ctx.layout.staging_dir(tenant)) {
                         if age >= batch.min_file_age {
-                            consider(&ctx, &admissions, path, false);
+                            consider(&ctx, path, false);
                         }
                     }
                 }
@@ -143,7 +145,7 @@ pub async fn run(
 }
 
 /// Takes a candidate path through the staging rules and, if it is a tenant's complete file, admits it.
-fn consider(ctx: &Arc<Ctx>, admissions: &Arc<Semaphore>, path: PathBuf, renamed: bool) {
+fn consider(ctx: &Arc<Ctx>, path: PathBuf, renamed: bool) {
     let Some((tenant, name)) = tenant_file(&ctx.layout.staging, &path) else { return };
     if is_ignored(&name) || ctx.shutdown.is_cancelled() {
         return;
@@ -158,9 +160,8 @@ fn consider(ctx: &Arc<Ctx>, admissions: &Arc<Semaphore>, path: PathBuf, renamed:
     if !ctx.claiming.lock().expect("claiming lock").insert(path.clone()) {
         return;
     }
-    let (ctx, admissions) = (ctx.clone(), admissions.clone());
+    let ctx = ctx.clone();
     ctx.clone().tasks.spawn(async move {
-        let _permit = admissions.acquire().await;
         if let Err(e) = admission::claim(&ctx, &tenant, &path).await {
             tracing::error!(%tenant, file = %path.display(), error = %e, "admitting file failed; it will be retried");
         }

@@ -16,7 +16,7 @@ pub type Db = PgPool;
 pub async fn connect(url: &str) -> anyhow::Result<Db> {
     let options: PgConnectOptions = url.parse().map_err(|e| anyhow::anyhow!("invalid database url: {e}"))?;
     let pool = PgPoolOptions::new()
-        .max_connections(16)
+        .max_connections(32)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
