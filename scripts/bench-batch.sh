@@ -133,7 +133,7 @@ for r in $(seq 1 $REPS); do
     t1=$(now)
     [ "$state" = succeeded ] || { echo "platform run ended $state"; psql_store -c "select reason, detail from jobs where file_name = 'big-$r.csv'"; exit 1; }
     rows=$(psql_store -c "select records_ingested from jobs where file_name = 'big-$r.csv'")
-    app_s=$(psql_store -c "select run_ms / 1000.0 from jobs where file_name = 'big-$r.csv'")
+    app_s=$(psql_store -c "select round(run_ms / 1000.0, 3) from jobs where file_name = 'big-$r.csv'")
     secs=$(python3 -c "print(round($t1 - $t0, 3))")
     hwm=$(( $(awk '/VmHWM/ {print $2}' /proc/$PLATFORM/status) / 1024 ))
     printf '%-4s %-9s %12s %10s %12.0f %10.1f %16s\n' $r platform $rows $secs "$(python3 -c "print($rows/$secs)")" "$(python3 -c "print($bytes/1e6/$secs)")" "$hwm (platform)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs what is missing (Debian packages), starts the
-# local services (scripts/services.sh), then runs the same checks CI runs: formatting, clippy, the unit
-# tests and the end-to-end tests against real PostgreSQL.
+# local services (scripts/services.sh), then runs the same checks CI runs: formatting, clippy, the
+# benchmark's smoke mode, the unit tests and the end-to-end tests against real PostgreSQL.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -13,8 +13,14 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+step "benchmark smoke run (the benchmark itself works; figures from a smoke run mean nothing)"
+scripts/bench-batch.sh --smoke > "$ROOT/.local/bench-smoke.log" 2>&1 || { tail -n 40 "$ROOT/.local/bench-smoke.log"; exit 1; }
+tail -n 4 "$ROOT/.local/bench-smoke.log"
 step "build (the end-to-end tests run the workspace's binaries)"
 cargo build --workspace --bins --locked
 step "tests"
 # The end-to-end tests mostly wait on processes and the database; more threads than cores keeps them brief.
-RUST_TEST_THREADS=${RUST_TEST_THREADS:-6} cargo test --workspace --locked
+log=$ROOT/.local/test.log
+RUST_TEST_THREADS=${RUST_TEST_THREADS:-6} cargo test --workspace --locked 2>&1 | tee "$log"
+# One closing line for the whole suite (cargo prints one per test binary, the last of them doc tests).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
