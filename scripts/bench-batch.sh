@@ -3,6 +3,7 @@
 #
 #   scripts/bench-batch.sh            full run: 1 GiB CSV x3, 2,000 small files x2 app kinds
 #   scripts/bench-batch.sh --smoke    small sizes, one repetition (checks the benchmark itself works)
+#   scripts/bench-batch.sh --small    only the small-files part
 #
 # 1. Large file: the same generated CSV (a) ingested by the tortoise-csv app run by hand, (b) dropped into
 #    the platform's staging folder (rename to final state), and (c) the same documents bulk-loaded by
@@ -16,8 +17,11 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 . scripts/lib.sh
 
-SIZE_MIB=1024 REPS=3 SMALL_FILES=2000
-if [ "${1:-}" = "--smoke" ]; then SIZE_MIB=16 REPS=1 SMALL_FILES=100; fi
+SIZE_MIB=1024 REPS=3 SMALL_FILES=2000 LARGE=1
+case "${1:-}" in
+    --smoke) SIZE_MIB=16 REPS=1 SMALL_FILES=100 ;;
+    --small) LARGE=0 ;;
+esac
 TENANTS=4
 
 prepare
@@ -94,6 +98,7 @@ psql_bench() { psql "${ADMIN%/*}/coredms_bench" -qtAX -v ON_ERROR_STOP=1 "$@"; }
 now() { date +%s.%N; }
 
 # ---------- 1. one large file ----------
+if [ "$LARGE" = 1 ]; then
 ROWS=$(( SIZE_MIB * 1048576 / 86 ))
 step "generating ${REPS} CSV files of ${ROWS} rows (~${SIZE_MIB} MiB each)"
 for r in $(seq 1 $REPS); do "$BIN/gen-data" tortoise $ROWS 0 $((1000 + r)) > "$WORK/files/big-$r.csv"; done
@@ -152,11 +157,35 @@ print("\nmedians: " + ", ".join(f"{v} {med[v]:.2f}s ({rows / med[v]:,.0f} rows/s
 print(f"platform overhead vs by hand: {(med['platform'] / med['by-hand'] - 1) * 100:+.1f}% (rename to final state vs the app's run by hand; the app's own run inside the platform: median {med['platform-app']:.2f}s)")
 print(f"app (by hand) vs raw COPY of the same documents: {med['raw-copy'] / med['by-hand'] * 100:.0f}% of COPY's speed")
 PY
+fi
 
 # ---------- 2. many small files ----------
+# CPU seconds so far: the platform (itself, and the apps it has reaped) and all PostgreSQL processes.
+cpu_split() {
+    python3 - "$PLATFORM" <<'PY'
+import os, sys
+hz = os.sysconf("SC_CLK_TCK")
+def fields(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+p = fields(sys.argv[1])
+platform, apps = (int(p[11]) + int(p[12])) / hz, (int(p[13]) + int(p[14])) / hz
+pg = 0.0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if open(f"/proc/{pid}/comm").read().strip() in ("postgres", "postmaster"):
+            f = fields(pid)
+            pg += (int(f[11]) + int(f[12])) / hz
+    except OSError:
+        pass
+print(f"{platform} {apps} {pg}")
+PY
+}
+
 # small_round PREFIX LABEL RATE: RATE files/s offered (0: as fast as possible, a burst)
 small_round() {
     local prefix=$1 label=$2 rate=$3
+    local before; before=$(cpu_split)
     "$BIN/gen-data" orders 20 0 7 > "$WORK/small.jsonl"
     python3 - "$WORK" "$prefix" "$SMALL_FILES" "$TENANTS" "$rate" > "$WORK/renames-$prefix.csv" <<'PY'
 import os, sys, time
@@ -177,8 +206,9 @@ for i in range(n):
     print(f"{t},{name},{time.time()}")
 PY
     until [ "$(psql_store -c "select count(*) from jobs where file_name like '$prefix-%' and state in ('succeeded','failed','rejected')")" = "$SMALL_FILES" ]; do sleep 0.2; done
+    local after; after=$(cpu_split)
     psql_store -c "copy (select tenant, file_name, state, extract(epoch from detected_at), extract(epoch from started_at), extract(epoch from finished_at) from jobs where file_name like '$prefix-%') to stdout with csv" > "$WORK/jobs-$prefix.csv"
-    python3 - "$WORK/renames-$prefix.csv" "$WORK/jobs-$prefix.csv" "$label" <<'PY'
+    python3 - "$WORK/renames-$prefix.csv" "$WORK/jobs-$prefix.csv" "$label" "$before" "$after" <<'PY'
 import csv, statistics, sys
 renames = {(t, n): float(ts) for t, n, ts in csv.reader(open(sys.argv[1]))}
 jobs = list(csv.reader(open(sys.argv[2])))
@@ -200,6 +230,11 @@ print(f"\n{sys.argv[3]}: {len(jobs)} files, outcomes {states}")
 print(f"  end to end: {len(jobs) / span:.0f} files/s ({span:.2f}s from first rename to last final state; the renames themselves took {write_span:.2f}s)")
 print(f"  rename -> detected (job row written): p50 {pct(detect, 50):.1f} ms, p99 {pct(detect, 99):.1f} ms, max {max(detect):.1f} ms")
 print(f"  rename -> app started (includes queueing behind the worker limit): p50 {pct(start, 50):.1f} ms, p99 {pct(start, 99):.1f} ms")
+b, a = [list(map(float, x.split())) for x in sys.argv[4:6]]
+platform, apps, pg = (a[i] - b[i] for i in range(3))
+n = len(jobs)
+print(f"  CPU per file: platform {platform / n * 1000:.2f} ms, apps (and their shells) {apps / n * 1000:.2f} ms, PostgreSQL {pg / n * 1000:.2f} ms"
+      f" (of {2 * span / n * 1000:.2f} ms of 2 cores' time per file)")
 PY
 }
 step "small files"

@@ -17,9 +17,27 @@ ensure_build_tools() {
     fi
 }
 
-# What every entry script does first: build tools, local services, their environment.
+# Cargo decides whether a workspace crate is fresh from the mtimes of the files its last build read,
+# by absolute path. Two checkouts sharing one cache (a developer's and CI's fresh clone) would each
+# take the other's binaries as up to date, so the cache remembers which checkout used it last and a
+# different one rebuilds the workspace's own crates (dependencies stay cached).
+claim_build_cache() {
+    local marker=$CARGO_TARGET_DIR/.mysimbdp-checkout here
+    here=$(pwd -P)
+    mkdir -p "$CARGO_TARGET_DIR"
+    if [ -f "$marker" ] && [ "$(cat "$marker")" != "$here" ]; then
+        step "build cache last used by $(cat "$marker"); rebuilding this workspace's crates"
+        local pkgs=(-p mysimbdp -p mysimbdp-sdk -p tortoise-csv -p orders-jsonl -p test-apps -p mysimbdp-e2e)
+        cargo clean "${pkgs[@]}" 2>/dev/null || true
+        cargo clean --release "${pkgs[@]}" 2>/dev/null || true
+    fi
+    echo "$here" > "$marker"
+}
+
+# What every entry script does first: build tools, build cache, local services, their environment.
 prepare() {
     ensure_build_tools
+    claim_build_cache
     scripts/services.sh up
     set -a; . .local/env; set +a
 }

@@ -7,6 +7,7 @@ mod batch_ingest;
 mod constraints;
 mod coredms_conformance;
 mod crash_recovery;
+mod fairness;
 mod isolation;
 mod misbehaving_apps;
 mod staging_rules;
