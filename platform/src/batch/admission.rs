@@ -25,7 +25,8 @@ pub async fn claim(ctx: &Arc<Ctx>, tenant: &TenantId, path: &Path) -> anyhow::Re
         .ok_or_else(|| anyhow::anyhow!("file name is not UTF-8: {}", path.display()))?;
     let id = Uuid::now_v7();
     let work = ctx.layout.work_file(tenant, id, name);
-    jobs::insert_detected(&ctx.db, tenant, id, name, &path.to_string_lossy(), &work.to_string_lossy()).await?;
+    let job =
+        jobs::insert_detected(&ctx.db, tenant, id, name, &path.to_string_lossy(), &work.to_string_lossy()).await?;
     if let Err(e) = move_file(path, &work) {
         jobs::forget(&ctx.db, tenant, id).await?;
         let _ = std::fs::remove_dir(ctx.layout.work_dir(tenant, id));
@@ -35,7 +36,6 @@ pub async fn claim(ctx: &Arc<Ctx>, tenant: &TenantId, path: &Path) -> anyhow::Re
         };
     }
     tracing::debug!(%tenant, job = %id, file = name, "claimed");
-    let job = jobs::get(&ctx.db, tenant, id).await?.ok_or_else(|| anyhow::anyhow!("job {id} vanished"))?;
     evaluate(ctx, tenant, &job).await?;
     Ok(Some(id))
 }
@@ -80,7 +80,8 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
     }
 
     let mut admission = Admission::begin(&ctx.db, tenant).await?;
-    if let Some((original, original_name)) = admission.duplicate_of(job.id, &checksum).await? {
+    let (duplicate, usage) = admission.checks(job.id, &checksum).await?;
+    if let Some((original, original_name)) = duplicate {
         let refusal = Refusal {
             reason: "duplicate",
             detail: format!("same content (sha256 {}) as `{original_name}`, job {original}", &checksum[..16]),
@@ -88,7 +89,6 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
         let r = Rejection { size: Some(size), checksum: Some(&checksum), refusal, duplicate_of: Some(original) };
         return reject_in(ctx, admission, tenant, job, r).await;
     }
-    let usage = admission.usage().await?;
     if let Err(refusal) = constraints::rates(batch, size, usage.files_last_hour, usage.bytes_last_day) {
         let r = Rejection { size: Some(size), checksum: Some(&checksum), refusal, duplicate_of: None };
         return reject_in(ctx, admission, tenant, job, r).await;
@@ -136,7 +136,7 @@ async fn reject_in(
 ) -> anyhow::Result<()> {
     let target = ctx.layout.quarantine_file(tenant, job.id, &job.file_name);
     let Rejection { size, checksum, refusal, duplicate_of } = r;
-    admission
+    let job = admission
         .reject(
             job.id,
             size.map(|s| s as i64),
@@ -148,7 +148,6 @@ async fn reject_in(
         )
         .await?;
     tracing::warn!(%tenant, job = %job.id, file = %job.file_name, reason = refusal.reason, detail = %refusal.detail, "rejected");
-    let job = jobs::get(&ctx.db, tenant, job.id).await?.ok_or_else(|| anyhow::anyhow!("job vanished"))?;
     super::finalize(ctx, tenant, &job)?;
     Ok(())
 }

@@ -190,7 +190,7 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
     match outcome.exit {
         Exit::Code(0) => {
             let target = ctx.layout.ingested_file(tenant, id, &job.file_name);
-            jobs::finish_attempt(
+            let done = jobs::finish_attempt(
                 &ctx.db,
                 tenant,
                 id,
@@ -199,7 +199,7 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
             )
             .await?;
             tracing::info!(%tenant, job = %id, records = ?report.records_ingested, ms = report.run_ms, "succeeded");
-            finalize_job(ctx, tenant, id).await
+            super::finalize(ctx, tenant, &done)
         }
         Exit::Code(EXIT_TRY_LATER) => {
             let detail =
@@ -282,7 +282,7 @@ async fn end_attempt(
     let detail =
         if job.max_attempts > 1 { format!("{detail} (attempt {attempt} of {})", job.max_attempts) } else { detail };
     let target = ctx.layout.quarantine_file(tenant, job.id, &job.file_name);
-    jobs::finish_attempt(
+    let done = jobs::finish_attempt(
         &ctx.db,
         tenant,
         job.id,
@@ -291,19 +291,13 @@ async fn end_attempt(
     )
     .await?;
     tracing::warn!(%tenant, job = %job.id, reason, %detail, "failed");
-    finalize_job(ctx, tenant, job.id).await
+    super::finalize(ctx, tenant, &done)
 }
 
 async fn fail_early(ctx: &Ctx, tenant: &TenantId, job: &Job, reason: &str, detail: String) -> anyhow::Result<()> {
     let target = ctx.layout.quarantine_file(tenant, job.id, &job.file_name);
-    jobs::fail_without_run(&ctx.db, tenant, job.id, reason, &detail, Some(&target.to_string_lossy())).await?;
+    let done =
+        jobs::fail_without_run(&ctx.db, tenant, job.id, reason, &detail, Some(&target.to_string_lossy())).await?;
     tracing::warn!(%tenant, job = %job.id, reason, %detail, "failed before running");
-    finalize_job(ctx, tenant, job.id).await
-}
-
-async fn finalize_job(ctx: &Ctx, tenant: &TenantId, id: Uuid) -> anyhow::Result<()> {
-    if let Some(job) = jobs::get(&ctx.db, tenant, id).await? {
-        super::finalize(ctx, tenant, &job)?;
-    }
-    Ok(())
+    super::finalize(ctx, tenant, &done)
 }

@@ -105,21 +105,14 @@ pub struct JobEvent {
     pub message: String,
 }
 
-async fn event(
-    tx: &mut Transaction<'_, Postgres>,
-    tenant: &TenantId,
-    id: Uuid,
-    state: JobState,
-    message: &str,
-) -> sqlx::Result<()> {
-    sqlx::query("insert into job_events (job_id, tenant, state, message) values ($1, $2, $3, $4)")
-        .bind(id)
-        .bind(tenant.as_str())
-        .bind(state.as_str())
-        .bind(message)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+/// Wraps a statement that changes one job (`... returning *`) so that the same statement records the
+/// change's event: one round trip and one atomic change instead of a four-step transaction. The
+/// event's message is parameter `$message_param`.
+fn with_event(change: &str, message_param: usize) -> String {
+    format!(
+        "with u as ({change}), e as (insert into job_events (job_id, tenant, state, message) \
+         select id, tenant, state, ${message_param} from u) select * from u"
+    )
 }
 
 /// Records a file the moment it is claimed, before it is moved out of staging, so that a crash at
@@ -131,18 +124,21 @@ pub async fn insert_detected(
     file_name: &str,
     staging_path: &str,
     work_path: &str,
-) -> sqlx::Result<()> {
-    let mut tx = db.begin().await?;
-    sqlx::query("insert into jobs (id, tenant, file_name, staging_path, work_path, state) values ($1, $2, $3, $4, $5, 'detected')")
+) -> sqlx::Result<Job> {
+    let sql = with_event(
+        "insert into jobs (id, tenant, file_name, staging_path, work_path, state)
+         values ($1, $2, $3, $4, $5, 'detected') returning *",
+        6,
+    );
+    sqlx::query_as(&sql)
         .bind(id)
         .bind(tenant.as_str())
         .bind(file_name)
         .bind(staging_path)
         .bind(work_path)
-        .execute(&mut *tx)
-        .await?;
-    event(&mut tx, tenant, id, JobState::Detected, &format!("detected {file_name}")).await?;
-    tx.commit().await
+        .bind(format!("detected {file_name}"))
+        .fetch_one(db)
+        .await
 }
 
 /// Forgets a claim whose file vanished before it could be moved (another manager took it first, or
@@ -215,31 +211,26 @@ impl<'a> Admission<'a> {
         Ok(Admission { tx, tenant: tenant.clone() })
     }
 
-    pub async fn usage(&mut self) -> sqlx::Result<Usage> {
-        let (files, bytes): (i64, Option<i64>) = sqlx::query_as(
-            "select count(*) filter (where admitted_at > now() - interval '1 hour'),
-                    sum(size_bytes)::bigint
-             from jobs where tenant = $1 and admitted_at > now() - interval '1 day'",
-        )
-        .bind(self.tenant.as_str())
-        .fetch_one(&mut *self.tx)
-        .await?;
-        Ok(Usage { files_last_hour: files, bytes_last_day: bytes.unwrap_or(0) })
-    }
-
-    /// Another job with the same content that succeeded or is still on its way.
-    pub async fn duplicate_of(&mut self, id: Uuid, checksum: &str) -> sqlx::Result<Option<(Uuid, String)>> {
-        sqlx::query_as(
-            "select id, file_name from jobs
-             where tenant = $1 and checksum = $2 and id <> $3
-               and state in ('queued', 'running', 'retry_wait', 'succeeded')
-             order by detected_at limit 1",
+    /// Another job with the same content that succeeded or is still on its way, and what was admitted
+    /// in the rolling windows; one query.
+    pub async fn checks(&mut self, id: Uuid, checksum: &str) -> sqlx::Result<(Option<(Uuid, String)>, Usage)> {
+        let (dup_id, dup_name, files, bytes): (Option<Uuid>, Option<String>, i64, Option<i64>) = sqlx::query_as(
+            "select d.id, d.file_name, u.files, u.bytes
+             from (select count(*) filter (where admitted_at > now() - interval '1 hour') as files,
+                          sum(size_bytes)::bigint as bytes
+                   from jobs where tenant = $1 and admitted_at > now() - interval '1 day') u
+             left join lateral (select id, file_name from jobs
+                                where tenant = $1 and checksum = $2 and id <> $3
+                                  and state in ('queued', 'running', 'retry_wait', 'succeeded')
+                                order by detected_at limit 1) d on true",
         )
         .bind(self.tenant.as_str())
         .bind(checksum)
         .bind(id)
-        .fetch_optional(&mut *self.tx)
-        .await
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let duplicate = dup_id.zip(dup_name);
+        Ok((duplicate, Usage { files_last_hour: files, bytes_last_day: bytes.unwrap_or(0) }))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -253,29 +244,24 @@ impl<'a> Admission<'a> {
         app_version: Option<i32>,
         max_attempts: i32,
     ) -> sqlx::Result<()> {
-        sqlx::query(
+        let sql = with_event(
             "update jobs set state = 'queued', size_bytes = $3, checksum = $4, format = $5, route_app = $6,
                     app_version = $7, max_attempts = $8, admitted_at = now()
-             where tenant = $1 and id = $2",
-        )
-        .bind(self.tenant.as_str())
-        .bind(id)
-        .bind(size)
-        .bind(checksum)
-        .bind(format)
-        .bind(app)
-        .bind(app_version)
-        .bind(max_attempts)
-        .execute(&mut *self.tx)
-        .await?;
-        event(
-            &mut self.tx,
-            &self.tenant,
-            id,
-            JobState::Queued,
-            &format!("admitted: {size} bytes of {format} for app {app}"),
-        )
-        .await?;
+             where tenant = $1 and id = $2 returning *",
+            9,
+        );
+        sqlx::query(&sql)
+            .bind(self.tenant.as_str())
+            .bind(id)
+            .bind(size)
+            .bind(checksum)
+            .bind(format)
+            .bind(app)
+            .bind(app_version)
+            .bind(max_attempts)
+            .bind(format!("admitted: {size} bytes of {format} for app {app}"))
+            .execute(&mut *self.tx)
+            .await?;
         self.tx.commit().await
     }
 
@@ -289,46 +275,46 @@ impl<'a> Admission<'a> {
         detail: &str,
         duplicate_of: Option<Uuid>,
         final_path: &str,
-    ) -> sqlx::Result<()> {
-        sqlx::query(
+    ) -> sqlx::Result<Job> {
+        let sql = with_event(
             "update jobs set state = 'rejected', size_bytes = $3, checksum = $4, reason = $5, detail = $6,
                     duplicate_of = $7, final_path = $8, finished_at = now()
-             where tenant = $1 and id = $2",
-        )
-        .bind(self.tenant.as_str())
-        .bind(id)
-        .bind(size)
-        .bind(checksum)
-        .bind(reason)
-        .bind(detail)
-        .bind(duplicate_of)
-        .bind(final_path)
-        .execute(&mut *self.tx)
-        .await?;
-        event(&mut self.tx, &self.tenant, id, JobState::Rejected, &format!("{reason}: {detail}")).await?;
-        self.tx.commit().await
+             where tenant = $1 and id = $2 returning *",
+            9,
+        );
+        let job = sqlx::query_as(&sql)
+            .bind(self.tenant.as_str())
+            .bind(id)
+            .bind(size)
+            .bind(checksum)
+            .bind(reason)
+            .bind(detail)
+            .bind(duplicate_of)
+            .bind(final_path)
+            .bind(format!("{reason}: {detail}"))
+            .fetch_one(&mut *self.tx)
+            .await?;
+        self.tx.commit().await?;
+        Ok(job)
     }
 }
 
 /// Marks the start of an attempt and returns its number, or `None` if the job is no longer queued
 /// (another runner, in this process or another, took it): the conditional update is the claim.
 pub async fn start_attempt(db: &Db, tenant: &TenantId, id: Uuid, app_version: i32) -> sqlx::Result<Option<i32>> {
-    let mut tx = db.begin().await?;
-    let attempt: Option<(i32,)> = sqlx::query_as(
-        "update jobs set state = 'running', attempts = attempts + 1, started_at = now(), app_version = $3,
-                not_before = null, pid = null, pid_start_ticks = null
-         where tenant = $1 and id = $2 and state = 'queued' returning attempts",
+    sqlx::query_scalar(
+        "with u as (update jobs set state = 'running', attempts = attempts + 1, started_at = now(), app_version = $3,
+                                not_before = null, pid = null, pid_start_ticks = null
+                    where tenant = $1 and id = $2 and state = 'queued' returning id, tenant, state, attempts),
+              e as (insert into job_events (job_id, tenant, state, message)
+                    select id, tenant, state, 'attempt ' || attempts || ' started with app version ' || $3 from u)
+         select attempts from u",
     )
     .bind(tenant.as_str())
     .bind(id)
     .bind(app_version)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((attempt,)) = attempt else { return Ok(None) };
-    event(&mut tx, tenant, id, JobState::Running, &format!("attempt {attempt} started with app version {app_version}"))
-        .await?;
-    tx.commit().await?;
-    Ok(Some(attempt))
+    .fetch_optional(db)
+    .await
 }
 
 /// Queued jobs, for managers to pick up work queued by others (an operator's retry, another manager).
@@ -372,20 +358,14 @@ pub async fn retry(
     fresh_attempts: i32,
 ) -> Result<(), RetryError> {
     retryable(job, allow_duplicate)?;
-    let mut tx = db.begin().await?;
-    sqlx::query(
+    let sql = with_event(
         "update jobs set state = 'queued', reason = null, detail = null, attempts = 0, max_attempts = $3,
                 final_path = null, finished_at = null, admitted_at = coalesce(admitted_at, now())
-         where tenant = $1 and id = $2 and state in ('failed', 'rejected')",
-    )
-    .bind(tenant.as_str())
-    .bind(job.id)
-    .bind(fresh_attempts)
-    .execute(&mut *tx)
-    .await?;
+         where tenant = $1 and id = $2 and state in ('failed', 'rejected') returning *",
+        4,
+    );
     let why = if job.state() == JobState::Rejected { "retry asked, duplicate content allowed" } else { "retry asked" };
-    event(&mut tx, tenant, job.id, JobState::Queued, why).await?;
-    tx.commit().await?;
+    sqlx::query(&sql).bind(tenant.as_str()).bind(job.id).bind(fresh_attempts).bind(why).execute(db).await?;
     Ok(())
 }
 
@@ -428,7 +408,7 @@ pub async fn finish_attempt(
     id: Uuid,
     report: &AttemptReport,
     end: AttemptEnd<'_>,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<Job> {
     let (state, reason, detail, final_path, delay_ms) = match &end {
         AttemptEnd::Succeeded { final_path } => (JobState::Succeeded, None, None, Some(*final_path), None),
         AttemptEnd::Retry { reason, detail, delay_ms } => {
@@ -438,34 +418,6 @@ pub async fn finish_attempt(
             (JobState::Failed, Some(*reason), Some(*detail), Some(*final_path), None)
         }
     };
-    let mut tx = db.begin().await?;
-    sqlx::query(
-        "update jobs set state = $3, reason = $4, detail = $5, final_path = coalesce($6, final_path),
-                not_before = case when $7::bigint is null then null else now() + make_interval(secs => $7::bigint / 1000.0) end,
-                finished_at = case when $3 in ('succeeded', 'failed') then now() else null end,
-                exit_code = $8, signal = $9, run_ms = $10, log = $11, log_dropped_bytes = $12,
-                records_ingested = $13, records_rejected = $14, bytes_read = $15, app_message = $16,
-                pid = null, pid_start_ticks = null
-         where tenant = $1 and id = $2",
-    )
-    .bind(tenant.as_str())
-    .bind(id)
-    .bind(state.as_str())
-    .bind(reason)
-    .bind(detail)
-    .bind(final_path)
-    .bind(delay_ms)
-    .bind(report.exit_code)
-    .bind(report.signal)
-    .bind(report.run_ms)
-    .bind(&report.log)
-    .bind(report.log_dropped_bytes)
-    .bind(report.records_ingested)
-    .bind(report.records_rejected)
-    .bind(report.bytes_read)
-    .bind(&report.app_message)
-    .execute(&mut *tx)
-    .await?;
     let message = match &end {
         AttemptEnd::Succeeded { .. } => format!(
             "ingested {} records ({} rejected) in {} ms",
@@ -476,20 +428,47 @@ pub async fn finish_attempt(
         AttemptEnd::Retry { reason, detail, delay_ms } => format!("{reason}: {detail}; retrying in {delay_ms} ms"),
         AttemptEnd::Failed { reason, detail, .. } => format!("{reason}: {detail}"),
     };
-    event(&mut tx, tenant, id, state, &message).await?;
-    tx.commit().await
+    let sql = with_event(
+        "update jobs set state = $3, reason = $4, detail = $5, final_path = coalesce($6, final_path),
+                not_before = case when $7::bigint is null then null else now() + make_interval(secs => $7::bigint / 1000.0) end,
+                finished_at = case when $3 in ('succeeded', 'failed') then now() else null end,
+                exit_code = $8, signal = $9, run_ms = $10, log = $11, log_dropped_bytes = $12,
+                records_ingested = $13, records_rejected = $14, bytes_read = $15, app_message = $16,
+                pid = null, pid_start_ticks = null
+         where tenant = $1 and id = $2 returning *",
+        17,
+    );
+    sqlx::query_as(&sql)
+        .bind(tenant.as_str())
+        .bind(id)
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(detail)
+        .bind(final_path)
+        .bind(delay_ms)
+        .bind(report.exit_code)
+        .bind(report.signal)
+        .bind(report.run_ms)
+        .bind(&report.log)
+        .bind(report.log_dropped_bytes)
+        .bind(report.records_ingested)
+        .bind(report.records_rejected)
+        .bind(report.bytes_read)
+        .bind(&report.app_message)
+        .bind(message)
+        .fetch_one(db)
+        .await
 }
 
 /// Puts a job back in the queue (after its retry delay, or after a platform restart interrupted it).
 pub async fn requeue(db: &Db, tenant: &TenantId, id: Uuid, why: &str) -> sqlx::Result<()> {
-    let mut tx = db.begin().await?;
-    sqlx::query("update jobs set state = 'queued', pid = null, pid_start_ticks = null where tenant = $1 and id = $2 and state in ('retry_wait', 'queued')")
-        .bind(tenant.as_str())
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    event(&mut tx, tenant, id, JobState::Queued, why).await?;
-    tx.commit().await
+    let sql = with_event(
+        "update jobs set state = 'queued', pid = null, pid_start_ticks = null
+         where tenant = $1 and id = $2 and state in ('retry_wait', 'queued') returning *",
+        3,
+    );
+    sqlx::query(&sql).bind(tenant.as_str()).bind(id).bind(why).execute(db).await?;
+    Ok(())
 }
 
 /// Ends a job that cannot run at all (its app is missing, its input vanished) without an attempt.
@@ -500,18 +479,21 @@ pub async fn fail_without_run(
     reason: &str,
     detail: &str,
     final_path: Option<&str>,
-) -> sqlx::Result<()> {
-    let mut tx = db.begin().await?;
-    sqlx::query("update jobs set state = 'failed', reason = $3, detail = $4, final_path = $5, finished_at = now() where tenant = $1 and id = $2")
+) -> sqlx::Result<Job> {
+    let sql = with_event(
+        "update jobs set state = 'failed', reason = $3, detail = $4, final_path = $5, finished_at = now()
+         where tenant = $1 and id = $2 returning *",
+        6,
+    );
+    sqlx::query_as(&sql)
         .bind(tenant.as_str())
         .bind(id)
         .bind(reason)
         .bind(detail)
         .bind(final_path)
-        .execute(&mut *tx)
-        .await?;
-    event(&mut tx, tenant, id, JobState::Failed, &format!("{reason}: {detail}")).await?;
-    tx.commit().await
+        .bind(format!("{reason}: {detail}"))
+        .fetch_one(db)
+        .await
 }
 
 /// Filters for listing jobs; every one is optional.
@@ -546,16 +528,12 @@ pub async fn list(db: &Db, f: &ListFilter) -> sqlx::Result<Vec<Job>> {
 /// Puts back a job whose attempt the platform itself interrupted (shutdown, crash, platform error);
 /// an attempt that had started does not count against the app.
 pub async fn requeue_interrupted(db: &Db, tenant: &TenantId, id: Uuid, why: &str) -> sqlx::Result<()> {
-    let mut tx = db.begin().await?;
-    sqlx::query(
+    let sql = with_event(
         "update jobs set state = 'queued', pid = null, pid_start_ticks = null,
                 attempts = case when state = 'running' then greatest(attempts - 1, 0) else attempts end
-         where tenant = $1 and id = $2 and state in ('queued', 'running')",
-    )
-    .bind(tenant.as_str())
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
-    event(&mut tx, tenant, id, JobState::Queued, why).await?;
-    tx.commit().await
+         where tenant = $1 and id = $2 and state in ('queued', 'running') returning *",
+        3,
+    );
+    sqlx::query(&sql).bind(tenant.as_str()).bind(id).bind(why).execute(db).await?;
+    Ok(())
 }
