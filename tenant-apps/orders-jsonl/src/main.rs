@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
-use mysimbdp_sdk::{BatchEnv, CoreDms, Doc, JobResult, PipelinedWriter, Source};
+use mysimbdp_sdk::{BatchEnv, Batcher, CoreDms, Doc, JobResult, PipelinedWriter, Source};
 use serde::{Deserialize, Serialize};
 
 const COLLECTION: &str = "orders";
@@ -54,11 +54,10 @@ fn main() -> ExitCode {
 
 fn ingest(env: &BatchEnv, coredms: CoreDms) -> anyhow::Result<JobResult> {
     let file = std::fs::File::open(&env.input_file).with_context(|| format!("opening {}", env.input_file.display()))?;
-    let mut writer = PipelinedWriter::start(coredms, COLLECTION)?;
+    let mut batcher = Batcher::new("orders-jsonl", PipelinedWriter::start(coredms, COLLECTION)?, BATCH);
     let file_name = env.input_name();
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    let (mut line_no, mut rejected, mut bytes_read) = (0u64, 0u64, 0u64);
-    let mut batch = Vec::with_capacity(BATCH);
+    let (mut line_no, mut bytes_read) = (0u64, 0u64);
     let mut line = String::new();
     loop {
         line.clear();
@@ -71,21 +70,9 @@ fn ingest(env: &BatchEnv, coredms: CoreDms) -> anyhow::Result<JobResult> {
         if line.trim().is_empty() {
             continue;
         }
-        match wrangle(&line, &file_name, line_no) {
-            Ok(doc) => batch.push(doc),
-            Err(why) => {
-                rejected += 1;
-                if rejected <= 10 {
-                    eprintln!("orders-jsonl: line {line_no} rejected: {why}");
-                }
-            }
-        }
-        if batch.len() == BATCH {
-            writer.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))?;
-        }
+        batcher.add(line_no, wrangle(&line, &file_name, line_no))?;
     }
-    writer.send(batch)?;
-    let stats = writer.finish()?;
+    let (stats, rejected) = batcher.finish()?;
     Ok(JobResult {
         records_ingested: stats.sent,
         records_rejected: rejected,

@@ -242,3 +242,46 @@ impl PipelinedWriter {
         }
     }
 }
+
+/// Turns a file's records into batches for a [`PipelinedWriter`] and counts the records the app
+/// rejected, printing the first few reasons to the job's log (stderr) with their line numbers.
+pub struct Batcher {
+    app: String,
+    writer: PipelinedWriter,
+    batch: Vec<Doc>,
+    batch_size: usize,
+    rejected: u64,
+}
+
+/// Rejection reasons printed per file; the rest are only counted.
+const REJECTIONS_SHOWN: u64 = 10;
+
+impl Batcher {
+    pub fn new(app: &str, writer: PipelinedWriter, batch_size: usize) -> Self {
+        Batcher { app: app.to_owned(), writer, batch: Vec::with_capacity(batch_size), batch_size, rejected: 0 }
+    }
+
+    /// One record: a document to write, or why it was rejected.
+    pub fn add(&mut self, line: u64, record: Result<Doc, String>) -> anyhow::Result<()> {
+        match record {
+            Ok(doc) => self.batch.push(doc),
+            Err(why) => {
+                self.rejected += 1;
+                if self.rejected <= REJECTIONS_SHOWN {
+                    eprintln!("{}: line {line} rejected: {why}", self.app);
+                }
+            }
+        }
+        if self.batch.len() == self.batch_size {
+            let full = std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_size));
+            self.writer.send(full)?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is left and waits for the writer: what was written, and how many were rejected.
+    pub fn finish(mut self) -> anyhow::Result<(WriteStats, u64)> {
+        self.writer.send(std::mem::take(&mut self.batch))?;
+        Ok((self.writer.finish()?, self.rejected))
+    }
+}

@@ -15,7 +15,7 @@ pub mod env;
 pub mod metrics;
 pub mod result;
 
-pub use coredms::{CoreDms, Doc, PipelinedWriter, WriteStats};
+pub use coredms::{Batcher, CoreDms, Doc, PipelinedWriter, WriteStats};
 pub use env::BatchEnv;
 pub use result::JobResult;
 

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, SecondsFormat};
-use mysimbdp_sdk::{BatchEnv, CoreDms, Doc, JobResult, PipelinedWriter, Source};
+use mysimbdp_sdk::{BatchEnv, Batcher, CoreDms, Doc, JobResult, PipelinedWriter, Source};
 use serde::Serialize;
 
 const COLLECTION: &str = "readings";
@@ -77,27 +77,14 @@ fn ingest(env: &BatchEnv, coredms: CoreDms) -> anyhow::Result<JobResult> {
         bail!("the header lacks required columns: {}", missing.join(", "));
     }
 
-    let mut writer = PipelinedWriter::start(coredms, COLLECTION)?;
+    let mut batcher = Batcher::new("tortoise-csv", PipelinedWriter::start(coredms, COLLECTION)?, BATCH);
     let file_name = env.input_name();
-    let (mut rejected, mut batch) = (0u64, Vec::with_capacity(BATCH));
     let mut record = csv::ByteRecord::new();
     while reader.read_byte_record(&mut record).context("reading CSV")? {
         let line = record.position().map_or(0, |p| p.line());
-        match wrangle(&record, &index, &file_name, line) {
-            Ok(doc) => batch.push(doc),
-            Err(why) => {
-                rejected += 1;
-                if rejected <= 10 {
-                    eprintln!("tortoise-csv: line {line} rejected: {why}");
-                }
-            }
-        }
-        if batch.len() == BATCH {
-            writer.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))?;
-        }
+        batcher.add(line, wrangle(&record, &index, &file_name, line))?;
     }
-    writer.send(batch)?;
-    let stats = writer.finish()?;
+    let (stats, rejected) = batcher.finish()?;
     let bytes_read = reader.position().byte();
     Ok(JobResult {
         records_ingested: stats.sent,
