@@ -362,6 +362,19 @@ impl TestPlatform {
     }
 }
 
+/// A test that panics never reaches `cleanup`; its platform process must not outlive it.
+impl Drop for TestPlatform {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some((shutdown, _)) = &self.running {
+            shutdown.cancel();
+        }
+    }
+}
+
 /// Turns on the platform's logs in tests when `MYSIMBDP_TEST_LOG` is set (e.g. `mysimbdp=debug`).
 pub fn init_test_logging() {
     if let Ok(filter) = std::env::var("MYSIMBDP_TEST_LOG") {
