@@ -4,7 +4,7 @@
 
 use mysimbdp::coredms::CoreDms as Provisioner;
 use mysimbdp_e2e::{pg_url, unique, with_database, TestPlatform};
-use mysimbdp_sdk::{CoreDms, Doc};
+use mysimbdp_sdk::{CoreDms, Doc, PipelinedWriter};
 
 fn docs(range: std::ops::Range<u32>) -> Vec<Doc> {
     range
@@ -42,6 +42,21 @@ async fn conformance(admin_url: &str) {
     .await
     .unwrap();
     assert_eq!(written, (100, 50, 10, 10, 170));
+
+    // Several writer connections sharing one queue (what large files use), over ids partly present.
+    let (url, db) = (view_a.url.clone(), view_a.database.clone());
+    let (stats, count) = tokio::task::spawn_blocking(move || {
+        let connections = (0..2).map(|_| CoreDms::connect(&url, &db).unwrap()).collect();
+        let mut writer = PipelinedWriter::start_many(connections, "things").unwrap();
+        for start in (0..5000).step_by(500) {
+            writer.send(docs(start..start + 500)).unwrap();
+        }
+        let stats = writer.finish().unwrap();
+        (stats, CoreDms::connect(&url, &db).unwrap().count("things").unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!((stats.sent, stats.inserted, count), (5000, 5000 - 170, 5000));
 
     let (url_b, db_a) = (view_b.url.clone(), view_a.database.clone());
     let cross = tokio::task::spawn_blocking(move || {

@@ -197,23 +197,38 @@ fn insert_mongo(db: &mongodb::sync::Database, collection: &str, docs: &[Doc]) ->
 /// channel (two batches) is the backpressure: a slow database slows the parser, memory stays flat.
 pub struct PipelinedWriter {
     tx: Option<mpsc::SyncSender<Vec<Doc>>>,
-    handle: Option<JoinHandle<anyhow::Result<WriteStats>>>,
+    handles: Vec<JoinHandle<anyhow::Result<WriteStats>>>,
 }
 
 impl PipelinedWriter {
-    pub fn start(mut coredms: CoreDms, collection: &str) -> anyhow::Result<Self> {
-        coredms.ensure_collection(collection)?;
-        let (tx, rx) = mpsc::sync_channel::<Vec<Doc>>(2);
-        let collection = collection.to_owned();
-        let handle = std::thread::spawn(move || {
-            let mut stats = WriteStats::default();
-            for batch in rx {
-                stats.inserted += coredms.insert_batch(&collection, &batch)?;
-                stats.sent += batch.len() as u64;
+    pub fn start(coredms: CoreDms, collection: &str) -> anyhow::Result<Self> {
+        Self::start_many(vec![coredms], collection)
+    }
+
+    /// One writer thread per connection, all taking batches from one queue: PostgreSQL runs one backend
+    /// process per connection, so a second connection lets a bulk load use a second core.
+    pub fn start_many(connections: Vec<CoreDms>, collection: &str) -> anyhow::Result<Self> {
+        let writers = connections.len().max(1);
+        let (tx, rx) = mpsc::sync_channel::<Vec<Doc>>(2 * writers);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let mut handles = Vec::with_capacity(writers);
+        for (i, mut coredms) in connections.into_iter().enumerate() {
+            if i == 0 {
+                coredms.ensure_collection(collection)?;
             }
-            Ok(stats)
-        });
-        Ok(PipelinedWriter { tx: Some(tx), handle: Some(handle) })
+            let (rx, collection) = (rx.clone(), collection.to_owned());
+            handles.push(std::thread::spawn(move || {
+                let mut stats = WriteStats::default();
+                loop {
+                    let next = rx.lock().expect("writer queue").recv();
+                    let Ok(batch) = next else { break };
+                    stats.inserted += coredms.insert_batch(&collection, &batch)?;
+                    stats.sent += batch.len() as u64;
+                }
+                Ok(stats)
+            }));
+        }
+        Ok(PipelinedWriter { tx: Some(tx), handles })
     }
 
     pub fn send(&mut self, batch: Vec<Doc>) -> anyhow::Result<()> {
@@ -236,10 +251,21 @@ impl PipelinedWriter {
 
     fn join(&mut self) -> anyhow::Result<WriteStats> {
         self.tx.take();
-        match self.handle.take() {
-            Some(h) => h.join().map_err(|_| anyhow::anyhow!("writer thread panicked"))?,
-            None => Err(anyhow::anyhow!("writer already finished")),
+        anyhow::ensure!(!self.handles.is_empty(), "writer already finished");
+        let mut total = WriteStats::default();
+        let mut first_error = None;
+        for h in self.handles.drain(..) {
+            match h.join().map_err(|_| anyhow::anyhow!("writer thread panicked")).and_then(|r| r) {
+                Ok(s) => {
+                    total.sent += s.sent;
+                    total.inserted += s.inserted;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
+        first_error.map_or(Ok(total), Err)
     }
 }
 

@@ -6,7 +6,8 @@
 //! `device_id`; epoch `time` (seconds, or milliseconds when larger than 1e11) turned into an RFC 3339
 //! timestamp; acceleration nested as `{magnitude, x, y, z}` and the weather as `environment`; rows
 //! with missing or out-of-range values rejected and counted. Streams the file in constant memory and
-//! writes batches of 10,000 with `_id = <device>:<time>`, so a re-run leaves one copy.
+//! writes batches of 10,000 with `_id = <device>:<time>`, so a re-run leaves one copy. Files of 64 MiB
+//! or more are written over two connections (two server cores).
 
 use std::process::ExitCode;
 
@@ -17,6 +18,8 @@ use serde::Serialize;
 
 const COLLECTION: &str = "readings";
 const BATCH: usize = 10_000;
+/// Files at least this big are written over two connections.
+const LARGE_FILE: u64 = 64 << 20;
 const COLUMNS: [&str; 10] = [
     "time",
     "acceleration",
@@ -77,7 +80,15 @@ fn ingest(env: &BatchEnv, coredms: CoreDms) -> anyhow::Result<JobResult> {
         bail!("the header lacks required columns: {}", missing.join(", "));
     }
 
-    let mut batcher = Batcher::new("tortoise-csv", PipelinedWriter::start(coredms, COLLECTION)?, BATCH);
+    // PostgreSQL runs one backend process per connection; a large file gets a second connection so
+    // the load uses a second server core. Small files keep one: a connection costs more than it saves.
+    let size = std::fs::metadata(&env.input_file)?.len();
+    let writers = if size >= LARGE_FILE { 2 } else { 1 };
+    let mut connections = vec![coredms];
+    for _ in 1..writers {
+        connections.push(CoreDms::connect(&env.coredms_url, &env.coredms_db)?);
+    }
+    let mut batcher = Batcher::new("tortoise-csv", PipelinedWriter::start_many(connections, COLLECTION)?, BATCH);
     let file_name = env.input_name();
     let mut record = csv::ByteRecord::new();
     while reader.read_byte_record(&mut record).context("reading CSV")? {
