@@ -12,6 +12,14 @@ use crate::coredms::{CoreDms, CoreDmsError, TenantCoreDms};
 use crate::store::Db;
 use crate::tenant::TenantId;
 
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("creating the tenant's staging folder: {0}")]
+    Staging(std::io::Error),
+    #[error(transparent)]
+    CoreDms(#[from] CoreDmsError),
+}
+
 pub struct Tenants {
     db: Db,
     coredms: CoreDms,
@@ -29,12 +37,11 @@ impl Tenants {
     }
 
     /// The tenant's coredms view, provisioning it first if this process has not yet.
-    pub async fn ensure(&self, tenant: &TenantId) -> Result<TenantCoreDms, CoreDmsError> {
+    pub async fn ensure(&self, tenant: &TenantId) -> Result<TenantCoreDms, ProvisionError> {
         if let Some(view) = self.provisioned.lock().expect("tenants lock").get(tenant) {
             return Ok(view.clone());
         }
-        std::fs::create_dir_all(self.staging.join(tenant.as_str()))
-            .map_err(|e| CoreDmsError::Postgres(format!("creating staging folder: {e}")))?;
+        std::fs::create_dir_all(self.staging.join(tenant.as_str())).map_err(ProvisionError::Staging)?;
         let view = self.coredms.provision(&self.db, tenant).await?;
         tracing::info!(%tenant, database = %view.database, backend = self.coredms.backend_name(), "tenant provisioned");
         self.provisioned.lock().expect("tenants lock").insert(tenant.clone(), view.clone());

@@ -113,7 +113,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(c) = candidates.recv() => consider(&ctx, c.path, true),
+            Some(renamed) = candidates.recv() => consider(&ctx, renamed, true),
             _ = sweep.tick() => match jobs::queued(&ctx.db).await {
                 // Pushing a job the scheduler holds already is a no-op, and a job that is started
                 // twice is refused by `start_attempt`, so the sweep cannot run anything twice.

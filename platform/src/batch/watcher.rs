@@ -10,17 +10,10 @@ use notify::event::{EventKind, ModifyKind, RenameMode};
 use notify::Watcher;
 use tokio::sync::mpsc;
 
-/// A file that may be ready.
-#[derive(Debug)]
-pub struct Candidate {
-    pub path: PathBuf,
-    /// Renamed into place: complete whatever its age.
-    pub renamed: bool,
-}
-
-/// Watches `root` recursively (tenants' folders appear and disappear under it) and sends renamed-in
-/// files. The returned watcher must be kept alive.
-pub fn watch(root: &Path, tx: mpsc::UnboundedSender<Candidate>) -> notify::Result<notify::RecommendedWatcher> {
+/// Watches `root` recursively (tenants' folders appear and disappear under it) and sends the paths of
+/// files renamed into place, which are complete whatever their age. The returned watcher must be kept
+/// alive.
+pub fn watch(root: &Path, tx: mpsc::UnboundedSender<PathBuf>) -> notify::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
         let path = match event.kind {
@@ -29,7 +22,7 @@ pub fn watch(root: &Path, tx: mpsc::UnboundedSender<Candidate>) -> notify::Resul
             _ => None,
         };
         if let Some(path) = path {
-            let _ = tx.send(Candidate { path: path.clone(), renamed: true });
+            let _ = tx.send(path.clone());
         }
     })?;
     watcher.watch(root, notify::RecursiveMode::Recursive)?;

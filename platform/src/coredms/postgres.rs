@@ -62,40 +62,42 @@ impl Provisioner {
     }
 }
 
-async fn provision_locked(conn: &mut sqlx::PgConnection, creds: &Credentials) -> Result<(), CoreDmsError> {
-    let role = ident(&creds.username);
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = $1)")
-        .bind(&creds.username)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(pg)?;
-    let password = literal(&creds.password);
-    if !exists {
-        let created =
-            sqlx::query(&format!("create role {role} login password {password} nosuperuser nocreatedb nocreaterole"))
-                .execute(&mut *conn)
-                .await;
-        if let Err(e) = created {
+/// Runs `create` unless `exists` (a query taking `name`) says the object is there; a concurrent
+/// creator winning the race is fine too.
+async fn create_unless_exists(
+    conn: &mut sqlx::PgConnection,
+    exists: &str,
+    name: &str,
+    create: &str,
+) -> Result<(), CoreDmsError> {
+    let there: bool = sqlx::query_scalar(exists).bind(name).fetch_one(&mut *conn).await.map_err(pg)?;
+    if !there {
+        if let Err(e) = sqlx::query(create).execute(&mut *conn).await {
             if !already_exists(&e) {
                 return Err(pg(e));
             }
         }
     }
-    sqlx::query(&format!("alter role {role} with login password {password}")).execute(&mut *conn).await.map_err(pg)?;
+    Ok(())
+}
 
-    let db_exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-        .bind(&creds.database)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(pg)?;
-    let database = ident(&creds.database);
-    if !db_exists {
-        if let Err(e) = sqlx::query(&format!("create database {database} owner {role}")).execute(&mut *conn).await {
-            if !already_exists(&e) {
-                return Err(pg(e));
-            }
-        }
-    }
+async fn provision_locked(conn: &mut sqlx::PgConnection, creds: &Credentials) -> Result<(), CoreDmsError> {
+    let (role, database, password) = (ident(&creds.username), ident(&creds.database), literal(&creds.password));
+    create_unless_exists(
+        conn,
+        "select exists (select 1 from pg_roles where rolname = $1)",
+        &creds.username,
+        &format!("create role {role} login password {password} nosuperuser nocreatedb nocreaterole"),
+    )
+    .await?;
+    sqlx::query(&format!("alter role {role} with login password {password}")).execute(&mut *conn).await.map_err(pg)?;
+    create_unless_exists(
+        conn,
+        "select exists (select 1 from pg_database where datname = $1)",
+        &creds.database,
+        &format!("create database {database} owner {role}"),
+    )
+    .await?;
     sqlx::query(&format!("revoke all on database {database} from public")).execute(&mut *conn).await.map_err(pg)?;
     sqlx::query(&format!("grant connect, temporary on database {database} to {role}"))
         .execute(&mut *conn)
