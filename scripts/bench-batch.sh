@@ -31,6 +31,8 @@ BIN=$CARGO_TARGET_DIR/release
 WORK=${MYSIMBDP_BENCH_DIR:-$ROOT/.local/bench}
 rm -rf "$WORK" && mkdir -p "$WORK"/{tenants,staging,data,files}
 ADMIN=$MYSIMBDP_TEST_PG_URL
+# Server-side COPY files must be where the server (the postgres user) can read and write them.
+SCRATCH=${MYSIMBDP_PG_SCRATCH:?run scripts/services.sh up}
 STORE_DB=mysimbdp_bench
 STORE_URL=${ADMIN%/*}/$STORE_DB
 export PGOPTIONS="-c client_min_messages=warning"
@@ -121,28 +123,27 @@ for r in $(seq 1 $REPS); do
     printf '%-4s %-9s %12s %10s %12.0f %10.1f %16s\n' $r by-hand $rows $secs "$(python3 -c "print($rows/$secs)")" "$(python3 -c "print($bytes/1e6/$secs)")" $rss
     results+=("by-hand $secs $rows")
     # the ceiling: the same documents, bulk-loaded by the server with binary COPY into the same shape
-    psql_bench -c "copy (select _id, doc from readings) to '$WORK/docs.bin' (format binary)" 2>/dev/null || \
-        { chmod 777 "$WORK"; psql_bench -c "copy (select _id, doc from readings) to '$WORK/docs.bin' (format binary)"; }
+    psql_bench -c "copy (select _id, doc from readings) to '$SCRATCH/docs.bin' (format binary)"
     psql_bench -c "drop table if exists rawcopy" -c "create table rawcopy (_id text primary key, doc jsonb not null, ingested_at timestamptz not null default now())"
-    t0=$(now); psql_bench -c "copy rawcopy (_id, doc) from '$WORK/docs.bin' (format binary)"; t1=$(now)
+    t0=$(now); psql_bench -c "copy rawcopy (_id, doc) from '$SCRATCH/docs.bin' (format binary)"; t1=$(now)
     secs=$(python3 -c "print(round($t1 - $t0, 3))")
     printf '%-4s %-9s %12s %10s %12.0f %10.1f %16s\n' $r raw-copy $rows $secs "$(python3 -c "print($rows/$secs)")" "$(python3 -c "print($bytes/1e6/$secs)")" -
     results+=("raw-copy $secs $rows")
     # and over two connections in parallel, as the app does for large files (two server cores)
     psql_bench -c "drop table rawcopy" -c "create table rawcopy (_id text primary key, doc jsonb not null, ingested_at timestamptz not null default now())"
     for half in 0 1; do
-        psql_bench -c "copy (select _id, doc from readings where abs(hashtext(_id)) % 2 = $half) to '$WORK/docs$half.bin' (format binary)"
+        psql_bench -c "copy (select _id, doc from readings where abs(hashtext(_id)) % 2 = $half) to '$SCRATCH/docs$half.bin' (format binary)"
     done
     t0=$(now)
-    psql_bench -c "copy rawcopy (_id, doc) from '$WORK/docs0.bin' (format binary)" &
+    psql_bench -c "copy rawcopy (_id, doc) from '$SCRATCH/docs0.bin' (format binary)" &
     other=$!
-    psql_bench -c "copy rawcopy (_id, doc) from '$WORK/docs1.bin' (format binary)"
+    psql_bench -c "copy rawcopy (_id, doc) from '$SCRATCH/docs1.bin' (format binary)"
     wait $other # only this one: a bare `wait` would also wait for the platform
     t1=$(now)
     secs=$(python3 -c "print(round($t1 - $t0, 3))")
     printf '%-4s %-9s %12s %10s %12.0f %10.1f %16s\n' $r raw-copy2 $rows $secs "$(python3 -c "print($rows/$secs)")" "$(python3 -c "print($bytes/1e6/$secs)")" -
     results+=("raw-copy2 $secs $rows")
-    psql_bench -c "drop table rawcopy"; rm -f "$WORK"/docs*.bin
+    psql_bench -c "drop table rawcopy"; rm -f "$SCRATCH"/docs*.bin
     # (b) through the platform: rename into staging, wait for the final state
     psql_bench -c "drop table if exists readings"
     cp "$f" "$WORK/staging/bench/big-$r.csv.part"

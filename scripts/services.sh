@@ -17,6 +17,17 @@ PG_PORT=${MYSIMBDP_PG_PORT:-55432}
 PG_DIR=$LOCAL/pg
 SERVICES=(pg)
 
+# PostgreSQL refuses to run as root, so as root it runs as the `postgres` user, which must be able to
+# reach its data folder. A checkout under a private folder (e.g. one made by `mktemp -d`, mode 0700) is
+# out of its reach; then the cluster lives under /var/lib/postgresql, one per checkout.
+choose_pg_dir() {
+    [ "$(id -u)" = 0 ] || return 0
+    mkdir -p "$LOCAL"
+    if ! runuser -u postgres -- test -x "$LOCAL" 2>/dev/null; then
+        PG_DIR=/var/lib/postgresql/mysimbdp-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
+    fi
+}
+
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -54,6 +65,8 @@ pg_status() { [ -f "$PG_DIR/data/PG_VERSION" ] && pg_ctl_ status >/dev/null 2>&1
 
 pg_up() {
     ensure_packages postgresql postgresql-contrib
+    choose_pg_dir
+    [ "$PG_DIR" = "$LOCAL/pg" ] || log "the postgres user cannot reach $LOCAL; PostgreSQL data goes to $PG_DIR"
     mkdir -p "$PG_DIR"
     if [ "$(id -u)" = 0 ]; then chown postgres: "$PG_DIR"; chmod 0700 "$PG_DIR"; fi
     if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
@@ -94,10 +107,13 @@ SQL
         echo "MYSIMBDP_DATABASE_URL=$base/mysimbdp"
         echo "MYSIMBDP_COREDMS_URL=$base/postgres"
         echo "MYSIMBDP_TEST_PG_URL=$base/postgres"
+        # A folder the server can read and write, for server-side COPY files (benchmarks).
+        echo "MYSIMBDP_PG_SCRATCH=$PG_DIR/scratch"
     } > "$LOCAL/env.pg"
+    pg_run mkdir -p "$PG_DIR/scratch"
 }
 
-pg_down() { if pg_status; then log "stopping PostgreSQL"; pg_ctl_ -m fast -w stop >/dev/null; fi; }
+pg_down() { choose_pg_dir; if pg_status; then log "stopping PostgreSQL"; pg_ctl_ -m fast -w stop >/dev/null; fi; }
 
 write_env() {
     (umask 077; cat "$LOCAL"/env.* > "$LOCAL/env")
@@ -111,11 +127,15 @@ main() {
         down) for s in "${SERVICES[@]}"; do "${s}_down"; done ;;
         status)
             local rc=0
+            choose_pg_dir
             for s in "${SERVICES[@]}"; do
                 if "${s}_status"; then echo "$s: running"; else echo "$s: stopped"; rc=1; fi
             done
             return $rc ;;
-        destroy) for s in "${SERVICES[@]}"; do "${s}_down"; done; rm -rf "$LOCAL" ;;
+        destroy)
+            for s in "${SERVICES[@]}"; do "${s}_down"; done
+            rm -rf "$LOCAL"
+            [ "$PG_DIR" = "$LOCAL/pg" ] || rm -rf "$PG_DIR" ;;
         *) die "usage: $0 up|down|status|destroy" ;;
     esac
 }
