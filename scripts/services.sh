@@ -56,7 +56,8 @@ pg_bin() {
 
 # PostgreSQL refuses to run as root; as root we run it as the `postgres` user the package creates.
 pg_run() {
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+    # From `/`: the postgres user may not be allowed into the current folder.
+    if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 pg_ctl_() { pg_run "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" "$@"; }
