@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use std::io::Read;
-use tokio::process::Command;
+use std::os::fd::AsRawFd;
 use tokio_util::sync::CancellationToken;
 
 use super::log::BoundedLog;
+use super::spawn::{spawn, Child, Limits, SpawnSpec};
 use crate::units::ByteSize;
 
 pub struct ProcessSpec {
@@ -87,44 +88,22 @@ pub async fn run(
     cancel: &CancellationToken,
     on_spawn: impl FnOnce(u32, Option<i64>),
 ) -> std::io::Result<ProcessOutcome> {
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .current_dir(&spec.cwd)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(std::process::Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true);
-    let memory = spec.memory.map(|m| m.0);
-    let cpu = spec.cpu_time.map(|d| d.as_secs().max(1));
-    // SAFETY: only async-signal-safe syscalls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(bytes) = memory {
-                let lim = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
-                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if let Some(secs) = cpu {
-                let lim = libc::rlimit { rlim_cur: secs, rlim_max: secs + 5 };
-                if libc::setrlimit(libc::RLIMIT_CPU, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
     // One pipe for stdout and stderr (as `2>&1`), so the log keeps the order the program wrote in.
     let (reader, writer) = std::io::pipe()?;
-    cmd.stdout(writer.try_clone()?).stderr(writer);
     let started = Instant::now();
-    let mut child = cmd.spawn()?;
-    drop(cmd); // our copies of the pipe's write end; the reader sees EOF once the program's are closed
-    let pid = child.id().expect("a child that was just spawned has a pid");
+    let mut child = spawn(&SpawnSpec {
+        program: &spec.program,
+        args: &spec.args,
+        env: &spec.env,
+        cwd: &spec.cwd,
+        output: writer.as_raw_fd(),
+        limits: Limits {
+            address_space: spec.memory.map(|m| m.0),
+            cpu_seconds: spec.cpu_time.map(|d| d.as_secs().max(1)),
+        },
+    })?;
+    drop(writer); // the reader sees EOF once the program's copies are closed
+    let pid = child.id();
     on_spawn(pid, start_ticks(pid));
 
     let log = Arc::new(Mutex::new(BoundedLog::new(spec.log_limit)));
@@ -177,11 +156,7 @@ pub async fn run(
     Ok(ProcessOutcome { exit, stopped, elapsed, log: log.render(), log_dropped: log.dropped() })
 }
 
-async fn terminate(
-    child: &mut tokio::process::Child,
-    pgid: i32,
-    grace: Duration,
-) -> std::io::Result<std::process::ExitStatus> {
+async fn terminate(child: &mut Child, pgid: i32, grace: Duration) -> std::io::Result<std::process::ExitStatus> {
     signal_group(pgid, libc::SIGTERM);
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => status,
@@ -242,5 +217,38 @@ mod tests {
         assert!(ticks.is_some());
         assert!(start_ticks(std::process::id()).is_some());
         assert!(!kill_leftover(std::process::id() as i32, -1), "a different start time is not our process");
+    }
+
+    #[tokio::test]
+    async fn limits_signals_and_descriptors_are_the_programs_own() {
+        let mut spec = sh("grep -E 'address space|cpu time' /proc/self/limits; grep -E '^Sig(Ign|Blk)' /proc/self/status; ls /proc/self/fd; readlink /proc/self/fd/0", None);
+        spec.memory = Some(ByteSize(256 << 20));
+        spec.cpu_time = Some(Duration::from_secs(7));
+        let out = run(spec, &CancellationToken::new(), |_, _| {}).await.unwrap();
+        assert_eq!(out.exit, Exit::Code(0), "{}", out.log);
+        let line = |prefix: &str| out.log.lines().find(|l| l.starts_with(prefix)).unwrap_or_default().to_owned();
+        let words = |l: String| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(words(line("Max address space"))[3..5], ["268435456", "268435456"], "{}", out.log);
+        assert_eq!(words(line("Max cpu time"))[3..5], ["7", "12"], "{}", out.log);
+        // The platform ignores SIGPIPE and blocks signals while spawning; the program sees neither.
+        assert_eq!(line("SigIgn:"), "SigIgn:\t0000000000000000", "{}", out.log);
+        assert_eq!(line("SigBlk:"), "SigBlk:\t0000000000000000", "{}", out.log);
+        // stdin, stdout, stderr and the descriptor `ls` opens for /proc/self/fd: nothing of the platform's.
+        let fds: Vec<&str> = out.log.lines().filter(|l| l.parse::<u32>().is_ok()).collect();
+        assert_eq!(fds, ["0", "1", "2", "3"], "{}", out.log);
+        assert!(out.log.contains("/dev/null"), "{}", out.log);
+    }
+
+    #[tokio::test]
+    async fn a_program_that_cannot_start_is_a_precise_error() {
+        let mut spec = sh("true", None);
+        spec.program = "/nonexistent/app".into();
+        let e = run(spec, &CancellationToken::new(), |_, _| {}).await.err().expect("no such program");
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert!(e.to_string().contains("executing /nonexistent/app"), "{e}");
+        let mut spec = sh("true", None);
+        spec.cwd = "/nonexistent/folder".into();
+        let e = run(spec, &CancellationToken::new(), |_, _| {}).await.err().expect("no such folder");
+        assert!(e.to_string().starts_with("entering the working folder"), "{e}");
     }
 }
