@@ -243,12 +243,12 @@ mod tests {
     async fn a_program_that_cannot_start_is_a_precise_error() {
         let mut spec = sh("true", None);
         spec.program = "/nonexistent/app".into();
-        let e = run(spec, &CancellationToken::new(), |_, _| {}).await.err().expect("no such program");
+        let e = run(spec, &CancellationToken::new(), |_, _| {}).await.expect_err("no such program");
         assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
         assert!(e.to_string().contains("executing /nonexistent/app"), "{e}");
         let mut spec = sh("true", None);
         spec.cwd = "/nonexistent/folder".into();
-        let e = run(spec, &CancellationToken::new(), |_, _| {}).await.err().expect("no such folder");
+        let e = run(spec, &CancellationToken::new(), |_, _| {}).await.expect_err("no such folder");
         assert!(e.to_string().starts_with("entering the working folder"), "{e}");
     }
 }

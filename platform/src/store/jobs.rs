@@ -212,13 +212,14 @@ impl<'a> Admission<'a> {
     }
 
     /// Another job with the same content that succeeded or is still on its way, and what was admitted
-    /// in the rolling windows; one query.
+    /// in the rolling windows. Usage is kept per minute and a window takes every minute that began
+    /// inside it, so it spans up to one minute more than its name: a limit is never exceeded.
     pub async fn checks(&mut self, id: Uuid, checksum: &str) -> sqlx::Result<(Option<(Uuid, String)>, Usage)> {
-        let (dup_id, dup_name, files, bytes): (Option<Uuid>, Option<String>, i64, Option<i64>) = sqlx::query_as(
+        let (dup_id, dup_name, files, bytes): (Option<Uuid>, Option<String>, i64, i64) = sqlx::query_as(
             "select d.id, d.file_name, u.files, u.bytes
-             from (select count(*) filter (where admitted_at > now() - interval '1 hour') as files,
-                          sum(size_bytes)::bigint as bytes
-                   from jobs where tenant = $1 and admitted_at > now() - interval '1 day') u
+             from (select coalesce(sum(files) filter (where minute > now() - interval '61 minutes'), 0)::bigint as files,
+                          coalesce(sum(bytes), 0)::bigint as bytes
+                   from tenant_usage where tenant = $1 and minute > now() - interval '1441 minutes') u
              left join lateral (select id, file_name from jobs
                                 where tenant = $1 and checksum = $2 and id <> $3
                                   and state in ('queued', 'running', 'retry_wait', 'succeeded')
@@ -230,7 +231,7 @@ impl<'a> Admission<'a> {
         .fetch_one(&mut *self.tx)
         .await?;
         let duplicate = dup_id.zip(dup_name);
-        Ok((duplicate, Usage { files_last_hour: files, bytes_last_day: bytes.unwrap_or(0) }))
+        Ok((duplicate, Usage { files_last_hour: files, bytes_last_day: bytes }))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -262,6 +263,7 @@ impl<'a> Admission<'a> {
             .bind(format!("admitted: {size} bytes of {format} for app {app}"))
             .execute(&mut *self.tx)
             .await?;
+        count_admission(&mut self.tx, &self.tenant, id).await?;
         self.tx.commit().await
     }
 
@@ -365,7 +367,29 @@ pub async fn retry(
         4,
     );
     let why = if job.state() == JobState::Rejected { "retry asked, duplicate content allowed" } else { "retry asked" };
-    sqlx::query(&sql).bind(tenant.as_str()).bind(job.id).bind(fresh_attempts).bind(why).execute(db).await?;
+    let mut tx = db.begin().await?;
+    sqlx::query(&sql).bind(tenant.as_str()).bind(job.id).bind(fresh_attempts).bind(why).execute(&mut *tx).await?;
+    count_admission(&mut tx, tenant, job.id).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Adds a job admitted by this transaction (its `admitted_at` is the transaction's `now()`) to its
+/// tenant's usage, and drops minutes no window reaches any more. A job admitted before (a retried
+/// failure) was counted then and is not counted again.
+async fn count_admission(tx: &mut sqlx::PgConnection, tenant: &TenantId, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "with pruned as (delete from tenant_usage where tenant = $1 and minute < now() - interval '1 day 1 hour')
+         insert into tenant_usage (tenant, minute, files, bytes)
+         select tenant, date_trunc('minute', admitted_at), 1, coalesce(size_bytes, 0)
+         from jobs where tenant = $1 and id = $2 and admitted_at = now()
+         on conflict (tenant, minute)
+         do update set files = tenant_usage.files + 1, bytes = tenant_usage.bytes + excluded.bytes",
+    )
+    .bind(tenant.as_str())
+    .bind(id)
+    .execute(tx)
+    .await?;
     Ok(())
 }
 
