@@ -82,11 +82,11 @@ done
 export MYSIMBDP_DATABASE_URL=$STORE_URL MYSIMBDP_TENANTS_DIR=$WORK/tenants MYSIMBDP_STAGING_DIR=$WORK/staging MYSIMBDP_DATA_DIR=$WORK/data
 export MYSIMBDP_BATCH_WORKERS=${MYSIMBDP_BATCH_WORKERS:-8} MYSIMBDP_LOG=warn
 "$BIN/mysimbdp" migrate >/dev/null
-"$BIN/mysimbdp" apps install --tenant bench --name tortoise-csv "$BIN/tortoise-csv" >/dev/null
+"$BIN/mysimbdp" install-app --tenant bench --name tortoise-csv "$BIN/tortoise-csv" >/dev/null
 printf '#!/bin/sh\nexit 0\n' > "$WORK/noop.sh"
 for i in $(seq 1 $TENANTS); do
-    "$BIN/mysimbdp" apps install --tenant small-$i --name orders-jsonl "$BIN/orders-jsonl" >/dev/null
-    "$BIN/mysimbdp" apps install --tenant small-$i --name noop "$WORK/noop.sh" >/dev/null
+    "$BIN/mysimbdp" install-app --tenant small-$i --name orders-jsonl "$BIN/orders-jsonl" >/dev/null
+    "$BIN/mysimbdp" install-app --tenant small-$i --name noop "$WORK/noop.sh" >/dev/null
 done
 "$BIN/mysimbdp" serve 2> "$WORK/platform.log" &
 PLATFORM=$!

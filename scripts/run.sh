@@ -15,8 +15,8 @@ BIN=$CARGO_TARGET_DIR/release
 export MYSIMBDP_TENANTS_DIR=$ROOT/tenants MYSIMBDP_STAGING_DIR=$ROOT/staging MYSIMBDP_DATA_DIR=$ROOT/.local/data
 
 step "installing the example tenants' batch apps (a new version only if the binary changed)"
-"$BIN/mysimbdp" apps install --tenant zoo --name tortoise-csv "$BIN/tortoise-csv"
-"$BIN/mysimbdp" apps install --tenant food --name orders-jsonl "$BIN/orders-jsonl"
+"$BIN/mysimbdp" install-app --tenant zoo --name tortoise-csv "$BIN/tortoise-csv"
+"$BIN/mysimbdp" install-app --tenant food --name orders-jsonl "$BIN/orders-jsonl"
 
 cat >&2 <<TXT
 

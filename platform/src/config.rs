@@ -16,6 +16,44 @@ pub struct Config {
     /// Platform-owned files: installed apps, work area, ingested and quarantined files.
     pub data_dir: PathBuf,
     pub batch: BatchConfig,
+    pub api: Option<ApiConfig>,
+    /// Run the batch ingest manager in this process.
+    pub batch_role: bool,
+}
+
+/// The control plane; absent when this process runs no API.
+#[derive(Clone)]
+pub struct ApiConfig {
+    pub listen: std::net::SocketAddr,
+    /// HS256 key for tokens; from configuration only, never a default.
+    pub jwt_secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig").field("listen", &self.listen).field("jwt_secret", &"<redacted>").finish()
+    }
+}
+
+/// The JWT secret from `MYSIMBDP_JWT_SECRET` or the file `MYSIMBDP_JWT_SECRET_FILE` names (trailing
+/// newline dropped).
+pub fn jwt_secret_from(value: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Vec<u8>> {
+    let secret = match (value, file) {
+        (Some(v), _) => v.into_bytes(),
+        (None, Some(path)) => {
+            let mut bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("reading the JWT secret file {}: {e}", path.display()))?;
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            bytes
+        }
+        (None, None) => anyhow::bail!(
+            "no JWT secret: set MYSIMBDP_JWT_SECRET or MYSIMBDP_JWT_SECRET_FILE (at least {} bytes; e.g. `openssl rand -hex 32`)",
+            crate::api::auth::MIN_SECRET_BYTES
+        ),
+    };
+    crate::api::Keys::new(&secret)?;
+    Ok(secret)
 }
 
 /// Creates `dir` if needed and returns its absolute path. Paths handed to apps and stored in the

@@ -2,16 +2,19 @@
 //!
 //! Roles (each a module; they talk through the store and the file system, never through each other):
 //! - `batch`: the batch ingest manager (staging watcher, admission, fair scheduler, runner).
+//! - `api`: the control plane (REST under `/v1`, JWT tenancy, OpenAPI, metrics).
 //!
 //! Shared services under them: `agreement` (service agreements and hot reload), `apps` (app registry),
 //! `store` (PostgreSQL), `coredms` (tenant databases), `runtime` (running black-box programs),
 //! `tenants` (provisioning). `run` wires them under one shutdown token; `main` only parses the CLI.
 
 pub mod agreement;
+pub mod api;
 pub mod apps;
 pub mod batch;
 pub mod config;
 pub mod coredms;
+pub mod metrics;
 pub mod runtime;
 pub mod store;
 pub mod tenant;
@@ -35,15 +38,54 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let coredms = coredms::CoreDms::connect(&config.coredms_url).await?;
     let agreements =
         agreement::registry::Agreements::watch(config.tenants_dir.clone(), Duration::from_secs(2), shutdown.clone())?;
-    let tenants = Arc::new(tenants::Tenants::new(db.clone(), coredms, config.staging_dir.clone()));
-    let reconcile = {
-        let (tenants, agreements, shutdown) = (tenants.clone(), agreements.clone(), shutdown.clone());
-        tokio::spawn(async move { tenants.reconcile(agreements, shutdown).await })
-    };
     let layout = batch::layout::Layout { staging: config.staging_dir.clone(), data: config.data_dir.clone() };
-    let result = batch::run(db.clone(), layout, agreements, tenants, config.batch.clone(), shutdown.clone()).await;
-    shutdown.cancel();
-    let _ = reconcile.await;
+    let metrics = Arc::new(metrics::Metrics::default());
+
+    let api = match &config.api {
+        Some(api) => {
+            let registry = apps::Registry::new(db.clone(), &config.data_dir)?;
+            registry.clean_incoming()?;
+            let state = api::ApiState {
+                db: db.clone(),
+                agreements: agreements.clone(),
+                apps: Arc::new(registry),
+                layout: layout.clone(),
+                keys: api::Keys::new(&api.jwt_secret)?,
+                metrics: metrics.clone(),
+            };
+            let listener = tokio::net::TcpListener::bind(api.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding the API to {}: {e}", api.listen))?;
+            // Where the API really listens (a port of 0 picks a free one), for scripts and tests.
+            std::fs::write(config.data_dir.join("api.addr"), listener.local_addr()?.to_string())?;
+            let shutdown = shutdown.clone();
+            Some(tokio::spawn(async move { api::serve(listener, state, shutdown).await }))
+        }
+        None => None,
+    };
+
+    let result = if config.batch_role {
+        let tenants = Arc::new(tenants::Tenants::new(db.clone(), coredms, config.staging_dir.clone()));
+        let reconcile = {
+            let (tenants, agreements, shutdown) = (tenants.clone(), agreements.clone(), shutdown.clone());
+            tokio::spawn(async move { tenants.reconcile(agreements, shutdown).await })
+        };
+        let result =
+            batch::run(db.clone(), layout, agreements, tenants, metrics, config.batch.clone(), shutdown.clone()).await;
+        shutdown.cancel();
+        let _ = reconcile.await;
+        result
+    } else {
+        shutdown.cancelled().await;
+        Ok(())
+    };
+    if let Some(api) = api {
+        match api.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "the API stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "the API task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     db.close().await;
     result
 }

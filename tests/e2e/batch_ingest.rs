@@ -66,7 +66,7 @@ async fn csv_and_jsonl_of_two_tenants_land_in_their_own_coredms() {
 
     // Unless asked: an operator forces the duplicate through; the app runs, the coredms keeps one copy.
     p.wait_moved(&dup).await;
-    let out = p.cli(&["ingestions", "retry", &dup.id.to_string(), "--allow-duplicate"]);
+    let out = p.cli(&["ingestions", "retry", &dup.id.to_string(), "--allow-duplicate", "--tenant", &zoo]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let db = p.db.clone();
     mysimbdp_e2e::eventually(std::time::Duration::from_secs(30), "the forced duplicate ingested", async || {
@@ -81,7 +81,7 @@ async fn csv_and_jsonl_of_two_tenants_land_in_their_own_coredms() {
     assert!(events.contains(&"retry asked, duplicate content allowed".to_owned()), "{events:?}");
     assert_eq!(p.count_docs(&zoo, "readings").await, 4900);
     // A succeeded job is not retried.
-    let out = p.cli(&["ingestions", "retry", &zoo_job.id.to_string()]);
+    let out = p.cli(&["ingestions", "retry", &zoo_job.id.to_string(), "--tenant", &zoo]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("is succeeded; only failed jobs"),

@@ -69,6 +69,8 @@ pub struct TestPlatform {
     pub database: String,
     pub db: Db,
     pub batch: BatchConfig,
+    /// The API's token key, fresh per test.
+    pub jwt_secret: String,
     tenants: Vec<TenantId>,
     running: Option<(CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)>,
     process: Option<Child>,
@@ -117,6 +119,7 @@ impl TestPlatform {
             database,
             db,
             batch: fast_batch_config(),
+            jwt_secret: uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string(),
             tenants: ids,
             running: None,
             process: None,
@@ -131,20 +134,47 @@ impl TestPlatform {
             staging_dir: self.staging_dir.clone(),
             data_dir: self.data_dir.clone(),
             batch: self.batch.clone(),
+            api: Some(mysimbdp::config::ApiConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                jwt_secret: self.jwt_secret.clone().into_bytes(),
+            }),
+            batch_role: true,
         }
+    }
+
+    /// Where the running platform's API listens.
+    pub fn api_url(&self) -> String {
+        let addr = std::fs::read_to_string(self.data_dir.join("api.addr")).expect("the platform wrote api.addr");
+        format!("http://{}", addr.trim())
+    }
+
+    /// A token signed with this platform's key.
+    pub fn token(&self, tenant: Option<&str>) -> String {
+        use mysimbdp::api::auth::{Keys, Role};
+        let keys = Keys::new(self.jwt_secret.as_bytes()).unwrap();
+        let role = if tenant.is_some() { Role::Tenant } else { Role::Operator };
+        keys.mint(role, tenant.map(|t| self.tenant(t)).as_ref(), Some("test"), Duration::from_secs(3600)).unwrap()
+    }
+
+    async fn wait_api(&self) {
+        let file = self.data_dir.join("api.addr");
+        eventually(Duration::from_secs(30), "the API to listen", async || file.exists()).await;
     }
 
     /// Starts the platform in this process (the same `run` that `mysimbdp serve` calls).
     pub async fn start(&mut self) {
         let shutdown = CancellationToken::new();
+        let _ = std::fs::remove_file(self.data_dir.join("api.addr"));
         let handle = tokio::spawn(mysimbdp::run(self.config(), shutdown.clone()));
         self.running = Some((shutdown, handle));
         self.wait_provisioned().await;
+        self.wait_api().await;
     }
 
     /// Starts the platform as a separate `mysimbdp serve` process (for kill -9).
     pub async fn start_process(&mut self) {
         let c = self.config();
+        let _ = std::fs::remove_file(self.data_dir.join("api.addr"));
         let child = Command::new(bin("mysimbdp"))
             .arg("serve")
             .env_clear()
@@ -158,18 +188,24 @@ impl TestPlatform {
             .env("MYSIMBDP_RESCAN_INTERVAL", "200ms")
             .env("MYSIMBDP_RETRY_BACKOFF", "100ms")
             .env("MYSIMBDP_KILL_GRACE", "500ms")
+            .env("MYSIMBDP_API_LISTEN", "127.0.0.1:0")
+            .env("MYSIMBDP_JWT_SECRET", &self.jwt_secret)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join("platform.log")).unwrap())
             .spawn()
             .expect("spawn mysimbdp serve");
         self.process = Some(child);
         self.wait_provisioned().await;
+        self.wait_api().await;
     }
 
-    /// Runs a `mysimbdp` command against this platform's store.
+    /// Runs a `mysimbdp` command against this platform: its store, and its API with an operator's token.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bin("mysimbdp"))
-            .args(args)
+        let mut cmd = Command::new(bin("mysimbdp"));
+        if self.data_dir.join("api.addr").exists() {
+            cmd.env("MYSIMBDP_URL", self.api_url()).env("MYSIMBDP_TOKEN", self.token(None));
+        }
+        cmd.args(args)
             .env("MYSIMBDP_DATABASE_URL", &self.database_url)
             .env("MYSIMBDP_TENANTS_DIR", &self.tenants_dir)
             .env("MYSIMBDP_STAGING_DIR", &self.staging_dir)
@@ -215,7 +251,7 @@ impl TestPlatform {
         TenantId::parse(t).unwrap()
     }
 
-    /// Installs an app from a local file, as `mysimbdp apps install` does.
+    /// Installs an app from a local file, as `mysimbdp install-app` does.
     pub async fn install(&self, tenant: &str, name: &str, path: &Path) {
         let agreement =
             mysimbdp::agreement::ServiceAgreement::load(&self.tenants_dir.join(format!("{tenant}.yaml"))).unwrap();

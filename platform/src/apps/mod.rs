@@ -39,7 +39,7 @@ pub enum AppError {
     Store(#[from] sqlx::Error),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AppKind {
     Batch,
@@ -105,7 +105,17 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
 
 impl Registry {
     pub fn new(db: Db, data_dir: &Path) -> std::io::Result<Self> {
-        Ok(Registry { db, root: crate::config::absolute_dir(&data_dir.join("apps"))? })
+        let root = crate::config::absolute_dir(&data_dir.join("apps"))?;
+        fs::create_dir_all(root.join(".incoming"))?;
+        Ok(Registry { db, root })
+    }
+
+    /// Removes uploads and installs a crash cut short. Only for the serving platform at start: a
+    /// one-off command must not pull files from under a running platform's uploads.
+    pub fn clean_incoming(&self) -> std::io::Result<()> {
+        let incoming = self.root.join(".incoming");
+        fs::remove_dir_all(&incoming)?;
+        fs::create_dir_all(&incoming)
     }
 
     /// Installs `source` (already on this machine) as the next version of the app.
@@ -206,6 +216,41 @@ impl Registry {
     pub async fn list(&self, tenant: &TenantId) -> Result<Vec<App>, AppError> {
         Ok(store::apps::list(&self.db, tenant).await?)
     }
+
+    /// A fresh path for an upload on its way in, on the registry's file system so installing it is a
+    /// rename. Leftovers of a crash are removed at the next start.
+    pub fn incoming_path(&self) -> PathBuf {
+        self.root.join(".incoming").join(format!("{}.upload", Uuid::new_v4()))
+    }
+
+    /// Deletes every version of an app, unless jobs are waiting for it or running it. The rows go
+    /// first: a crash before the folder is removed leaves a folder the next install replaces.
+    pub async fn delete(&self, tenant: &TenantId, name: &str) -> Result<(), DeleteError> {
+        let mut tx = self.db.begin().await?;
+        store::apps::next_version(&mut tx, tenant, name).await?; // takes the app's lock
+        let busy = store::apps::jobs_using(&mut tx, tenant, name).await?;
+        if busy > 0 {
+            return Err(DeleteError::InUse(busy));
+        }
+        store::apps::delete(&mut tx, tenant, name).await?;
+        tx.commit().await?;
+        let dir = self.root.join(tenant.as_str()).join(name);
+        if dir.exists() {
+            fs::remove_dir_all(&dir)?;
+        }
+        tracing::info!(%tenant, app = name, "app deleted");
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error("{0} jobs are queued for or running the app")]
+    InUse(i64),
+    #[error("platform store: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest, AppError> {

@@ -148,6 +148,6 @@ async fn reject_in(
         )
         .await?;
     tracing::warn!(%tenant, job = %job.id, file = %job.file_name, reason = refusal.reason, detail = %refusal.detail, "rejected");
-    super::finalize(ctx, tenant, &job)?;
+    super::finished(ctx, tenant, &job)?;
     Ok(())
 }

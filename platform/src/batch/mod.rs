@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod constraints;
 pub mod layout;
+pub mod retry;
 pub mod runner;
 pub mod scheduler;
 pub mod sniff;
@@ -66,6 +67,7 @@ pub struct Ctx {
     pub tenants: Arc<Tenants>,
     pub scheduler: Scheduler,
     pub config: BatchConfig,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Cancelled on shutdown; running apps are stopped and their jobs requeued.
     pub shutdown: CancellationToken,
     /// Staging paths being claimed right now, so a rename event and a rescan do not race for one file.
@@ -82,6 +84,7 @@ pub async fn run(
     layout: Layout,
     agreements: Agreements,
     tenants: Arc<Tenants>,
+    metrics: Arc<crate::metrics::Metrics>,
     config: BatchConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -94,6 +97,7 @@ pub async fn run(
         tenants,
         scheduler: Scheduler::default(),
         config,
+        metrics,
         shutdown: shutdown.clone(),
         claiming: Mutex::new(HashSet::new()),
         hashing: Semaphore::new(4),
@@ -221,6 +225,12 @@ pub(crate) fn retry_after(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid, delay: Du
             Err(e) => tracing::error!(%tenant, job = %id, error = %e, "requeue failed; recovery will take it up"),
         }
     });
+}
+
+/// A job has just reached its final state: count it and bring the file system in line.
+pub(crate) fn finished(ctx: &Ctx, tenant: &TenantId, job: &Job) -> anyhow::Result<()> {
+    ctx.metrics.job_finished(job);
+    finalize(ctx, tenant, job)
 }
 
 /// Brings the file system in line with a final job: its file moved to `final_path` (plus a reason

@@ -199,7 +199,7 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
             )
             .await?;
             tracing::info!(%tenant, job = %id, records = ?report.records_ingested, ms = report.run_ms, "succeeded");
-            super::finalize(ctx, tenant, &done)
+            super::finished(ctx, tenant, &done)
         }
         Exit::Code(EXIT_TRY_LATER) => {
             let detail =
@@ -291,7 +291,7 @@ async fn end_attempt(
     )
     .await?;
     tracing::warn!(%tenant, job = %job.id, reason, %detail, "failed");
-    super::finalize(ctx, tenant, &done)
+    super::finished(ctx, tenant, &done)
 }
 
 async fn fail_early(ctx: &Ctx, tenant: &TenantId, job: &Job, reason: &str, detail: String) -> anyhow::Result<()> {
@@ -299,5 +299,5 @@ async fn fail_early(ctx: &Ctx, tenant: &TenantId, job: &Job, reason: &str, detai
     let done =
         jobs::fail_without_run(&ctx.db, tenant, job.id, reason, &detail, Some(&target.to_string_lossy())).await?;
     tracing::warn!(%tenant, job = %job.id, reason, %detail, "failed before running");
-    super::finalize(ctx, tenant, &done)
+    super::finished(ctx, tenant, &done)
 }

@@ -88,3 +88,27 @@ pub async fn list(db: &Db, tenant: &TenantId) -> sqlx::Result<Vec<App>> {
         .fetch_all(db)
         .await
 }
+
+/// Jobs of the tenant that are waiting for the app or running it.
+pub async fn jobs_using(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: &TenantId,
+    name: &str,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "select count(*) from jobs where tenant = $1 and route_app = $2 and state in ('queued', 'running', 'retry_wait')",
+    )
+    .bind(tenant.as_str())
+    .bind(name)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+pub async fn delete(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, tenant: &TenantId, name: &str) -> sqlx::Result<()> {
+    sqlx::query("delete from apps where tenant = $1 and name = $2")
+        .bind(tenant.as_str())
+        .bind(name)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -8,7 +8,7 @@ use super::Db;
 use crate::tenant::TenantId;
 
 /// Where a job is in its life. The last three are final: each file ends in exactly one of them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Detected,
@@ -98,7 +98,7 @@ impl Job {
     }
 }
 
-#[derive(Clone, Debug, FromRow, serde::Serialize)]
+#[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct JobEvent {
     pub at: DateTime<Utc>,
     pub state: String,
@@ -330,7 +330,7 @@ pub async fn queued(db: &Db) -> sqlx::Result<Vec<(Uuid, String)>> {
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError {
     #[error(
-        "job {0} is {1}; only failed jobs (and, with --allow-duplicate, jobs rejected as duplicates) can be retried"
+        "job {0} is {1}; only failed jobs (and, with allow_duplicate, jobs rejected as duplicates) can be retried"
     )]
     NotRetryable(Uuid, String),
     #[error(transparent)]
@@ -517,6 +517,94 @@ pub async fn fail_without_run(
         .bind(final_path)
         .bind(format!("{reason}: {detail}"))
         .fetch_one(db)
+        .await
+}
+
+/// A job as tenants see it: everything but the platform's own paths, process ids and the log.
+#[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct JobSummary {
+    pub id: Uuid,
+    pub tenant: String,
+    pub file_name: String,
+    pub state: JobState,
+    /// Why it was rejected or failed (or is waiting to retry): a stable word such as `too_large`.
+    pub reason: Option<String>,
+    /// The reason in words, naming the limit and the value.
+    pub detail: Option<String>,
+    pub size_bytes: Option<i64>,
+    pub checksum: Option<String>,
+    pub format: Option<String>,
+    #[sqlx(rename = "route_app")]
+    pub app: Option<String>,
+    pub app_version: Option<i32>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub records_ingested: Option<i64>,
+    pub records_rejected: Option<i64>,
+    pub bytes_read: Option<i64>,
+    pub app_message: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub duplicate_of: Option<Uuid>,
+    pub log_dropped_bytes: i64,
+    pub detected_at: DateTime<Utc>,
+    pub admitted_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub run_ms: Option<i64>,
+}
+
+const SUMMARY_COLUMNS: &str = "id, tenant, file_name, state, reason, detail, size_bytes, checksum, format, route_app,
+    app_version, attempts, max_attempts, records_ingested, records_rejected, bytes_read, app_message, exit_code,
+    signal, duplicate_of, log_dropped_bytes, detected_at, admitted_at, started_at, finished_at, run_ms";
+
+impl sqlx::Type<Postgres> for JobState {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<Postgres>>::type_info()
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Postgres> for JobState {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let s = <&str as sqlx::Decode<Postgres>>::decode(value)?;
+        JobState::parse(s).ok_or_else(|| format!("unknown job state `{s}`").into())
+    }
+}
+
+/// Where a page of jobs ends: the next page starts after this (newest first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageKey {
+    pub detected_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+/// One page of a tenant's jobs, newest first, by keyset (no OFFSET: page 10,000 costs what page 1 does).
+pub async fn page(db: &Db, tenant: &TenantId, f: &ListFilter, after: Option<PageKey>) -> sqlx::Result<Vec<JobSummary>> {
+    let sql = format!(
+        "select {SUMMARY_COLUMNS} from jobs
+         where tenant = $1 and ($2::text is null or state = $2) and ($3::text is null or file_name = $3)
+           and ($4::timestamptz is null or detected_at >= $4) and ($5::timestamptz is null or detected_at < $5)
+           and ($6::timestamptz is null or (detected_at, id) < ($6, $7))
+         order by detected_at desc, id desc limit $8"
+    );
+    sqlx::query_as(&sql)
+        .bind(tenant.as_str())
+        .bind(f.state.map(|s| s.as_str()))
+        .bind(&f.file_name)
+        .bind(f.since)
+        .bind(f.until)
+        .bind(after.map(|k| k.detected_at))
+        .bind(after.map(|k| k.id))
+        .bind(f.limit)
+        .fetch_all(db)
+        .await
+}
+
+pub async fn summary(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Option<JobSummary>> {
+    sqlx::query_as(&format!("select {SUMMARY_COLUMNS} from jobs where tenant = $1 and id = $2"))
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(db)
         .await
 }
 

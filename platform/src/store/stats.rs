@@ -6,10 +6,11 @@ use sqlx::FromRow;
 use super::Db;
 use crate::tenant::TenantId;
 
-#[derive(Clone, Debug, FromRow, serde::Serialize)]
+#[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct DayStats {
     pub tenant: String,
-    pub day: NaiveDate,
+    /// UTC day; absent in totals over the whole period.
+    pub day: Option<NaiveDate>,
     pub files: i64,
     pub succeeded: i64,
     pub rejected: i64,
@@ -24,9 +25,11 @@ pub struct DayStats {
     pub run_ms_p95: Option<f64>,
     /// Bytes of succeeded files over the time their apps ran.
     pub throughput_bytes_per_s: Option<f64>,
+    /// Records ingested by succeeded jobs over the time their apps ran.
+    pub throughput_records_per_s: Option<f64>,
 }
 
-#[derive(Clone, Debug, FromRow, serde::Serialize)]
+#[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct ReasonCount {
     pub tenant: String,
     pub state: String,
@@ -34,44 +37,67 @@ pub struct ReasonCount {
     pub count: i64,
 }
 
-/// Per tenant and day, for one tenant or all, over `[since, now)`.
-pub async fn by_day(db: &Db, tenant: Option<&TenantId>, since: DateTime<Utc>) -> sqlx::Result<Vec<DayStats>> {
-    sqlx::query_as(
-        "select tenant, (detected_at at time zone 'UTC')::date as day,
-                count(*) as files,
-                count(*) filter (where state = 'succeeded') as succeeded,
-                count(*) filter (where state = 'rejected') as rejected,
-                count(*) filter (where state = 'failed') as failed,
-                count(*) filter (where state not in ('succeeded', 'rejected', 'failed')) as in_progress,
-                coalesce(sum(size_bytes), 0)::bigint as bytes,
-                coalesce(sum(size_bytes) filter (where state = 'succeeded'), 0)::bigint as bytes_ingested,
-                coalesce(sum(records_ingested), 0)::bigint as records_ingested,
-                coalesce(sum(records_rejected), 0)::bigint as records_rejected,
-                avg(run_ms) filter (where state = 'succeeded')::float8 as run_ms_mean,
-                percentile_cont(0.5) within group (order by run_ms) filter (where state = 'succeeded') as run_ms_p50,
-                percentile_cont(0.95) within group (order by run_ms) filter (where state = 'succeeded') as run_ms_p95,
-                (sum(size_bytes) filter (where state = 'succeeded')::float8
-                  / nullif(sum(run_ms) filter (where state = 'succeeded'), 0) * 1000.0) as throughput_bytes_per_s
+const AGGREGATES: &str = "count(*) as files,
+    count(*) filter (where state = 'succeeded') as succeeded,
+    count(*) filter (where state = 'rejected') as rejected,
+    count(*) filter (where state = 'failed') as failed,
+    count(*) filter (where state not in ('succeeded', 'rejected', 'failed')) as in_progress,
+    coalesce(sum(size_bytes), 0)::bigint as bytes,
+    coalesce(sum(size_bytes) filter (where state = 'succeeded'), 0)::bigint as bytes_ingested,
+    coalesce(sum(records_ingested), 0)::bigint as records_ingested,
+    coalesce(sum(records_rejected), 0)::bigint as records_rejected,
+    avg(run_ms) filter (where state = 'succeeded')::float8 as run_ms_mean,
+    percentile_cont(0.5) within group (order by run_ms) filter (where state = 'succeeded') as run_ms_p50,
+    percentile_cont(0.95) within group (order by run_ms) filter (where state = 'succeeded') as run_ms_p95,
+    (sum(size_bytes) filter (where state = 'succeeded')::float8
+      / nullif(sum(run_ms) filter (where state = 'succeeded'), 0) * 1000.0) as throughput_bytes_per_s,
+    (sum(records_ingested) filter (where state = 'succeeded')::float8
+      / nullif(sum(run_ms) filter (where state = 'succeeded'), 0) * 1000.0) as throughput_records_per_s";
+
+/// Per tenant and UTC day (`per_day`) or per tenant over the whole period, for one tenant or all,
+/// over files detected in `[since, until)`.
+pub async fn aggregate(
+    db: &Db,
+    tenant: Option<&TenantId>,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    per_day: bool,
+) -> sqlx::Result<Vec<DayStats>> {
+    let day = if per_day { "(detected_at at time zone 'UTC')::date" } else { "null::date" };
+    sqlx::query_as(&format!(
+        "select tenant, {day} as day, {AGGREGATES}
          from jobs
-         where ($1::text is null or tenant = $1) and detected_at >= $2
-         group by tenant, day order by tenant, day",
-    )
+         where ($1::text is null or tenant = $1) and detected_at >= $2 and detected_at < $3
+         group by 1, 2 order by 1, 2"
+    ))
     .bind(tenant.map(|t| t.as_str()))
     .bind(since)
+    .bind(until)
     .fetch_all(db)
     .await
 }
 
-/// Why files did not get in: counts by final state and reason.
-pub async fn reasons(db: &Db, tenant: Option<&TenantId>, since: DateTime<Utc>) -> sqlx::Result<Vec<ReasonCount>> {
+/// Per tenant and day, for one tenant or all, over `[since, now)`.
+pub async fn by_day(db: &Db, tenant: Option<&TenantId>, since: DateTime<Utc>) -> sqlx::Result<Vec<DayStats>> {
+    aggregate(db, tenant, since, Utc::now() + chrono::Duration::days(1), true).await
+}
+
+/// Why files did not get in: counts by final state and reason, over files detected in `[since, until)`.
+pub async fn reasons(
+    db: &Db,
+    tenant: Option<&TenantId>,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> sqlx::Result<Vec<ReasonCount>> {
     sqlx::query_as(
         "select tenant, state, reason, count(*) as count from jobs
-         where ($1::text is null or tenant = $1) and detected_at >= $2 and reason is not null
+         where ($1::text is null or tenant = $1) and detected_at >= $2 and detected_at < $3 and reason is not null
            and state in ('rejected', 'failed')
          group by tenant, state, reason order by tenant, count desc",
     )
     .bind(tenant.map(|t| t.as_str()))
     .bind(since)
+    .bind(until)
     .fetch_all(db)
     .await
 }

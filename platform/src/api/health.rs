@@ -1,0 +1,66 @@
+//! Liveness, readiness and metrics.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+
+use super::auth::Caller;
+use super::extract::Json;
+use super::problem::Problem;
+use super::ApiState;
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// The process answers (nothing else is checked).
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into() })
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    pub status: String,
+    /// Each dependency and whether it answered.
+    pub checks: Vec<Check>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Whether the platform can serve: the platform store answers within a second.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Readiness>) {
+    let store = match tokio::time::timeout(Duration::from_secs(1), sqlx::query("select 1").execute(&state.db)).await {
+        Ok(Ok(_)) => Check { name: "platform_store".into(), ok: true, detail: "PostgreSQL answered".into() },
+        Ok(Err(e)) => Check { name: "platform_store".into(), ok: false, detail: format!("PostgreSQL: {e}") },
+        Err(_) => {
+            Check { name: "platform_store".into(), ok: false, detail: "PostgreSQL did not answer within 1s".into() }
+        }
+    };
+    let checks = vec![store];
+    let ok = checks.iter().all(|c| c.ok);
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(Readiness { status: if ok { "ready" } else { "not ready" }.into(), checks }))
+}
+
+/// Prometheus metrics (text exposition format); operators only.
+#[utoipa::path(get, path = "/metrics", tag = "health", security(("bearer" = [])),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json")))]
+pub async fn metrics(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<([(header::HeaderName, &'static str); 1], String), Problem> {
+    caller.require_operator()?;
+    let text = state.metrics.render(&state.db).await.map_err(Problem::internal)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
+}

@@ -1,0 +1,186 @@
+//! A tenant's ingestion log: every file's job, filtered and paged by cursor; one job with its history
+//! and the app's log; retry of a failed job.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::auth::Caller;
+use super::extract::{Json, Path, Query};
+use super::problem::Problem;
+use super::tenants::visible;
+use super::ApiState;
+use crate::batch::retry::RetryFailure;
+use crate::store::jobs::{self, JobEvent, JobState, JobSummary, ListFilter, PageKey};
+use crate::tenant::TenantId;
+
+pub const DEFAULT_PAGE: u32 = 100;
+pub const MAX_PAGE: u32 = 1000;
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only jobs in this state.
+    pub status: Option<JobState>,
+    /// Only files detected at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Only files detected before this time (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+    /// Only jobs of files with exactly this name.
+    pub file: Option<String>,
+    /// Jobs per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct JobPage {
+    /// Newest first.
+    pub items: Vec<JobSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn encode_cursor(k: PageKey) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}.{}", k.detected_at.timestamp_micros(), k.id))
+}
+
+fn decode_cursor(s: &str) -> Option<PageKey> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()?;
+    let (micros, id) = std::str::from_utf8(&raw).ok()?.split_once('.')?;
+    Some(PageKey { detected_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?, id: Uuid::parse_str(id).ok()? })
+}
+
+/// The tenant's ingestions, newest first.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/ingestions", tag = "ingestions", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "tenant id"), ListParams),
+    responses((status = 200, body = JobPage), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    Query(p): Query<ListParams>,
+) -> Result<Json<JobPage>, Problem> {
+    let t = visible(&state, &caller, &tenant).await?;
+    let limit = p.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Problem::bad_request(format!("limit is {limit}; it must be between 1 and {MAX_PAGE}")));
+    }
+    if let (Some(since), Some(until)) = (p.since, p.until) {
+        if since > until {
+            return Err(Problem::bad_request(format!("since ({since}) is after until ({until})")));
+        }
+    }
+    let after = match &p.cursor {
+        Some(c) => Some(decode_cursor(c).ok_or_else(|| Problem::bad_request("cursor is not one this API gave out"))?),
+        None => None,
+    };
+    let filter = ListFilter {
+        tenant: Some(t.clone()),
+        state: p.status,
+        file_name: p.file,
+        since: p.since,
+        until: p.until,
+        limit: limit as i64 + 1, // one more tells whether there is a next page
+    };
+    let mut items = jobs::page(&state.db, &t, &filter, after).await?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|j| encode_cursor(PageKey { detected_at: j.detected_at, id: j.id }))
+    } else {
+        None
+    };
+    Ok(Json(JobPage { items, next_cursor }))
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: JobSummary,
+    /// Every state change with why, oldest first.
+    pub events: Vec<JobEvent>,
+}
+
+async fn job(state: &ApiState, caller: &Caller, tenant: &str, id: &str) -> Result<(TenantId, JobSummary), Problem> {
+    let t = visible(state, caller, tenant).await?;
+    let missing = || Problem::not_found(format!("tenant `{t}` has no ingestion `{id}`"));
+    let id = Uuid::parse_str(id).map_err(|_| missing())?;
+    let job = jobs::summary(&state.db, &t, id).await?.ok_or_else(missing)?;
+    Ok((t, job))
+}
+
+/// One ingestion with its history.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/ingestions/{id}", tag = "ingestions", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "tenant id"), ("id" = String, Path, description = "job id")),
+    responses((status = 200, body = JobDetail), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn show(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<Json<JobDetail>, Problem> {
+    let (t, job) = job(&state, &caller, &tenant, &id).await?;
+    let events = jobs::events(&state.db, &t, job.id).await?;
+    Ok(Json(JobDetail { job, events }))
+}
+
+/// The app's output (stdout and stderr as one stream), bounded: the first and last part are kept and
+/// what was dropped between them is marked.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/ingestions/{id}/log", tag = "ingestions", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "tenant id"), ("id" = String, Path, description = "job id")),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn log(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<([(header::HeaderName, &'static str); 1], String), Problem> {
+    let (t, job) = job(&state, &caller, &tenant, &id).await?;
+    let log: Option<String> = sqlx::query_scalar("select log from jobs where tenant = $1 and id = $2")
+        .bind(t.as_str())
+        .bind(job.id)
+        .fetch_one(&state.db)
+        .await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], log.unwrap_or_default()))
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RetryParams {
+    /// Ingest a file rejected as a duplicate anyway.
+    #[serde(default)]
+    pub allow_duplicate: bool,
+}
+
+/// Queues a failed job again (or, with `allow_duplicate`, one rejected as a duplicate).
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/ingestions/{id}/retry", tag = "ingestions", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "tenant id"), ("id" = String, Path, description = "job id"), RetryParams),
+    responses((status = 202, body = JobSummary), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "the job cannot be retried")))]
+pub async fn retry(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((tenant, id)): Path<(String, String)>,
+    Query(p): Query<RetryParams>,
+) -> Result<(StatusCode, Json<JobSummary>), Problem> {
+    let (t, summary) = job(&state, &caller, &tenant, &id).await?;
+    let full = jobs::get(&state.db, &t, summary.id).await?.ok_or_else(|| Problem::not_found("the job went away"))?;
+    match crate::batch::retry::retry(&state.db, &t, &full, p.allow_duplicate).await {
+        Ok(()) => {}
+        Err(RetryFailure::Io(e)) => return Err(e.into()),
+        Err(RetryFailure::Refused(jobs::RetryError::Store(e))) => return Err(e.into()),
+        Err(e) => return Err(Problem::conflict(e.to_string())),
+    }
+    let after =
+        jobs::summary(&state.db, &t, summary.id).await?.ok_or_else(|| Problem::not_found("the job went away"))?;
+    Ok((StatusCode::ACCEPTED, Json(after)))
+}

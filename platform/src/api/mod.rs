@@ -1,0 +1,124 @@
+//! The control plane: a REST API under `/v1` (axum + tower), JWT tenancy, problem+json errors, an
+//! OpenAPI document generated from the handlers, health, readiness and Prometheus metrics.
+//!
+//! The API records what is wanted in the store and the file system (an upload, a staged file, a
+//! retried job); the batch manager takes it from there. It never calls into another role's code.
+
+pub mod apps;
+pub mod auth;
+pub mod extract;
+pub mod health;
+pub mod ingestions;
+pub mod openapi;
+pub mod problem;
+pub mod staging;
+pub mod stats;
+pub mod tenants;
+pub mod upload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::http::{HeaderName, Request};
+use axum::routing::{get, post, put};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::agreement::registry::Agreements;
+use crate::apps::Registry;
+use crate::batch::layout::Layout;
+use crate::metrics::Metrics;
+use crate::store::Db;
+pub use auth::{Caller, Keys};
+use problem::Problem;
+
+/// Requests other than uploads must be answered within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on JSON and other small bodies; uploads are streamed under the agreement's own limits.
+pub const SMALL_BODY_LIMIT: usize = 64 << 10;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub db: Db,
+    pub agreements: Agreements,
+    pub apps: Arc<Registry>,
+    pub layout: Layout,
+    pub keys: Keys,
+    pub metrics: Arc<Metrics>,
+}
+
+impl FromRef<ApiState> for Keys {
+    fn from_ref(s: &ApiState) -> Keys {
+        s.keys.clone()
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    // Uploads stream their bodies under the agreement's size limits and may take as long as the
+    // client needs to send them; everything else is small and bounded in time.
+    let uploads = Router::new()
+        .route("/v1/tenants/{tenant}/apps", post(apps::upload))
+        .route("/v1/tenants/{tenant}/staging/{file}", put(staging::put))
+        .route("/v1/tenants/{tenant}/staging/", put(staging::put_unnamed))
+        .layer(DefaultBodyLimit::disable());
+    let rest = Router::new()
+        .route("/v1/whoami", get(tenants::whoami))
+        .route("/v1/tenants", get(tenants::list))
+        .route("/v1/tenants/{tenant}", get(tenants::show))
+        .route("/v1/tenants/{tenant}/apps", get(apps::list))
+        .route("/v1/tenants/{tenant}/apps/{app}", get(apps::show).delete(apps::delete))
+        .route("/v1/tenants/{tenant}/staging", get(staging::list))
+        .route("/v1/tenants/{tenant}/ingestions", get(ingestions::list))
+        .route("/v1/tenants/{tenant}/ingestions/{id}", get(ingestions::show))
+        .route("/v1/tenants/{tenant}/ingestions/{id}/log", get(ingestions::log))
+        .route("/v1/tenants/{tenant}/ingestions/{id}/retry", post(ingestions::retry))
+        .route("/v1/tenants/{tenant}/stats", get(stats::tenant))
+        .route("/v1/stats", get(stats::platform))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi::document))
+        .layer(DefaultBodyLimit::max(SMALL_BODY_LIMIT))
+        .layer(axum::middleware::from_fn(timeout));
+    uploads
+        .merge(rest)
+        .fallback(|| async { Problem::not_found("no such endpoint; the API is described at /openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this endpoint does not take that method")
+        })
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id, caller = tracing::field::Empty)
+                }))
+                .layer(PropagateRequestIdLayer::new(request_id)),
+        )
+}
+
+async fn timeout(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            Problem::unavailable(format!("the request took longer than {}s", REQUEST_TIMEOUT.as_secs())).into_response()
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown`, then lets requests in flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    tracing::info!(address = %listener.local_addr()?, "API listening");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}

@@ -1,0 +1,175 @@
+//! Files into a tenant's staging folder over HTTP. The body is streamed to a hidden `.part` file
+//! (which the watcher ignores), synced, and renamed into place only when complete, so the batch
+//! manager only ever sees whole files; a name already waiting in staging is never overwritten.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+
+use super::auth::Caller;
+use super::extract::{Json, Path};
+use super::problem::Problem;
+use super::tenants::visible;
+use super::upload;
+use super::ApiState;
+use crate::batch::layout::is_ignored;
+
+const MAX_NAME_BYTES: usize = 255;
+
+/// The staging rules for a name sent over HTTP: one plain file name the watcher will take.
+pub fn validate_file_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the file name is empty".into());
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!("the file name is {} bytes; at most {MAX_NAME_BYTES} are allowed", name.len()));
+    }
+    if name.contains('/') || name.contains('\\') {
+        return Err(format!("`{name}` contains a path separator; give a plain file name"));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("`{name}` is not a file name"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("the file name contains control characters".into());
+    }
+    if is_ignored(name) {
+        return Err(format!(
+            "`{name}` is hidden or temporary (leading `.`, or `.part`/`.tmp`): staging ignores such names"
+        ));
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Staged {
+    pub tenant: String,
+    pub file: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    /// Where to follow the file's ingestion.
+    pub ingestions: String,
+}
+
+/// Uploads a file into the tenant's staging folder, where the batch manager takes it up.
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/staging/{file}", tag = "staging", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "tenant id"), ("file" = String, Path, description = "plain file name")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 202, body = Staged, description = "staged; the batch manager takes it from here"),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "invalid file name"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "a file of that name is waiting, or the tenant has no batch ingestion"),
+        (status = 413, body = Problem, content_type = "application/problem+json", description = "over max_file_size")))]
+pub async fn put(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((tenant, file)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, [(header::HeaderName, String); 1], Json<Staged>), Problem> {
+    let t = visible(&state, &caller, &tenant).await?;
+    validate_file_name(&file).map_err(Problem::bad_request)?;
+    let agreement = state.agreements.get(&t);
+    let batch = agreement
+        .as_ref()
+        .and_then(|a| a.batch.as_ref())
+        .ok_or_else(|| Problem::conflict(format!("tenant `{t}` has no batch ingestion in its agreement in force")))?;
+    let dir = state.layout.staging_dir(&t);
+    tokio::fs::create_dir_all(&dir).await?;
+    let target = dir.join(&file);
+    if tokio::fs::try_exists(&target).await? {
+        return Err(waiting(&file));
+    }
+    let part = dir.join(format!(".{}.part", uuid::Uuid::new_v4()));
+    let written = upload::to_file(&headers, body, &part, batch.max_file_size, "the file").await?;
+    if let Err(e) = rename_no_replace(&part, &target) {
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(if e.kind() == std::io::ErrorKind::AlreadyExists { waiting(&file) } else { e.into() });
+    }
+    let follow = format!("/v1/tenants/{t}/ingestions?file={}", urlencode(&file));
+    tracing::info!(tenant = %t, file, bytes = written.bytes, "staged over HTTP");
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, follow.clone())],
+        Json(Staged {
+            tenant: t.to_string(),
+            file,
+            size_bytes: written.bytes,
+            sha256: written.sha256,
+            ingestions: follow,
+        }),
+    ))
+}
+
+/// `PUT .../staging/` with no name at all.
+pub async fn put_unnamed(caller: Caller, Path(_tenant): Path<String>) -> Problem {
+    let _ = caller;
+    Problem::bad_request("the file name is empty")
+}
+
+fn waiting(file: &str) -> Problem {
+    Problem::conflict(format!(
+        "a file named `{file}` is already waiting in staging; wait for it to be taken or use another name"
+    ))
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Atomic rename that fails instead of replacing an existing file, and shows up in inotify as the
+/// rename the watcher reacts to at once.
+fn rename_no_replace(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    let from = CString::new(from.as_os_str().as_bytes())?;
+    let to = CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: plain system call on NUL-terminated paths that outlive it.
+    let r =
+        unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct StagedFile {
+    pub file: String,
+    pub size_bytes: u64,
+    pub modified_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Files waiting in the tenant's staging folder (hidden and temporary files left out).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/staging", tag = "staging", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "tenant id")),
+    responses((status = 200, body = [StagedFile]), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+) -> Result<Json<Vec<StagedFile>>, Problem> {
+    let t = visible(&state, &caller, &tenant).await?;
+    let dir = state.layout.staging_dir(&t);
+    let mut out = Vec::new();
+    let mut entries = match tokio::fs::read_dir(&dir).await {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Json(out)),
+        Err(e) => return Err(e.into()),
+    };
+    while let Some(entry) = entries.next_entry().await? {
+        let Ok(name) = entry.file_name().into_string() else { continue };
+        let Ok(meta) = entry.metadata().await else { continue }; // taken while we looked
+        if is_ignored(&name) || !meta.is_file() {
+            continue;
+        }
+        let modified = meta.modified().map(chrono::DateTime::<chrono::Utc>::from).unwrap_or_default();
+        out.push(StagedFile { file: name, size_bytes: meta.len(), modified_at: modified });
+    }
+    out.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok(Json(out))
+}

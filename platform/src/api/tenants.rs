@@ -1,0 +1,137 @@
+//! Tenants as the API shows them: who is calling, which tenants exist, and one tenant's agreement in
+//! force with its usage against the limits.
+
+use axum::extract::State;
+
+use super::auth::{Caller, Role};
+use super::extract::{Json, Path};
+use super::problem::Problem;
+use super::ApiState;
+use crate::tenant::TenantId;
+
+/// A tenant the caller may see and that exists: it has an agreement in force or has been provisioned
+/// (so its history stays readable after its agreement is withdrawn). Anything else is not found.
+pub async fn visible(state: &ApiState, caller: &Caller, tenant: &str) -> Result<TenantId, Problem> {
+    let t = caller.scope(tenant)?;
+    if state.agreements.get(&t).is_some() || crate::store::coredms::get(&state.db, &t).await?.is_some() {
+        Ok(t)
+    } else {
+        Err(Problem::not_found(format!("there is no tenant `{tenant}`")))
+    }
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    pub role: Role,
+    /// The tenant a tenant token is for; absent for operators.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    pub sub: String,
+}
+
+/// Who the token says the caller is.
+#[utoipa::path(get, path = "/v1/whoami", tag = "tenants", security(("bearer" = [])),
+    responses((status = 200, body = WhoAmI), (status = 401, body = Problem, content_type = "application/problem+json")))]
+pub async fn whoami(caller: Caller) -> Json<WhoAmI> {
+    Json(match caller {
+        Caller::Operator { sub } => WhoAmI { role: Role::Operator, tenant: None, sub },
+        Caller::Tenant { tenant, sub } => WhoAmI { role: Role::Tenant, tenant: Some(tenant.to_string()), sub },
+    })
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TenantSummary {
+    pub tenant: String,
+    /// The agreement's display name; absent when no agreement is in force.
+    pub name: Option<String>,
+    pub agreement_in_force: bool,
+    pub batch: bool,
+    pub stream: bool,
+}
+
+/// Tenants the caller can see: every tenant for an operator, its own for a tenant.
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("bearer" = [])),
+    responses((status = 200, body = [TenantSummary]), (status = 401, body = Problem, content_type = "application/problem+json")))]
+pub async fn list(State(state): State<ApiState>, caller: Caller) -> Result<Json<Vec<TenantSummary>>, Problem> {
+    let mut names: Vec<String> = sqlx::query_scalar("select tenant from tenant_coredms").fetch_all(&state.db).await?;
+    names.extend(state.agreements.current().in_force.keys().map(|t| t.to_string()));
+    names.sort();
+    names.dedup();
+    let out = names
+        .into_iter()
+        .filter_map(|n| TenantId::parse(&n).ok())
+        .filter(|t| caller.scope(t.as_str()).is_ok())
+        .map(|t| {
+            let a = state.agreements.get(&t);
+            TenantSummary {
+                tenant: t.to_string(),
+                name: a.as_ref().map(|a| a.name.clone()),
+                agreement_in_force: a.is_some(),
+                batch: a.as_ref().is_some_and(|a| a.batch.is_some()),
+                stream: a.as_ref().is_some_and(|a| a.stream.is_some()),
+            }
+        })
+        .collect();
+    Ok(Json(out))
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Usage {
+    pub files_last_hour: i64,
+    pub max_files_per_hour: Option<u64>,
+    pub bytes_last_day: i64,
+    pub max_bytes_per_day: Option<u64>,
+    pub queued: i64,
+    pub running: i64,
+    pub max_concurrent_jobs: Option<u64>,
+    pub apps: i64,
+    pub max_apps: Option<u64>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TenantDetail {
+    pub tenant: String,
+    /// The service agreement in force, as the platform understood it (sizes and durations written
+    /// as in agreements: `200MiB`, `10m`); absent when none is.
+    #[schema(value_type = Option<Object>)]
+    pub agreement: Option<serde_json::Value>,
+    pub usage: Usage,
+}
+
+/// One tenant: its agreement in force and what it uses of it.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "tenant id")),
+    responses((status = 200, body = TenantDetail), (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn show(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+) -> Result<Json<TenantDetail>, Problem> {
+    let t = visible(&state, &caller, &tenant).await?;
+    let a = state.agreements.get(&t);
+    let (files, bytes, queued, running, apps): (i64, i64, i64, i64, i64) = sqlx::query_as(
+        "select (select coalesce(sum(files), 0) from tenant_usage where tenant = $1 and minute > now() - interval '61 minutes')::bigint,
+                (select coalesce(sum(bytes), 0) from tenant_usage where tenant = $1 and minute > now() - interval '1441 minutes')::bigint,
+                (select count(*) from jobs where tenant = $1 and state in ('detected', 'queued', 'retry_wait')),
+                (select count(*) from jobs where tenant = $1 and state = 'running'),
+                (select count(distinct name) from apps where tenant = $1)",
+    )
+    .bind(t.as_str())
+    .fetch_one(&state.db)
+    .await?;
+    let batch = a.as_ref().and_then(|a| a.batch.as_ref());
+    let usage = Usage {
+        files_last_hour: files,
+        max_files_per_hour: batch.map(|b| b.max_files_per_hour),
+        bytes_last_day: bytes,
+        max_bytes_per_day: batch.map(|b| b.max_bytes_per_day.0),
+        queued,
+        running,
+        max_concurrent_jobs: batch.map(|b| b.max_concurrent_jobs),
+        apps,
+        max_apps: a.as_ref().map(|a| a.apps.max_apps),
+    };
+    let agreement = a.map(|a| serde_json::to_value(&*a)).transpose().map_err(Problem::internal)?;
+    Ok(Json(TenantDetail { tenant: t.to_string(), agreement, usage }))
+}

@@ -1,0 +1,59 @@
+//! Request bodies streamed to disk under a size limit: refused up front when `Content-Length` says
+//! too much, and cut off while reading when the body turns out longer (chunked uploads carry no
+//! length, and a header may lie).
+
+use std::path::Path;
+
+use axum::body::Body;
+use axum::http::HeaderMap;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::problem::Problem;
+use crate::units::ByteSize;
+
+pub struct Written {
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Writes `body` to `path` (created new, synced) and returns its size and SHA-256. On any error the
+/// partial file is removed.
+pub async fn to_file(
+    headers: &HeaderMap,
+    body: Body,
+    path: &Path,
+    limit: ByteSize,
+    what: &str,
+) -> Result<Written, Problem> {
+    let too_large = || Problem::too_large(format!("{what} is over the agreement's limit of {limit}"));
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit.0) {
+        return Err(too_large());
+    }
+    let result = async {
+        let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(path).await?;
+        let mut stream = body.into_data_stream();
+        let (mut bytes, mut hasher) = (0u64, Sha256::new());
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| Problem::bad_request(format!("the upload was cut off: {e}")))?;
+            bytes += chunk.len() as u64;
+            if bytes > limit.0 {
+                return Err(too_large());
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await?;
+        }
+        file.sync_all().await?;
+        Ok(Written { bytes, sha256: hex::encode(hasher.finalize()) })
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(path).await;
+    }
+    result
+}

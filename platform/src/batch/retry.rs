@@ -1,0 +1,39 @@
+//! An operator's or tenant's retry of a final job: its file goes back to the work area and the job
+//! is queued again with fresh attempts; the batch manager's sweep of the store picks it up.
+
+use std::path::{Path, PathBuf};
+
+use super::layout::move_file;
+use crate::store::jobs::{self, Job, RetryError};
+use crate::store::Db;
+use crate::tenant::TenantId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetryFailure {
+    #[error(transparent)]
+    Refused(#[from] RetryError),
+    #[error("job {0} has no file to run again")]
+    NoFile(uuid::Uuid),
+    #[error("the file of job {0} is no longer at {1}")]
+    FileGone(uuid::Uuid, String),
+    #[error("moving the file back: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub async fn retry(db: &Db, tenant: &TenantId, job: &Job, allow_duplicate: bool) -> Result<(), RetryFailure> {
+    jobs::retryable(job, allow_duplicate)?;
+    let from = PathBuf::from(job.final_path.clone().ok_or(RetryFailure::NoFile(job.id))?);
+    if !from.exists() {
+        return Err(RetryFailure::FileGone(job.id, from.display().to_string()));
+    }
+    // File first, then the store: a crash in between leaves a final job with its file in the work
+    // area, which recovery moves back to where the job says it is.
+    move_file(&from, Path::new(&job.work_path))?;
+    if let Err(e) = jobs::retry(db, tenant, job, allow_duplicate, job.max_attempts.max(1)).await {
+        move_file(Path::new(&job.work_path), &from)?;
+        return Err(e.into());
+    }
+    let _ = std::fs::remove_file(format!("{}.reason.json", from.display()));
+    tracing::info!(%tenant, job = %job.id, file = %job.file_name, "queued again on request");
+    Ok(())
+}

@@ -1,0 +1,439 @@
+//! Commands that drive the control plane over HTTP: the same endpoints a tenant's own tooling uses.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use base64::Engine;
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::Value;
+
+use super::client::Client;
+use super::table::{bytes, cell, print_table, rows, time};
+
+#[derive(Args, Clone)]
+pub struct Remote {
+    /// The platform's API (default: the address a local `serve` wrote to <data dir>/api.addr, else
+    /// http://127.0.0.1:8080).
+    #[arg(long, env = "MYSIMBDP_URL", global = true)]
+    url: Option<String>,
+    /// Bearer token (see `mysimbdp token`).
+    #[arg(long, env = "MYSIMBDP_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// The tenant to act on; defaults to the tenant a tenant token is for. Operators name it.
+    #[arg(long, global = true)]
+    tenant: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum RemoteCommand {
+    /// Who the token says you are.
+    Whoami,
+    /// Tenants you can see, or one tenant's agreement and usage (`--tenant`).
+    Tenants,
+    /// Tenants' apps.
+    #[command(subcommand)]
+    Apps(AppsCommand),
+    /// Files in staging.
+    #[command(subcommand)]
+    Files(FilesCommand),
+    /// Ingestion jobs: one per staged file.
+    #[command(subcommand)]
+    Ingestions(IngestionsCommand),
+    /// Ingestion statistics (operators: every tenant unless --tenant).
+    Stats {
+        /// RFC 3339 time; default 7 days ago.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AppsCommand {
+    /// Upload one executable or a .tar.gz holding app.yaml, as the app's next version.
+    Upload {
+        path: PathBuf,
+        /// Required for a single executable; must match app.yaml for an archive.
+        #[arg(long)]
+        name: Option<String>,
+        /// batch or stream (single executables only).
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    List,
+    /// Every version of one app.
+    Show {
+        name: String,
+    },
+    /// Delete every version of an app.
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FilesCommand {
+    /// Upload a local file into staging (it is ingested as soon as it is complete).
+    Put {
+        path: PathBuf,
+        /// Name in staging (default: the local file's name).
+        #[arg(long = "as")]
+        name: Option<String>,
+    },
+    /// Files waiting in staging.
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum IngestionsCommand {
+    /// Jobs, newest first.
+    List {
+        /// detected, queued, running, retry_wait, succeeded, rejected, failed
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        file: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Continue after a previous page (its next cursor).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One job with its history and the app's log.
+    Show { id: String },
+    /// Only the app's log.
+    Log { id: String },
+    /// Run a failed job again (or, with --allow-duplicate, a file rejected as a duplicate).
+    Retry {
+        id: String,
+        #[arg(long)]
+        allow_duplicate: bool,
+    },
+}
+
+impl Remote {
+    pub fn tenant_flag(&self) -> Option<String> {
+        self.tenant.clone()
+    }
+
+    fn client(&self, data_dir: &std::path::Path) -> anyhow::Result<Client> {
+        let url = match &self.url {
+            Some(u) => u.clone(),
+            None => match std::fs::read_to_string(data_dir.join("api.addr")) {
+                Ok(addr) => format!("http://{}", addr.trim()),
+                Err(_) => "http://127.0.0.1:8080".into(),
+            },
+        };
+        Client::new(&url, self.token.clone())
+    }
+
+    /// `--tenant`, else the `tenant` claim of the token (read, not verified: the server verifies).
+    fn tenant(&self) -> anyhow::Result<String> {
+        if let Some(t) = &self.tenant {
+            return Ok(t.clone());
+        }
+        let claim = self.token.as_deref().and_then(|t| t.split('.').nth(1)).and_then(|p| {
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok()?;
+            serde_json::from_slice::<Value>(&raw).ok()?.get("tenant")?.as_str().map(str::to_owned)
+        });
+        claim.ok_or_else(|| anyhow::anyhow!("name the tenant with --tenant (an operator's token is for no tenant)"))
+    }
+
+    fn print(&self, v: &Value, table: impl FnOnce(&Value)) -> anyhow::Result<ExitCode> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(v)?);
+        } else {
+            table(v);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn some(name: &'static str, v: &Option<String>) -> Vec<(&'static str, String)> {
+    v.iter().map(|s| (name, s.clone())).collect()
+}
+
+pub async fn run(remote: Remote, command: RemoteCommand, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let c = remote.client(&data_dir)?;
+    match command {
+        RemoteCommand::Whoami => {
+            let v = c.get("/v1/whoami", &[]).await?;
+            remote.print(&v, |v| println!("{} {} {}", cell(v, "role"), cell(v, "tenant"), cell(v, "sub")))
+        }
+        RemoteCommand::Tenants => {
+            if remote.tenant.is_some() {
+                let t = remote.tenant()?;
+                let v = c.get(&format!("/v1/tenants/{t}"), &[]).await?;
+                return remote.print(&v, |v| {
+                    let u = &v["usage"];
+                    println!("tenant {t}: agreement {}", if v["agreement"].is_null() { "not in force" } else { "in force" });
+                    println!(
+                        "files last hour {} of {} | bytes last day {} of {} | queued {} running {} of {} | apps {} of {}",
+                        cell(u, "files_last_hour"),
+                        cell(u, "max_files_per_hour"),
+                        bytes(u, "bytes_last_day"),
+                        bytes(u, "max_bytes_per_day"),
+                        cell(u, "queued"),
+                        cell(u, "running"),
+                        cell(u, "max_concurrent_jobs"),
+                        cell(u, "apps"),
+                        cell(u, "max_apps")
+                    );
+                });
+            }
+            let v = c.get("/v1/tenants", &[]).await?;
+            remote.print(&v, |v| {
+                let r = rows(v, |t| {
+                    vec![
+                        cell(t, "tenant"),
+                        cell(t, "name"),
+                        cell(t, "agreement_in_force"),
+                        cell(t, "batch"),
+                        cell(t, "stream"),
+                    ]
+                });
+                print_table(&["TENANT", "NAME", "AGREEMENT", "BATCH", "STREAM"], r);
+            })
+        }
+        RemoteCommand::Apps(cmd) => {
+            let t = remote.tenant()?;
+            match cmd {
+                AppsCommand::Upload { path, name, kind } => {
+                    let mut q = some("name", &name);
+                    q.extend(some("kind", &kind));
+                    let v = c.upload(Method::POST, &format!("/v1/tenants/{t}/apps"), &q, &path).await?;
+                    remote.print(&v, |v| {
+                        println!(
+                            "installed {} version {} ({}, {}) for tenant {t}",
+                            cell(v, "name"),
+                            cell(v, "version"),
+                            cell(v, "kind"),
+                            bytes(v, "size_bytes")
+                        )
+                    })
+                }
+                AppsCommand::List => {
+                    let v = c.get(&format!("/v1/tenants/{t}/apps"), &[]).await?;
+                    remote.print(&v, |v| {
+                        let r = rows(v, |a| {
+                            vec![
+                                cell(a, "name"),
+                                cell(a, "kind"),
+                                cell(a, "latest"),
+                                cell(a, "versions"),
+                                time(a, "updated_at"),
+                            ]
+                        });
+                        print_table(&["NAME", "KIND", "LATEST", "VERSIONS", "UPDATED"], r);
+                    })
+                }
+                AppsCommand::Show { name } => {
+                    let v = c.get(&format!("/v1/tenants/{t}/apps/{name}"), &[]).await?;
+                    remote.print(&v, |v| {
+                        let r = rows(v, |a| {
+                            vec![
+                                cell(a, "version"),
+                                cell(a, "kind"),
+                                cell(a, "entrypoint"),
+                                bytes(a, "size_bytes"),
+                                cell(a, "sha256").chars().take(16).collect(),
+                                time(a, "created_at"),
+                            ]
+                        });
+                        print_table(&["VERSION", "KIND", "ENTRYPOINT", "SIZE", "SHA256", "INSTALLED"], r);
+                    })
+                }
+                AppsCommand::Delete { name } => {
+                    c.delete(&format!("/v1/tenants/{t}/apps/{name}")).await?;
+                    println!("deleted app {name} of tenant {t}");
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        RemoteCommand::Files(cmd) => {
+            let t = remote.tenant()?;
+            match cmd {
+                FilesCommand::Put { path, name } => {
+                    let name = match name {
+                        Some(n) => n,
+                        None => path
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .ok_or_else(|| anyhow::anyhow!("give the file a name with --as"))?
+                            .to_owned(),
+                    };
+                    let encoded: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+                    let v = c
+                        .upload(
+                            Method::PUT,
+                            &format!("/v1/tenants/{t}/staging/{}", encoded.replace('+', "%20")),
+                            &[],
+                            &path,
+                        )
+                        .await?;
+                    remote.print(&v, |v| {
+                        println!(
+                            "staged {} ({}) for tenant {t}; follow it with: mysimbdp ingestions list --file {}",
+                            cell(v, "file"),
+                            bytes(v, "size_bytes"),
+                            cell(v, "file")
+                        )
+                    })
+                }
+                FilesCommand::List => {
+                    let v = c.get(&format!("/v1/tenants/{t}/staging"), &[]).await?;
+                    remote.print(&v, |v| {
+                        let r = rows(v, |f| vec![cell(f, "file"), bytes(f, "size_bytes"), time(f, "modified_at")]);
+                        print_table(&["FILE", "SIZE", "MODIFIED"], r);
+                    })
+                }
+            }
+        }
+        RemoteCommand::Ingestions(cmd) => {
+            let t = remote.tenant()?;
+            match cmd {
+                IngestionsCommand::List { status, file, since, until, limit, cursor } => {
+                    let mut q = vec![("limit", limit.to_string())];
+                    for (k, v) in
+                        [("status", status), ("file", file), ("since", since), ("until", until), ("cursor", cursor)]
+                    {
+                        q.extend(some(k, &v));
+                    }
+                    let v = c.get(&format!("/v1/tenants/{t}/ingestions"), &q).await?;
+                    remote.print(&v, |v| {
+                        let r = rows(&v["items"], |j| {
+                            vec![
+                                cell(j, "id"),
+                                cell(j, "file_name"),
+                                cell(j, "state"),
+                                bytes(j, "size_bytes"),
+                                cell(j, "records_ingested"),
+                                cell(j, "run_ms"),
+                                time(j, "detected_at"),
+                                cell(j, "detail"),
+                            ]
+                        });
+                        print_table(&["ID", "FILE", "STATE", "SIZE", "RECORDS", "RUN MS", "DETECTED", "DETAIL"], r);
+                        if let Some(next) = v["next_cursor"].as_str() {
+                            println!("more: --cursor {next}");
+                        }
+                    })
+                }
+                IngestionsCommand::Show { id } => {
+                    let v = c.get(&format!("/v1/tenants/{t}/ingestions/{id}"), &[]).await?;
+                    let log = if remote.json {
+                        String::new()
+                    } else {
+                        c.get_text(&format!("/v1/tenants/{t}/ingestions/{id}/log")).await?
+                    };
+                    remote.print(&v, |j| {
+                        println!("{} {} ({}) for tenant {t}", cell(j, "id"), cell(j, "file_name"), cell(j, "state"));
+                        if !j["reason"].is_null() {
+                            println!("reason: {}: {}", cell(j, "reason"), cell(j, "detail"));
+                        }
+                        println!(
+                            "size {} | records ingested {} rejected {} | attempts {}/{} | app {} v{}",
+                            bytes(j, "size_bytes"),
+                            cell(j, "records_ingested"),
+                            cell(j, "records_rejected"),
+                            cell(j, "attempts"),
+                            cell(j, "max_attempts"),
+                            cell(j, "app"),
+                            cell(j, "app_version")
+                        );
+                        println!("\nhistory:");
+                        for e in j["events"].as_array().into_iter().flatten() {
+                            println!("  {} {:<10} {}", time(e, "at"), cell(e, "state"), cell(e, "message"));
+                        }
+                        if !log.is_empty() {
+                            println!("\nlog ({} bytes dropped):\n{log}", cell(j, "log_dropped_bytes"));
+                        }
+                    })
+                }
+                IngestionsCommand::Log { id } => {
+                    print!("{}", c.get_text(&format!("/v1/tenants/{t}/ingestions/{id}/log")).await?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                IngestionsCommand::Retry { id, allow_duplicate } => {
+                    let v = c
+                        .post(
+                            &format!("/v1/tenants/{t}/ingestions/{id}/retry"),
+                            &[("allow_duplicate", allow_duplicate.to_string())],
+                        )
+                        .await?;
+                    remote.print(&v, |v| {
+                        println!("{} ({}) queued again for tenant {t}", cell(v, "id"), cell(v, "file_name"))
+                    })
+                }
+            }
+        }
+        RemoteCommand::Stats { since, until } => {
+            let mut q = some("since", &since);
+            q.extend(some("until", &until));
+            let path = match &remote.tenant {
+                Some(t) => format!("/v1/tenants/{t}/stats"),
+                None => match remote.tenant() {
+                    Ok(t) => format!("/v1/tenants/{t}/stats"),
+                    Err(_) => "/v1/stats".into(),
+                },
+            };
+            let v = c.get(&path, &q).await?;
+            remote.print(&v, |v| {
+                let line = |d: &Value| {
+                    vec![
+                        cell(d, "tenant"),
+                        cell(d, "day"),
+                        cell(d, "files"),
+                        cell(d, "succeeded"),
+                        cell(d, "rejected"),
+                        cell(d, "failed"),
+                        bytes(d, "bytes_ingested"),
+                        cell(d, "records_ingested"),
+                        cell(d, "records_rejected"),
+                        cell(d, "run_ms_mean"),
+                        cell(d, "run_ms_p50"),
+                        cell(d, "run_ms_p95"),
+                        d["throughput_bytes_per_s"]
+                            .as_f64()
+                            .map_or("-".into(), |b| format!("{}/s", mysimbdp::units::ByteSize(b as u64))),
+                    ]
+                };
+                let header = [
+                    "TENANT",
+                    "DAY",
+                    "FILES",
+                    "OK",
+                    "REJECTED",
+                    "FAILED",
+                    "INGESTED",
+                    "RECORDS",
+                    "BAD ROWS",
+                    "MEAN MS",
+                    "P50 MS",
+                    "P95 MS",
+                    "THROUGHPUT",
+                ];
+                println!("{} to {}", time(v, "since"), time(v, "until"));
+                print_table(&header, rows(&v["totals"], line));
+                println!();
+                print_table(&header, rows(&v["by_day"], line));
+                let reasons = rows(&v["reasons"], |r| {
+                    vec![cell(r, "tenant"), cell(r, "state"), cell(r, "reason"), cell(r, "count")]
+                });
+                if !reasons.is_empty() {
+                    println!();
+                    print_table(&["TENANT", "OUTCOME", "REASON", "FILES"], reasons);
+                }
+            })
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Prometheus metrics. Counters and histograms count what this process did since it started (the
+//! usual Prometheus semantics: a restart resets them and `rate()` copes); gauges of work in progress
+//! are read from the store at each scrape, so they are right whichever process runs the batch role.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::store::jobs::Job;
+use crate::store::Db;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub tenant: String,
+    pub outcome: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub tenant: String,
+    pub state: String,
+}
+
+fn run_seconds_histogram() -> Histogram {
+    // 5 ms to ~45 min in factors of 2.
+    Histogram::new(exponential_buckets(0.005, 2.0, 20))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    jobs_finished: Family<OutcomeLabels, Counter>,
+    bytes_ingested: Family<TenantLabels, Counter>,
+    records_ingested: Family<TenantLabels, Counter>,
+    records_rejected: Family<TenantLabels, Counter>,
+    run_seconds: Family<TenantLabels, Histogram, fn() -> Histogram>,
+    jobs_open: Family<StateLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("mysimbdp");
+        let jobs_finished = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "batch_jobs_finished",
+            "Files that reached a final outcome, by tenant, outcome and reason",
+            jobs_finished.clone(),
+        );
+        let bytes_ingested = Family::<TenantLabels, Counter>::default();
+        registry.register("batch_ingested_bytes", "Bytes of files ingested successfully", bytes_ingested.clone());
+        let records_ingested = Family::<TenantLabels, Counter>::default();
+        registry.register("batch_records_ingested", "Records the apps reported ingested", records_ingested.clone());
+        let records_rejected = Family::<TenantLabels, Counter>::default();
+        registry.register("batch_records_rejected", "Records the apps reported rejected", records_rejected.clone());
+        let run_seconds = Family::<TenantLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            run_seconds_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "batch_app_run_seconds",
+            "How long batch apps ran, per attempt that ended the job",
+            run_seconds.clone(),
+        );
+        let jobs_open = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "batch_jobs_open",
+            "Jobs not yet final, by state: detected, queued and retry_wait are the queue, running are apps running now",
+            jobs_open.clone(),
+        );
+        Metrics { registry, jobs_finished, bytes_ingested, records_ingested, records_rejected, run_seconds, jobs_open }
+    }
+}
+
+impl Metrics {
+    /// Counts a job that just reached its final state.
+    pub fn job_finished(&self, job: &Job) {
+        let tenant = TenantLabels { tenant: job.tenant.clone() };
+        self.jobs_finished
+            .get_or_create(&OutcomeLabels {
+                tenant: job.tenant.clone(),
+                outcome: job.state.clone(),
+                reason: job.reason.clone().unwrap_or_default(),
+            })
+            .inc();
+        if job.state == "succeeded" {
+            self.bytes_ingested.get_or_create(&tenant).inc_by(job.size_bytes.unwrap_or(0).max(0) as u64);
+        }
+        self.records_ingested.get_or_create(&tenant).inc_by(job.records_ingested.unwrap_or(0).max(0) as u64);
+        self.records_rejected.get_or_create(&tenant).inc_by(job.records_rejected.unwrap_or(0).max(0) as u64);
+        if let Some(ms) = job.run_ms {
+            self.run_seconds.get_or_create(&tenant).observe(ms as f64 / 1000.0);
+        }
+    }
+
+    /// The text exposition format, with the open-job gauges read from the store now.
+    pub async fn render(&self, db: &Db) -> anyhow::Result<String> {
+        let open: Vec<(String, String, i64)> = sqlx::query_as(
+            "select tenant, state, count(*) from jobs
+             where state in ('detected', 'queued', 'running', 'retry_wait') group by 1, 2",
+        )
+        .fetch_all(db)
+        .await?;
+        self.jobs_open.clear();
+        for (tenant, state, n) in open {
+            self.jobs_open.get_or_create(&StateLabels { tenant, state }).set(n);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
