@@ -3,6 +3,7 @@
 //! so they run in parallel.
 
 mod agreements;
+mod api;
 mod batch_ingest;
 mod constraints;
 mod coredms_conformance;

@@ -443,3 +443,106 @@ pub fn gen_data(kind: &str, rows: u64, bad_every: u64, seed: u64) -> Vec<u8> {
     assert!(out.status.success(), "gen-data failed");
     out.stdout
 }
+
+/// An HTTP answer, kept whole so tests can compare answers byte for byte.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A problem document's `detail`, after checking the answer is one with this status.
+    pub fn problem(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(self.content_type, "application/problem+json", "{}", self.text());
+        let p = self.json();
+        assert_eq!(p["status"], status);
+        p["detail"].as_str().expect("a problem has a detail").to_owned()
+    }
+}
+
+/// The platform's API over real HTTP on loopback.
+pub struct Http {
+    client: reqwest::Client,
+    pub base: String,
+}
+
+impl Http {
+    pub fn new(base: String) -> Self {
+        Http { client: reqwest::Client::new(), base }
+    }
+
+    /// `method path` with an optional bearer token and an optional (content type, body).
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<(&str, Vec<u8>)>) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some((ctype, bytes)) = body {
+            req = req.header("content-type", ctype).body(bytes);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = resp.status().as_u16();
+        let content_type =
+            resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let body = resp.bytes().await.unwrap().to_vec();
+        Reply { status, content_type, body }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.call("GET", path, Some(token), None).await
+    }
+}
+
+impl TestPlatform {
+    pub fn http(&self) -> Http {
+        Http::new(self.api_url())
+    }
+}
+
+/// One member of a test archive. Names and link targets are written raw, so archives that a careful
+/// packer would refuse to make (`../x`, `/etc/x`) can be made.
+pub enum Member<'a> {
+    File(&'a str, &'a [u8], u32),
+    Symlink(&'a str, &'a str),
+}
+
+pub fn tar_gz(members: &[Member<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for m in members {
+        let mut h = tar::Header::new_gnu();
+        let (name, data): (&str, &[u8]) = match m {
+            Member::File(name, data, mode) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*mode);
+                h.set_size(data.len() as u64);
+                (name, data)
+            }
+            Member::Symlink(name, target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                let link = &mut h.as_gnu_mut().unwrap().linkname;
+                link[..target.len()].copy_from_slice(target.as_bytes());
+                (name, &[][..])
+            }
+        };
+        let raw = &mut h.as_gnu_mut().unwrap().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}

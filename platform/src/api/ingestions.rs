@@ -151,30 +151,49 @@ pub async fn log(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], log.unwrap_or_default()))
 }
 
-#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[derive(Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct RetryParams {
+pub struct RetryRequest {
     /// Ingest a file rejected as a duplicate anyway.
     #[serde(default)]
     pub allow_duplicate: bool,
 }
 
-/// Queues a failed job again (or, with `allow_duplicate`, one rejected as a duplicate).
+/// Queues a failed job again (or, with `allow_duplicate`, one rejected as a duplicate). The JSON
+/// body is optional.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/ingestions/{id}/retry", tag = "ingestions", security(("bearer" = [])),
-    params(("tenant" = String, Path, description = "tenant id"), ("id" = String, Path, description = "job id"), RetryParams),
-    responses((status = 202, body = JobSummary), (status = 401, body = Problem, content_type = "application/problem+json"),
+    params(("tenant" = String, Path, description = "tenant id"), ("id" = String, Path, description = "job id")),
+    request_body(content = Option<RetryRequest>, content_type = "application/json"),
+    responses((status = 202, body = JobSummary), (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, body = Problem, content_type = "application/problem+json", description = "the job cannot be retried")))]
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "the job cannot be retried"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn retry(
     State(state): State<ApiState>,
     caller: Caller,
     Path((tenant, id)): Path<(String, String)>,
-    Query(p): Query<RetryParams>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<JobSummary>), Problem> {
     let (t, summary) = job(&state, &caller, &tenant, &id).await?;
+    let request = if body.is_empty() {
+        RetryRequest::default()
+    } else {
+        // The same checks and messages as every JSON body.
+        let req = axum::http::Request::builder()
+            .header(
+                header::CONTENT_TYPE,
+                headers.get(header::CONTENT_TYPE).cloned().unwrap_or(header::HeaderValue::from_static("")),
+            )
+            .body(axum::body::Body::from(body))
+            .map_err(Problem::internal)?;
+        let Json(r) = <Json<RetryRequest> as axum::extract::FromRequest<()>>::from_request(req, &()).await?;
+        r
+    };
     let full = jobs::get(&state.db, &t, summary.id).await?.ok_or_else(|| Problem::not_found("the job went away"))?;
-    match crate::batch::retry::retry(&state.db, &t, &full, p.allow_duplicate).await {
+    match crate::batch::retry::retry(&state.db, &t, &full, request.allow_duplicate).await {
         Ok(()) => {}
         Err(RetryFailure::Io(e)) => return Err(e.into()),
         Err(RetryFailure::Refused(jobs::RetryError::Store(e))) => return Err(e.into()),

@@ -24,10 +24,10 @@ pub async fn to_file(
     headers: &HeaderMap,
     body: Body,
     path: &Path,
-    limit: ByteSize,
+    (limit_name, limit): (&str, ByteSize),
     what: &str,
 ) -> Result<Written, Problem> {
-    let too_large = || Problem::too_large(format!("{what} is over the agreement's limit of {limit}"));
+    let too_large = || Problem::too_large(format!("{what} is over the agreement's {limit_name} of {limit}"));
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

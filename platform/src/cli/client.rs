@@ -55,8 +55,8 @@ impl Client {
         Ok(self.send(self.request(Method::GET, path)).await?.text().await?)
     }
 
-    pub async fn post(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
-        Ok(self.send(self.request(Method::POST, path).query(query)).await?.json().await?)
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        Ok(self.send(self.request(Method::POST, path).json(body)).await?.json().await?)
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<StatusCode> {

@@ -367,7 +367,7 @@ pub async fn run(remote: Remote, command: RemoteCommand, data_dir: PathBuf) -> a
                     let v = c
                         .post(
                             &format!("/v1/tenants/{t}/ingestions/{id}/retry"),
-                            &[("allow_duplicate", allow_duplicate.to_string())],
+                            &serde_json::json!({ "allow_duplicate": allow_duplicate }),
                         )
                         .await?;
                     remote.print(&v, |v| {
