@@ -20,11 +20,13 @@ step "installing the example tenants' batch apps (a new version only if the bina
 
 cat >&2 <<TXT
 
-mysimbdp is starting. In another terminal, try:
+mysimbdp is starting; its API listens on http://${MYSIMBDP_API_LISTEN:-127.0.0.1:8080}. In another terminal, try:
   $BIN/gen-data tortoise 100000 1000 1 > staging/zoo/readings.csv.part && mv staging/zoo/readings.csv.part staging/zoo/readings.csv
-  $BIN/gen-data orders 30000 500 2 > staging/food/orders-1.jsonl.part && mv staging/food/orders-1.jsonl.part staging/food/orders-1.jsonl
-  set -a; . .local/env; set +a
-  $BIN/mysimbdp ingestions list
-  $BIN/mysimbdp stats
+  set -a; . .local/env; set +a; PATH=$BIN:\$PATH
+  export MYSIMBDP_TOKEN=\$(mysimbdp token --role tenant --tenant food)   # a tenant's token
+  gen-data orders 30000 500 2 > /tmp/orders-1.jsonl && mysimbdp files put /tmp/orders-1.jsonl
+  mysimbdp ingestions list
+  mysimbdp stats
+  mysimbdp ingestions list --tenant zoo --token \$(mysimbdp token --role operator)   # an operator sees every tenant
 TXT
 exec "$BIN/mysimbdp" serve

@@ -116,7 +116,16 @@ SQL
 
 pg_down() { choose_pg_dir; if pg_status; then log "stopping PostgreSQL"; pg_ctl_ -m fast -w stop >/dev/null; fi; }
 
+# The API's token key: generated once per checkout, kept out of git with the rest of .local/.
+platform_secret() {
+    if [ ! -s "$LOCAL/jwt-secret" ]; then
+        (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$LOCAL/jwt-secret")
+    fi
+    echo "MYSIMBDP_JWT_SECRET_FILE=$LOCAL/jwt-secret" > "$LOCAL/env.platform"
+}
+
 write_env() {
+    platform_secret
     (umask 077; cat "$LOCAL"/env.* > "$LOCAL/env")
     log "environment written to $LOCAL/env (source it, or: set -a; . $LOCAL/env; set +a)"
 }

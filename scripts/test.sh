@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs what is missing (Debian packages), starts the
 # local services (scripts/services.sh), then runs the same checks CI runs: formatting, clippy, the
-# benchmark's smoke mode, the unit tests and the end-to-end tests against real PostgreSQL.
+# benchmark's smoke mode, the unit tests, the end-to-end tests against real PostgreSQL, and schemathesis
+# fuzzing the API against its own OpenAPI document.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -24,3 +25,5 @@ log=$ROOT/.local/test.log
 RUST_TEST_THREADS=${RUST_TEST_THREADS:-6} cargo test --workspace --locked 2>&1 | tee "$log"
 # One closing line for the whole suite (cargo prints one per test binary, the last of them doc tests).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+step "API fuzzing (schemathesis)"
+BIN=$CARGO_TARGET_DIR/debug scripts/api-fuzz.sh --quick

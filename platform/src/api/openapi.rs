@@ -17,7 +17,7 @@ use super::{apps, health, ingestions, problem, staging, stats, tenants};
         ingestions::list, ingestions::show, ingestions::log, ingestions::retry,
         stats::tenant, stats::platform,
     ),
-    components(schemas(problem::Problem, ingestions::RetryRequest)),
+    components(schemas(problem::Problem, ingestions::RetryRequest, crate::apps::AppKind, crate::store::jobs::JobState)),
     modifiers(&Bearer),
     tags((name = "tenants"), (name = "apps"), (name = "staging"), (name = "ingestions"), (name = "stats"), (name = "health")),
 )]
