@@ -7,8 +7,13 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mysimbdp/target}
 
 ensure_build_tools() {
     command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup) first" >&2; exit 1; }
+    ensure_debs build-essential pkg-config procps
+}
+
+# Installs the Debian packages given that are missing.
+ensure_debs() {
     local missing=()
-    for p in build-essential pkg-config procps; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
     if [ ${#missing[@]} -gt 0 ]; then
         step "installing Debian packages: ${missing[*]}"
         local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
