@@ -27,11 +27,17 @@ pub struct ApiConfig {
     pub listen: std::net::SocketAddr,
     /// HS256 key for tokens; from configuration only, never a default.
     pub jwt_secret: Vec<u8>,
+    /// Bytes of ingestion-log answers kept for repeat requests (0: none).
+    pub page_cache: usize,
 }
 
 impl std::fmt::Debug for ApiConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiConfig").field("listen", &self.listen).field("jwt_secret", &"<redacted>").finish()
+        f.debug_struct("ApiConfig")
+            .field("listen", &self.listen)
+            .field("jwt_secret", &"<redacted>")
+            .field("page_cache", &self.page_cache)
+            .finish()
     }
 }
 

@@ -52,6 +52,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 layout: layout.clone(),
                 keys: api::Keys::new(&api.jwt_secret)?,
                 metrics: metrics.clone(),
+                pages: Arc::new(api::page_cache::PageCache::new(api.page_cache)),
             };
             let listener = tokio::net::TcpListener::bind(api.listen)
                 .await

@@ -74,12 +74,22 @@ async fn a_tenant_with_only_a_token_uploads_its_app_and_files_and_reads_its_log_
 
     assert_eq!(p.count_docs(&food, "orders").await, 570);
 
+    // Repeat reads are answered from the page cache until any of the tenant's jobs changes.
+    let list = format!("/v1/tenants/{food}/ingestions");
+    let first = http.get(&list, &token).await;
+    assert_eq!(http.get(&list, &token).await, first);
+    p.drop_file(&food, "orders-2.jsonl", &gen_data("orders", 10, 0, 6));
+    p.wait_final(&food, "orders-2.jsonl").await;
+    let now = http.get(&list, &token).await.json();
+    assert_eq!(now["items"].as_array().unwrap().len(), 2, "{now}");
+    assert_eq!(now["items"][0]["file_name"], "orders-2.jsonl");
+
     // Operators see the platform: health, readiness, metrics with this tenant's outcome, platform stats.
     let op = p.token(None);
     assert_eq!(http.call("GET", "/healthz", None, None).await.status, 200);
     assert_eq!(http.call("GET", "/readyz", None, None).await.json()["status"], "ready");
     let metrics = http.get("/metrics", &op).await.text();
-    let line = format!("mysimbdp_batch_jobs_finished_total{{tenant=\"{food}\",outcome=\"succeeded\",reason=\"\"}} 1");
+    let line = format!("mysimbdp_batch_jobs_finished_total{{tenant=\"{food}\",outcome=\"succeeded\",reason=\"\"}} 2");
     assert!(metrics.contains(&line), "{metrics}");
     assert_eq!(http.get("/metrics", &token).await.status, 403);
     let all = http.get("/v1/stats", &op).await.json();

@@ -137,6 +137,7 @@ impl TestPlatform {
             api: Some(mysimbdp::config::ApiConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 jwt_secret: self.jwt_secret.clone().into_bytes(),
+                page_cache: 4 << 20,
             }),
             batch_role: true,
         }

@@ -67,7 +67,7 @@ pub async fn list(
     caller: Caller,
     Path(tenant): Path<String>,
     Query(p): Query<ListParams>,
-) -> Result<Json<JobPage>, Problem> {
+) -> Result<axum::response::Response, Problem> {
     let t = visible(&state, &caller, &tenant).await?;
     let limit = p.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -82,6 +82,16 @@ pub async fn list(
         Some(c) => Some(decode_cursor(c).ok_or_else(|| Problem::bad_request("cursor is not one this API gave out"))?),
         None => None,
     };
+    // The answer depends on the tenant's rows and these parameters only (no "now"), so it can be
+    // reused for as long as the tenant's change stamp stays the same.
+    let key = format!("{t}|{:?}|{:?}|{:?}|{:?}|{limit}|{:?}", p.status, p.since, p.until, p.file, after);
+    let generation = match state.pages.enabled() {
+        true => Some(jobs::generation(&state.db, &t).await?),
+        false => None,
+    };
+    if let Some(body) = generation.and_then(|g| state.pages.get(&key, g)) {
+        return Ok(json_bytes(body));
+    }
     let filter = ListFilter {
         tenant: Some(t.clone()),
         state: p.status,
@@ -97,7 +107,18 @@ pub async fn list(
     } else {
         None
     };
-    Ok(Json(JobPage { items, next_cursor }))
+    let mut body = Vec::with_capacity(items.len() * 700 + 64);
+    serde_json::to_writer(&mut body, &JobPage { items, next_cursor }).map_err(Problem::internal)?;
+    let body = bytes::Bytes::from(body);
+    if let Some(g) = generation {
+        state.pages.put(key, g, body.clone());
+    }
+    Ok(json_bytes(body))
+}
+
+fn json_bytes(body: bytes::Bytes) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]

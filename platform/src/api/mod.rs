@@ -10,6 +10,7 @@ pub mod extract;
 pub mod health;
 pub mod ingestions;
 pub mod openapi;
+pub mod page_cache;
 pub mod problem;
 pub mod staging;
 pub mod stats;
@@ -49,6 +50,7 @@ pub struct ApiState {
     pub layout: Layout,
     pub keys: Keys,
     pub metrics: Arc<Metrics>,
+    pub pages: Arc<page_cache::PageCache>,
 }
 
 impl FromRef<ApiState> for Keys {

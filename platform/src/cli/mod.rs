@@ -80,6 +80,9 @@ enum Command {
         listen: std::net::SocketAddr,
         #[command(flatten)]
         secret: SecretArgs,
+        /// Memory for repeat answers of the ingestion log, e.g. 32MiB (0: no cache).
+        #[arg(long, env = "MYSIMBDP_API_PAGE_CACHE", default_value = "32MiB", value_parser = ByteSize::parse)]
+        page_cache: ByteSize,
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
@@ -194,6 +197,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             roles,
             listen,
             secret,
+            page_cache,
             store,
             paths,
             coredms_url,
@@ -206,7 +210,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let defaults = BatchConfig::default();
             let api = if roles.contains(&RoleArg::Api) {
                 let jwt_secret = mysimbdp::config::jwt_secret_from(secret.jwt_secret, secret.jwt_secret_file)?;
-                Some(mysimbdp::config::ApiConfig { listen, jwt_secret })
+                Some(mysimbdp::config::ApiConfig { listen, jwt_secret, page_cache: page_cache.0 as usize })
             } else {
                 None
             };

@@ -143,6 +143,10 @@ pub async fn insert_detected(
 
 /// Forgets a claim whose file vanished before it could be moved (another manager took it first, or
 /// the tenant deleted it).
+/// Deletes a claim whose file went away before it was moved. The only delete of jobs: a row written
+/// and deleted again leaves the tenant's change stamp where it was before (see the migration that
+/// adds `jobs.changed`), which is right only because the rows are then as they were. Any other
+/// deletion (retention, say) must move the stamp itself.
 pub async fn forget(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
     sqlx::query("delete from job_events where job_id = $1 and tenant = $2")
@@ -597,6 +601,14 @@ pub async fn page(db: &Db, tenant: &TenantId, f: &ListFilter, after: Option<Page
         .bind(after.map(|k| k.id))
         .bind(f.limit)
         .fetch_all(db)
+        .await
+}
+
+/// The tenant's latest change stamp: it moves whenever any of the tenant's jobs is written.
+pub async fn generation(db: &Db, tenant: &TenantId) -> sqlx::Result<i64> {
+    sqlx::query_scalar("select coalesce(max(changed), 0) from jobs where tenant = $1")
+        .bind(tenant.as_str())
+        .fetch_one(db)
         .await
 }
 
