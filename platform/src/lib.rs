@@ -28,6 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
+/// How long requests in flight may go on after shutdown.
+const API_DRAIN: Duration = Duration::from_secs(10);
+
 /// Runs the platform until `shutdown` is cancelled, then stops intake, lets running apps stop (they
 /// get SIGTERM and their jobs are requeued for the next start) and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -80,11 +83,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown.cancelled().await;
         Ok(())
     };
-    if let Some(api) = api {
-        match api.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "the API stopped with an error"),
-            Err(e) => tracing::error!(error = %e, "the API task failed"),
-            Ok(Ok(())) => {}
+    if let Some(mut api) = api {
+        // Requests in flight may finish, but a client that never stops uploading must not keep the
+        // platform from stopping.
+        match tokio::time::timeout(API_DRAIN, &mut api).await {
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "the API stopped with an error"),
+            Ok(Err(e)) => tracing::error!(error = %e, "the API task failed"),
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => {
+                tracing::warn!(seconds = API_DRAIN.as_secs(), "API requests still running after shutdown; cut off");
+                api.abort();
+            }
         }
     }
     db.close().await;

@@ -72,6 +72,7 @@ fn app_problem(e: AppError) -> Problem {
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "no agreement in force, or max_apps reached"),
+        (status = 408, body = Problem, content_type = "application/problem+json", description = "the upload stalled"),
         (status = 413, body = Problem, content_type = "application/problem+json", description = "over max_app_size"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "unsafe or invalid archive, app.yaml missing or invalid")))]
 pub async fn upload(

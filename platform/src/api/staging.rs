@@ -63,6 +63,7 @@ pub struct Staged {
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "a file of that name is waiting, or the tenant has no batch ingestion"),
+        (status = 408, body = Problem, content_type = "application/problem+json", description = "the upload stalled"),
         (status = 413, body = Problem, content_type = "application/problem+json", description = "over max_file_size")))]
 pub async fn put(
     State(state): State<ApiState>,

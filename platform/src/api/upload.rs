@@ -3,9 +3,10 @@
 //! length, and a header may lie).
 
 use std::path::Path;
+use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -18,8 +19,24 @@ pub struct Written {
     pub sha256: String,
 }
 
-/// Writes `body` to `path` (created new, synced) and returns its size and SHA-256. On any error the
-/// partial file is removed.
+/// How long an upload may send nothing before it is given up (a stalled or malicious client must
+/// not hold a connection and a half-written file forever).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Removes a half-written file unless the upload completed, also when the request future is
+/// dropped because the client went away.
+struct Partial<'a>(&'a Path, bool);
+
+impl Drop for Partial<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+}
+
+/// Writes `body` to `path` (created new, synced) and returns its size and SHA-256. On any error, or
+/// if the client goes away, the partial file is removed.
 pub async fn to_file(
     headers: &HeaderMap,
     body: Body,
@@ -35,25 +52,28 @@ pub async fn to_file(
     if declared.is_some_and(|n| n > limit.0) {
         return Err(too_large());
     }
-    let result = async {
-        let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(path).await?;
-        let mut stream = body.into_data_stream();
-        let (mut bytes, mut hasher) = (0u64, Sha256::new());
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Problem::bad_request(format!("the upload was cut off: {e}")))?;
-            bytes += chunk.len() as u64;
-            if bytes > limit.0 {
-                return Err(too_large());
-            }
-            hasher.update(&chunk);
-            file.write_all(&chunk).await?;
+    let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(path).await?;
+    let mut partial = Partial(path, false);
+    let mut stream = body.into_data_stream();
+    let (mut bytes, mut hasher) = (0u64, Sha256::new());
+    loop {
+        let next = tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await.map_err(|_| {
+            Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "upload-stalled",
+                format!("{what} sent nothing for {}s; start it again", IDLE_TIMEOUT.as_secs()),
+            )
+        })?;
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|e| Problem::bad_request(format!("the upload was cut off: {e}")))?;
+        bytes += chunk.len() as u64;
+        if bytes > limit.0 {
+            return Err(too_large());
         }
-        file.sync_all().await?;
-        Ok(Written { bytes, sha256: hex::encode(hasher.finalize()) })
+        hasher.update(&chunk);
+        file.write_all(&chunk).await?;
     }
-    .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(path).await;
-    }
-    result
+    file.sync_all().await?;
+    partial.1 = true;
+    Ok(Written { bytes, sha256: hex::encode(hasher.finalize()) })
 }
