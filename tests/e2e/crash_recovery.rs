@@ -76,3 +76,25 @@ async fn kill_9_and_restart_lose_nothing_and_double_nothing() {
     assert!(restarts >= 1, "at least one running job was taken up again");
     p.cleanup().await;
 }
+
+/// Claims commit without waiting for the WAL flush, so a crash of the machine or of PostgreSQL may
+/// lose a claim's row after its file was moved into the work area. Recovery adopts such a file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claimed_file_whose_row_was_lost_is_adopted_at_start() {
+    let t = unique("orphan");
+    let batch = "  routes: [{files: \"*.csv\", app: tortoise-csv, timeout: 1m, memory: 1GiB}]\n  formats: [csv]\n  max_file_size: 10MiB\n  max_files_per_hour: 100\n  max_bytes_per_day: 1GiB\n  max_concurrent_jobs: 1";
+    let mut p = TestPlatform::new(&[(&t, agreement(&t, batch))]).await;
+    p.install(&t, "tortoise-csv", &bin("tortoise-csv")).await;
+    // What a claim leaves when its row's commit is lost: the file in <work>/<tenant>/<job>/ and no row.
+    let id = uuid::Uuid::now_v7();
+    let dir = p.data_dir.join("work").join(&t).join(id.to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("lost.csv"), gen_data("tortoise", 300, 0, 9)).unwrap();
+    p.start().await;
+    let job = p.wait_final(&t, "lost.csv").await;
+    assert_eq!((job.id, job.state.as_str(), job.records_ingested), (id, "succeeded", Some(300)), "{job:?}");
+    p.wait_moved(&job).await;
+    assert_eq!(p.count_docs(&t, "readings").await, 300);
+    assert_eq!(p.all_jobs(&t).await.len(), 1);
+    p.cleanup().await;
+}

@@ -227,6 +227,26 @@ pub(crate) fn retry_after(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid, delay: Du
     });
 }
 
+/// A claimed file in `<work>/<tenant>/<job>/` with no job row: the claim's commit was lost. The
+/// row is written again under the same id and the file goes through admission as if just claimed.
+async fn adopt_orphan(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid, dir: &Path) -> anyhow::Result<()> {
+    let files: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    let [name] = files.as_slice() else {
+        tracing::warn!(%tenant, job = %id, dir = %dir.display(), files = files.len(), "work folder without a job row is not one claimed file; left alone");
+        return Ok(());
+    };
+    let staging = ctx.layout.staging_dir(tenant).join(name);
+    let work = ctx.layout.work_file(tenant, id, name);
+    let job =
+        jobs::insert_detected(&ctx.db, tenant, id, name, &staging.to_string_lossy(), &work.to_string_lossy()).await?;
+    tracing::warn!(%tenant, job = %id, file = %name, "adopted a claimed file whose job row was lost");
+    admission::evaluate(ctx, tenant, &job).await
+}
+
 /// A job has just reached its final state: count it and bring the file system in line.
 pub(crate) fn finished(ctx: &Ctx, tenant: &TenantId, job: &Job) -> anyhow::Result<()> {
     ctx.metrics.job_finished(job);
@@ -310,27 +330,34 @@ async fn recover(ctx: &Arc<Ctx>) -> anyhow::Result<()> {
             _ => {}
         }
     }
-    // Final jobs whose file or work folder is still in the work area.
-    let mut finalized = 0;
+    // Final jobs whose file or work folder is still in the work area, and claimed files whose row a
+    // crash of the machine or of PostgreSQL lost (claims commit without waiting for the flush).
+    let (mut finalized, mut adopted) = (0, 0);
     for tenant_dir in std::fs::read_dir(ctx.layout.work_root())?.filter_map(|e| e.ok()) {
         let Some(tenant) = tenant_dir.file_name().to_str().and_then(|t| TenantId::parse(t).ok()) else { continue };
         for job_dir in std::fs::read_dir(tenant_dir.path())?.filter_map(|e| e.ok()) {
             let Some(id) = job_dir.file_name().to_str().and_then(|s| Uuid::parse_str(s).ok()) else { continue };
-            if let Some(job) = jobs::get(&ctx.db, &tenant, id).await? {
-                if job.state().is_final() {
+            match jobs::get(&ctx.db, &tenant, id).await? {
+                Some(job) if job.state().is_final() => {
                     finalize(ctx, &tenant, &job)?;
                     finalized += 1;
+                }
+                Some(_) => {}
+                None => {
+                    adopt_orphan(ctx, &tenant, id, &job_dir.path()).await?;
+                    adopted += 1;
                 }
             }
         }
     }
-    if counts.iter().sum::<usize>() + finalized > 0 {
+    if counts.iter().sum::<usize>() + finalized + adopted > 0 {
         tracing::info!(
             detected = counts[0],
             queued = counts[1],
             interrupted = counts[2],
             retry_wait = counts[3],
             finalized,
+            adopted,
             "recovered jobs left by the previous run"
         );
     }
