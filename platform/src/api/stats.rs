@@ -52,10 +52,15 @@ fn period(p: &StatsParams) -> Result<(DateTime<Utc>, DateTime<Utc>), Problem> {
 
 async fn compute(state: &ApiState, tenant: Option<&TenantId>, p: &StatsParams) -> Result<Stats, Problem> {
     let (since, until) = period(p)?;
+    let tenants = match tenant {
+        Some(t) => vec![t.to_string()],
+        None => stats::tenants_with_jobs(&state.db).await?,
+    };
+    let tenants = &tenants;
     let (totals, by_day, reasons) = tokio::try_join!(
-        stats::aggregate(&state.db, tenant, since, until, false),
-        stats::aggregate(&state.db, tenant, since, until, true),
-        stats::reasons(&state.db, tenant, since, until),
+        stats::aggregate(&state.db, tenants, since, until, false),
+        stats::aggregate(&state.db, tenants, since, until, true),
+        stats::reasons(&state.db, tenants, since, until),
     )?;
     Ok(Stats { since, until, totals, by_day, reasons })
 }
