@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs what is missing (Debian packages), starts the
 # local services (scripts/services.sh), then runs the same checks CI runs: formatting, clippy, the
-# benchmark's smoke mode, the unit tests, the end-to-end tests against real PostgreSQL, and schemathesis
+# benchmarks' smoke modes, the unit tests, the end-to-end tests against real PostgreSQL, and schemathesis
 # fuzzing the API against its own OpenAPI document.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,6 +17,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "benchmark smoke run (the benchmark itself works; figures from a smoke run mean nothing)"
 scripts/bench-batch.sh --smoke > "$ROOT/.local/bench-smoke.log" 2>&1 || { tail -n 40 "$ROOT/.local/bench-smoke.log"; exit 1; }
 tail -n 4 "$ROOT/.local/bench-smoke.log"
+scripts/bench-api.sh --smoke > "$ROOT/.local/bench-api-smoke.log" 2>&1 || { tail -n 40 "$ROOT/.local/bench-api-smoke.log"; exit 1; }
+grep '^median' "$ROOT/.local/bench-api-smoke.log"
 step "build (the end-to-end tests run the workspace's binaries)"
 cargo build --workspace --bins --locked
 step "tests"

@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::store::jobs::Job;
+use crate::store::jobs::{Job, JobState};
 use crate::store::Db;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,11 +85,11 @@ impl Metrics {
         self.jobs_finished
             .get_or_create(&OutcomeLabels {
                 tenant: job.tenant.clone(),
-                outcome: job.state.clone(),
+                outcome: job.state.to_string(),
                 reason: job.reason.clone().unwrap_or_default(),
             })
             .inc();
-        if job.state == "succeeded" {
+        if job.state == JobState::Succeeded {
             self.bytes_ingested.get_or_create(&tenant).inc_by(job.size_bytes.unwrap_or(0).max(0) as u64);
         }
         self.records_ingested.get_or_create(&tenant).inc_by(job.records_ingested.unwrap_or(0).max(0) as u64);

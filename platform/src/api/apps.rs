@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 
 use super::auth::Caller;
 use super::extract::{Json, Path, Query};
-use super::problem::Problem;
+use super::problem::{Problem, TenantScoped};
 use super::tenants::visible;
 use super::upload;
 use super::ApiState;
@@ -69,12 +69,10 @@ fn app_problem(e: AppError) -> Problem {
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = AppVersion),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "invalid app name or parameters"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "no agreement in force, or max_apps reached"),
         (status = 408, body = Problem, content_type = "application/problem+json", description = "the upload stalled"),
         (status = 413, body = Problem, content_type = "application/problem+json", description = "over max_app_size"),
-        (status = 422, body = Problem, content_type = "application/problem+json", description = "unsafe or invalid archive, app.yaml missing or invalid")))]
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "unsafe or invalid archive, app.yaml missing or invalid"), TenantScoped))]
 pub async fn upload(
     State(state): State<ApiState>,
     caller: Caller,
@@ -111,8 +109,7 @@ pub struct AppSummary {
 /// The tenant's apps, one entry per name.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/apps", tag = "apps", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant id")),
-    responses((status = 200, body = [AppSummary]), (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = [AppSummary]), TenantScoped))]
 pub async fn list(
     State(state): State<ApiState>,
     caller: Caller,
@@ -153,8 +150,7 @@ async fn versions(
 /// Every version of one app, newest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/apps/{app}", tag = "apps", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant id"), ("app" = String, Path, description = "app name")),
-    responses((status = 200, body = [AppVersion]), (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = [AppVersion]), TenantScoped))]
 pub async fn show(
     State(state): State<ApiState>,
     caller: Caller,
@@ -167,9 +163,8 @@ pub async fn show(
 /// Deletes every version of an app. Refused while a job of the tenant's is waiting for it or running it.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/apps/{app}", tag = "apps", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant id"), ("app" = String, Path, description = "app name")),
-    responses((status = 204, description = "deleted"), (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, body = Problem, content_type = "application/problem+json", description = "jobs are using the app")))]
+    responses((status = 204, description = "deleted"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "jobs are using the app"), TenantScoped))]
 pub async fn delete(
     State(state): State<ApiState>,
     caller: Caller,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use super::extract::{Json, Path, Query};
-use super::problem::Problem;
+use super::problem::{Problem, TenantScoped};
 use super::tenants::visible;
 use super::ApiState;
 use crate::batch::retry::RetryFailure;
@@ -59,9 +59,7 @@ fn decode_cursor(s: &str) -> Option<PageKey> {
 /// The tenant's ingestions, newest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/ingestions", tag = "ingestions", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant id"), ListParams),
-    responses((status = 200, body = JobPage), (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = JobPage), (status = 400, body = Problem, content_type = "application/problem+json"), TenantScoped))]
 pub async fn list(
     State(state): State<ApiState>,
     caller: Caller,
@@ -140,8 +138,7 @@ async fn job(state: &ApiState, caller: &Caller, tenant: &str, id: &str) -> Resul
 /// One ingestion with its history.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/ingestions/{id}", tag = "ingestions", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant id"), ("id" = String, Path, description = "job id")),
-    responses((status = 200, body = JobDetail), (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = JobDetail), TenantScoped))]
 pub async fn show(
     State(state): State<ApiState>,
     caller: Caller,
@@ -156,8 +153,7 @@ pub async fn show(
 /// what was dropped between them is marked.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/ingestions/{id}/log", tag = "ingestions", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant id"), ("id" = String, Path, description = "job id")),
-    responses((status = 200, body = String, content_type = "text/plain"), (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = String, content_type = "text/plain"), TenantScoped))]
 pub async fn log(
     State(state): State<ApiState>,
     caller: Caller,
@@ -186,11 +182,9 @@ pub struct RetryRequest {
     params(("tenant" = String, Path, description = "tenant id"), ("id" = String, Path, description = "job id")),
     request_body(content = Option<RetryRequest>, content_type = "application/json"),
     responses((status = 202, body = JobSummary), (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "the job cannot be retried"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json")))]
+        (status = 422, body = Problem, content_type = "application/problem+json"), TenantScoped))]
 pub async fn retry(
     State(state): State<ApiState>,
     caller: Caller,

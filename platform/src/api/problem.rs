@@ -5,6 +5,20 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+/// What every tenant-scoped endpoint may answer besides its own: no valid token, and "not found",
+/// which is also the answer for another tenant's resources.
+#[derive(utoipa::IntoResponses)]
+pub enum TenantScoped {
+    #[response(status = 401, description = "no valid token", content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    #[response(
+        status = 404,
+        description = "no such tenant or resource (also the answer for another tenant's)",
+        content_type = "application/problem+json"
+    )]
+    NotFound(Problem),
+}
+
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI reference naming the kind of problem, e.g. `/problems/not-found`.

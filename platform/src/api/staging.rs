@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 
 use super::auth::Caller;
 use super::extract::{Json, Path};
-use super::problem::Problem;
+use super::problem::{Problem, TenantScoped};
 use super::tenants::visible;
 use super::upload;
 use super::ApiState;
@@ -60,11 +60,9 @@ pub struct Staged {
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 202, body = Staged, description = "staged; the batch manager takes it from here"),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "invalid file name"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "a file of that name is waiting, or the tenant has no batch ingestion"),
         (status = 408, body = Problem, content_type = "application/problem+json", description = "the upload stalled"),
-        (status = 413, body = Problem, content_type = "application/problem+json", description = "over max_file_size")))]
+        (status = 413, body = Problem, content_type = "application/problem+json", description = "over max_file_size"), TenantScoped))]
 pub async fn put(
     State(state): State<ApiState>,
     caller: Caller,
@@ -147,8 +145,7 @@ pub struct StagedFile {
 /// Files waiting in the tenant's staging folder (hidden and temporary files left out).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/staging", tag = "staging", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant id")),
-    responses((status = 200, body = [StagedFile]), (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = [StagedFile]), TenantScoped))]
 pub async fn list(
     State(state): State<ApiState>,
     caller: Caller,

@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::auth::Caller;
 use super::extract::{Json, Path, Query};
-use super::problem::Problem;
+use super::problem::{Problem, TenantScoped};
 use super::tenants::visible;
 use super::ApiState;
 use crate::store::stats::{self, DayStats, ReasonCount};
@@ -68,9 +68,7 @@ async fn compute(state: &ApiState, tenant: Option<&TenantId>, p: &StatsParams) -
 /// One tenant's statistics.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/stats", tag = "stats", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant id"), StatsParams),
-    responses((status = 200, body = Stats), (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Stats), (status = 400, body = Problem, content_type = "application/problem+json"), TenantScoped))]
 pub async fn tenant(
     State(state): State<ApiState>,
     caller: Caller,

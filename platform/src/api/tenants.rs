@@ -5,7 +5,7 @@ use axum::extract::State;
 
 use super::auth::{Caller, Role};
 use super::extract::{Json, Path};
-use super::problem::Problem;
+use super::problem::{Problem, TenantScoped};
 use super::ApiState;
 use crate::tenant::TenantId;
 
@@ -101,8 +101,7 @@ pub struct TenantDetail {
 /// One tenant: its agreement in force and what it uses of it.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant id")),
-    responses((status = 200, body = TenantDetail), (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = TenantDetail), TenantScoped))]
 pub async fn show(
     State(state): State<ApiState>,
     caller: Caller,

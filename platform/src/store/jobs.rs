@@ -52,49 +52,47 @@ impl JobState {
     }
 }
 
+/// A job row in full: what tenants see (`JobSummary`, reached through `Deref`) and what only the
+/// platform needs (its paths, the app's process, the log).
 #[derive(Clone, Debug, FromRow, serde::Serialize)]
 pub struct Job {
-    pub id: Uuid,
-    pub tenant: String,
-    pub file_name: String,
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub summary: JobSummary,
     pub staging_path: String,
     pub work_path: String,
-    pub state: String,
-    pub reason: Option<String>,
-    pub detail: Option<String>,
-    pub size_bytes: Option<i64>,
-    pub checksum: Option<String>,
-    pub format: Option<String>,
-    pub route_app: Option<String>,
-    pub app_version: Option<i32>,
-    pub attempts: i32,
-    pub max_attempts: i32,
     pub not_before: Option<DateTime<Utc>>,
-    pub records_ingested: Option<i64>,
-    pub records_rejected: Option<i64>,
-    pub bytes_read: Option<i64>,
-    pub app_message: Option<String>,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
     #[serde(skip)]
     pub log: Option<String>,
-    pub log_dropped_bytes: i64,
     #[serde(skip)]
     pub pid: Option<i32>,
     #[serde(skip)]
     pub pid_start_ticks: Option<i64>,
-    pub duplicate_of: Option<Uuid>,
     pub final_path: Option<String>,
-    pub detected_at: DateTime<Utc>,
-    pub admitted_at: Option<DateTime<Utc>>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub run_ms: Option<i64>,
+}
+
+impl std::ops::Deref for Job {
+    type Target = JobSummary;
+    fn deref(&self) -> &JobSummary {
+        &self.summary
+    }
 }
 
 impl Job {
     pub fn state(&self) -> JobState {
-        JobState::parse(&self.state).unwrap_or(JobState::Failed)
+        self.summary.state
+    }
+}
+
+impl PartialEq<&str> for JobState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -367,7 +365,7 @@ pub fn retryable(job: &Job, allow_duplicate: bool) -> Result<(), RetryError> {
     }
     let state = match &job.reason {
         Some(reason) => format!("{} ({reason})", job.state),
-        None => job.state.clone(),
+        None => job.state.to_string(),
     };
     Err(RetryError::NotRetryable(job.id, state))
 }
