@@ -94,6 +94,7 @@ pub fn router(state: ApiState) -> Router {
             Problem::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this endpoint does not take that method")
         })
         .with_state(state)
+        .layer(axum::middleware::from_fn(upload::drain_refused))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))

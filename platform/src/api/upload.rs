@@ -3,9 +3,12 @@
 //! length, and a header may lie).
 
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, BodyDataStream};
 use axum::http::{HeaderMap, StatusCode};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
@@ -76,4 +79,44 @@ pub async fn to_file(
     file.sync_all().await?;
     partial.1 = true;
     Ok(Written { bytes, sha256: hex::encode(hasher.finalize()) })
+}
+
+/// Bound on what is read and dropped of a refused request's body.
+pub const DRAIN_LIMIT: usize = 8 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// A request body the middleware and the handler share, so what the handler left unread can be
+/// read after it answered.
+struct SharedBody(Arc<Mutex<BodyDataStream>>);
+
+impl futures::Stream for SharedBody {
+    type Item = Result<bytes::Bytes, axum::Error>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.lock().expect("body lock").poll_next_unpin(cx)
+    }
+}
+
+/// Middleware: when a request is refused (4xx, 5xx) before its body was read, reads and drops the
+/// rest of it (up to 8 MiB, for at most 5 s) before answering. Otherwise a client still sending
+/// (say, an upload refused for its `Content-Length`) meets a reset connection instead of the
+/// problem document that says why.
+pub async fn drain_refused(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let (parts, body) = req.into_parts();
+    let shared = Arc::new(Mutex::new(body.into_data_stream()));
+    let req = axum::extract::Request::from_parts(parts, Body::from_stream(SharedBody(shared.clone())));
+    let response = next.run(req).await;
+    if response.status().is_client_error() || response.status().is_server_error() {
+        let mut rest = std::mem::replace(&mut *shared.lock().expect("body lock"), Body::empty().into_data_stream());
+        let _ = tokio::time::timeout(DRAIN_TIME, async move {
+            let mut read = 0;
+            while let Some(Ok(chunk)) = rest.next().await {
+                read += chunk.len();
+                if read > DRAIN_LIMIT {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    response
 }
