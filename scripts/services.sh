@@ -7,15 +7,19 @@
 #   scripts/services.sh status
 #   scripts/services.sh destroy  stop and delete all local data
 #
-# Services: PostgreSQL (platform store and coredms). The Kafka-API broker joins the SERVICES list the
-# same way (a <name>_up / <name>_down / <name>_status triple) when stream ingestion needs it.
+# Services, each a <name>_up / <name>_down / <name>_status triple: PostgreSQL (platform store and
+# coredms) and the Kafka-API broker `tansu` (built once from crates.io into ~/.cache/mysimbdp/tools,
+# about ten minutes; in-memory storage, so topics start empty at each `up`).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LOCAL=${MYSIMBDP_LOCAL_DIR:-$ROOT/.local}
 PG_PORT=${MYSIMBDP_PG_PORT:-55432}
 PG_DIR=$LOCAL/pg
-SERVICES=(pg)
+BROKER_PORT=${MYSIMBDP_BROKER_PORT:-59092}
+TOOLS=${MYSIMBDP_TOOLS_DIR:-$HOME/.cache/mysimbdp/tools}
+TANSU_VERSION=0.6.0
+SERVICES=(pg broker)
 
 # PostgreSQL refuses to run as root, so as root it runs as the `postgres` user, which must be able to
 # reach its data folder. A checkout under a private folder (e.g. one made by `mktemp -d`, mode 0700) is
@@ -115,6 +119,48 @@ SQL
 }
 
 pg_down() { choose_pg_dir; if pg_status; then log "stopping PostgreSQL"; pg_ctl_ -m fast -w stop >/dev/null; fi; }
+
+tansu_bin() { echo "$TOOLS/bin/tansu"; }
+
+broker_status() {
+    [ -f "$LOCAL/broker.pid" ] && kill -0 "$(cat "$LOCAL/broker.pid")" 2>/dev/null
+}
+
+broker_up() {
+    if [ ! -x "$(tansu_bin)" ] || [ ! -f "$TOOLS/.tansu-$TANSU_VERSION" ]; then
+        ensure_packages build-essential pkg-config
+        log "building the Kafka-API broker tansu $TANSU_VERSION from crates.io into $TOOLS (once; about ten minutes)"
+        cargo install --quiet --locked tansu --version "$TANSU_VERSION" --features dynostore --root "$TOOLS" \
+            || die "building tansu failed"
+        touch "$TOOLS/.tansu-$TANSU_VERSION"
+    fi
+    if ! broker_status; then
+        log "starting the Kafka-API broker (tansu) on 127.0.0.1:$BROKER_PORT"
+        local url=tcp://127.0.0.1:$BROKER_PORT
+        setsid nohup "$(tansu_bin)" broker --listener-url "$url" --advertised-listener-url "$url" \
+            --storage-engine memory://tansu/ > "$LOCAL/broker.log" 2>&1 < /dev/null &
+        echo $! > "$LOCAL/broker.pid"
+        local i
+        for i in $(seq 100); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$BROKER_PORT") 2>/dev/null && break
+            broker_status || { tail -n 20 "$LOCAL/broker.log" >&2; die "tansu exited at start"; }
+            sleep 0.1
+        done
+        (exec 3<>"/dev/tcp/127.0.0.1/$BROKER_PORT") 2>/dev/null || die "tansu does not listen on $BROKER_PORT (see $LOCAL/broker.log)"
+    fi
+    echo "MYSIMBDP_KAFKA_BROKERS=127.0.0.1:$BROKER_PORT" > "$LOCAL/env.broker"
+}
+
+broker_down() {
+    if broker_status; then
+        log "stopping the Kafka-API broker"
+        kill "$(cat "$LOCAL/broker.pid")" 2>/dev/null || true
+        local i
+        for i in $(seq 50); do broker_status || break; sleep 0.1; done
+        broker_status && kill -9 "$(cat "$LOCAL/broker.pid")" 2>/dev/null || true
+    fi
+    rm -f "$LOCAL/broker.pid"
+}
 
 # The API's token key: generated once per checkout, kept out of git with the rest of .local/.
 platform_secret() {

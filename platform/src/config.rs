@@ -17,6 +17,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub batch: BatchConfig,
     pub api: Option<ApiConfig>,
+    /// The Kafka-API broker (`host:port,...`); readiness checks it when set.
+    pub kafka_brokers: Option<String>,
     /// Run the batch ingest manager in this process.
     pub batch_role: bool,
 }

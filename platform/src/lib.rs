@@ -14,6 +14,7 @@ pub mod apps;
 pub mod batch;
 pub mod config;
 pub mod coredms;
+pub mod messaging;
 pub mod metrics;
 pub mod runtime;
 pub mod store;
@@ -56,6 +57,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 keys: api::Keys::new(&api.jwt_secret)?,
                 metrics: metrics.clone(),
                 pages: Arc::new(api::page_cache::PageCache::new(api.page_cache)),
+                kafka_brokers: config.kafka_brokers.clone(),
             };
             let listener = tokio::net::TcpListener::bind(api.listen)
                 .await

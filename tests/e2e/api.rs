@@ -352,3 +352,35 @@ async fn raw_put(base: &str, path: &str, token: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// Readiness asks the platform store and the Kafka-API broker for real, and says which one failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_checks_the_store_and_the_broker() {
+    let t = unique("ready");
+    let mut p = TestPlatform::new(&[(&t, agreement(&t, ORDERS_BATCH))]).await;
+    p.start().await;
+    let ready = p.http().call("GET", "/readyz", None, None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    let checks = ready.json()["checks"].clone();
+    assert_eq!(checks[0]["name"], "platform_store");
+    assert_eq!(checks[1]["name"], "broker");
+    assert!(checks[1]["detail"].as_str().unwrap().contains("answered ApiVersions"), "{checks}");
+    p.stop().await;
+
+    // The same platform pointed at a port where no broker listens is not ready, and says why.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let mut config = p.config();
+    config.kafka_brokers = Some(closed.clone());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _ = std::fs::remove_file(p.data_dir.join("api.addr"));
+    let handle = tokio::spawn(mysimbdp::run(config, shutdown.clone()));
+    eventually(Duration::from_secs(30), "the API to listen", async || p.data_dir.join("api.addr").exists()).await;
+    let not_ready = p.http().call("GET", "/readyz", None, None).await;
+    assert_eq!(not_ready.status, 503, "{}", not_ready.text());
+    let body = not_ready.json();
+    assert_eq!((body["checks"][0]["ok"].as_bool(), body["checks"][1]["ok"].as_bool()), (Some(true), Some(false)));
+    assert!(body["checks"][1]["detail"].as_str().unwrap().contains(&closed), "{body}");
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+    p.cleanup().await;
+}

@@ -31,6 +31,23 @@ pub fn pg_url() -> String {
         })
 }
 
+/// The test broker (`MYSIMBDP_TEST_KAFKA_BROKERS`, else `MYSIMBDP_KAFKA_BROKERS`), from the
+/// environment or `.local/env`.
+pub fn kafka_brokers() -> String {
+    for var in ["MYSIMBDP_TEST_KAFKA_BROKERS", "MYSIMBDP_KAFKA_BROKERS"] {
+        if let Ok(v) = std::env::var(var) {
+            return v;
+        }
+    }
+    let env_file = workspace_root().join(".local/env");
+    std::fs::read_to_string(&env_file)
+        .ok()
+        .and_then(|text| text.lines().find_map(|l| l.strip_prefix("MYSIMBDP_KAFKA_BROKERS=").map(str::to_owned)))
+        .unwrap_or_else(|| {
+            panic!("no Kafka broker: MYSIMBDP_KAFKA_BROKERS is not set and {} has none: run `scripts/services.sh up` first", env_file.display())
+        })
+}
+
 /// `url` with its database replaced.
 pub fn with_database(url: &str, db: &str) -> String {
     let (base, _) = url.rsplit_once('/').expect("url has a database part");
@@ -139,6 +156,7 @@ impl TestPlatform {
                 jwt_secret: self.jwt_secret.clone().into_bytes(),
                 page_cache: 4 << 20,
             }),
+            kafka_brokers: Some(kafka_brokers()),
             batch_role: true,
         }
     }
@@ -191,6 +209,7 @@ impl TestPlatform {
             .env("MYSIMBDP_KILL_GRACE", "500ms")
             .env("MYSIMBDP_API_LISTEN", "127.0.0.1:0")
             .env("MYSIMBDP_JWT_SECRET", &self.jwt_secret)
+            .env("MYSIMBDP_KAFKA_BROKERS", c.kafka_brokers.clone().unwrap_or_default())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join("platform.log")).unwrap())
             .spawn()

@@ -35,7 +35,8 @@ pub struct Check {
     pub detail: String,
 }
 
-/// Whether the platform can serve: the platform store answers within a second.
+/// Whether the platform can serve: the platform store answers within a second, and so does the
+/// Kafka-API broker when one is configured.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Readiness>) {
@@ -46,7 +47,18 @@ pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Readines
             Check { name: "platform_store".into(), ok: false, detail: "PostgreSQL did not answer within 1s".into() }
         }
     };
-    let checks = vec![store];
+    let broker = match &state.kafka_brokers {
+        Some(brokers) => match crate::messaging::probe(brokers, Duration::from_secs(1)).await {
+            Ok(detail) => Check { name: "broker".into(), ok: true, detail },
+            Err(why) => Check { name: "broker".into(), ok: false, detail: why },
+        },
+        None => Check {
+            name: "broker".into(),
+            ok: true,
+            detail: "no broker configured (MYSIMBDP_KAFKA_BROKERS); stream ingestion is off".into(),
+        },
+    };
+    let checks = vec![store, broker];
     let ok = checks.iter().all(|c| c.ok);
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(Readiness { status: if ok { "ready" } else { "not ready" }.into(), checks }))

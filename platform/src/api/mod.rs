@@ -51,6 +51,7 @@ pub struct ApiState {
     pub keys: Keys,
     pub metrics: Arc<Metrics>,
     pub pages: Arc<page_cache::PageCache>,
+    pub kafka_brokers: Option<String>,
 }
 
 impl FromRef<ApiState> for Keys {

@@ -90,6 +90,9 @@ enum Command {
         /// Admin URL of the coredms server (postgres:// or mongodb://); never handed to apps.
         #[arg(long, env = "MYSIMBDP_COREDMS_URL")]
         coredms_url: String,
+        /// The Kafka-API broker, `host:port[,host:port...]` (readiness checks it).
+        #[arg(long, env = "MYSIMBDP_KAFKA_BROKERS")]
+        kafka_brokers: Option<String>,
         /// Apps running at once across all tenants (default: number of cores, at least 2).
         #[arg(long, env = "MYSIMBDP_BATCH_WORKERS")]
         workers: Option<usize>,
@@ -201,6 +204,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             store,
             paths,
             coredms_url,
+            kafka_brokers,
             workers,
             rescan_interval,
             log_limit,
@@ -228,6 +232,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     retry_backoff,
                 },
                 api,
+                kafka_brokers,
                 batch_role: roles.contains(&RoleArg::Batch),
             };
             let shutdown = CancellationToken::new();
