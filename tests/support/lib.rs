@@ -13,39 +13,31 @@ use mysimbdp::store::{self, jobs::Job, Db};
 use mysimbdp::tenant::TenantId;
 use tokio_util::sync::CancellationToken;
 
-/// The admin URL of the test PostgreSQL (`MYSIMBDP_TEST_PG_URL`), read from the environment or, when
-/// the tests are run by hand, from `.local/env`.
-pub fn pg_url() -> String {
-    if let Ok(url) = std::env::var("MYSIMBDP_TEST_PG_URL") {
-        return url;
+/// A setting of the local services: the first of `vars` set in the environment, else the last one's
+/// line in `.local/env` (tests run by hand). Fails loudly when the services were never started.
+fn service_setting(vars: &[&str]) -> String {
+    if let Some(v) = vars.iter().find_map(|v| std::env::var(v).ok()) {
+        return v;
     }
+    let name = vars.last().expect("at least one variable");
     let env_file = workspace_root().join(".local/env");
+    let prefix = format!("{name}=");
     std::fs::read_to_string(&env_file)
         .ok()
-        .and_then(|text| text.lines().find_map(|l| l.strip_prefix("MYSIMBDP_TEST_PG_URL=").map(str::to_owned)))
+        .and_then(|text| text.lines().find_map(|l| l.strip_prefix(&prefix).map(str::to_owned)))
         .unwrap_or_else(|| {
-            panic!(
-                "MYSIMBDP_TEST_PG_URL is not set and {} has none: run `scripts/services.sh up` first",
-                env_file.display()
-            )
+            panic!("{name} is not set and {} has none: run `scripts/services.sh up` first", env_file.display())
         })
 }
 
-/// The test broker (`MYSIMBDP_TEST_KAFKA_BROKERS`, else `MYSIMBDP_KAFKA_BROKERS`), from the
-/// environment or `.local/env`.
+/// The admin URL of the test PostgreSQL.
+pub fn pg_url() -> String {
+    service_setting(&["MYSIMBDP_TEST_PG_URL"])
+}
+
+/// The test's Kafka-API broker.
 pub fn kafka_brokers() -> String {
-    for var in ["MYSIMBDP_TEST_KAFKA_BROKERS", "MYSIMBDP_KAFKA_BROKERS"] {
-        if let Ok(v) = std::env::var(var) {
-            return v;
-        }
-    }
-    let env_file = workspace_root().join(".local/env");
-    std::fs::read_to_string(&env_file)
-        .ok()
-        .and_then(|text| text.lines().find_map(|l| l.strip_prefix("MYSIMBDP_KAFKA_BROKERS=").map(str::to_owned)))
-        .unwrap_or_else(|| {
-            panic!("no Kafka broker: MYSIMBDP_KAFKA_BROKERS is not set and {} has none: run `scripts/services.sh up` first", env_file.display())
-        })
+    service_setting(&["MYSIMBDP_TEST_KAFKA_BROKERS", "MYSIMBDP_KAFKA_BROKERS"])
 }
 
 /// `url` with its database replaced.
