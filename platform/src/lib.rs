@@ -76,10 +76,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             let (tenants, agreements, shutdown) = (tenants.clone(), agreements.clone(), shutdown.clone());
             tokio::spawn(async move { tenants.reconcile(agreements, shutdown).await })
         };
+        let topics = match &config.kafka_brokers {
+            Some(brokers) => {
+                let topics = messaging::topics::Topics::new(brokers)?;
+                Some(tokio::spawn(topics.reconcile(agreements.clone(), shutdown.clone())))
+            }
+            None => None,
+        };
         let result =
             batch::run(db.clone(), layout, agreements, tenants, metrics, config.batch.clone(), shutdown.clone()).await;
         shutdown.cancel();
         let _ = reconcile.await;
+        if let Some(topics) = topics {
+            let _ = topics.await;
+        }
         result
     } else {
         shutdown.cancelled().await;

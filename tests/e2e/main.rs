@@ -12,3 +12,4 @@ mod fairness;
 mod isolation;
 mod misbehaving_apps;
 mod staging_rules;
+mod topics;

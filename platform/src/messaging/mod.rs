@@ -1,6 +1,8 @@
-//! The Kafka-API broker (mysimbdp-messagingsystem). For now the platform only needs to know whether
-//! it answers: [`probe`] speaks the protocol's own handshake (ApiVersions) over a plain TCP
-//! connection, so readiness means "a Kafka broker answered", not merely "a port is open".
+//! The Kafka-API broker (mysimbdp-messagingsystem): the tenants' topics (`topics`) and a readiness
+//! probe. [`probe`] speaks the protocol's own handshake (ApiVersions) over a plain TCP connection, so
+//! readiness means "a Kafka broker answered", not merely "a port is open".
+
+pub mod topics;
 
 use std::time::Duration;
 
