@@ -53,9 +53,7 @@ MYSIMBDP_DATABASE_URL=${ADMIN%/*}/$DB MYSIMBDP_TENANTS_DIR=$WORK/tenants MYSIMBD
 MYSIMBDP_DATA_DIR=$WORK/data MYSIMBDP_API_LISTEN=127.0.0.1:0 MYSIMBDP_LOG=warn \
     "$BIN/mysimbdp" serve 2> "$WORK/platform.log" &
 PLATFORM=$!
-for _ in $(seq 100); do [ -s "$WORK/data/api.addr" ] && break; sleep 0.1; done
-[ -s "$WORK/data/api.addr" ] || { cat "$WORK/platform.log"; die "the platform did not start"; }
-URL=http://$(cat "$WORK/data/api.addr")
+URL=$(api_url "$WORK/data" "$WORK/platform.log")
 export FUZZ_TOKEN FUZZ_TENANT=$TENANT
 FUZZ_TOKEN=$("$BIN/mysimbdp" token --role operator --ttl 1h --sub schemathesis)
 

@@ -57,8 +57,7 @@ start_api() { # name cache-size -> prints the URL
     mkdir -p "$WORK/$1"
     MYSIMBDP_DATA_DIR=$WORK/$1 MYSIMBDP_API_PAGE_CACHE=$2 "$BIN/mysimbdp" serve --roles api > /dev/null 2> "$WORK/$1.log" &
     echo $! >> "$WORK/pids"
-    for _ in $(seq 100); do [ -s "$WORK/$1/api.addr" ] && break; sleep 0.1; done
-    echo "http://$(cat "$WORK/$1/api.addr")"
+    api_url "$WORK/$1" "$WORK/$1.log"
 }
 : > "$WORK/pids"
 trap 'kill $(cat "$WORK/pids") 2>/dev/null || true' EXIT

@@ -16,7 +16,11 @@ ensure_debs() {
     for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
     if [ ${#missing[@]} -gt 0 ]; then
         step "installing Debian packages: ${missing[*]}"
-        local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+        local sudo=""
+        if [ "$(id -u)" != 0 ]; then
+            command -v sudo >/dev/null || { echo "need root to install: ${missing[*]}" >&2; exit 1; }
+            sudo=sudo
+        fi
         $sudo apt-get update -qq
         $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
@@ -45,4 +49,13 @@ prepare() {
     claim_build_cache
     scripts/services.sh up
     set -a; . .local/env; set +a
+}
+
+# Waits for a platform started with MYSIMBDP_API_LISTEN=...:0 to write where its API listens, and
+# prints the URL; shows the platform's log and fails if it does not come up.
+api_url() { # data-dir log-file
+    local i
+    for i in $(seq 150); do [ -s "$1/api.addr" ] && break; sleep 0.1; done
+    [ -s "$1/api.addr" ] || { tail -n 30 "$2" >&2; echo "the platform did not start (log: $2)" >&2; exit 1; }
+    echo "http://$(cat "$1/api.addr")"
 }

@@ -35,21 +35,8 @@ choose_pg_dir() {
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"
-    elif command -v sudo >/dev/null; then sudo "$@"
-    else die "need root to run: $*"; fi
-}
-
-# Debian packages the platform and its build need; installed only when missing.
-ensure_packages() {
-    local missing=()
-    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-    [ ${#missing[@]} -eq 0 ] && return
-    log "installing Debian packages: ${missing[*]}"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+# ensure_debs (Debian packages installed when missing) and the shared build cache location.
+. "$ROOT/scripts/lib.sh"
 
 pg_bin() {
     local dir
@@ -69,7 +56,7 @@ pg_ctl_() { pg_run "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" "$@"; }
 pg_status() { [ -f "$PG_DIR/data/PG_VERSION" ] && pg_ctl_ status >/dev/null 2>&1; }
 
 pg_up() {
-    ensure_packages postgresql postgresql-contrib
+    ensure_debs postgresql postgresql-contrib
     choose_pg_dir
     [ "$PG_DIR" = "$LOCAL/pg" ] || log "the postgres user cannot reach $LOCAL; PostgreSQL data goes to $PG_DIR"
     mkdir -p "$PG_DIR"
@@ -128,7 +115,7 @@ broker_status() {
 
 broker_up() {
     if [ ! -x "$(tansu_bin)" ] || [ ! -f "$TOOLS/.tansu-$TANSU_VERSION" ]; then
-        ensure_packages build-essential pkg-config
+        ensure_debs build-essential pkg-config
         log "building the Kafka-API broker tansu $TANSU_VERSION from crates.io into $TOOLS (once; about ten minutes)"
         cargo install --quiet --locked tansu --version "$TANSU_VERSION" --features dynostore --root "$TOOLS" \
             || die "building tansu failed"

@@ -328,19 +328,13 @@ impl TestPlatform {
     }
 
     pub async fn jobs_for(&self, tenant: &str, file: &str) -> Vec<Job> {
-        let filter = store::jobs::ListFilter {
-            tenant: Some(self.tenant(tenant)),
-            file_name: Some(file.into()),
-            limit: 100,
-            ..Default::default()
-        };
-        store::jobs::list(&self.db, &filter).await.unwrap()
+        let filter = store::jobs::ListFilter { file_name: Some(file.into()), limit: 100, ..Default::default() };
+        store::jobs::list(&self.db, &self.tenant(tenant), &filter).await.unwrap()
     }
 
     pub async fn all_jobs(&self, tenant: &str) -> Vec<Job> {
-        let filter =
-            store::jobs::ListFilter { tenant: Some(self.tenant(tenant)), limit: 100_000, ..Default::default() };
-        store::jobs::list(&self.db, &filter).await.unwrap()
+        let filter = store::jobs::ListFilter { limit: 100_000, ..Default::default() };
+        store::jobs::list(&self.db, &self.tenant(tenant), &filter).await.unwrap()
     }
 
     /// Events (state, message) of a job, oldest first.

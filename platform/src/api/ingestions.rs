@@ -91,7 +91,6 @@ pub async fn list(
         return Ok(json_bytes(body));
     }
     let filter = ListFilter {
-        tenant: Some(t.clone()),
         state: p.status,
         file_name: p.file,
         since: p.since,

@@ -109,10 +109,9 @@ pub async fn show(
 ) -> Result<Json<TenantDetail>, Problem> {
     let t = visible(&state, &caller, &tenant).await?;
     let a = state.agreements.get(&t);
-    let (files, bytes, queued, running, apps): (i64, i64, i64, i64, i64) = sqlx::query_as(
-        "select (select coalesce(sum(files), 0) from tenant_usage where tenant = $1 and minute > now() - interval '61 minutes')::bigint,
-                (select coalesce(sum(bytes), 0) from tenant_usage where tenant = $1 and minute > now() - interval '1441 minutes')::bigint,
-                (select count(*) from jobs where tenant = $1 and state in ('detected', 'queued', 'retry_wait')),
+    let used = crate::store::jobs::usage(&state.db, &t).await?;
+    let (queued, running, apps): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from jobs where tenant = $1 and state in ('detected', 'queued', 'retry_wait')),
                 (select count(*) from jobs where tenant = $1 and state = 'running'),
                 (select count(distinct name) from apps where tenant = $1)",
     )
@@ -121,9 +120,9 @@ pub async fn show(
     .await?;
     let batch = a.as_ref().and_then(|a| a.batch.as_ref());
     let usage = Usage {
-        files_last_hour: files,
+        files_last_hour: used.files_last_hour,
         max_files_per_hour: batch.map(|b| b.max_files_per_hour),
-        bytes_last_day: bytes,
+        bytes_last_day: used.bytes_last_day,
         max_bytes_per_day: batch.map(|b| b.max_bytes_per_day.0),
         queued,
         running,

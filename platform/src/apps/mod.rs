@@ -213,10 +213,6 @@ impl Registry {
         Ok(app)
     }
 
-    pub async fn list(&self, tenant: &TenantId) -> Result<Vec<App>, AppError> {
-        Ok(store::apps::list(&self.db, tenant).await?)
-    }
-
     /// A fresh path for an upload on its way in, on the registry's file system so installing it is a
     /// rename. Leftovers of a crash are removed at the next start.
     pub fn incoming_path(&self) -> PathBuf {

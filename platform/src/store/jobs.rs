@@ -181,11 +181,6 @@ pub async fn get(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Option<Jo
         .await
 }
 
-/// A job by id for operators, whatever its tenant.
-pub async fn get_any(db: &Db, id: Uuid) -> sqlx::Result<Option<Job>> {
-    sqlx::query_as("select * from jobs where id = $1").bind(id).fetch_optional(db).await
-}
-
 pub async fn events(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Vec<JobEvent>> {
     sqlx::query_as("select at, state, message from job_events where tenant = $1 and job_id = $2 order by id")
         .bind(tenant.as_str())
@@ -211,6 +206,20 @@ pub struct Admission<'a> {
 }
 
 /// Files and bytes admitted in the rolling windows the agreement limits.
+/// The tenant's (`$1`) admitted files in the last hour and bytes in the last day, from its per-minute
+/// usage rows: a window takes every minute that began inside it, so it spans up to one minute more
+/// than its name and a limit is never exceeded.
+const USAGE: &str =
+    "select coalesce(sum(files) filter (where minute > now() - interval '61 minutes'), 0)::bigint as files,
+            coalesce(sum(bytes), 0)::bigint as bytes
+     from tenant_usage where tenant = $1 and minute > now() - interval '1441 minutes'";
+
+/// What the tenant used of its rate limits, as admission sees it.
+pub async fn usage(db: &Db, tenant: &TenantId) -> sqlx::Result<Usage> {
+    let (files, bytes): (i64, i64) = sqlx::query_as(USAGE).bind(tenant.as_str()).fetch_one(db).await?;
+    Ok(Usage { files_last_hour: files, bytes_last_day: bytes })
+}
+
 pub struct Usage {
     pub files_last_hour: i64,
     pub bytes_last_day: i64,
@@ -227,19 +236,16 @@ impl<'a> Admission<'a> {
     }
 
     /// Another job with the same content that succeeded or is still on its way, and what was admitted
-    /// in the rolling windows. Usage is kept per minute and a window takes every minute that began
-    /// inside it, so it spans up to one minute more than its name: a limit is never exceeded.
+    /// in the rolling windows (see `USAGE`).
     pub async fn checks(&mut self, id: Uuid, checksum: &str) -> sqlx::Result<(Option<(Uuid, String)>, Usage)> {
-        let (dup_id, dup_name, files, bytes): (Option<Uuid>, Option<String>, i64, i64) = sqlx::query_as(
+        let (dup_id, dup_name, files, bytes): (Option<Uuid>, Option<String>, i64, i64) = sqlx::query_as(&format!(
             "select d.id, d.file_name, u.files, u.bytes
-             from (select coalesce(sum(files) filter (where minute > now() - interval '61 minutes'), 0)::bigint as files,
-                          coalesce(sum(bytes), 0)::bigint as bytes
-                   from tenant_usage where tenant = $1 and minute > now() - interval '1441 minutes') u
+             from ({USAGE}) u
              left join lateral (select id, file_name from jobs
                                 where tenant = $1 and checksum = $2 and id <> $3
                                   and state in ('queued', 'running', 'retry_wait', 'succeeded')
-                                order by detected_at limit 1) d on true",
-        )
+                                order by detected_at limit 1) d on true"
+        ))
         .bind(self.tenant.as_str())
         .bind(checksum)
         .bind(id)
@@ -600,8 +606,26 @@ pub struct PageKey {
 
 /// One page of a tenant's jobs, newest first, by keyset (no OFFSET: page 10,000 costs what page 1 does).
 pub async fn page(db: &Db, tenant: &TenantId, f: &ListFilter, after: Option<PageKey>) -> sqlx::Result<Vec<JobSummary>> {
+    filtered(db, SUMMARY_COLUMNS, tenant, f, after).await
+}
+
+/// The same as whole rows, for the platform's own use (and its tests).
+pub async fn list(db: &Db, tenant: &TenantId, f: &ListFilter) -> sqlx::Result<Vec<Job>> {
+    filtered(db, "*", tenant, f, None).await
+}
+
+async fn filtered<T>(
+    db: &Db,
+    columns: &str,
+    tenant: &TenantId,
+    f: &ListFilter,
+    after: Option<PageKey>,
+) -> sqlx::Result<Vec<T>>
+where
+    T: for<'r> FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
     let sql = format!(
-        "select {SUMMARY_COLUMNS} from jobs
+        "select {columns} from jobs
          where tenant = $1 and ($2::text is null or state = $2) and ($3::text is null or file_name = $3)
            and ($4::timestamptz is null or detected_at >= $4) and ($5::timestamptz is null or detected_at < $5)
            and ($6::timestamptz is null or (detected_at, id) < ($6, $7))
@@ -639,30 +663,11 @@ pub async fn summary(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Optio
 /// Filters for listing jobs; every one is optional.
 #[derive(Clone, Debug, Default)]
 pub struct ListFilter {
-    pub tenant: Option<TenantId>,
     pub state: Option<JobState>,
     pub file_name: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
     pub limit: i64,
-}
-
-pub async fn list(db: &Db, f: &ListFilter) -> sqlx::Result<Vec<Job>> {
-    sqlx::query_as(
-        "select * from jobs
-         where ($1::text is null or tenant = $1) and ($2::text is null or state = $2)
-           and ($3::text is null or file_name = $3)
-           and ($4::timestamptz is null or detected_at >= $4) and ($5::timestamptz is null or detected_at < $5)
-         order by detected_at desc, id desc limit $6",
-    )
-    .bind(f.tenant.as_ref().map(|t| t.as_str()))
-    .bind(f.state.map(|s| s.as_str()))
-    .bind(&f.file_name)
-    .bind(f.since)
-    .bind(f.until)
-    .bind(f.limit)
-    .fetch_all(db)
-    .await
 }
 
 /// Puts back a job whose attempt the platform itself interrupted (shutdown, crash, platform error);
