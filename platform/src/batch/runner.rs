@@ -214,10 +214,7 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
 }
 
 fn classify_failure(exit: Exit, log: &str, route: &Route) -> (&'static str, String) {
-    let status = match exit {
-        Exit::Code(c) => format!("exited with status {c}"),
-        Exit::Signal(s) => format!("killed by signal {s} ({})", signal_name(s)),
-    };
+    let status = exit.to_string();
     if let Some(hint) = OUT_OF_MEMORY.iter().find(|m| log.contains(*m)) {
         return (
             "memory_limit",
@@ -228,19 +225,6 @@ fn classify_failure(exit: Exit, log: &str, route: &Route) -> (&'static str, Stri
         );
     }
     ("app_error", status)
-}
-
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGXCPU => "SIGXCPU, over the CPU time limit",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGPIPE => "SIGPIPE",
-        _ => "signal",
-    }
 }
 
 fn read_result(path: &Path) -> Result<AppResult, String> {

@@ -37,6 +37,28 @@ pub enum Exit {
     Signal(i32),
 }
 
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Exit::Code(c) => write!(f, "exited with status {c}"),
+            Exit::Signal(s) => write!(f, "killed by signal {s} ({})", signal_name(s)),
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU, over the CPU time limit",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGPIPE => "SIGPIPE",
+        _ => "signal",
+    }
+}
+
 /// Why the platform ended the program, if it did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stopped {
@@ -88,6 +110,38 @@ pub async fn run(
     cancel: &CancellationToken,
     on_spawn: impl FnOnce(u32, Option<i64>),
 ) -> std::io::Result<ProcessOutcome> {
+    let log = Arc::new(Mutex::new(BoundedLog::new(spec.log_limit)));
+    let sink = {
+        let log = log.clone();
+        move |bytes: &[u8]| log.lock().expect("log lock").push(bytes)
+    };
+    let ended = run_with_output(spec, cancel, on_spawn, sink).await?;
+    let log = log.lock().expect("log lock");
+    Ok(ProcessOutcome {
+        exit: ended.exit,
+        stopped: ended.stopped,
+        elapsed: ended.elapsed,
+        log: log.render(),
+        log_dropped: log.dropped(),
+    })
+}
+
+/// How a run ended, for callers that keep the output themselves.
+#[derive(Clone, Copy, Debug)]
+pub struct Ended {
+    pub exit: Exit,
+    pub stopped: Stopped,
+    pub elapsed: Duration,
+}
+
+/// Runs the program to completion, handing everything it prints to `output` (on a blocking
+/// thread, in the order it was written). `spec.log_limit` is not used: `output` bounds itself.
+pub async fn run_with_output(
+    spec: ProcessSpec,
+    cancel: &CancellationToken,
+    on_spawn: impl FnOnce(u32, Option<i64>),
+    mut output: impl FnMut(&[u8]) + Send + 'static,
+) -> std::io::Result<Ended> {
     // One pipe for stdout and stderr (as `2>&1`), so the log keeps the order the program wrote in.
     let (reader, writer) = std::io::pipe()?;
     let started = Instant::now();
@@ -106,20 +160,16 @@ pub async fn run(
     let pid = child.id();
     on_spawn(pid, start_ticks(pid));
 
-    let log = Arc::new(Mutex::new(BoundedLog::new(spec.log_limit)));
-    let reading = {
-        let log = log.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut reader = reader;
-            let mut buf = vec![0u8; 64 << 10];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                log.lock().expect("log lock").push(&buf[..n]);
+    let reading = tokio::task::spawn_blocking(move || {
+        let mut reader = reader;
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
             }
-        })
-    };
+            output(&buf[..n]);
+        }
+    });
 
     let pgid = pid as i32;
     let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
@@ -152,8 +202,7 @@ pub async fn run(
         (None, Some(sig)) => Exit::Signal(sig),
         (None, None) => Exit::Code(-1),
     };
-    let log = log.lock().expect("log lock");
-    Ok(ProcessOutcome { exit, stopped, elapsed, log: log.render(), log_dropped: log.dropped() })
+    Ok(Ended { exit, stopped, elapsed })
 }
 
 async fn terminate(child: &mut Child, pgid: i32, grace: Duration) -> std::io::Result<std::process::ExitStatus> {

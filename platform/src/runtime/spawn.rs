@@ -77,6 +77,7 @@ const STEPS: [&str; 8] = [
     "entering the working folder",
 ];
 const STEP_EXEC: c_int = STEPS.len() as c_int;
+const STEP_CLONE: c_int = -1;
 const CHILD_STACK: usize = 64 << 10;
 
 fn cstring(bytes: &[u8], what: &str) -> io::Result<CString> {
@@ -87,34 +88,23 @@ fn null_terminated(strings: &[CString]) -> Vec<*const c_char> {
     strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
 }
 
-pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<Child> {
-    let program = cstring(spec.program.as_os_str().as_bytes(), "program path")?;
-    let cwd = cstring(spec.cwd.as_os_str().as_bytes(), "working folder")?;
-    let mut argv = vec![program.clone()];
-    for a in spec.args {
-        argv.push(cstring(OsStr::as_bytes(a), "an argument")?);
-    }
-    let envp = spec
-        .env
-        .iter()
-        .map(|(k, v)| cstring(format!("{k}={v}").as_bytes(), "the environment"))
-        .collect::<io::Result<Vec<_>>>()?;
-    let (argv_ptrs, envp_ptrs) = (null_terminated(&argv), null_terminated(&envp));
-    let stdin = std::fs::File::open("/dev/null")?;
+/// Starts the program on the calling thread (the spawner's); the pid, or the failed step and errno.
+fn clone_and_exec(p: &Prepared) -> Result<i32, (c_int, c_int)> {
+    let (argv_ptrs, envp_ptrs) = (null_terminated(&p.argv), null_terminated(&p.envp));
 
     let mut shared = Shared {
-        program: program.as_ptr(),
+        program: p.program.as_ptr(),
         argv: argv_ptrs.as_ptr(),
         envp: envp_ptrs.as_ptr(),
-        cwd: cwd.as_ptr(),
-        stdin: stdin.as_raw_fd(),
-        output: spec.output,
+        cwd: p.cwd.as_ptr(),
+        stdin: p.stdin.as_raw_fd(),
+        output: p.output,
         // SAFETY: getpid cannot fail.
         parent: unsafe { libc::getpid() },
-        address_space: spec.limits.address_space.unwrap_or(0),
-        cpu_seconds: spec.limits.cpu_seconds.unwrap_or(0),
-        has_address_space: spec.limits.address_space.is_some(),
-        has_cpu_seconds: spec.limits.cpu_seconds.is_some(),
+        address_space: p.limits.address_space.unwrap_or(0),
+        cpu_seconds: p.limits.cpu_seconds.unwrap_or(0),
+        has_address_space: p.limits.address_space.is_some(),
+        has_cpu_seconds: p.limits.cpu_seconds.is_some(),
         failed_step: 0,
         errno: 0,
     };
@@ -139,7 +129,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<Child> {
         let clone_error = io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         if pid < 0 {
-            return Err(clone_error);
+            return Err((STEP_CLONE, clone_error.raw_os_error().unwrap_or(0)));
         }
         pid
     };
@@ -150,14 +140,82 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<Child> {
         let mut status = 0;
         // SAFETY: reaping our own child, which has exited.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        let what = if step == STEP_EXEC {
-            format!("executing {}", spec.program.display())
-        } else {
-            STEPS[step as usize].to_owned()
-        };
-        let os = io::Error::from_raw_os_error(errno);
-        return Err(io::Error::new(os.kind(), format!("{what}: {os}")));
+        return Err((step, errno));
     }
+    Ok(pid)
+}
+
+/// Everything the child needs, owned, so it can be handed to the spawner thread.
+struct Prepared {
+    program: CString,
+    cwd: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    stdin: std::fs::File,
+    output: RawFd,
+    limits: Limits,
+}
+
+type Request = (Prepared, std::sync::mpsc::SyncSender<Result<i32, (c_int, c_int)>>);
+
+/// The thread every program is started from. The parent-death signal fires when the *thread* that
+/// started a program ends, not the process: a program started from one of the runtime's blocking
+/// threads (which retire after a while idle) would be killed long before the platform stops. This
+/// thread lives as long as the platform.
+fn spawner() -> &'static std::sync::Mutex<std::sync::mpsc::Sender<Request>> {
+    static SPAWNER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Request>>> =
+        std::sync::OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("mysimbdp-spawner".into())
+            .spawn(move || {
+                for (prepared, reply) in rx {
+                    let _ = reply.send(clone_and_exec(&prepared));
+                }
+            })
+            .expect("starting the spawner thread");
+        std::sync::Mutex::new(tx)
+    })
+}
+
+pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<Child> {
+    let program = cstring(spec.program.as_os_str().as_bytes(), "program path")?;
+    let cwd = cstring(spec.cwd.as_os_str().as_bytes(), "working folder")?;
+    let mut argv = vec![program.clone()];
+    for a in spec.args {
+        argv.push(cstring(OsStr::as_bytes(a), "an argument")?);
+    }
+    let envp = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstring(format!("{k}={v}").as_bytes(), "the environment"))
+        .collect::<io::Result<Vec<_>>>()?;
+    let stdin = std::fs::File::open("/dev/null")?;
+    let prepared = Prepared { program, cwd, argv, envp, stdin, output: spec.output, limits: spec.limits };
+    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    spawner()
+        .lock()
+        .expect("spawner lock")
+        .send((prepared, reply))
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    // The spawner answers within the time a vfork takes; the caller's thread waits as it would
+    // have waited for its own vfork.
+    let pid = match answer.recv().map_err(|_| io::Error::other("the spawner thread is gone"))? {
+        Ok(pid) => pid,
+        Err((step, errno)) => {
+            let what = if step == STEP_EXEC {
+                format!("executing {}", spec.program.display())
+            } else if step == STEP_CLONE {
+                "starting a process (clone)".to_owned()
+            } else {
+                STEPS[step as usize].to_owned()
+            };
+            let os = io::Error::from_raw_os_error(errno);
+            return Err(io::Error::new(os.kind(), format!("{what}: {os}")));
+        }
+    };
+    // `spec.output` must stay open until the child has its copy; it has, once `clone` returned.
     // SAFETY: plain system call; the pid is our unreaped child, so it cannot have been reused.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as c_int;
     if fd < 0 {
