@@ -5,7 +5,9 @@
 //!   (PostgreSQL JSONB tables or MongoDB collections; the URL's scheme picks), and [`PipelinedWriter`]
 //!   does it on a second thread so parsing and writing overlap.
 //! - [`JobResult`] is the result file a batch app leaves for the platform.
-//! - [`metrics::Report`] is the metrics report a stream app publishes.
+//! - [`metrics::Report`] is the metrics report a stream app publishes, and [`run_stream`] is a stream
+//!   app's whole loop (consume, wrangle, write idempotently, commit after the write, report, stop on
+//!   SIGTERM).
 //!
 //! This crate depends on nothing of the platform: apps in other languages follow the same contract
 //! by hand (see the README).
@@ -14,10 +16,12 @@ pub mod coredms;
 pub mod env;
 pub mod metrics;
 pub mod result;
+pub mod stream;
 
 pub use coredms::{Batcher, CoreDms, Doc, PipelinedWriter, WriteStats};
 pub use env::BatchEnv;
 pub use result::JobResult;
+pub use stream::{run_stream, Message, StreamEnv, StreamOptions};
 
 /// Exit status that asks the platform to run the job again later (EX_TEMPFAIL), e.g. when the
 /// coredms is unreachable.

@@ -1,0 +1,284 @@
+//! A stream app's whole loop, by the contract: consume the tenant's topics in the app's consumer
+//! group, wrangle each message into a document (or reject it), write batches idempotently into the
+//! tenant's coredms, commit offsets only after the write, publish a metrics report every interval,
+//! and on SIGTERM write and commit what was read, publish a last report and exit 0.
+//!
+//! Reading and writing overlap: the consumer thread fills the next batch while a writer thread
+//! writes the previous one (at most two batches in flight, which bounds memory). A document's `_id`
+//! is `<topic>/<partition>/<offset>`, so a message read again after a crash or a rebalance lands on
+//! the same document: no loss (offsets are committed after the write) and no duplicates.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::coredms::{CoreDms, Doc};
+use crate::metrics::Window;
+
+/// The stream app's environment, as the platform sets it.
+#[derive(Clone, Debug)]
+pub struct StreamEnv {
+    pub brokers: String,
+    pub tenant: String,
+    pub app: String,
+    pub instance: String,
+    pub topics: Vec<String>,
+    pub group: String,
+    pub metrics_topic: String,
+    pub report_interval: Duration,
+    pub coredms_url: String,
+    pub coredms_db: String,
+    /// Messages larger than this are rejected (the agreement's `max_message_size`).
+    pub max_message_size: Option<usize>,
+}
+
+fn var(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).with_context(|| format!("{name} is not set: run this app through mysimbdp, or set it by hand"))
+}
+
+impl StreamEnv {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let interval: u64 = var("MYSIMBDP_REPORT_INTERVAL_MS")?
+            .parse()
+            .context("MYSIMBDP_REPORT_INTERVAL_MS is not a whole number of milliseconds")?;
+        Ok(StreamEnv {
+            brokers: var("KAFKA_BROKERS")?,
+            tenant: var("MYSIMBDP_TENANT")?,
+            app: var("MYSIMBDP_APP")?,
+            instance: var("MYSIMBDP_INSTANCE_ID")?,
+            topics: var("MYSIMBDP_INPUT_TOPICS")?.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect(),
+            group: var("MYSIMBDP_CONSUMER_GROUP")?,
+            metrics_topic: var("MYSIMBDP_METRICS_TOPIC")?,
+            report_interval: Duration::from_millis(interval.max(100)),
+            coredms_url: var("MYSIMBDP_COREDMS_URL")?,
+            coredms_db: var("MYSIMBDP_COREDMS_DB")?,
+            max_message_size: std::env::var("MYSIMBDP_MAX_MESSAGE_SIZE").ok().and_then(|v| v.parse().ok()),
+        })
+    }
+
+    /// The collection a topic's documents go to: the topic's name without the tenant's prefix.
+    pub fn collection_for<'a>(&self, topic: &'a str) -> &'a str {
+        topic.strip_prefix(&format!("{}.", self.tenant)).unwrap_or(topic)
+    }
+}
+
+/// One message as the wrangler sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Message<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+    /// The producer's (or broker's) timestamp, ms since the epoch.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Tuning of the loop; the defaults suit messages of a few hundred bytes.
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    /// Documents per write.
+    pub batch: usize,
+    /// A batch that has waited this long is written even if not full.
+    pub linger: Duration,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions { batch: 5_000, linger: Duration::from_millis(20) }
+    }
+}
+
+static TERMINATE: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_terminate(_: libc::c_int) {
+    TERMINATE.store(true, Ordering::SeqCst);
+}
+
+fn catch_sigterm() {
+    // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_terminate as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_terminate as *const () as libc::sighandler_t);
+    }
+}
+
+/// A batch on its way to the writer: documents per collection, the offsets to commit once written,
+/// and when each document's message was read.
+struct Batch {
+    docs: HashMap<String, Vec<Doc>>,
+    read_at: Vec<(Instant, u64)>,
+    next_offsets: HashMap<(String, i32), i64>,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Batch { docs: HashMap::new(), read_at: Vec::new(), next_offsets: HashMap::new() }
+    }
+    fn is_empty(&self) -> bool {
+        self.next_offsets.is_empty()
+    }
+}
+
+/// Runs a stream app: `wrangle` turns a message into the JSON text of a document (an object) or
+/// says why the message is rejected. Returns the exit code the contract asks for.
+pub fn run_stream(
+    app: &str,
+    options: StreamOptions,
+    wrangle: impl FnMut(&Message<'_>) -> Result<String, String>,
+) -> std::process::ExitCode {
+    catch_sigterm();
+    match run(app, options, wrangle) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{app}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Rejection reasons printed per run; the rest are only counted.
+const REJECTIONS_SHOWN: u64 = 20;
+
+fn run(
+    app: &str,
+    options: StreamOptions,
+    mut wrangle: impl FnMut(&Message<'_>) -> Result<String, String>,
+) -> anyhow::Result<()> {
+    let env = StreamEnv::from_env()?;
+    let consumer: Arc<BaseConsumer> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", &env.brokers)
+            .set("group.id", &env.group)
+            .set("client.id", format!("{}-{}", env.app, env.instance))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "50")
+            .set("queued.min.messages", "200000")
+            .create()
+            .context("creating the Kafka consumer")?,
+    );
+    let topics: Vec<&str> = env.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).context("subscribing to the input topics")?;
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &env.brokers)
+        .set("linger.ms", "5")
+        .create()
+        .context("creating the metrics producer")?;
+    let mut coredms = CoreDms::connect(&env.coredms_url, &env.coredms_db)?;
+    for t in &env.topics {
+        coredms.ensure_collection(env.collection_for(t))?;
+    }
+    let window = Arc::new(Mutex::new(Window::default()));
+    eprintln!("{app}: instance {} consuming {} as group {}", env.instance, env.topics.join(","), env.group);
+
+    // The writer: writes each batch, then commits its offsets, then counts its documents as ingested.
+    let (to_writer, batches) = mpsc::sync_channel::<Batch>(1);
+    let writer = {
+        let (consumer, window, app) = (consumer.clone(), window.clone(), app.to_owned());
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            for batch in batches {
+                for (collection, docs) in &batch.docs {
+                    coredms.insert_batch(collection, docs)?;
+                }
+                let mut tpl = TopicPartitionList::new();
+                for ((topic, partition), next) in &batch.next_offsets {
+                    tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+                }
+                // After a rebalance the partition may be another instance's now; it reads the same
+                // messages again and writes the same `_id`s, so a failed commit loses nothing.
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                    eprintln!("{app}: committing offsets failed (messages will be read again): {e}");
+                }
+                let now = Instant::now();
+                let mut w = window.lock().expect("window lock");
+                for (read_at, bytes) in &batch.read_at {
+                    w.record(*bytes, now.duration_since(*read_at).as_secs_f64() * 1000.0);
+                }
+            }
+            Ok(())
+        })
+    };
+
+    let mut batch = Batch::new();
+    let mut batch_started = Instant::now();
+    let mut next_report = Instant::now() + env.report_interval;
+    let mut rejected_total = 0u64;
+    let mut writer_gone = false;
+    while !TERMINATE.load(Ordering::SeqCst) {
+        if Instant::now() >= next_report {
+            publish(&producer, &env, &window);
+            next_report += env.report_interval;
+        }
+        if let Some(result) = consumer.poll(Duration::from_millis(10)) {
+            let m = result.context("reading from the broker")?;
+            let payload = m.payload().unwrap_or_default();
+            let msg = Message {
+                topic: m.topic(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key(),
+                payload,
+                timestamp_ms: m.timestamp().to_millis(),
+            };
+            let outcome = match env.max_message_size {
+                Some(max) if payload.len() > max => {
+                    Err(format!("{} bytes is over the agreement's max_message_size of {max}", payload.len()))
+                }
+                _ => wrangle(&msg),
+            };
+            match outcome {
+                Ok(json) => {
+                    let id = format!("{}/{}/{}", msg.topic, msg.partition, msg.offset);
+                    batch.docs.entry(env.collection_for(msg.topic).to_owned()).or_default().push(Doc { id, json });
+                    batch.read_at.push((Instant::now(), payload.len() as u64));
+                }
+                Err(why) => {
+                    rejected_total += 1;
+                    window.lock().expect("window lock").reject();
+                    if rejected_total <= REJECTIONS_SHOWN {
+                        eprintln!("{app}: {}/{}/{} rejected: {why}", msg.topic, msg.partition, msg.offset);
+                    }
+                }
+            }
+            if batch.is_empty() {
+                batch_started = Instant::now();
+            }
+            batch.next_offsets.insert((msg.topic.to_owned(), msg.partition), msg.offset + 1);
+        }
+        let full = batch.read_at.len() >= options.batch;
+        let due = !batch.is_empty() && (full || batch_started.elapsed() >= options.linger);
+        if due && to_writer.send(std::mem::replace(&mut batch, Batch::new())).is_err() {
+            writer_gone = true;
+            break;
+        }
+    }
+    // SIGTERM (or a failed writer): write and commit what was read, then a last report.
+    if !writer_gone && !batch.is_empty() {
+        let _ = to_writer.send(batch);
+    }
+    drop(to_writer);
+    let written = writer.join().map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    publish(&producer, &env, &window);
+    let _ = producer.flush(Duration::from_secs(5));
+    written?;
+    eprintln!("{app}: stopped cleanly; {rejected_total} messages rejected in this run");
+    Ok(())
+}
+
+fn publish(producer: &ThreadedProducer<DefaultProducerContext>, env: &StreamEnv, window: &Mutex<Window>) {
+    let report = window.lock().expect("window lock").close(&env.tenant, &env.app, &env.instance);
+    let key = format!("{}/{}/{}", env.tenant, env.app, env.instance);
+    let payload = serde_json::to_vec(&report).expect("a report serialises");
+    if let Err((e, _)) = producer.send(BaseRecord::to(&env.metrics_topic).key(&key).payload(&payload)) {
+        eprintln!("{}: publishing the metrics report failed: {e}", env.app);
+    }
+}
