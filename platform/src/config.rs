@@ -21,6 +21,15 @@ pub struct Config {
     pub kafka_brokers: Option<String>,
     /// Run the batch ingest manager in this process.
     pub batch_role: bool,
+    /// Run the stream ingest manager (instances and the reaction to notifications).
+    pub stream_role: bool,
+    /// Run the stream ingest monitor.
+    pub monitor_role: bool,
+    /// Names this platform's consumer groups on the broker (`<cluster>-monitor`, `<cluster>-manager`),
+    /// so platforms sharing a broker do not share groups.
+    pub cluster: String,
+    /// The Docker Engine API (`unix:///path/docker.sock`) for the container runtime; absent: none.
+    pub container_socket: Option<String>,
 }
 
 /// The control plane; absent when this process runs no API.

@@ -1,8 +1,12 @@
 //! mysimbdp: a multi-tenant big-data ingestion platform.
 //!
-//! Roles (each a module; they talk through the store and the file system, never through each other):
+//! Roles (each a module; they talk through the store, the file system and the broker, never through
+//! each other):
 //! - `batch`: the batch ingest manager (staging watcher, admission, fair scheduler, runner).
 //! - `api`: the control plane (REST under `/v1`, JWT tenancy, OpenAPI, metrics).
+//! - `stream`: the stream ingest manager (supervised instances of tenants' stream apps, and its
+//!   reaction to the monitor's notifications).
+//! - `monitor`: the stream ingest monitor (metrics reports in, judgements and notifications out).
 //!
 //! Shared services under them: `agreement` (service agreements and hot reload), `apps` (app registry),
 //! `store` (PostgreSQL), `coredms` (tenant databases), `runtime` (running black-box programs),
@@ -16,8 +20,10 @@ pub mod config;
 pub mod coredms;
 pub mod messaging;
 pub mod metrics;
+pub mod monitor;
 pub mod runtime;
 pub mod store;
+pub mod stream;
 pub mod tenant;
 pub mod tenants;
 pub mod units;
@@ -28,6 +34,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+
+type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
 
 /// How long requests in flight may go on after shutdown.
 const API_DRAIN: Duration = Duration::from_secs(10);
@@ -70,31 +78,81 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         None => None,
     };
 
-    let result = if config.batch_role {
-        let tenants = Arc::new(tenants::Tenants::new(db.clone(), coredms, config.staging_dir.clone()));
-        let reconcile = {
-            let (tenants, agreements, shutdown) = (tenants.clone(), agreements.clone(), shutdown.clone());
-            tokio::spawn(async move { tenants.reconcile(agreements, shutdown).await })
-        };
-        let topics = match &config.kafka_brokers {
-            Some(brokers) => {
-                let topics = messaging::topics::Topics::new(brokers)?;
-                Some(tokio::spawn(topics.reconcile(agreements.clone(), shutdown.clone())))
+    let needs_tenants = config.batch_role || config.stream_role;
+    let brokers = config.kafka_brokers.clone();
+    if (config.stream_role || config.monitor_role) && brokers.is_none() {
+        anyhow::bail!(
+            "the stream and monitor roles need the Kafka-API broker (--kafka-brokers / MYSIMBDP_KAFKA_BROKERS)"
+        );
+    }
+    let tenants = Arc::new(tenants::Tenants::new(db.clone(), coredms, config.staging_dir.clone()));
+    let mut background = Vec::new();
+    // A role that stops with an error stops the platform: a platform missing a role is not healthy.
+    let role = |name: &'static str, shutdown: CancellationToken, task: BoxFuture| {
+        tokio::spawn(async move {
+            let result = task.await;
+            if let Err(e) = &result {
+                tracing::error!(role = name, error = %e, "a role stopped with an error; stopping the platform");
+                shutdown.cancel();
             }
-            None => None,
-        };
-        let result =
-            batch::run(db.clone(), layout, agreements, tenants, metrics, config.batch.clone(), shutdown.clone()).await;
-        shutdown.cancel();
-        let _ = reconcile.await;
-        if let Some(topics) = topics {
-            let _ = topics.await;
+            result
+        })
+    };
+    if needs_tenants {
+        let (t, a, s) = (tenants.clone(), agreements.clone(), shutdown.clone());
+        background.push(tokio::spawn(async move {
+            t.reconcile(a, s).await;
+            Ok(())
+        }));
+        if let Some(brokers) = &brokers {
+            let topics = messaging::topics::Topics::new(brokers)?;
+            let (agreements, shutdown) = (agreements.clone(), shutdown.clone());
+            background.push(tokio::spawn(async move {
+                topics.reconcile(agreements, shutdown).await;
+                Ok(())
+            }));
         }
-        result
+    }
+    if config.stream_role {
+        let ctx = stream::StreamCtx {
+            db: db.clone(),
+            agreements: agreements.clone(),
+            tenants: tenants.clone(),
+            data_dir: config.data_dir.clone(),
+            brokers: brokers.clone().expect("checked above"),
+            containers: config.container_socket.clone().map(|socket| runtime::container::Containers { socket }),
+            cluster: config.cluster.clone(),
+        };
+        background.push(role("stream", shutdown.clone(), Box::pin(stream::run(ctx, shutdown.clone()))));
+    }
+    if config.monitor_role {
+        let monitor = monitor::run(
+            db.clone(),
+            agreements.clone(),
+            brokers.clone().expect("checked above"),
+            config.cluster.clone(),
+            shutdown.clone(),
+        );
+        background.push(role("monitor", shutdown.clone(), Box::pin(monitor)));
+    }
+    let mut result = if config.batch_role {
+        batch::run(db.clone(), layout, agreements, tenants, metrics, config.batch.clone(), shutdown.clone()).await
     } else {
         shutdown.cancelled().await;
         Ok(())
     };
+    shutdown.cancel();
+    for task in background {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "a role's task failed"),
+        }
+    }
     if let Some(mut api) = api {
         // Requests in flight may finish, but a client that never stops uploading must not keep the
         // platform from stopping.

@@ -12,4 +12,5 @@ mod fairness;
 mod isolation;
 mod misbehaving_apps;
 mod staging_rules;
+mod stream;
 mod topics;

@@ -80,6 +80,10 @@ pub struct TestPlatform {
     pub batch: BatchConfig,
     /// The API's token key, fresh per test.
     pub jwt_secret: String,
+    /// This platform's consumer-group prefix on the shared test broker.
+    pub cluster: String,
+    /// `start` runs the monitor in this process too (false: the test runs it as its own process).
+    pub monitor_in_process: bool,
     tenants: Vec<TenantId>,
     running: Option<(CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)>,
     process: Option<Child>,
@@ -129,6 +133,8 @@ impl TestPlatform {
             db,
             batch: fast_batch_config(),
             jwt_secret: uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string(),
+            cluster: unique("mysimbdp-test"),
+            monitor_in_process: true,
             tenants: ids,
             running: None,
             process: None,
@@ -150,6 +156,10 @@ impl TestPlatform {
             }),
             kafka_brokers: Some(kafka_brokers()),
             batch_role: true,
+            stream_role: true,
+            monitor_role: self.monitor_in_process,
+            cluster: self.cluster.clone(),
+            container_socket: None,
         }
     }
 
@@ -184,12 +194,21 @@ impl TestPlatform {
 
     /// Starts the platform as a separate `mysimbdp serve` process (for kill -9).
     pub async fn start_process(&mut self) {
-        let c = self.config();
         let _ = std::fs::remove_file(self.data_dir.join("api.addr"));
-        let child = Command::new(bin("mysimbdp"))
+        self.process = Some(self.spawn_serve("api,batch,stream,monitor", "platform.log"));
+        self.wait_provisioned().await;
+        self.wait_api().await;
+    }
+
+    /// `mysimbdp serve --roles <roles>` against this platform's store, folders and broker, its
+    /// output in `<test dir>/<log>`. The caller owns the process.
+    pub fn spawn_serve(&self, roles: &str, log: &str) -> Child {
+        let c = self.config();
+        Command::new(bin("mysimbdp"))
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("MYSIMBDP_ROLES", roles)
             .env("MYSIMBDP_DATABASE_URL", &c.database_url)
             .env("MYSIMBDP_COREDMS_URL", &c.coredms_url)
             .env("MYSIMBDP_TENANTS_DIR", &c.tenants_dir)
@@ -202,13 +221,11 @@ impl TestPlatform {
             .env("MYSIMBDP_API_LISTEN", "127.0.0.1:0")
             .env("MYSIMBDP_JWT_SECRET", &self.jwt_secret)
             .env("MYSIMBDP_KAFKA_BROKERS", c.kafka_brokers.clone().unwrap_or_default())
+            .env("MYSIMBDP_CLUSTER", &c.cluster)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.path().join("platform.log")).unwrap())
+            .stderr(std::fs::File::create(self.dir.path().join(log)).unwrap())
             .spawn()
-            .expect("spawn mysimbdp serve");
-        self.process = Some(child);
-        self.wait_provisioned().await;
-        self.wait_api().await;
+            .expect("spawn mysimbdp serve")
     }
 
     /// Runs a `mysimbdp` command against this platform: its store, and its API with an operator's token.

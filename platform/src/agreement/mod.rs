@@ -114,6 +114,34 @@ pub struct StreamAgreement {
     pub report_interval: Duration,
     pub thresholds: Thresholds,
     pub on_breach: BreachAction,
+    /// The largest message a producer may write to the tenant's topics (the topics' `max.message.bytes`);
+    /// the example apps also reject larger ones they meet.
+    pub max_message_size: ByteSize,
+    /// Address-space limit of each instance (process runtime) or memory limit (container runtime).
+    pub memory: ByteSize,
+    /// CPUs each instance may use (container runtime; the process runtime cannot bound a share).
+    pub cpus: f64,
+    /// Between SIGTERM and SIGKILL when an instance is stopped.
+    #[serde(serialize_with = "crate::units::serialize_duration")]
+    pub stop_grace: Duration,
+    /// How instances run: `process` (default) or `container` (through the Docker Engine API).
+    pub runtime: RuntimeKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Process,
+    Container,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Process => "process",
+            RuntimeKind::Container => "container",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -359,7 +387,19 @@ fn parse_stream(value: &Value, path: &str, errors: &mut Errors) -> Option<Stream
     let s = Section::new(
         value,
         path,
-        &["topics", "max_instances", "restart", "report_interval", "thresholds", "on_breach"],
+        &[
+            "topics",
+            "max_instances",
+            "restart",
+            "report_interval",
+            "thresholds",
+            "on_breach",
+            "max_message_size",
+            "memory",
+            "cpus",
+            "stop_grace",
+            "runtime",
+        ],
         errors,
     )?;
     let mut names = std::collections::HashSet::new();
@@ -435,6 +475,36 @@ fn parse_stream(value: &Value, path: &str, errors: &mut Errors) -> Option<Stream
         "notify" => Ok(BreachAction::Notify),
         other => Err(format!("unknown action `{other}` (scale_out, restart, notify)")),
     });
+    let max_message_size = s.optional("max_message_size", ByteSize(1 << 20), errors, |v| {
+        let m = size(v)?;
+        if m.0 < 1024 || m.0 > 100 << 20 {
+            Err(format!("{m} is outside 1KiB..100MiB"))
+        } else {
+            Ok(m)
+        }
+    });
+    let memory = s.optional("memory", ByteSize(512 << 20), errors, |v| {
+        let m = size(v)?;
+        if m.0 < 16 << 20 {
+            Err(format!("{m} is too little memory to start a program (at least 16MiB)"))
+        } else {
+            Ok(m)
+        }
+    });
+    let cpus = s.optional("cpus", 1.0, errors, |v| {
+        let c = positive_number(v)?;
+        if c > 256.0 {
+            Err(format!("{c} CPUs is more than any machine here has"))
+        } else {
+            Ok(c)
+        }
+    });
+    let stop_grace = s.optional("stop_grace", Duration::from_secs(10), errors, duration);
+    let runtime = s.optional("runtime", RuntimeKind::Process, errors, |v| match string(v)?.as_str() {
+        "process" => Ok(RuntimeKind::Process),
+        "container" => Ok(RuntimeKind::Container),
+        other => Err(format!("unknown runtime `{other}` (process, container)")),
+    });
     let topics: Option<Vec<Topic>> = topics.into_iter().collect();
     Some(StreamAgreement {
         topics: topics?,
@@ -443,6 +513,11 @@ fn parse_stream(value: &Value, path: &str, errors: &mut Errors) -> Option<Stream
         report_interval: report_interval?,
         thresholds: thresholds?,
         on_breach: on_breach?,
+        max_message_size: max_message_size?,
+        memory: memory?,
+        cpus: cpus?,
+        stop_grace: stop_grace?,
+        runtime: runtime?,
     })
 }
 

@@ -173,9 +173,9 @@ pub async fn delete(
     let (t, _) = versions(&state, &caller, &tenant, &app).await?;
     match state.apps.delete(&t, &app).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
-        Err(crate::apps::DeleteError::InUse(n)) => {
-            Err(Problem::conflict(format!("{n} job(s) of tenant `{t}` are queued for or running app `{app}`")))
-        }
+        Err(crate::apps::DeleteError::InUse(n)) => Err(Problem::conflict(format!(
+            "{n} job(s) or stream instance(s) of tenant `{t}` are using app `{app}` (stop its instances first)"
+        ))),
         Err(crate::apps::DeleteError::Store(e)) => Err(e.into()),
         Err(crate::apps::DeleteError::Io(e)) => Err(e.into()),
     }

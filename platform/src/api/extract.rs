@@ -30,3 +30,33 @@ impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
         }
     }
 }
+
+/// A JSON body that may be left out (an empty body means the defaults), with the same checks and
+/// messages as every JSON body when it is there.
+pub async fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<T, Problem> {
+    use axum::http::header;
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    let req = axum::http::Request::builder()
+        .header(
+            header::CONTENT_TYPE,
+            headers.get(header::CONTENT_TYPE).cloned().unwrap_or(header::HeaderValue::from_static("")),
+        )
+        .body(axum::body::Body::from(body))
+        .map_err(Problem::internal)?;
+    let Json(r) = <Json<T> as FromRequest<()>>::from_request(req, &()).await?;
+    Ok(r)
+}
+
+/// A page size from a query, `default` when absent, refused outside 1..=`max`.
+pub fn limit(asked: Option<u32>, default: u32, max: u32) -> Result<i64, Problem> {
+    let limit = asked.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
+        return Err(Problem::bad_request(format!("limit is {limit}; it must be between 1 and {max}")));
+    }
+    Ok(limit as i64)
+}

@@ -67,10 +67,7 @@ pub async fn list(
     Query(p): Query<ListParams>,
 ) -> Result<axum::response::Response, Problem> {
     let t = visible(&state, &caller, &tenant).await?;
-    let limit = p.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Problem::bad_request(format!("limit is {limit}; it must be between 1 and {MAX_PAGE}")));
-    }
+    let limit = super::extract::limit(p.limit, DEFAULT_PAGE, MAX_PAGE)? as u32;
     if let (Some(since), Some(until)) = (p.since, p.until) {
         if since > until {
             return Err(Problem::bad_request(format!("since ({since}) is after until ({until})")));
@@ -192,20 +189,7 @@ pub async fn retry(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<JobSummary>), Problem> {
     let (t, summary) = job(&state, &caller, &tenant, &id).await?;
-    let request = if body.is_empty() {
-        RetryRequest::default()
-    } else {
-        // The same checks and messages as every JSON body.
-        let req = axum::http::Request::builder()
-            .header(
-                header::CONTENT_TYPE,
-                headers.get(header::CONTENT_TYPE).cloned().unwrap_or(header::HeaderValue::from_static("")),
-            )
-            .body(axum::body::Body::from(body))
-            .map_err(Problem::internal)?;
-        let Json(r) = <Json<RetryRequest> as axum::extract::FromRequest<()>>::from_request(req, &()).await?;
-        r
-    };
+    let request: RetryRequest = super::extract::optional_json(&headers, body).await?;
     let full = jobs::get(&state.db, &t, summary.id).await?.ok_or_else(|| Problem::not_found("the job went away"))?;
     match crate::batch::retry::retry(&state.db, &t, &full, request.allow_duplicate).await {
         Ok(()) => {}

@@ -2,18 +2,21 @@
 //! OpenAPI document generated from the handlers, health, readiness and Prometheus metrics.
 //!
 //! The API records what is wanted in the store and the file system (an upload, a staged file, a
-//! retried job); the batch manager takes it from there. It never calls into another role's code.
+//! retried job, instances to run or stop); the batch and stream managers take it from there. It
+//! never calls into another role's code.
 
 pub mod apps;
 pub mod auth;
 pub mod extract;
 pub mod health;
 pub mod ingestions;
+pub mod instances;
 pub mod openapi;
 pub mod page_cache;
 pub mod problem;
 pub mod staging;
 pub mod stats;
+pub mod stream;
 pub mod tenants;
 pub mod upload;
 
@@ -80,6 +83,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/tenants/{tenant}/ingestions/{id}", get(ingestions::show))
         .route("/v1/tenants/{tenant}/ingestions/{id}/log", get(ingestions::log))
         .route("/v1/tenants/{tenant}/ingestions/{id}/retry", post(ingestions::retry))
+        .route("/v1/tenants/{tenant}/apps/{app}/instances", post(instances::start).delete(instances::stop_app))
+        .route("/v1/tenants/{tenant}/instances", get(instances::list))
+        .route("/v1/tenants/{tenant}/instances/{id}", get(instances::show).delete(instances::stop))
+        .route("/v1/tenants/{tenant}/instances/{id}/log", get(instances::log))
+        .route("/v1/tenants/{tenant}/reports", get(stream::reports))
+        .route("/v1/tenants/{tenant}/notifications", get(stream::notifications))
+        .route("/v1/tenants/{tenant}/actions", get(stream::actions))
         .route("/v1/tenants/{tenant}/stats", get(stats::tenant))
         .route("/v1/stats", get(stats::platform))
         .route("/healthz", get(health::healthz))

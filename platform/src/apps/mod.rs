@@ -219,7 +219,8 @@ impl Registry {
         self.root.join(".incoming").join(format!("{}.upload", Uuid::new_v4()))
     }
 
-    /// Deletes every version of an app, unless jobs are waiting for it or running it. The rows go
+    /// Deletes every version of an app, unless jobs are waiting for it or running it, or instances of
+    /// it are wanted running. The rows go
     /// first: a crash before the folder is removed leaves a folder the next install replaces.
     pub async fn delete(&self, tenant: &TenantId, name: &str) -> Result<(), DeleteError> {
         let mut tx = self.db.begin().await?;
@@ -241,7 +242,7 @@ impl Registry {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeleteError {
-    #[error("{0} jobs are queued for or running the app")]
+    #[error("{0} jobs or stream instances are using the app (stop its instances first)")]
     InUse(i64),
     #[error("platform store: {0}")]
     Store(#[from] sqlx::Error),

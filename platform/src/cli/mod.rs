@@ -46,6 +46,8 @@ struct SecretArgs {
 enum RoleArg {
     Api,
     Batch,
+    Stream,
+    Monitor,
 }
 
 #[derive(Args, Clone)]
@@ -68,47 +70,57 @@ struct PathArgs {
     data_dir: PathBuf,
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    /// Roles this process runs.
+    #[arg(long, env = "MYSIMBDP_ROLES", value_enum, value_delimiter = ',', default_value = "api,batch,stream,monitor")]
+    roles: Vec<RoleArg>,
+    /// Address the API listens on (port 0: any free port, written to <data dir>/api.addr).
+    #[arg(long, env = "MYSIMBDP_API_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    #[command(flatten)]
+    secret: SecretArgs,
+    /// Memory for repeat answers of the ingestion log, e.g. 32MiB (0: no cache).
+    #[arg(long, env = "MYSIMBDP_API_PAGE_CACHE", default_value = "32MiB", value_parser = ByteSize::parse)]
+    page_cache: ByteSize,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    paths: PathArgs,
+    /// Admin URL of the coredms server (postgres:// or mongodb://); never handed to apps.
+    #[arg(long, env = "MYSIMBDP_COREDMS_URL")]
+    coredms_url: String,
+    /// The Kafka-API broker, `host:port[,host:port...]` (readiness checks it; the stream and
+    /// monitor roles need it).
+    #[arg(long, env = "MYSIMBDP_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Prefix of this platform's consumer groups on the broker.
+    #[arg(long, env = "MYSIMBDP_CLUSTER", default_value = "mysimbdp")]
+    cluster: String,
+    /// The Docker Engine API for the container runtime, e.g. unix:///run/podman/podman.sock.
+    #[arg(long, env = "MYSIMBDP_CONTAINER_SOCKET")]
+    container_socket: Option<String>,
+    /// Apps running at once across all tenants (default: number of cores, at least 2).
+    #[arg(long, env = "MYSIMBDP_BATCH_WORKERS")]
+    workers: Option<usize>,
+    /// How often staging folders are listed, e.g. 500ms.
+    #[arg(long, env = "MYSIMBDP_RESCAN_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    rescan_interval: Duration,
+    /// Bytes of an app's output kept per job, e.g. 64KiB.
+    #[arg(long, env = "MYSIMBDP_LOG_LIMIT", default_value = "64KiB", value_parser = ByteSize::parse)]
+    log_limit: ByteSize,
+    /// Time between SIGTERM and SIGKILL for apps that must stop.
+    #[arg(long, env = "MYSIMBDP_KILL_GRACE", default_value = "5s", value_parser = parse_duration)]
+    kill_grace: Duration,
+    /// First retry delay of a failed job (doubles each retry).
+    #[arg(long, env = "MYSIMBDP_RETRY_BACKOFF", default_value = "1s", value_parser = parse_duration)]
+    retry_backoff: Duration,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run the platform (API and batch ingest manager) until SIGINT or SIGTERM.
-    Serve {
-        /// Roles this process runs.
-        #[arg(long, env = "MYSIMBDP_ROLES", value_enum, value_delimiter = ',', default_value = "api,batch")]
-        roles: Vec<RoleArg>,
-        /// Address the API listens on (port 0: any free port, written to <data dir>/api.addr).
-        #[arg(long, env = "MYSIMBDP_API_LISTEN", default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
-        #[command(flatten)]
-        secret: SecretArgs,
-        /// Memory for repeat answers of the ingestion log, e.g. 32MiB (0: no cache).
-        #[arg(long, env = "MYSIMBDP_API_PAGE_CACHE", default_value = "32MiB", value_parser = ByteSize::parse)]
-        page_cache: ByteSize,
-        #[command(flatten)]
-        store: StoreArgs,
-        #[command(flatten)]
-        paths: PathArgs,
-        /// Admin URL of the coredms server (postgres:// or mongodb://); never handed to apps.
-        #[arg(long, env = "MYSIMBDP_COREDMS_URL")]
-        coredms_url: String,
-        /// The Kafka-API broker, `host:port[,host:port...]` (readiness checks it).
-        #[arg(long, env = "MYSIMBDP_KAFKA_BROKERS")]
-        kafka_brokers: Option<String>,
-        /// Apps running at once across all tenants (default: number of cores, at least 2).
-        #[arg(long, env = "MYSIMBDP_BATCH_WORKERS")]
-        workers: Option<usize>,
-        /// How often staging folders are listed, e.g. 500ms.
-        #[arg(long, env = "MYSIMBDP_RESCAN_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
-        rescan_interval: Duration,
-        /// Bytes of an app's output kept per job, e.g. 64KiB.
-        #[arg(long, env = "MYSIMBDP_LOG_LIMIT", default_value = "64KiB", value_parser = ByteSize::parse)]
-        log_limit: ByteSize,
-        /// Time between SIGTERM and SIGKILL for apps that must stop.
-        #[arg(long, env = "MYSIMBDP_KILL_GRACE", default_value = "5s", value_parser = parse_duration)]
-        kill_grace: Duration,
-        /// First retry delay of a failed job (doubles each retry).
-        #[arg(long, env = "MYSIMBDP_RETRY_BACKOFF", default_value = "1s", value_parser = parse_duration)]
-        retry_backoff: Duration,
-    },
+    /// Run the platform (API, batch and stream ingest managers, stream monitor) until SIGINT or SIGTERM.
+    Serve(Box<ServeArgs>),
     /// Apply the platform store's migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -196,21 +208,24 @@ fn tenant(s: &str) -> anyhow::Result<TenantId> {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let remote = cli.remote;
     match cli.command {
-        Command::Serve {
-            roles,
-            listen,
-            secret,
-            page_cache,
-            store,
-            paths,
-            coredms_url,
-            kafka_brokers,
-            workers,
-            rescan_interval,
-            log_limit,
-            kill_grace,
-            retry_backoff,
-        } => {
+        Command::Serve(args) => {
+            let ServeArgs {
+                roles,
+                listen,
+                secret,
+                page_cache,
+                store,
+                paths,
+                coredms_url,
+                kafka_brokers,
+                cluster,
+                container_socket,
+                workers,
+                rescan_interval,
+                log_limit,
+                kill_grace,
+                retry_backoff,
+            } = *args;
             let defaults = BatchConfig::default();
             let api = if roles.contains(&RoleArg::Api) {
                 let jwt_secret = mysimbdp::config::jwt_secret_from(secret.jwt_secret, secret.jwt_secret_file)?;
@@ -234,6 +249,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 api,
                 kafka_brokers,
                 batch_role: roles.contains(&RoleArg::Batch),
+                stream_role: roles.contains(&RoleArg::Stream),
+                monitor_role: roles.contains(&RoleArg::Monitor),
+                cluster,
+                container_socket,
             };
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));

@@ -89,14 +89,15 @@ pub async fn list(db: &Db, tenant: &TenantId) -> sqlx::Result<Vec<App>> {
         .await
 }
 
-/// Jobs of the tenant that are waiting for the app or running it.
+/// Jobs of the tenant waiting for the app or running it, and instances of it wanted running.
 pub async fn jobs_using(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     tenant: &TenantId,
     name: &str,
 ) -> sqlx::Result<i64> {
     sqlx::query_scalar(
-        "select count(*) from jobs where tenant = $1 and route_app = $2 and state in ('queued', 'running', 'retry_wait')",
+        "select (select count(*) from jobs where tenant = $1 and route_app = $2 and state in ('queued', 'running', 'retry_wait'))
+              + (select count(*) from stream_instances where tenant = $1 and app = $2 and desired = 'running')",
     )
     .bind(tenant.as_str())
     .bind(name)

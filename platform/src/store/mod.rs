@@ -3,8 +3,10 @@
 
 pub mod apps;
 pub mod coredms;
+pub mod instances;
 pub mod jobs;
 pub mod stats;
+pub mod stream;
 
 use std::time::Duration;
 

@@ -1,0 +1,186 @@
+//! A tenant's stream app instances over HTTP: start n, list, show, stop one or all of an app, read
+//! one's log. The API only records what is wanted; the stream manager starts and stops programs.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use uuid::Uuid;
+
+use super::auth::Caller;
+use super::extract::{Json, Path, Query};
+use super::problem::{Problem, TenantScoped};
+use super::tenants::visible;
+use super::ApiState;
+use crate::runtime::log::RotatingLog;
+use crate::store::instances::{self, Instance, NewInstances, StartError};
+use crate::tenant::TenantId;
+
+#[derive(Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// Instances to start (default 1); with those already wanted, at most the agreement's
+    /// `max_instances`.
+    #[schema(minimum = 1, maximum = 256)]
+    pub count: Option<u64>,
+    /// Version of the app to run (default: the newest).
+    pub version: Option<i32>,
+}
+
+/// Starts instances of a stream app. The JSON body is optional.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/apps/{app}/instances", tag = "instances", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "tenant id"), ("app" = String, Path, description = "stream app name")),
+    request_body(content = Option<StartRequest>, content_type = "application/json"),
+    responses((status = 201, body = Vec<Instance>),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "no stream section, or over max_instances"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "not a stream app, or a bad count"), TenantScoped))]
+pub async fn start(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((tenant, app)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Vec<Instance>>), Problem> {
+    let t = visible(&state, &caller, &tenant).await?;
+    let request: StartRequest = super::extract::optional_json(&headers, body).await?;
+    let agreement =
+        state.agreements.get(&t).ok_or_else(|| Problem::conflict(format!("tenant `{t}` has no agreement in force")))?;
+    let stream = agreement.stream.as_ref().ok_or_else(|| {
+        Problem::conflict(format!("the agreement of `{t}` has no stream section: no stream ingestion"))
+    })?;
+    let count = request.count.unwrap_or(1);
+    if count == 0 || count > stream.max_instances {
+        return Err(Problem::unprocessable(format!(
+            "count {count} is outside 1..={} (the agreement's max_instances)",
+            stream.max_instances
+        )));
+    }
+    let resolved = crate::store::apps::resolve(&state.db, &t, &app, request.version).await?;
+    let found = resolved.ok_or_else(|| {
+        let which = request.version.map_or(String::new(), |v| format!(" version {v}"));
+        Problem::not_found(format!("tenant `{t}` has no app `{app}`{which}"))
+    })?;
+    if found.kind != "stream" {
+        return Err(Problem::unprocessable(format!(
+            "`{app}` is a {} app; only stream apps run as instances",
+            found.kind
+        )));
+    }
+    let mut tx = state.db.begin().await?;
+    instances::lock_tenant(&mut tx, &t).await?;
+    let new = NewInstances {
+        tenant: &t,
+        app: &found.name,
+        app_version: found.version,
+        runtime: stream.runtime.as_str(),
+        count,
+        max: stream.max_instances,
+        cause: "api",
+    };
+    let created = match instances::create(&mut tx, &new).await {
+        Ok(c) => c,
+        Err(e @ StartError::OverLimit { .. }) => return Err(Problem::conflict(e.to_string())),
+        Err(StartError::Store(e)) => return Err(e.into()),
+    };
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only instances of this app.
+    pub app: Option<String>,
+    /// Only instances in this state (starting, running, stopping, exited, failed, restarting).
+    pub state: Option<String>,
+    /// At most this many, newest first (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+const STATES: [&str; 6] = ["starting", "running", "stopping", "exited", "failed", "restarting"];
+
+/// The tenant's instances, newest first.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/instances", tag = "instances", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "tenant id"), ListParams),
+    responses((status = 200, body = Vec<Instance>), (status = 400, body = Problem, content_type = "application/problem+json"), TenantScoped))]
+pub async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Vec<Instance>>, Problem> {
+    let t = visible(&state, &caller, &tenant).await?;
+    if let Some(s) = &params.state {
+        if !STATES.contains(&s.as_str()) {
+            return Err(Problem::bad_request(format!("state `{s}` is not one of {}", STATES.join(", "))));
+        }
+    }
+    let limit = super::extract::limit(params.limit, 100, 1000)?;
+    Ok(Json(instances::list(&state.db, &t, params.app.as_deref(), params.state.as_deref(), limit).await?))
+}
+
+async fn instance(state: &ApiState, caller: &Caller, tenant: &str, id: &str) -> Result<(TenantId, Instance), Problem> {
+    let t = visible(state, caller, tenant).await?;
+    let missing = || Problem::not_found(format!("tenant `{t}` has no instance `{id}`"));
+    let id = Uuid::parse_str(id).map_err(|_| missing())?;
+    let inst = instances::get(&state.db, &t, id).await?.ok_or_else(missing)?;
+    Ok((t, inst))
+}
+
+/// One instance.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/instances/{id}", tag = "instances", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "tenant id"), ("id" = String, Path, description = "instance id")),
+    responses((status = 200, body = Instance), TenantScoped))]
+pub async fn show(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<Json<Instance>, Problem> {
+    Ok(Json(instance(&state, &caller, &tenant, &id).await?.1))
+}
+
+/// Stops an instance: SIGTERM, then SIGKILL after the agreement's `stop_grace`. Answers at once
+/// with the instance `stopping`; it is `exited` once its program ended.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/instances/{id}", tag = "instances", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "tenant id"), ("id" = String, Path, description = "instance id")),
+    responses((status = 202, body = Instance), TenantScoped))]
+pub async fn stop(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Instance>), Problem> {
+    let (t, inst) = instance(&state, &caller, &tenant, &id).await?;
+    let changed = instances::request_stop(&state.db, &t, Some(inst.id), None).await?;
+    Ok((StatusCode::ACCEPTED, Json(changed.into_iter().next().unwrap_or(inst))))
+}
+
+/// Stops every instance of an app; the instances it asked to stop.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/apps/{app}/instances", tag = "instances", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "tenant id"), ("app" = String, Path, description = "stream app name")),
+    responses((status = 202, body = Vec<Instance>), TenantScoped))]
+pub async fn stop_app(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((tenant, app)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Vec<Instance>>), Problem> {
+    let t = visible(&state, &caller, &tenant).await?;
+    Ok((StatusCode::ACCEPTED, Json(instances::request_stop(&state.db, &t, None, Some(&app)).await?)))
+}
+
+/// The instance's output (stdout and stderr), the newest megabyte or so; the platform's own lines
+/// start with `[mysimbdp]`.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/instances/{id}/log", tag = "instances", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "tenant id"), ("id" = String, Path, description = "instance id")),
+    responses((status = 200, body = String, content_type = "text/plain"), TenantScoped))]
+pub async fn log(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<([(header::HeaderName, &'static str); 1], String), Problem> {
+    let (t, inst) = instance(&state, &caller, &tenant, &id).await?;
+    let path = crate::stream::instance_dir(&state.layout.data, &t, inst.id).join("log");
+    let text = RotatingLog::tail(&path, crate::stream::supervisor::LOG_LIMIT)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}

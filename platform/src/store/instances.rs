@@ -1,0 +1,264 @@
+//! Stream app instances: what the control plane and the manager's reaction want (`desired`) and what
+//! the stream manager last saw (`state`). An instance row with `desired = running` is exactly one
+//! supervised program; the manager reconciles the two after every change and every restart.
+
+use chrono::{DateTime, Utc};
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use super::Db;
+use crate::tenant::TenantId;
+
+#[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct Instance {
+    pub id: Uuid,
+    pub tenant: String,
+    pub app: String,
+    pub app_version: i32,
+    #[schema(example = "process")]
+    pub runtime: String,
+    /// `running` or `stopped`: what was asked.
+    pub desired: String,
+    /// starting, running, stopping, exited, failed or restarting: what the manager last saw.
+    pub state: String,
+    /// Restarts since the instance last ran stably (the agreement's `max_restarts` caps these).
+    pub restarts: i32,
+    pub restarts_total: i32,
+    pub pid: Option<i32>,
+    #[serde(skip)]
+    pub start_ticks: Option<i64>,
+    pub container_id: Option<String>,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<i32>,
+    /// What happened last, in words.
+    pub detail: Option<String>,
+    /// `api`, or the notification whose action created it.
+    pub cause: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub const FINAL_STATES: [&str; 2] = ["exited", "failed"];
+
+/// Why new instances were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("starting {asked} more would make {total} instances for tenant {tenant}, over the agreement's max_instances of {max} ({running} running or wanted)")]
+    OverLimit { tenant: String, asked: u64, running: u64, total: u64, max: u64 },
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
+}
+
+/// Serialises changes to one tenant's instance count, so concurrent starts and scale-outs never pass
+/// `max_instances` together.
+pub async fn lock_tenant(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, tenant: &TenantId) -> sqlx::Result<()> {
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended('instances/' || $1, 0))")
+        .bind(tenant.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Instances of the tenant that run or are wanted running.
+pub async fn count_wanted(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, tenant: &TenantId) -> sqlx::Result<u64> {
+    let (n,): (i64,) =
+        sqlx::query_as("select count(*) from stream_instances where tenant = $1 and desired = 'running'")
+            .bind(tenant.as_str())
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(n as u64)
+}
+
+pub struct NewInstances<'a> {
+    pub tenant: &'a TenantId,
+    pub app: &'a str,
+    pub app_version: i32,
+    pub runtime: &'a str,
+    pub count: u64,
+    pub max: u64,
+    pub cause: &'a str,
+}
+
+/// Records `count` new wanted instances inside `tx` (which holds the tenant's lock), refusing to pass
+/// `max`.
+pub async fn create(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    new: &NewInstances<'_>,
+) -> Result<Vec<Instance>, StartError> {
+    let running = count_wanted(tx, new.tenant).await?;
+    if running + new.count > new.max {
+        return Err(StartError::OverLimit {
+            tenant: new.tenant.to_string(),
+            asked: new.count,
+            running,
+            total: running + new.count,
+            max: new.max,
+        });
+    }
+    let mut out = Vec::new();
+    for _ in 0..new.count {
+        let row: Instance = sqlx::query_as(
+            "insert into stream_instances (id, tenant, app, app_version, runtime, desired, state, cause, detail)
+             values ($1, $2, $3, $4, $5, 'running', 'starting', $6, 'waiting for the stream manager')
+             returning *",
+        )
+        .bind(Uuid::now_v7())
+        .bind(new.tenant.as_str())
+        .bind(new.app)
+        .bind(new.app_version)
+        .bind(new.runtime)
+        .bind(new.cause)
+        .fetch_one(&mut **tx)
+        .await?;
+        out.push(row);
+    }
+    Ok(out)
+}
+
+pub async fn get(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Option<Instance>> {
+    sqlx::query_as("select * from stream_instances where tenant = $1 and id = $2")
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn get_any(db: &Db, id: Uuid) -> sqlx::Result<Option<Instance>> {
+    sqlx::query_as("select * from stream_instances where id = $1").bind(id).fetch_optional(db).await
+}
+
+/// The tenant's instances, newest first, optionally of one app and in one state.
+pub async fn list(
+    db: &Db,
+    tenant: &TenantId,
+    app: Option<&str>,
+    state: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<Instance>> {
+    sqlx::query_as(
+        "select * from stream_instances where tenant = $1 and ($2::text is null or app = $2)
+           and ($3::text is null or state = $3)
+         order by created_at desc, id desc limit $4",
+    )
+    .bind(tenant.as_str())
+    .bind(app)
+    .bind(state)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Every instance that should be running, on any tenant (the manager's work list).
+pub async fn wanted(db: &Db) -> sqlx::Result<Vec<Instance>> {
+    sqlx::query_as("select * from stream_instances where desired = 'running' order by created_at").fetch_all(db).await
+}
+
+/// Instances asked to stop whose program may still run.
+pub async fn stopping(db: &Db) -> sqlx::Result<Vec<Instance>> {
+    sqlx::query_as("select * from stream_instances where desired = 'stopped' and state not in ('exited', 'failed')")
+        .fetch_all(db)
+        .await
+}
+
+/// Asks for instances to stop: one (`id`) or every instance of `app`. Returns those it changed.
+pub async fn request_stop(
+    db: &Db,
+    tenant: &TenantId,
+    id: Option<Uuid>,
+    app: Option<&str>,
+) -> sqlx::Result<Vec<Instance>> {
+    sqlx::query_as(
+        "update stream_instances
+            set desired = 'stopped',
+                state = case when state in ('exited', 'failed') then state else 'stopping' end,
+                updated_at = now()
+          where tenant = $1 and ($2::uuid is null or id = $2) and ($3::text is null or app = $3)
+            and desired = 'running'
+          returning *",
+    )
+    .bind(tenant.as_str())
+    .bind(id)
+    .bind(app)
+    .fetch_all(db)
+    .await
+}
+
+/// The program of an instance started.
+pub async fn started(
+    db: &Db,
+    id: Uuid,
+    pid: Option<i32>,
+    ticks: Option<i64>,
+    container: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "update stream_instances
+            set state = case when desired = 'running' then 'running' else 'stopping' end,
+                pid = $2, start_ticks = $3, container_id = $4, started_at = now(),
+                exit_code = null, exit_signal = null, detail = 'running', updated_at = now()
+          where id = $1",
+    )
+    .bind(id)
+    .bind(pid)
+    .bind(ticks)
+    .bind(container)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// How a run of an instance ended and what the manager does next.
+pub struct RunEnd<'a> {
+    /// restarting, exited or failed.
+    pub state: &'a str,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<i32>,
+    pub restarts: i32,
+    /// The run counts as a restart (total).
+    pub counted: bool,
+    pub detail: &'a str,
+}
+
+pub async fn ended(db: &Db, id: Uuid, end: &RunEnd<'_>) -> sqlx::Result<()> {
+    let last = FINAL_STATES.contains(&end.state);
+    sqlx::query(
+        "update stream_instances
+            set state = $2, exit_code = $3, exit_signal = $4, restarts = $5,
+                restarts_total = restarts_total + $6::int, detail = $7,
+                desired = case when $8 then 'stopped' else desired end,
+                ended_at = now(), updated_at = now()
+          where id = $1",
+    )
+    .bind(id)
+    .bind(end.state)
+    .bind(end.exit_code)
+    .bind(end.exit_signal)
+    .bind(end.restarts)
+    .bind(i32::from(end.counted))
+    .bind(end.detail)
+    .bind(last)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A state change with no exit (starting, stopping, or a failure to start at all).
+pub async fn set_state(db: &Db, id: Uuid, state: &str, detail: &str) -> sqlx::Result<()> {
+    let last = FINAL_STATES.contains(&state);
+    sqlx::query(
+        "update stream_instances
+            set state = $2, detail = $3, updated_at = now(),
+                desired = case when $4 then 'stopped' else desired end,
+                ended_at = case when $4 then now() else ended_at end
+          where id = $1",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(detail)
+    .bind(last)
+    .execute(db)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,641 @@
+//! Stream ingestion against the real broker and coredms: instances started and stopped through the
+//! API, exact counts through crashes, the restart cap, and the monitor's loop with the manager's
+//! reaction.
+
+use std::time::{Duration, Instant};
+
+use mysimbdp_e2e::{agreement, bin, eventually, kafka_brokers, tar_gz, unique, Http, Member, TestPlatform};
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::ClientConfig;
+use serde_json::Value;
+
+const NO_BATCH: &str = "  routes: [{files: \"*.csv\", app: none, timeout: 1m, memory: 1GiB}]\n  formats: [csv]\n  max_file_size: 1MiB\n  max_files_per_hour: 10\n  max_bytes_per_day: 10MiB\n  max_concurrent_jobs: 1";
+
+/// Stream settings of a test tenant; `extra` lines go under `stream:` as they are.
+pub struct Stream<'a> {
+    pub partitions: u32,
+    pub max_instances: u32,
+    pub restart: &'a str,
+    pub report_interval: &'a str,
+    pub thresholds: &'a str,
+    pub on_breach: &'a str,
+}
+
+impl Default for Stream<'_> {
+    fn default() -> Self {
+        Stream {
+            partitions: 4,
+            max_instances: 3,
+            restart: "{policy: on-failure, max_restarts: 10, backoff: 100ms}",
+            report_interval: "1s",
+            thresholds: "{min_processing_rate: 1, max_avg_ingestion_time: 10s, breach_reports: 3, cooldown: 1m}",
+            on_breach: "notify",
+        }
+    }
+}
+
+pub fn stream_agreement(tenant: &str, s: &Stream<'_>) -> String {
+    agreement(tenant, NO_BATCH).replace(
+        "apps:\n",
+        &format!(
+            "stream:\n  topics: [{{name: readings, partitions: {}}}]\n  max_instances: {}\n  restart: {}\n  report_interval: {}\n  thresholds: {}\n  on_breach: {}\n  stop_grace: 5s\n  memory: 1GiB\napps:\n",
+            s.partitions, s.max_instances, s.restart, s.report_interval, s.thresholds, s.on_breach
+        ),
+    )
+}
+
+/// The example stream app as an archive: a start script running the built binary with `args`.
+pub fn stream_app(name: &str, args: &str) -> Vec<u8> {
+    let script = format!("#!/bin/sh\nexec {} {args}\n", bin("tortoise-stream").display());
+    let manifest = format!("name: {name}\nkind: stream\nentrypoint: run.sh\nversion: 1.0.0\n");
+    tar_gz(&[Member::File("app.yaml", manifest.as_bytes(), 0o644), Member::File("run.sh", script.as_bytes(), 0o755)])
+}
+
+/// A stream "app" that is any shell script.
+pub fn script_app(name: &str, script: &str) -> Vec<u8> {
+    let manifest = format!("name: {name}\nkind: stream\nentrypoint: run.sh\nversion: 1.0.0\n");
+    let script = format!("#!/bin/sh\n{script}\n");
+    tar_gz(&[Member::File("app.yaml", manifest.as_bytes(), 0o644), Member::File("run.sh", script.as_bytes(), 0o755)])
+}
+
+pub async fn upload(http: &Http, token: &str, tenant: &str, archive: Vec<u8>) {
+    let r = http
+        .call("POST", &format!("/v1/tenants/{tenant}/apps"), Some(token), Some(("application/gzip", archive)))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
+pub async fn start(http: &Http, token: &str, tenant: &str, app: &str, count: u32) -> Vec<Value> {
+    let body = format!("{{\"count\": {count}}}").into_bytes();
+    let path = format!("/v1/tenants/{tenant}/apps/{app}/instances");
+    let r = http.call("POST", &path, Some(token), Some(("application/json", body))).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json().as_array().unwrap().clone()
+}
+
+pub async fn instances(http: &Http, token: &str, tenant: &str) -> Vec<Value> {
+    let r = http.get(&format!("/v1/tenants/{tenant}/instances"), token).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json().as_array().unwrap().clone()
+}
+
+pub async fn instance(http: &Http, token: &str, tenant: &str, id: &str) -> Value {
+    let r = http.get(&format!("/v1/tenants/{tenant}/instances/{id}"), token).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// Waits until the instance is in `state`, and returns it.
+pub async fn wait_state(http: &Http, token: &str, tenant: &str, id: &str, state: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let i = instance(http, token, tenant, id).await;
+        if i["state"] == state {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "instance {id} not {state} within {within:?}: {i}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A 200-byte-ish tortoise reading; `n` makes each one different.
+pub fn reading(n: u64) -> String {
+    format!(
+        "{{\"time\":{},\"acceleration\":1.0{},\"acceleration_x\":{},\"acceleration_y\":-12,\"acceleration_z\":1003,\"battery\":{},\"humidity\":{}.5,\"pressure\":1012.3,\"temperature\":21.25,\"dev-id\":\"tortoise-{:04}\"}}",
+        1_700_000_000_000u64 + n,
+        n % 10,
+        n % 97,
+        2900 + n % 50,
+        20 + n % 60,
+        n % 1000
+    )
+}
+
+/// Produces `payloads` to `topic` (keys spread them over the partitions) and waits for the broker to
+/// have every one.
+pub async fn produce(topic: &str, payloads: Vec<String>) {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .unwrap();
+        for (i, p) in payloads.iter().enumerate() {
+            let key = (i % 64).to_string();
+            let mut record = BaseRecord::to(&topic).key(&key).payload(p);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((e, r)) => {
+                        assert!(format!("{e}").contains("Queue full"), "producing to {topic}: {e}");
+                        producer.poll(Duration::from_millis(10));
+                        record = r;
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(60)).expect("every message delivered");
+    })
+    .await
+    .unwrap();
+}
+
+/// Waits until the broker lists `topic` (the platform creates it from the agreement).
+pub async fn wait_topic(topic: &str) {
+    let t = topic.to_owned();
+    eventually(Duration::from_secs(30), &format!("topic {topic} on the broker"), async || {
+        let t = t.clone();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
+            c.fetch_metadata(Some(&t), Duration::from_secs(5))
+                .map(|m| m.topics().iter().any(|x| x.name() == t && !x.partitions().is_empty()))
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap()
+    })
+    .await;
+}
+
+pub async fn wait_docs(p: &TestPlatform, tenant: &str, n: i64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let have = p.count_docs(tenant, "readings").await;
+        if have == n {
+            return;
+        }
+        assert!(have < n, "{have} documents for {n} messages: duplicates");
+        assert!(Instant::now() < deadline, "{have} of {n} documents after {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_started_through_the_api_ingests_every_message_once_and_stops_cleanly() {
+    let zoo = unique("zoo");
+    let mut p = TestPlatform::new(&[(&zoo, stream_agreement(&zoo, &Stream::default()))]).await;
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(&zoo)));
+    upload(&http, &token, &zoo, stream_app("tortoise-stream", "")).await;
+    let topic = format!("{zoo}.readings");
+    wait_topic(&topic).await;
+    let started = start(&http, &token, &zoo, "tortoise-stream", 1).await;
+    let id = started[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(started[0]["cause"], "api");
+    let running = wait_state(&http, &token, &zoo, &id, "running", Duration::from_secs(30)).await;
+    assert!(running["pid"].as_i64().is_some(), "{running}");
+
+    // 100,000 readings, and among them messages the app must reject (and count) without stopping.
+    let mut payloads: Vec<String> = (0..100_000).map(reading).collect();
+    let bad = ["not json at all", "{\"time\": 1}", &reading(1).replace("\"humidity\":21.5", "\"humidity\":250.5")];
+    for (i, b) in bad.iter().enumerate() {
+        payloads.insert(i * 30_000 + 7, b.to_string());
+    }
+    produce(&topic, payloads).await;
+    wait_docs(&p, &zoo, 100_000, Duration::from_secs(180)).await;
+
+    // Every rejection is counted in the reports the monitor trusted.
+    eventually(Duration::from_secs(15), "the three rejections in the reports", async || {
+        let r = http.get(&format!("/v1/tenants/{zoo}/reports?limit=1000"), &token).await.json();
+        let items = r["items"].as_array().unwrap();
+        let rejected: i64 = items.iter().map(|i| i["rejected"].as_i64().unwrap()).sum();
+        let messages: i64 = items.iter().map(|i| i["messages"].as_i64().unwrap()).sum();
+        rejected == 3 && messages == 100_000
+    })
+    .await;
+
+    // Stop through the API: SIGTERM, the app writes, commits and exits 0.
+    let r = http.call("DELETE", &format!("/v1/tenants/{zoo}/instances/{id}"), Some(&token), None).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["desired"], "stopped");
+    let exited = wait_state(&http, &token, &zoo, &id, "exited", Duration::from_secs(30)).await;
+    assert_eq!(exited["exit_code"], 0, "a clean exit: {exited}");
+    let log = http.get(&format!("/v1/tenants/{zoo}/instances/{id}/log"), &token).await.text();
+    assert!(log.contains("stopped cleanly; 3 messages rejected"), "{log}");
+    assert!(log.contains("rejected: not a reading"), "{log}");
+    assert_eq!(p.count_docs(&zoo, "readings").await, 100_000);
+    let doc = p.doc(&zoo, "readings", &format!("{topic}/0/0")).await;
+    assert!(doc["device_id"].as_str().unwrap().starts_with("tortoise-"), "{doc}");
+    p.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_beyond_the_agreement_or_of_a_batch_app_are_refused() {
+    let zoo = unique("zoo");
+    let s = Stream { max_instances: 2, ..Default::default() };
+    let mut p = TestPlatform::new(&[(&zoo, stream_agreement(&zoo, &s))]).await;
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(&zoo)));
+    upload(&http, &token, &zoo, script_app("sleeper", "exec sleep 600")).await;
+    let path = format!("/v1/tenants/{zoo}/apps/sleeper/instances");
+    let post =
+        |body: &str| http.call("POST", &path, Some(&token), Some(("application/json", body.as_bytes().to_vec())));
+    assert!(post("{\"count\": 3}").await.problem(422).contains("max_instances"));
+    assert!(post("{\"count\": 0}").await.problem(422).contains("outside 1..=2"));
+    assert!(post("{\"count\": \"two\"}").await.problem(422).contains("count"));
+    assert_eq!(post("{\"count\": 2}").await.status, 201);
+    let over = post("{}").await.problem(409);
+    assert!(over.contains("max_instances of 2") && over.contains("3 instances"), "{over}");
+    let r = http.call("POST", &format!("/v1/tenants/{zoo}/apps/nothing/instances"), Some(&token), None).await;
+    assert!(r.problem(404).contains("no app `nothing`"));
+    // An app in use cannot be deleted; once its instances stop, it can.
+    let r = http.call("DELETE", &format!("/v1/tenants/{zoo}/apps/sleeper"), Some(&token), None).await;
+    assert!(r.problem(409).contains("stop its instances first"));
+    let r = http.call("DELETE", &path, Some(&token), None).await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+    for i in instances(&http, &token, &zoo).await {
+        wait_state(&http, &token, &zoo, i["id"].as_str().unwrap(), "exited", Duration::from_secs(30)).await;
+    }
+    let r = http.call("DELETE", &format!("/v1/tenants/{zoo}/apps/sleeper"), Some(&token), None).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    p.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_looping_app_is_restarted_up_to_the_cap_then_failed() {
+    let zoo = unique("zoo");
+    let s = Stream { restart: "{policy: on-failure, max_restarts: 3, backoff: 50ms}", ..Default::default() };
+    let mut p = TestPlatform::new(&[(&zoo, stream_agreement(&zoo, &s))]).await;
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(&zoo)));
+    upload(&http, &token, &zoo, script_app("crasher", "echo starting; exit 3")).await;
+    let id = start(&http, &token, &zoo, "crasher", 1).await[0]["id"].as_str().unwrap().to_owned();
+    let failed = wait_state(&http, &token, &zoo, &id, "failed", Duration::from_secs(30)).await;
+    assert_eq!(failed["restarts_total"], 3, "{failed}");
+    assert_eq!(failed["exit_code"], 3, "{failed}");
+    assert_eq!(failed["desired"], "stopped");
+    let detail = failed["detail"].as_str().unwrap();
+    assert!(detail.contains("exited with status 3") && detail.contains("max_restarts of 3"), "{detail}");
+    // Four runs: the first and three restarts, each in the log.
+    let log = http.get(&format!("/v1/tenants/{zoo}/instances/{id}/log"), &token).await.text();
+    assert_eq!(log.matches("starting\n").count(), 4, "{log}");
+    // It stays failed: nothing starts it again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(instance(&http, &token, &zoo, &id).await["restarts_total"], 3);
+    p.cleanup().await;
+}
+
+/// The instance ids whose programs run now, from the processes' own environments.
+pub fn running_instance_ids(tenant: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else { continue };
+        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+        let has = |prefix: &str| vars.iter().find_map(|v| v.strip_prefix(prefix.as_bytes()));
+        if has(&format!("MYSIMBDP_TENANT={tenant}")).is_some() {
+            if let Some(id) = has("MYSIMBDP_INSTANCE_ID=") {
+                ids.push(String::from_utf8_lossy(id).into_owned());
+            }
+        }
+    }
+    ids.sort();
+    ids
+}
+
+fn sigkill(pid: i64) {
+    // SAFETY: plain syscall on a process of the test's own platform.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_killed_again_and_again_while_messages_flow_loses_and_doubles_nothing() {
+    let zoo = unique("zoo");
+    let mut p = TestPlatform::new(&[(&zoo, stream_agreement(&zoo, &Stream::default()))]).await;
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(&zoo)));
+    upload(&http, &token, &zoo, stream_app("tortoise-stream", "")).await;
+    let topic = format!("{zoo}.readings");
+    wait_topic(&topic).await;
+    let id = start(&http, &token, &zoo, "tortoise-stream", 1).await[0]["id"].as_str().unwrap().to_owned();
+    wait_state(&http, &token, &zoo, &id, "running", Duration::from_secs(30)).await;
+
+    let total = 60_000u64;
+    let producing = tokio::spawn(async move {
+        for chunk in 0..6u64 {
+            produce(&topic, (chunk * 10_000..(chunk + 1) * 10_000).map(reading).collect()).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut kills = 0;
+    let mut last_pid = 0;
+    while kills < 3 {
+        let i = instance(&http, &token, &zoo, &id).await;
+        let pid = i["pid"].as_i64().unwrap_or(0);
+        if i["state"] == "running" && pid != 0 && pid != last_pid {
+            tokio::time::sleep(Duration::from_millis(400)).await; // let it write some, then kill mid-stream
+            sigkill(pid);
+            last_pid = pid;
+            kills += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    producing.await.unwrap();
+    wait_docs(&p, &zoo, total as i64, Duration::from_secs(120)).await;
+    let i = wait_state(&http, &token, &zoo, &id, "running", Duration::from_secs(30)).await;
+    assert_eq!(i["restarts_total"], 3, "each kill -9 is one restart: {i}");
+    assert_eq!(running_instance_ids(&zoo), vec![id.clone()], "exactly one process for the instance");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(p.count_docs(&zoo, "readings").await, total as i64, "no late duplicates");
+    p.cleanup().await;
+}
+
+/// A stream agreement for the monitor's loop: reports every 500 ms, slow below 200 messages/s.
+fn watched(tenant: &str, max_instances: u32, on_breach: &str) -> String {
+    let s = Stream {
+        max_instances,
+        report_interval: "500ms",
+        thresholds: "{min_processing_rate: 200, max_avg_ingestion_time: 10s, breach_reports: 3, cooldown: 30s}",
+        on_breach,
+        ..Default::default()
+    };
+    stream_agreement(tenant, &s)
+}
+
+async fn get_list(http: &Http, token: &str, path: &str) -> Vec<Value> {
+    let r = http.get(path, token).await;
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    r.json().as_array().cloned().unwrap_or_else(|| r.json()["items"].as_array().unwrap().clone())
+}
+
+/// A slow app is scaled out to the bound after `breach_reports` bad reports, and nothing more
+/// happens within the cooldown; the same slow app with nothing to read is never judged.
+async fn slow_app_scales_out_once_within_the_cooldown(monitor_in_process: bool) {
+    let (zoo, idle) = (unique("slow"), unique("idle"));
+    let mut p =
+        TestPlatform::new(&[(&zoo, watched(&zoo, 2, "scale_out")), (&idle, watched(&idle, 2, "scale_out"))]).await;
+    p.monitor_in_process = monitor_in_process;
+    p.start().await;
+    let mut monitor = (!monitor_in_process).then(|| p.spawn_serve("monitor", "monitor.log"));
+    let http = p.http();
+    let (token, idle_token) = (p.token(Some(&zoo)), p.token(Some(&idle)));
+    upload(&http, &token, &zoo, stream_app("tortoise-stream", "--delay-per-record 10")).await;
+    upload(&http, &idle_token, &idle, stream_app("tortoise-stream", "--delay-per-record 10")).await;
+    let topic = format!("{zoo}.readings");
+    wait_topic(&topic).await;
+    wait_topic(&format!("{idle}.readings")).await;
+    let first = start(&http, &token, &zoo, "tortoise-stream", 1).await[0]["id"].as_str().unwrap().to_owned();
+    start(&http, &idle_token, &idle, "tortoise-stream", 1).await;
+    wait_state(&http, &token, &zoo, &first, "running", Duration::from_secs(30)).await;
+    // About 100 messages/s per instance against 200 required: 5,000 waiting is a long backlog.
+    produce(&topic, (0..5_000).map(reading).collect()).await;
+
+    let actions_path = format!("/v1/tenants/{zoo}/actions");
+    eventually(Duration::from_secs(30), "the manager to scale out", async || {
+        get_list(&http, &token, &actions_path).await.iter().any(|a| a["outcome"] == "applied")
+    })
+    .await;
+    // Three more notifications land within the cooldown; none of them changes anything.
+    eventually(Duration::from_secs(20), "three notifications within the cooldown", async || {
+        get_list(&http, &token, &actions_path).await.iter().filter(|a| a["outcome"] == "skipped").count() >= 3
+    })
+    .await;
+    let actions = get_list(&http, &token, &actions_path).await;
+    let applied: Vec<&Value> = actions.iter().filter(|a| a["outcome"] == "applied").collect();
+    assert_eq!(applied.len(), 1, "one action within the cooldown: {actions:#?}");
+    assert_eq!(applied[0]["action"], "scale_out");
+    assert_eq!((applied[0]["instances_before"].as_i64(), applied[0]["instances_after"].as_i64()), (Some(1), Some(2)));
+    assert!(applied[0]["detail"].as_str().unwrap().contains("from 1 to 2"), "{}", applied[0]);
+    for skipped in actions.iter().filter(|a| a["outcome"] == "skipped") {
+        let d = skipped["detail"].as_str().unwrap();
+        assert!(d.contains("within the cooldown of 30s") || d.contains("max_instances of 2"), "{d}");
+    }
+    // The notification that caused it: below threshold after three bad reports, with the reasons.
+    let notifications = get_list(&http, &token, &format!("/v1/tenants/{zoo}/notifications")).await;
+    let cause = notifications.iter().find(|n| n["id"] == applied[0]["notification"]).expect("the cause is stored");
+    assert_eq!((cause["kind"].as_str(), cause["action"].as_str()), (Some("below_threshold"), Some("scale_out")));
+    let reason = &cause["reasons"][0];
+    assert_eq!(reason["metric"], "processing_rate");
+    assert!(reason["observed"].as_f64().unwrap() < 200.0 && reason["threshold"] == 200.0, "{reason}");
+    let reports = get_list(&http, &token, &format!("/v1/tenants/{zoo}/reports?instance={first}")).await;
+    assert!(reports.iter().filter(|r| r["verdict"] == "breach").count() >= 3, "{reports:#?}");
+    assert!(reports.iter().all(|r| r["verdict"] != "breach" || r["lag"].as_i64().unwrap() > 0));
+    // Scaled to the bound: two instances, the second caused by that notification.
+    let all = instances(&http, &token, &zoo).await;
+    assert_eq!(all.len(), 2, "{all:#?}");
+    let second = all.iter().find(|i| i["id"] != first.as_str()).unwrap();
+    assert_eq!(second["cause"], format!("scale_out: notification {}", cause["id"].as_str().unwrap()));
+    wait_state(&http, &token, &zoo, second["id"].as_str().unwrap(), "running", Duration::from_secs(30)).await;
+
+    // The idle tenant's slow app reported all along with nothing to read: never judged, never acted on.
+    let idle_reports = get_list(&http, &idle_token, &format!("/v1/tenants/{idle}/reports")).await;
+    assert!(idle_reports.len() >= 5, "{idle_reports:#?}");
+    assert!(idle_reports.iter().all(|r| r["verdict"] == "idle" && r["lag"] == 0), "{idle_reports:#?}");
+    assert!(get_list(&http, &idle_token, &format!("/v1/tenants/{idle}/notifications")).await.is_empty());
+    assert!(get_list(&http, &idle_token, &format!("/v1/tenants/{idle}/actions")).await.is_empty());
+    assert_eq!(instances(&http, &idle_token, &idle).await.len(), 1);
+    if let Some(m) = monitor.as_mut() {
+        let _ = m.kill();
+        let _ = m.wait();
+    }
+    p.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_app_is_scaled_out_once_within_the_cooldown_with_monitor_and_manager_in_one_process() {
+    slow_app_scales_out_once_within_the_cooldown(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_app_is_scaled_out_once_within_the_cooldown_with_the_monitor_in_its_own_process() {
+    slow_app_scales_out_once_within_the_cooldown(false).await;
+}
+
+/// A report as the contract has it, with `fields` replaced.
+fn report(tenant: &str, app: &str, instance: &str, fields: &[(&str, Value)]) -> String {
+    let now = chrono::Utc::now();
+    let mut r = serde_json::json!({
+        "version": 1, "tenant": tenant, "app": app, "instance": instance,
+        "window_start": (now - chrono::Duration::seconds(10)).to_rfc3339(), "window_end": now.to_rfc3339(),
+        "messages": 10, "bytes": 2000, "rejected": 0, "avg_ingestion_ms": 99999.0, "p95_ingestion_ms": 99999.0,
+        "processing_rate": 0.001, "throughput_bytes_per_s": 0.2
+    });
+    for (k, v) in fields {
+        r[*k] = v.clone();
+    }
+    r.to_string()
+}
+
+fn publish_report(key: &str, payload: &str) {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
+    producer.send(BaseRecord::to("mysimbdp.metrics").key(key).payload(payload)).unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn untrustworthy_reports_are_counted_and_dropped_and_decide_nothing() {
+    let (zoo, other) = (unique("zoo"), unique("other"));
+    let mut p =
+        TestPlatform::new(&[(&zoo, watched(&zoo, 3, "scale_out")), (&other, watched(&other, 3, "scale_out"))]).await;
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(&zoo)));
+    upload(&http, &token, &zoo, stream_app("tortoise-stream", "")).await;
+    wait_topic(&format!("{zoo}.readings")).await;
+    let id = start(&http, &token, &zoo, "tortoise-stream", 1).await[0]["id"].as_str().unwrap().to_owned();
+    wait_state(&http, &token, &zoo, &id, "running", Duration::from_secs(30)).await;
+    // Messages wait in the topic while the forged reports arrive, so a trusted slow report would count.
+    let key = format!("{zoo}/tortoise-stream/{id}");
+    let stranger = uuid::Uuid::new_v4().to_string();
+    for _ in 0..3 {
+        publish_report(&key, "{\"version\": 1, \"tenant\": ");
+        publish_report(&key, &report(&other, "tortoise-stream", &id, &[]));
+        publish_report(&format!("{zoo}/tortoise-stream/{stranger}"), &report(&zoo, "tortoise-stream", &stranger, &[]));
+        publish_report(&key, &report(&zoo, "tortoise-stream", &id, &[("processing_rate", serde_json::json!(-5.0))]));
+        publish_report(&key, &report(&zoo, "tortoise-stream", &id, &[("extra", serde_json::json!(1))]));
+    }
+    let reports_path = format!("/v1/tenants/{zoo}/reports?limit=1000");
+    eventually(Duration::from_secs(20), "every forged report counted", async || {
+        let dropped = http.get(&reports_path, &token).await.json()["dropped"].clone();
+        let count = |reason: &str| {
+            dropped
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["reason"] == reason)
+                .map_or(0, |d| d["count"].as_i64().unwrap())
+        };
+        count("malformed") == 6
+            && count("tenant_mismatch") == 3
+            && count("unknown_instance") == 3
+            && count("implausible") == 3
+    })
+    .await;
+    let r = http.get(&reports_path, &token).await.json();
+    let details: Vec<&str> =
+        r["dropped"].as_array().unwrap().iter().map(|d| d["last_detail"].as_str().unwrap()).collect();
+    assert!(
+        details.iter().any(|d| d.contains(&format!("names tenant `{other}` but its key names `{zoo}`"))),
+        "{details:?}"
+    );
+    assert!(details.iter().any(|d| d.contains("no instance of this tenant has that id")), "{details:?}");
+    // None was trusted, judged or acted on.
+    let trusted = r["items"].as_array().unwrap();
+    assert!(!trusted.is_empty(), "the app's own reports are trusted");
+    assert!(trusted.iter().all(|t| t["instance"] == id.as_str() && t["avg_ingestion_ms"].as_f64().unwrap() < 99999.0));
+    assert!(get_list(&http, &token, &format!("/v1/tenants/{zoo}/notifications")).await.is_empty());
+    assert!(get_list(&http, &token, &format!("/v1/tenants/{zoo}/actions")).await.is_empty());
+    assert_eq!(instances(&http, &token, &zoo).await.len(), 1);
+    // The other tenant, whom the forged body named, has nothing counted against it.
+    let other_token = p.token(Some(&other));
+    let theirs = http.get(&format!("/v1/tenants/{other}/reports"), &other_token).await.json();
+    assert_eq!(theirs["dropped"].as_array().unwrap().len(), 0, "{theirs}");
+    p.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_platform_killed_while_instances_run_restarts_each_once_and_loses_nothing() {
+    let zoo = unique("zoo");
+    let mut p = TestPlatform::new(&[(&zoo, stream_agreement(&zoo, &Stream::default()))]).await;
+    p.start_process().await;
+    let (token, topic) = (p.token(Some(&zoo)), format!("{zoo}.readings"));
+    upload(&p.http(), &token, &zoo, stream_app("tortoise-stream", "")).await;
+    wait_topic(&topic).await;
+    let ids: Vec<String> = start(&p.http(), &token, &zoo, "tortoise-stream", 2)
+        .await
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in &ids {
+        wait_state(&p.http(), &token, &zoo, id, "running", Duration::from_secs(30)).await;
+    }
+    produce(&topic, (0..20_000).map(reading).collect()).await;
+    p.kill9();
+    // The instances die with the platform (parent-death signal): nothing runs unsupervised.
+    eventually(Duration::from_secs(5), "the instances to end with the platform", async || {
+        running_instance_ids(&zoo).is_empty()
+    })
+    .await;
+    produce(&topic, (20_000..40_000).map(reading).collect()).await;
+    p.start_process().await;
+    let http = p.http();
+    wait_docs(&p, &zoo, 40_000, Duration::from_secs(120)).await;
+    for id in &ids {
+        wait_state(&http, &token, &zoo, id, "running", Duration::from_secs(30)).await;
+    }
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(running_instance_ids(&zoo), expected, "each instance runs exactly once again");
+    assert_eq!(instances(&http, &token, &zoo).await.len(), 2, "no instance added or lost");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(p.count_docs(&zoo, "readings").await, 40_000);
+    p.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_apps_environment_reaches_only_its_own_tenants_topics_and_coredms() {
+    use sqlx::{Connection, PgConnection};
+    let (a, b) = (unique("iso-a"), unique("iso-b"));
+    let s = Stream::default();
+    let mut p = TestPlatform::new(&[(&a, stream_agreement(&a, &s)), (&b, stream_agreement(&b, &s))]).await;
+    p.start().await;
+    let http = p.http();
+    let (ta, tb) = (p.token(Some(&a)), p.token(Some(&b)));
+    upload(&http, &ta, &a, script_app("env", "exec sleep 600")).await;
+    upload(&http, &tb, &b, script_app("env", "exec sleep 600")).await;
+    let ia = start(&http, &ta, &a, "env", 1).await[0]["id"].as_str().unwrap().to_owned();
+    start(&http, &tb, &b, "env", 1).await;
+    let running = wait_state(&http, &ta, &a, &ia, "running", Duration::from_secs(30)).await;
+    let pid = running["pid"].as_i64().unwrap();
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let env: std::collections::BTreeMap<String, String> = raw
+        .split(|c| *c == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .filter(|(k, _)| k != "PWD") // added by /bin/sh, which runs the test's script
+        .collect();
+    let keys: Vec<&str> = env.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "HOME",
+            "KAFKA_BROKERS",
+            "LANG",
+            "MYSIMBDP_APP",
+            "MYSIMBDP_CONSUMER_GROUP",
+            "MYSIMBDP_COREDMS_DB",
+            "MYSIMBDP_COREDMS_URL",
+            "MYSIMBDP_INPUT_TOPICS",
+            "MYSIMBDP_INSTANCE_ID",
+            "MYSIMBDP_MAX_MESSAGE_SIZE",
+            "MYSIMBDP_METRICS_TOPIC",
+            "MYSIMBDP_REPORT_INTERVAL_MS",
+            "MYSIMBDP_TENANT",
+            "PATH",
+            "SHLVL",
+        ]
+        .into_iter()
+        .filter(|k| *k != "SHLVL" || env.contains_key("SHLVL"))
+        .collect::<Vec<_>>(),
+        "exactly the contract's variables"
+    );
+    assert_eq!(env["MYSIMBDP_INPUT_TOPICS"], format!("{a}.readings"));
+    assert_eq!(env["MYSIMBDP_CONSUMER_GROUP"], format!("{a}.env"));
+    assert_eq!(env["MYSIMBDP_INSTANCE_ID"], ia);
+    assert!(env.values().all(|v| !v.contains(&b)), "nothing of {b} in {a}'s environment: {env:?}");
+    let b_db = p.tenant(&b).coredms_name();
+    let url = &env["MYSIMBDP_COREDMS_URL"];
+    PgConnection::connect(url).await.expect("A's credentials open A's database");
+    let err = PgConnection::connect(&mysimbdp_e2e::with_database(url, &b_db)).await.expect_err("not B's");
+    assert!(err.to_string().contains("permission denied for database"), "{err}");
+    // Through the API, B sees none of A's instances, reports or records.
+    for path in [
+        format!("/v1/tenants/{a}/instances"),
+        format!("/v1/tenants/{a}/instances/{ia}"),
+        format!("/v1/tenants/{a}/instances/{ia}/log"),
+        format!("/v1/tenants/{a}/reports"),
+        format!("/v1/tenants/{a}/notifications"),
+        format!("/v1/tenants/{a}/actions"),
+    ] {
+        assert_eq!(http.get(&path, &tb).await.status, 404, "{path}");
+    }
+    let r = http.call("DELETE", &format!("/v1/tenants/{a}/instances/{ia}"), Some(&tb), None).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(instance(&http, &ta, &a, &ia).await["desired"], "running");
+    let r = http.get(&format!("/v1/tenants/{b}/instances/{ia}"), &tb).await;
+    assert_eq!(r.status, 404, "A's instance id under B's own path");
+    p.cleanup().await;
+}
