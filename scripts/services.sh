@@ -8,8 +8,9 @@
 #   scripts/services.sh destroy  stop and delete all local data
 #
 # Services, each a <name>_up / <name>_down / <name>_status triple: PostgreSQL (platform store and
-# coredms) and the Kafka-API broker `tansu` (built once from crates.io into ~/.cache/mysimbdp/tools,
-# about ten minutes; in-memory storage, so topics start empty at each `up`).
+# coredms), the Kafka-API broker `tansu` (built once from crates.io into ~/.cache/mysimbdp/tools,
+# about ten minutes; in-memory storage, so topics start empty at each `up`), and Podman's
+# Docker-compatible API service for the stream manager's container runtime.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,7 +20,7 @@ PG_DIR=$LOCAL/pg
 BROKER_PORT=${MYSIMBDP_BROKER_PORT:-59092}
 TOOLS=${MYSIMBDP_TOOLS_DIR:-$HOME/.cache/mysimbdp/tools}
 TANSU_VERSION=0.6.0
-SERVICES=(pg broker)
+SERVICES=(pg broker containers)
 
 # PostgreSQL refuses to run as root, so as root it runs as the `postgres` user, which must be able to
 # reach its data folder. A checkout under a private folder (e.g. one made by `mktemp -d`, mode 0700) is
@@ -147,6 +148,45 @@ broker_down() {
         broker_status && kill -9 "$(cat "$LOCAL/broker.pid")" 2>/dev/null || true
     fi
     rm -f "$LOCAL/broker.pid"
+}
+
+containers_status() {
+    [ -f "$LOCAL/podman.pid" ] && kill -0 "$(cat "$LOCAL/podman.pid")" 2>/dev/null
+}
+
+# Podman's Docker Engine API on a unix socket under .local/ (recipe in DESIGN.md: runc, cgroupfs,
+# and no default ulimits, which this kind of machine refuses to raise).
+containers_up() {
+    ensure_debs podman runc
+    local dir=$LOCAL/podman
+    mkdir -p "$dir"
+    printf '[containers]\ndefault_ulimits = []\n' > "$dir/containers.conf"
+    if ! containers_status; then
+        log "starting Podman's Docker-compatible API on $dir/podman.sock"
+        rm -f "$dir/podman.sock"
+        CONTAINERS_CONF=$dir/containers.conf setsid nohup podman --runtime runc --cgroup-manager=cgroupfs \
+            system service --time=0 "unix://$dir/podman.sock" > "$LOCAL/podman.log" 2>&1 < /dev/null &
+        echo $! > "$LOCAL/podman.pid"
+        local i
+        for i in $(seq 100); do
+            [ -S "$dir/podman.sock" ] && break
+            containers_status || { tail -n 20 "$LOCAL/podman.log" >&2; die "podman system service exited at start"; }
+            sleep 0.1
+        done
+        [ -S "$dir/podman.sock" ] || die "podman does not listen on $dir/podman.sock (see $LOCAL/podman.log)"
+    fi
+    echo "MYSIMBDP_CONTAINER_SOCKET=unix://$dir/podman.sock" > "$LOCAL/env.containers"
+}
+
+containers_down() {
+    if containers_status; then
+        log "stopping Podman's API service"
+        kill "$(cat "$LOCAL/podman.pid")" 2>/dev/null || true
+        local i
+        for i in $(seq 50); do containers_status || break; sleep 0.1; done
+        containers_status && kill -9 "$(cat "$LOCAL/podman.pid")" 2>/dev/null || true
+    fi
+    rm -f "$LOCAL/podman.pid"
 }
 
 # The API's token key: generated once per checkout, kept out of git with the rest of .local/.

@@ -40,6 +40,11 @@ pub fn kafka_brokers() -> String {
     service_setting(&["MYSIMBDP_TEST_KAFKA_BROKERS", "MYSIMBDP_KAFKA_BROKERS"])
 }
 
+/// The container engine's API (Podman's Docker-compatible service from `scripts/services.sh`).
+pub fn container_socket() -> String {
+    service_setting(&["MYSIMBDP_TEST_CONTAINER_SOCKET", "MYSIMBDP_CONTAINER_SOCKET"])
+}
+
 /// `url` with its database replaced.
 pub fn with_database(url: &str, db: &str) -> String {
     let (base, _) = url.rsplit_once('/').expect("url has a database part");
@@ -159,7 +164,7 @@ impl TestPlatform {
             stream_role: true,
             monitor_role: self.monitor_in_process,
             cluster: self.cluster.clone(),
-            container_socket: None,
+            container_socket: Some(container_socket()),
         }
     }
 
@@ -222,6 +227,7 @@ impl TestPlatform {
             .env("MYSIMBDP_JWT_SECRET", &self.jwt_secret)
             .env("MYSIMBDP_KAFKA_BROKERS", c.kafka_brokers.clone().unwrap_or_default())
             .env("MYSIMBDP_CLUSTER", &c.cluster)
+            .env("MYSIMBDP_CONTAINER_SOCKET", c.container_socket.clone().unwrap_or_default())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join(log)).unwrap())
             .spawn()

@@ -26,15 +26,26 @@ pub fn tenant_topic(tenant: &TenantId, name: &str) -> String {
     format!("{tenant}.{name}")
 }
 
-/// Every topic the agreements in force ask for, with its partitions.
-pub fn wanted(snapshot: &Snapshot) -> BTreeMap<String, i32> {
-    let mut out = BTreeMap::from([
-        (METRICS_TOPIC.to_owned(), PLATFORM_PARTITIONS),
-        (CONTROL_TOPIC.to_owned(), PLATFORM_PARTITIONS),
-    ]);
+/// What a topic should be: its partitions and, for tenants' topics, the largest message the broker
+/// takes (the agreement's `max_message_size`, as the topic's `max.message.bytes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub partitions: i32,
+    pub max_message_bytes: Option<u64>,
+}
+
+/// Every topic the agreements in force ask for.
+pub fn wanted(snapshot: &Snapshot) -> BTreeMap<String, TopicSpec> {
+    let platform = TopicSpec { partitions: PLATFORM_PARTITIONS, max_message_bytes: None };
+    let mut out = BTreeMap::from([(METRICS_TOPIC.to_owned(), platform), (CONTROL_TOPIC.to_owned(), platform)]);
     for (tenant, agreement) in &snapshot.in_force {
-        for topic in agreement.stream.iter().flat_map(|s| &s.topics) {
-            out.insert(tenant_topic(tenant, &topic.name), topic.partitions.min(i32::MAX as u64) as i32);
+        let Some(stream) = &agreement.stream else { continue };
+        for topic in &stream.topics {
+            let spec = TopicSpec {
+                partitions: topic.partitions.min(i32::MAX as u64) as i32,
+                max_message_bytes: Some(stream.max_message_size.0),
+            };
+            out.insert(tenant_topic(tenant, &topic.name), spec);
         }
     }
     out
@@ -63,14 +74,24 @@ impl Topics {
     }
 
     /// Creates missing topics and raises partition counts; returns what it changed.
-    pub async fn ensure(&self, wanted: &BTreeMap<String, i32>) -> anyhow::Result<Vec<String>> {
+    pub async fn ensure(&self, wanted: &BTreeMap<String, TopicSpec>) -> anyhow::Result<Vec<String>> {
         let existing = self.existing().await?;
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let mut changed = Vec::new();
+        let max_bytes: BTreeMap<&str, String> = wanted
+            .iter()
+            .filter_map(|(name, spec)| spec.max_message_bytes.map(|m| (name.as_str(), m.to_string())))
+            .collect();
         let missing: Vec<NewTopic<'_>> = wanted
             .iter()
             .filter(|(name, _)| !existing.contains_key(*name))
-            .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+            .map(|(name, spec)| {
+                let topic = NewTopic::new(name, spec.partitions, TopicReplication::Fixed(1));
+                match max_bytes.get(name.as_str()) {
+                    Some(m) => topic.set("max.message.bytes", m),
+                    None => topic,
+                }
+            })
             .collect();
         if !missing.is_empty() {
             for result in self.admin.create_topics(&missing, &options).await? {
@@ -83,19 +104,21 @@ impl Topics {
         }
         let grow: Vec<NewPartitions<'_>> = wanted
             .iter()
-            .filter(|(name, partitions)| existing.get(*name).is_some_and(|have| have < *partitions))
-            .map(|(name, partitions)| NewPartitions::new(name, *partitions as usize))
+            .filter(|(name, spec)| existing.get(*name).is_some_and(|have| *have < spec.partitions))
+            .map(|(name, spec)| NewPartitions::new(name, spec.partitions as usize))
             .collect();
         if !grow.is_empty() {
             for result in self.admin.create_partitions(&grow, &options).await? {
                 match result {
-                    Ok(name) => changed.push(format!("raised the partitions of {name} to {}", wanted[&name])),
+                    Ok(name) => {
+                        changed.push(format!("raised the partitions of {name} to {}", wanted[&name].partitions))
+                    }
                     // tansu 0.6 (the local broker) cannot add partitions; Apache Kafka can. The topic
                     // keeps working with the partitions it has.
                     Err((name, RDKafkaErrorCode::UnsupportedFeature)) => tracing::warn!(
                         topic = %name,
                         has = existing[&name],
-                        wanted = wanted[&name],
+                        wanted = wanted[&name].partitions,
                         "the broker cannot add partitions; the topic keeps the ones it has"
                     ),
                     Err((name, code)) => anyhow::bail!("raising the partitions of {name}: {code}"),

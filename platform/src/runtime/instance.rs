@@ -13,6 +13,8 @@ use crate::units::ByteSize;
 pub struct InstanceSpec {
     /// `mysimbdp-<instance id>`: the container's name, unique per instance.
     pub name: String,
+    /// The image of the app version (container runtime): `mysimbdp-<tenant>-<app>-v<version>`.
+    pub image: String,
     /// The installed app's folder and its entrypoint inside it.
     pub app_dir: PathBuf,
     pub entrypoint: String,

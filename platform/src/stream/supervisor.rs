@@ -128,6 +128,7 @@ async fn supervise_inner(
         log.push(format!("[mysimbdp] starting {} version {} ({})\n", app.name, app.version, runtime.kind()).as_bytes());
         let spec = InstanceSpec {
             name: format!("mysimbdp-{id}"),
+            image: format!("mysimbdp-{tenant}-{}-v{}", app.name, app.version).to_ascii_lowercase(),
             app_dir: app.dir.clone().into(),
             entrypoint: app.entrypoint.clone(),
             env: environment(ctx, inst, &tenant, &stream, &coredms, &work),
