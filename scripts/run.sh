@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the platform with the example tenants (tenants/zoo.yaml, tenants/food.yaml) on a fresh machine:
 # installs what is missing, starts the local services, builds in release mode, installs the example
-# batch apps and serves until Ctrl-C. Drop files into staging/<tenant>/ (see README).
+# batch and stream apps and serves until Ctrl-C. Drop files into staging/<tenant>/ (see README).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -14,8 +14,9 @@ cargo build --release --workspace --bins --locked
 BIN=$CARGO_TARGET_DIR/release
 export MYSIMBDP_TENANTS_DIR=$ROOT/tenants MYSIMBDP_STAGING_DIR=$ROOT/staging MYSIMBDP_DATA_DIR=$ROOT/.local/data
 
-step "installing the example tenants' batch apps (a new version only if the binary changed)"
+step "installing the example tenants' apps (a new version only if the binary changed)"
 "$BIN/mysimbdp" install-app --tenant zoo --name tortoise-csv "$BIN/tortoise-csv"
+"$BIN/mysimbdp" install-app --tenant zoo --name tortoise-stream --kind stream "$BIN/tortoise-stream"
 "$BIN/mysimbdp" install-app --tenant food --name orders-jsonl "$BIN/orders-jsonl"
 
 cat >&2 <<TXT
@@ -28,5 +29,8 @@ mysimbdp is starting; its API listens on http://${MYSIMBDP_API_LISTEN:-127.0.0.1
   mysimbdp ingestions list
   mysimbdp stats
   mysimbdp ingestions list --tenant zoo --token \$(mysimbdp token --role operator)   # an operator sees every tenant
+  export MYSIMBDP_TOKEN=\$(mysimbdp token --role tenant --tenant zoo)
+  mysimbdp instances start tortoise-stream && stream-load --topic zoo.readings --messages 100000
+  mysimbdp instances list; mysimbdp reports; mysimbdp notifications
 TXT
 exec "$BIN/mysimbdp" serve

@@ -19,6 +19,8 @@ scripts/bench-batch.sh --smoke > "$ROOT/.local/bench-smoke.log" 2>&1 || { tail -
 tail -n 4 "$ROOT/.local/bench-smoke.log"
 scripts/bench-api.sh --smoke > "$ROOT/.local/bench-api-smoke.log" 2>&1 || { tail -n 40 "$ROOT/.local/bench-api-smoke.log"; exit 1; }
 grep '^median' "$ROOT/.local/bench-api-smoke.log"
+scripts/bench-stream.sh --smoke > "$ROOT/.local/bench-stream-smoke.log" 2>&1 || { tail -n 40 "$ROOT/.local/bench-stream-smoke.log"; exit 1; }
+grep -E 'msg/s|p50|acted' "$ROOT/.local/bench-stream-smoke.log"
 step "build (the end-to-end tests run the workspace's binaries)"
 cargo build --workspace --bins --locked
 step "tests"

@@ -63,6 +63,11 @@ impl Client {
         Ok(self.send(self.request(Method::DELETE, path)).await?.status())
     }
 
+    /// A DELETE whose answer is a JSON document.
+    pub async fn delete_json(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(self.send(self.request(Method::DELETE, path)).await?.json().await?)
+    }
+
     /// Streams a local file as the request body, with a progress bar on a terminal.
     pub async fn upload(
         &self,

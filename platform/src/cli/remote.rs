@@ -43,6 +43,29 @@ pub enum RemoteCommand {
     /// Ingestion jobs: one per staged file.
     #[command(subcommand)]
     Ingestions(IngestionsCommand),
+    /// Stream app instances: start, list, show, stop, log.
+    #[command(subcommand)]
+    Instances(InstancesCommand),
+    /// The stream apps' metrics reports with the monitor's verdicts, and dropped reports by reason.
+    Reports {
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long)]
+        instance: Option<String>,
+        /// RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// The monitor's notifications and what the stream manager did about each.
+    Notifications {
+        /// RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Ingestion statistics (operators: every tenant unless --tenant).
     Stats {
         /// RFC 3339 time; default 7 days ago.
@@ -119,6 +142,58 @@ pub enum IngestionsCommand {
         allow_duplicate: bool,
     },
 }
+
+#[derive(Subcommand)]
+pub enum InstancesCommand {
+    /// Start instances of a stream app (at most the agreement's max_instances in all).
+    Start {
+        app: String,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Version to run (default: the newest).
+        #[arg(long)]
+        version: Option<i32>,
+    },
+    /// Instances, newest first.
+    List {
+        #[arg(long)]
+        app: Option<String>,
+        /// starting, running, stopping, exited, failed, restarting
+        #[arg(long)]
+        state: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    /// Stop one instance, or every instance of an app with --app.
+    Stop {
+        #[arg(required_unless_present = "app")]
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        app: Option<String>,
+    },
+    /// The instance's output.
+    Log {
+        id: String,
+    },
+}
+
+fn instance_rows(v: &Value) -> Vec<Vec<String>> {
+    rows(v, |i| {
+        vec![
+            cell(i, "id"),
+            cell(i, "app"),
+            cell(i, "app_version"),
+            cell(i, "state"),
+            cell(i, "restarts_total"),
+            cell(i, "pid"),
+            time(i, "started_at"),
+            cell(i, "detail"),
+        ]
+    })
+}
+
+const INSTANCE_HEADER: [&str; 8] = ["ID", "APP", "VERSION", "STATE", "RESTARTS", "PID", "STARTED", "DETAIL"];
 
 impl Remote {
     pub fn tenant_flag(&self) -> Option<String> {
@@ -375,6 +450,101 @@ pub async fn run(remote: Remote, command: RemoteCommand, data_dir: PathBuf) -> a
                     })
                 }
             }
+        }
+        RemoteCommand::Instances(cmd) => {
+            let t = remote.tenant()?;
+            match cmd {
+                InstancesCommand::Start { app, count, version } => {
+                    let body = serde_json::json!({ "count": count, "version": version });
+                    let v = c.post(&format!("/v1/tenants/{t}/apps/{app}/instances"), &body).await?;
+                    remote.print(&v, |v| print_table(&INSTANCE_HEADER, instance_rows(v)))
+                }
+                InstancesCommand::List { app, state } => {
+                    let mut q = some("app", &app);
+                    q.extend(some("state", &state));
+                    let v = c.get(&format!("/v1/tenants/{t}/instances"), &q).await?;
+                    remote.print(&v, |v| print_table(&INSTANCE_HEADER, instance_rows(v)))
+                }
+                InstancesCommand::Show { id } => {
+                    let v = c.get(&format!("/v1/tenants/{t}/instances/{id}"), &[]).await?;
+                    remote.print(&v, |v| print_table(&INSTANCE_HEADER, instance_rows(&Value::Array(vec![v.clone()]))))
+                }
+                InstancesCommand::Stop { id, app } => {
+                    let path = match (&id, &app) {
+                        (Some(id), _) => format!("/v1/tenants/{t}/instances/{id}"),
+                        (None, Some(app)) => format!("/v1/tenants/{t}/apps/{app}/instances"),
+                        (None, None) => anyhow::bail!("name an instance, or an app with --app"),
+                    };
+                    let v = c.delete_json(&path).await?;
+                    let v = if v.is_array() { v } else { Value::Array(vec![v]) };
+                    remote.print(&v, |v| print_table(&INSTANCE_HEADER, instance_rows(v)))
+                }
+                InstancesCommand::Log { id } => {
+                    print!("{}", c.get_text(&format!("/v1/tenants/{t}/instances/{id}/log")).await?);
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        RemoteCommand::Reports { app, instance, since, limit } => {
+            let t = remote.tenant()?;
+            let mut q = vec![("limit", limit.to_string())];
+            for (k, v) in [("app", app), ("instance", instance), ("since", since)] {
+                q.extend(some(k, &v));
+            }
+            let v = c.get(&format!("/v1/tenants/{t}/reports"), &q).await?;
+            remote.print(&v, |v| {
+                let r = rows(&v["items"], |r| {
+                    vec![
+                        time(r, "received_at"),
+                        cell(r, "instance").chars().take(8).collect(),
+                        cell(r, "messages"),
+                        cell(r, "rejected"),
+                        cell(r, "processing_rate"),
+                        cell(r, "avg_ingestion_ms"),
+                        cell(r, "lag"),
+                        cell(r, "verdict"),
+                    ]
+                });
+                print_table(&["RECEIVED", "INSTANCE", "MESSAGES", "REJECTED", "RATE/S", "AVG MS", "LAG", "VERDICT"], r);
+                let dropped =
+                    rows(&v["dropped"], |d| vec![cell(d, "reason"), cell(d, "count"), cell(d, "last_detail")]);
+                if !dropped.is_empty() {
+                    println!();
+                    print_table(&["DROPPED", "COUNT", "LAST"], dropped);
+                }
+            })
+        }
+        RemoteCommand::Notifications { since, limit } => {
+            let t = remote.tenant()?;
+            let mut q = vec![("limit", limit.to_string())];
+            q.extend(some("since", &since));
+            let notes = c.get(&format!("/v1/tenants/{t}/notifications"), &q).await?;
+            let actions = c.get(&format!("/v1/tenants/{t}/actions"), &q).await?;
+            let both = serde_json::json!({ "notifications": notes, "actions": actions });
+            remote.print(&both, |v| {
+                let n = rows(&v["notifications"], |n| {
+                    let reasons: Vec<String> = n["reasons"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|r| {
+                            format!(
+                                "{} {} (threshold {})",
+                                cell(r, "metric"),
+                                cell(r, "observed"),
+                                cell(r, "threshold")
+                            )
+                        })
+                        .collect();
+                    vec![time(n, "at"), cell(n, "app"), cell(n, "kind"), cell(n, "action"), reasons.join("; ")]
+                });
+                print_table(&["AT", "APP", "KIND", "ASKS", "REASONS"], n);
+                println!();
+                let a = rows(&v["actions"], |a| {
+                    vec![time(a, "at"), cell(a, "app"), cell(a, "action"), cell(a, "outcome"), cell(a, "detail")]
+                });
+                print_table(&["AT", "APP", "ACTION", "OUTCOME", "DETAIL"], a);
+            })
         }
         RemoteCommand::Stats { since, until } => {
             let mut q = some("since", &since);
