@@ -84,12 +84,31 @@ echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d
 echo "== postgres: $(store 'show server_version') | broker: tansu 0.6.0 (memory storage) | git: $(git rev-parse --short HEAD)$(git diff --quiet || echo -dirty)"
 
 step "1. throughput: $N messages waiting, one instance"
-"$BIN/stream-load" --topic "$FAST.readings" --messages "$N" --batch | sed 's/^/   producer (batching): /'
-"$BIN/stream-load" --topic "$FAST.readings" --consume "$N" | sed 's/^/   plain librdkafka consumer, no writes: /'
+"$BIN/stream-load" --topic "$FAST.readings" --messages "$N" | sed 's/^/   producer: /'
+"$BIN/stream-load" --topic "$FAST.readings" --consume "$N" --set fetch.wait.max.ms=10 \
+    | sed 's/^/   plain librdkafka consumer, the app'"'"'s fetch settings, no writes: /'
+# CPU seconds used so far by a set of processes (utime + stime from /proc).
+cpu() {
+    local t=0 p ticks
+    for p in "$@"; do
+        ticks=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+        t=$((t + ticks))
+    done
+    echo "$t"
+}
+tansu=$(cat "$ROOT/.local/broker.pid")
+pg_pids() { pgrep -x postgres | tr '\n' ' '; }
+c_tansu=$(cpu "$tansu")
+c_pg=$(cpu $(pg_pids))
+c_platform=$(cpu "$PLATFORM")
 t0=$(date +%s.%N)
 start_instance "$FAST"
+app=$(for i in $(seq 100); do p=$(store "select pid from stream_instances where tenant = '$FAST' and pid is not null"); [ -n "$p" ] && { echo "$p"; break; }; sleep 0.05; done)
+c_app=$(cpu "$app")
 wait_count "$FAST" "$N" 600
 t1=$(date +%s.%N)
+hz=$(getconf CLK_TCK)
+echo "   CPU seconds while it ran ($(python3 -c "print(round($t1 - $t0, 1))") s of 2 cores): broker $(python3 -c "print(round(($(cpu "$tansu") - $c_tansu) / $hz, 1))"), PostgreSQL $(python3 -c "print(round(($(cpu $(pg_pids)) - $c_pg) / $hz, 1))"), the app $(python3 -c "print(round(($(cpu "$app") - $c_app) / $hz, 1))"), the platform $(python3 -c "print(round(($(cpu $PLATFORM) - $c_platform) / $hz, 1))")"
 span=$(coredms "$FAST" "select extract(epoch from max(ingested_at) - min(ingested_at)) from readings")
 echo "   tortoise-stream under the platform: $N documents; first to last write $(printf %.2f "$span") s: $(python3 -c "print(round($N / max($span, 1e-9)))") msg/s; from the start request $(python3 -c "print(round($t1 - $t0, 2))") s: $(python3 -c "print(round($N / ($t1 - $t0)))") msg/s"
 [ "$(count "$FAST")" = "$N" ] || { echo "$(count "$FAST") documents for $N messages" >&2; exit 1; }
@@ -109,7 +128,7 @@ store "select format('   its reports: %s, processing_rate %s msg/s (last), avg_i
 
 step "3. reaction: a slow instance (2 ms per record, ~500 msg/s) against min_processing_rate 1000"
 start_instance "$SLOW"
-"$BIN/stream-load" --topic "$SLOW.readings" --messages 20000 --batch | sed 's/^/   producer: /'
+"$BIN/stream-load" --topic "$SLOW.readings" --messages 20000 | sed 's/^/   producer: /'
 deadline=$((SECONDS + 60))
 until [ "$(store "select count(*) from stream_actions where tenant = '$SLOW' and outcome = 'applied'")" -ge 1 ]; do
     [ $SECONDS -lt $deadline ] || { tail -n 20 "$WORK/platform.log" >&2; echo "no action within 60 s" >&2; exit 1; }

@@ -113,16 +113,14 @@ pub fn reading(n: u64) -> String {
 }
 
 /// Produces `payloads` to `topic` (keys spread them over the partitions) and waits for the broker to
-/// have every one. One message per record batch: tansu 0.6 answers a fetch from an offset inside a
-/// batch with the batches after it, so a consumer resuming mid-batch (after a crash) would skip the
-/// rest of that batch; Apache Kafka returns the whole batch and the client skips what it has.
+/// have every one. The producer batches, so an app killed mid-stream resumes inside a record batch:
+/// the case tansu 0.6 gets wrong and the SDK's resume check puts right.
 pub async fn produce(topic: &str, payloads: Vec<String>) {
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", kafka_brokers())
             .set("linger.ms", "5")
-            .set("batch.num.messages", "1")
             .set("queue.buffering.max.messages", "1000000")
             .create()
             .unwrap();
@@ -609,6 +607,13 @@ async fn a_platform_killed_while_instances_run_restarts_each_once_and_loses_noth
     assert_eq!(instances(&http, &token, &zoo).await.len(), 2, "no instance added or lost");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(p.count_docs(&zoo, "readings").await, 40_000);
+    // Where the broker resumed a partition past its committed offset, the app went back for the rest.
+    for id in &ids {
+        let log = http.get(&format!("/v1/tenants/{zoo}/instances/{id}/log"), &token).await.text();
+        let (sought, back) = (log.matches("seeking back").count(), log.matches("back at the committed offset").count());
+        eprintln!("instance {id}: {sought} seeks back, {back} partitions resumed at their committed offset");
+        assert!(sought == 0 || back > 0, "{log}");
+    }
     p.cleanup().await;
 }
 
@@ -766,5 +771,71 @@ async fn the_container_runtime_starts_restarts_after_kill_9_and_stops_with_exact
     let gone = exited["container_id"].as_str().unwrap();
     assert_eq!(engine(&format!("/v1.41/containers/{gone}/json")).0, 404, "the container is removed");
     assert_eq!(p.count_docs(&zoo, "readings").await, total as i64);
+    p.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let zoo = unique("zoo");
+    let agreement = stream_agreement(&zoo, &Stream { report_interval: "1m", ..Default::default() })
+        .replace("  stop_grace: 5s", "  stop_grace: 1s");
+    let mut p = TestPlatform::new(&[(&zoo, agreement)]).await;
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(&zoo)));
+    upload(
+        &http,
+        &token,
+        &zoo,
+        script_app("stubborn", "trap 'echo ignoring TERM' TERM\nwhile true; do sleep 0.1; done"),
+    )
+    .await;
+    let id = start(&http, &token, &zoo, "stubborn", 1).await[0]["id"].as_str().unwrap().to_owned();
+    wait_state(&http, &token, &zoo, &id, "running", Duration::from_secs(30)).await;
+    let asked = Instant::now();
+    let r = http.call("DELETE", &format!("/v1/tenants/{zoo}/instances/{id}"), Some(&token), None).await;
+    assert_eq!(r.status, 202);
+    let exited = wait_state(&http, &token, &zoo, &id, "exited", Duration::from_secs(30)).await;
+    assert!(asked.elapsed() >= Duration::from_secs(1), "not before the grace period");
+    assert_eq!(exited["exit_signal"], libc::SIGKILL, "{exited}");
+    assert!(exited["detail"].as_str().unwrap().contains("killed after the grace period"), "{exited}");
+    let log = http.get(&format!("/v1/tenants/{zoo}/instances/{id}/log"), &token).await.text();
+    assert!(log.contains("ignoring TERM"), "it got SIGTERM first: {log}");
+    assert!(running_instance_ids(&zoo).is_empty());
+    p.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_stops_reporting_is_restarted_by_the_loop() {
+    let zoo = unique("zoo");
+    let s = Stream {
+        report_interval: "300ms",
+        on_breach: "notify",
+        thresholds: "{min_processing_rate: 1, max_avg_ingestion_time: 10s, breach_reports: 3, cooldown: 1m}",
+        ..Default::default()
+    };
+    let mut p = TestPlatform::new(&[(&zoo, stream_agreement(&zoo, &s))]).await;
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(&zoo)));
+    upload(&http, &token, &zoo, script_app("mute", "echo started; exec sleep 600")).await;
+    let id = start(&http, &token, &zoo, "mute", 1).await[0]["id"].as_str().unwrap().to_owned();
+    wait_state(&http, &token, &zoo, &id, "running", Duration::from_secs(30)).await;
+    let actions_path = format!("/v1/tenants/{zoo}/actions");
+    eventually(Duration::from_secs(20), "the silent instance restarted", async || {
+        get_list(&http, &token, &actions_path).await.iter().any(|a| a["outcome"] == "applied")
+    })
+    .await;
+    let notes = get_list(&http, &token, &format!("/v1/tenants/{zoo}/notifications")).await;
+    let silent = notes.iter().find(|n| n["kind"] == "silent").expect("a silent notification");
+    assert_eq!((silent["action"].as_str(), silent["instance"].as_str()), (Some("restart"), Some(id.as_str())));
+    assert_eq!(silent["reasons"][0]["metric"], "seconds_since_report");
+    let action = &get_list(&http, &token, &actions_path).await[0];
+    assert_eq!(action["detail"], format!("restarted instance {id}"));
+    eventually(Duration::from_secs(20), "the instance's second run", async || {
+        let log = http.get(&format!("/v1/tenants/{zoo}/instances/{id}/log"), &token).await.text();
+        log.matches("started\n").count() == 2
+    })
+    .await;
+    let i = wait_state(&http, &token, &zoo, &id, "running", Duration::from_secs(30)).await;
+    assert_eq!(i["restarts_total"], 0, "a restart the manager asked for is not a crash: {i}");
     p.cleanup().await;
 }

@@ -16,7 +16,9 @@ pub mod coredms;
 pub mod env;
 pub mod metrics;
 pub mod result;
+mod resume;
 pub mod stream;
+mod stream_writers;
 
 pub use coredms::{Batcher, CoreDms, Doc, PipelinedWriter, WriteStats};
 pub use env::BatchEnv;

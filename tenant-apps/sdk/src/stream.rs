@@ -3,25 +3,27 @@
 //! tenant's coredms, commit offsets only after the write, publish a metrics report every interval,
 //! and on SIGTERM write and commit what was read, publish a last report and exit 0.
 //!
-//! Reading and writing overlap: the consumer thread fills the next batch while a writer thread
-//! writes the previous one (at most two batches in flight, which bounds memory). A document's `_id`
+//! Reading and writing overlap: the consumer thread fills the next batch while writer threads write
+//! earlier ones over their own connections (`stream_writers`), committing offsets in reading order. A document's `_id`
 //! is `<topic>/<partition>/<offset>`, so a message read again after a crash or a rebalance lands on
-//! the same document: no loss (offsets are committed after the write) and no duplicates.
+//! the same document: no loss (offsets are committed after the write) and no duplicates. `resume`
+//! checks that the broker really resumes each partition at the committed offset.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::coredms::{CoreDms, Doc};
 use crate::metrics::Window;
+use crate::resume::{Resume, Verdict};
+use crate::stream_writers::{collection_for, Batch, Shared, Writers};
 
 /// The stream app's environment, as the platform sets it.
 #[derive(Clone, Debug)]
@@ -66,7 +68,7 @@ impl StreamEnv {
 
     /// The collection a topic's documents go to: the topic's name without the tenant's prefix.
     pub fn collection_for<'a>(&self, topic: &'a str) -> &'a str {
-        topic.strip_prefix(&format!("{}.", self.tenant)).unwrap_or(topic)
+        collection_for(&self.tenant, topic)
     }
 }
 
@@ -89,11 +91,13 @@ pub struct StreamOptions {
     pub batch: usize,
     /// A batch that has waited this long is written even if not full.
     pub linger: Duration,
+    /// Connections writing at once (offsets are still committed in order).
+    pub writers: usize,
 }
 
 impl Default for StreamOptions {
     fn default() -> Self {
-        StreamOptions { batch: 5_000, linger: Duration::from_millis(20) }
+        StreamOptions { batch: 5_000, linger: Duration::from_millis(20), writers: 2 }
     }
 }
 
@@ -108,23 +112,6 @@ fn catch_sigterm() {
     unsafe {
         libc::signal(libc::SIGTERM, on_terminate as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, on_terminate as *const () as libc::sighandler_t);
-    }
-}
-
-/// A batch on its way to the writer: documents per collection, the offsets to commit once written,
-/// and when each document's message was read.
-struct Batch {
-    docs: HashMap<String, Vec<Doc>>,
-    read_at: Vec<(Instant, u64)>,
-    next_offsets: HashMap<(String, i32), i64>,
-}
-
-impl Batch {
-    fn new() -> Self {
-        Batch { docs: HashMap::new(), read_at: Vec::new(), next_offsets: HashMap::new() }
-    }
-    fn is_empty(&self) -> bool {
-        self.next_offsets.is_empty()
     }
 }
 
@@ -161,7 +148,9 @@ fn run(
             .set("client.id", format!("{}-{}", env.app, env.instance))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "50")
+            // tansu (the local broker) holds a fetch for this long even when data is waiting; Kafka
+            // answers at once. 10 ms keeps latency low there and costs little here.
+            .set("fetch.wait.max.ms", "10")
             .set("queued.min.messages", "200000")
             .create()
             .context("creating the Kafka consumer")?,
@@ -180,39 +169,20 @@ fn run(
     let window = Arc::new(Mutex::new(Window::default()));
     eprintln!("{app}: instance {} consuming {} as group {}", env.instance, env.topics.join(","), env.group);
 
-    // The writer: writes each batch, then commits its offsets, then counts its documents as ingested.
-    let (to_writer, batches) = mpsc::sync_channel::<Batch>(1);
-    let writer = {
-        let (consumer, window, app) = (consumer.clone(), window.clone(), app.to_owned());
-        std::thread::spawn(move || -> anyhow::Result<()> {
-            for batch in batches {
-                for (collection, docs) in &batch.docs {
-                    coredms.insert_batch(collection, docs)?;
-                }
-                let mut tpl = TopicPartitionList::new();
-                for ((topic, partition), next) in &batch.next_offsets {
-                    tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
-                }
-                // After a rebalance the partition may be another instance's now; it reads the same
-                // messages again and writes the same `_id`s, so a failed commit loses nothing.
-                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                    eprintln!("{app}: committing offsets failed (messages will be read again): {e}");
-                }
-                let now = Instant::now();
-                let mut w = window.lock().expect("window lock");
-                for (read_at, bytes) in &batch.read_at {
-                    w.record(*bytes, now.duration_since(*read_at).as_secs_f64() * 1000.0);
-                }
-            }
-            Ok(())
-        })
-    };
+    let mut connections = vec![coredms];
+    for _ in 1..options.writers.max(1) {
+        connections.push(CoreDms::connect(&env.coredms_url, &env.coredms_db)?);
+    }
+    let shared =
+        Shared { app: app.to_owned(), tenant: env.tenant.clone(), consumer: consumer.clone(), window: window.clone() };
+    let mut writers = Writers::start(connections, shared);
 
     let mut batch = Batch::new();
+    let mut resume = Resume::default();
     let mut batch_started = Instant::now();
     let mut next_report = Instant::now() + env.report_interval;
     let mut rejected_total = 0u64;
-    let mut writer_gone = false;
+    let mut writer_error = None;
     while !TERMINATE.load(Ordering::SeqCst) {
         if Instant::now() >= next_report {
             publish(&producer, &env, &window);
@@ -220,6 +190,9 @@ fn run(
         }
         if let Some(result) = consumer.poll(Duration::from_millis(10)) {
             let m = result.context("reading from the broker")?;
+            if resume.check(&consumer, app, m.topic(), m.partition(), m.offset()) == Verdict::Drop {
+                continue;
+            }
             let payload = m.payload().unwrap_or_default();
             let msg = Message {
                 topic: m.topic(),
@@ -237,8 +210,14 @@ fn run(
             };
             match outcome {
                 Ok(json) => {
-                    let id = format!("{}/{}/{}", msg.topic, msg.partition, msg.offset);
-                    batch.docs.entry(env.collection_for(msg.topic).to_owned()).or_default().push(Doc { id, json });
+                    let doc = Doc { id: format!("{}/{}/{}", msg.topic, msg.partition, msg.offset), json };
+                    // Per message: no allocation beyond the document itself.
+                    match batch.docs.get_mut(msg.topic) {
+                        Some(docs) => docs.push(doc),
+                        None => {
+                            batch.docs.insert(msg.topic.to_owned(), vec![doc]);
+                        }
+                    }
                     batch.read_at.push((Instant::now(), payload.len() as u64));
                 }
                 Err(why) => {
@@ -252,24 +231,35 @@ fn run(
             if batch.is_empty() {
                 batch_started = Instant::now();
             }
-            batch.next_offsets.insert((msg.topic.to_owned(), msg.partition), msg.offset + 1);
+            match batch.next_offsets.get_mut(msg.topic) {
+                Some(partitions) => {
+                    partitions.insert(msg.partition, msg.offset + 1);
+                }
+                None => {
+                    batch.next_offsets.insert(msg.topic.to_owned(), HashMap::from([(msg.partition, msg.offset + 1)]));
+                }
+            }
         }
         let full = batch.read_at.len() >= options.batch;
         let due = !batch.is_empty() && (full || batch_started.elapsed() >= options.linger);
-        if due && to_writer.send(std::mem::replace(&mut batch, Batch::new())).is_err() {
-            writer_gone = true;
-            break;
+        if due {
+            if let Err(e) = writers.send(std::mem::replace(&mut batch, Batch::new())) {
+                writer_error = Some(e);
+                break;
+            }
         }
     }
     // SIGTERM (or a failed writer): write and commit what was read, then a last report.
-    if !writer_gone && !batch.is_empty() {
-        let _ = to_writer.send(batch);
+    if writer_error.is_none() && !batch.is_empty() {
+        writer_error = writers.send(batch).err();
     }
-    drop(to_writer);
-    let written = writer.join().map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    let written = writers.finish();
     publish(&producer, &env, &window);
     let _ = producer.flush(Duration::from_secs(5));
     written?;
+    if let Some(e) = writer_error {
+        return Err(e);
+    }
     eprintln!("{app}: stopped cleanly; {rejected_total} messages rejected in this run");
     Ok(())
 }

@@ -3,13 +3,11 @@
 //! `--consume`, reads a topic as fast as one librdkafka consumer can and writes nothing (the ceiling a
 //! stream app's reading is bounded by).
 //!
-//!   stream-load --topic zoo.readings --messages 100000 [--rate 10000] [--from 0] [--batch] [--brokers host:port]
-//!
-//! Each message is its own record batch unless `--batch`: tansu 0.6 answers a fetch from an offset
-//! inside a batch with the batches after it, so a stream app resuming mid-batch after a crash would
-//! skip the rest of that batch. `--batch` lets the producer batch (faster; fine while nothing restarts).
+//!   stream-load --topic zoo.readings --messages 100000 [--rate 10000] [--from 0] [--brokers host:port]
 //!   stream-load --topic zoo.readings --consume 1000000 [--group g]
 //!   stream-load --topic zoo.readings --wait-topic 30      (until the topic exists, at most 30 s)
+//!
+//! `--set key=value` (repeatable) passes a librdkafka setting to the producer or consumer.
 //!
 //! Brokers default to KAFKA_BROKERS, then MYSIMBDP_KAFKA_BROKERS.
 
@@ -39,7 +37,8 @@ fn now_ms() -> i64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let (mut topic, mut messages, mut rate, mut from, mut consume, mut group) = (None, 0u64, 0u64, 0u64, 0u64, None);
-    let (mut wait_topic, mut batch) = (0u64, false);
+    let mut wait_topic = 0u64;
+    let mut settings: Vec<(String, String)> = Vec::new();
     let mut brokers = std::env::var("KAFKA_BROKERS").or_else(|_| std::env::var("MYSIMBDP_KAFKA_BROKERS")).ok();
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -50,7 +49,11 @@ fn main() {
             "--from" => from = value().parse().expect("--from N"),
             "--consume" => consume = value().parse().expect("--consume N"),
             "--group" => group = Some(value()),
-            "--batch" => batch = true,
+            "--set" => {
+                let kv = value();
+                let (k, v) = kv.split_once('=').expect("--set key=value");
+                settings.push((k.to_owned(), v.to_owned()));
+            }
             "--wait-topic" => wait_topic = value().parse().expect("--wait-topic SECONDS"),
             "--brokers" => brokers = Some(value()),
             other => panic!("unknown argument {other}; see the source's header for usage"),
@@ -74,14 +77,17 @@ fn main() {
     }
     if consume > 0 {
         let group = group.unwrap_or_else(|| format!("stream-load-{}", std::process::id()));
-        let consumer: BaseConsumer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &brokers)
             .set("group.id", &group)
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
-            .set("queued.min.messages", "200000")
-            .create()
-            .expect("consumer");
+            .set("queued.min.messages", "200000");
+        for (k, v) in &settings {
+            config.set(k, v);
+        }
+        let consumer: BaseConsumer = config.create().expect("consumer");
         consumer.subscribe(&[&topic]).expect("subscribe");
         let (mut n, mut first) = (0u64, None);
         while n < consume {
@@ -95,13 +101,12 @@ fn main() {
         println!("consumed {n} messages in {secs:.2}s: {:.0} msg/s", n as f64 / secs);
         return;
     }
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", if rate > 0 { "1" } else { "5" })
-        .set("batch.num.messages", if batch { "10000" } else { "1" })
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .expect("producer");
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &brokers).set("linger.ms", "5").set("queue.buffering.max.messages", "1000000");
+    for (k, v) in &settings {
+        config.set(k, v);
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
     let start = Instant::now();
     let mut bytes = 0u64;
     for i in 0..messages {
