@@ -110,9 +110,21 @@ pg_down() { choose_pg_dir; if pg_status; then log "stopping PostgreSQL"; pg_ctl_
 
 tansu_bin() { echo "$TOOLS/bin/tansu"; }
 
-broker_status() {
-    [ -f "$LOCAL/broker.pid" ] && kill -0 "$(cat "$LOCAL/broker.pid")" 2>/dev/null
+# A service run in the background with its pid in .local/<name>.pid.
+pid_running() { [ -f "$LOCAL/$1.pid" ] && kill -0 "$(cat "$LOCAL/$1.pid")" 2>/dev/null; }
+
+pid_stop() { # name what
+    if pid_running "$1"; then
+        log "stopping $2"
+        kill "$(cat "$LOCAL/$1.pid")" 2>/dev/null || true
+        local i
+        for i in $(seq 50); do pid_running "$1" || break; sleep 0.1; done
+        pid_running "$1" && kill -9 "$(cat "$LOCAL/$1.pid")" 2>/dev/null || true
+    fi
+    rm -f "$LOCAL/$1.pid"
 }
+
+broker_status() { pid_running broker; }
 
 broker_up() {
     if [ ! -x "$(tansu_bin)" ] || [ ! -f "$TOOLS/.tansu-$TANSU_VERSION" ]; then
@@ -139,20 +151,9 @@ broker_up() {
     echo "MYSIMBDP_KAFKA_BROKERS=127.0.0.1:$BROKER_PORT" > "$LOCAL/env.broker"
 }
 
-broker_down() {
-    if broker_status; then
-        log "stopping the Kafka-API broker"
-        kill "$(cat "$LOCAL/broker.pid")" 2>/dev/null || true
-        local i
-        for i in $(seq 50); do broker_status || break; sleep 0.1; done
-        broker_status && kill -9 "$(cat "$LOCAL/broker.pid")" 2>/dev/null || true
-    fi
-    rm -f "$LOCAL/broker.pid"
-}
+broker_down() { pid_stop broker "the Kafka-API broker"; }
 
-containers_status() {
-    [ -f "$LOCAL/podman.pid" ] && kill -0 "$(cat "$LOCAL/podman.pid")" 2>/dev/null
-}
+containers_status() { pid_running podman; }
 
 # Podman's Docker Engine API on a unix socket under .local/ (recipe in DESIGN.md: runc, cgroupfs,
 # and no default ulimits, which this kind of machine refuses to raise).
@@ -178,16 +179,7 @@ containers_up() {
     echo "MYSIMBDP_CONTAINER_SOCKET=unix://$dir/podman.sock" > "$LOCAL/env.containers"
 }
 
-containers_down() {
-    if containers_status; then
-        log "stopping Podman's API service"
-        kill "$(cat "$LOCAL/podman.pid")" 2>/dev/null || true
-        local i
-        for i in $(seq 50); do containers_status || break; sleep 0.1; done
-        containers_status && kill -9 "$(cat "$LOCAL/podman.pid")" 2>/dev/null || true
-    fi
-    rm -f "$LOCAL/podman.pid"
-}
+containers_down() { pid_stop podman "Podman's API service"; }
 
 # The API's token key: generated once per checkout, kept out of git with the rest of .local/.
 platform_secret() {

@@ -99,18 +99,7 @@ pub async fn wait_state(http: &Http, token: &str, tenant: &str, id: &str, state:
     }
 }
 
-/// A 200-byte-ish tortoise reading; `n` makes each one different.
-pub fn reading(n: u64) -> String {
-    format!(
-        "{{\"time\":{},\"acceleration\":1.0{},\"acceleration_x\":{},\"acceleration_y\":-12,\"acceleration_z\":1003,\"battery\":{},\"humidity\":{}.5,\"pressure\":1012.3,\"temperature\":21.25,\"dev-id\":\"tortoise-{:04}\"}}",
-        1_700_000_000_000u64 + n,
-        n % 10,
-        n % 97,
-        2900 + n % 50,
-        20 + n % 60,
-        n % 1000
-    )
-}
+pub use test_apps::tortoise_reading as reading;
 
 /// Produces `payloads` to `topic` (keys spread them over the partitions) and waits for the broker to
 /// have every one. The producer batches, so an app killed mid-stream resumes inside a record batch:

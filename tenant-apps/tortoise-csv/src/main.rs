@@ -2,19 +2,17 @@
 //! `time,readable_time,acceleration,acceleration_x,acceleration_y,acceleration_z,battery,humidity,
 //! pressure,temperature,dev-id`) into the `readings` collection.
 //!
-//! Wrangling: columns found by header name in any order; numbers typed; `dev-id` renamed
-//! `device_id`; epoch `time` (seconds, or milliseconds when larger than 1e11) turned into an RFC 3339
-//! timestamp; acceleration nested as `{magnitude, x, y, z}` and the weather as `environment`; rows
-//! with missing or out-of-range values rejected and counted. Streams the file in constant memory and
+//! Wrangling: columns found by header name in any order, then the zoo's reading model
+//! (`tortoise-model`: typed numbers, `device_id`, RFC 3339 time, nested acceleration and environment);
+//! rows with missing or out-of-range values rejected and counted. Streams the file in constant memory and
 //! writes batches of 10,000 with `_id = <device>:<time>`, so a re-run leaves one copy. Files of 64 MiB
 //! or more are written over two connections (two server cores).
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use chrono::{DateTime, SecondsFormat};
 use mysimbdp_sdk::{BatchEnv, Batcher, CoreDms, Doc, JobResult, PipelinedWriter, Source};
-use serde::Serialize;
+use tortoise_model::Measurements;
 
 const COLLECTION: &str = "readings";
 const BATCH: usize = 10_000;
@@ -32,32 +30,6 @@ const COLUMNS: [&str; 10] = [
     "temperature",
     "dev-id",
 ];
-
-#[derive(Serialize)]
-struct Reading<'a> {
-    device_id: &'a str,
-    ts: String,
-    epoch_ms: i64,
-    acceleration: Acceleration,
-    battery_mv: i64,
-    environment: Environment,
-    source: Source<'a>,
-}
-
-#[derive(Serialize)]
-struct Acceleration {
-    magnitude: f64,
-    x: i64,
-    y: i64,
-    z: i64,
-}
-
-#[derive(Serialize)]
-struct Environment {
-    humidity: f64,
-    pressure: f64,
-    temperature: f64,
-}
 
 fn main() -> ExitCode {
     mysimbdp_sdk::run_batch("tortoise-csv", ingest)
@@ -126,37 +98,18 @@ fn number<T: std::str::FromStr>(record: &csv::ByteRecord, i: usize, name: &str) 
 }
 
 fn wrangle(record: &csv::ByteRecord, ix: &[usize; COLUMNS.len()], file: &str, line: u64) -> Result<Doc, String> {
-    let time: f64 = number(record, ix[0], "time")?;
-    let epoch_ms = if time > 1e11 { time as i64 } else { (time * 1000.0) as i64 };
-    let ts = DateTime::from_timestamp_millis(epoch_ms)
-        .ok_or("time is out of range")?
-        .to_rfc3339_opts(SecondsFormat::Millis, true);
-    let magnitude: f64 = number(record, ix[1], "acceleration")?;
-    let x: i64 = number(record, ix[2], "acceleration_x")?;
-    let y: i64 = number(record, ix[3], "acceleration_y")?;
-    let z: i64 = number(record, ix[4], "acceleration_z")?;
-    let battery_mv: i64 = number(record, ix[5], "battery")?;
-    let humidity: f64 = number(record, ix[6], "humidity")?;
-    let pressure: f64 = number(record, ix[7], "pressure")?;
-    let temperature: f64 = number(record, ix[8], "temperature")?;
-    let device_id = field(record, ix[9], "dev-id")?;
-    if !(0.0..=100.0).contains(&humidity) {
-        return Err(format!("humidity {humidity} is outside 0..100"));
-    }
-    if battery_mv < 0 {
-        return Err(format!("battery {battery_mv} is negative"));
-    }
-    if !magnitude.is_finite() || !temperature.is_finite() || !pressure.is_finite() {
-        return Err("a measurement is not a finite number".into());
-    }
-    let reading = Reading {
-        device_id,
-        ts,
-        epoch_ms,
-        acceleration: Acceleration { magnitude, x, y, z },
-        battery_mv,
-        environment: Environment { humidity, pressure, temperature },
-        source: Source { file, line },
+    let m = Measurements {
+        time: number(record, ix[0], "time")?,
+        acceleration: number(record, ix[1], "acceleration")?,
+        acceleration_x: number(record, ix[2], "acceleration_x")?,
+        acceleration_y: number(record, ix[3], "acceleration_y")?,
+        acceleration_z: number(record, ix[4], "acceleration_z")?,
+        battery: number(record, ix[5], "battery")?,
+        humidity: number(record, ix[6], "humidity")?,
+        pressure: number(record, ix[7], "pressure")?,
+        temperature: number(record, ix[8], "temperature")?,
     };
-    Ok(Doc { id: format!("{device_id}:{epoch_ms}"), json: serde_json::to_string(&reading).map_err(|e| e.to_string())? })
+    let device_id = field(record, ix[9], "dev-id")?;
+    let (json, epoch_ms) = tortoise_model::document(device_id, &m, Source { file, line })?;
+    Ok(Doc { id: format!("{device_id}:{epoch_ms}"), json })
 }

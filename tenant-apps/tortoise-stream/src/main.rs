@@ -2,7 +2,7 @@
 //! `zoo.readings` (seed 002's fields: `time, acceleration, acceleration_x, acceleration_y,
 //! acceleration_z, battery, humidity, pressure, temperature, dev-id`) into the `readings` collection.
 //!
-//! Wrangling is the batch app's (`tortoise-csv`): numbers typed, `dev-id` renamed `device_id`,
+//! Wrangling is the batch app's (`tortoise-model`): numbers typed, `dev-id` renamed `device_id`,
 //! epoch `time` turned into an RFC 3339 timestamp, acceleration and weather nested, out-of-range
 //! readings rejected and counted. Each document keeps where it came from (topic, partition, offset)
 //! and when the producer wrote it. The SDK's loop does the rest (batches, idempotent `_id` from
@@ -13,9 +13,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat};
 use mysimbdp_sdk::{run_stream, Message, StreamOptions};
 use serde::{Deserialize, Serialize};
+use tortoise_model::Measurements;
 
 #[derive(Deserialize)]
 struct Input<'a> {
@@ -33,32 +33,6 @@ struct Input<'a> {
 }
 
 #[derive(Serialize)]
-struct Reading<'a> {
-    device_id: &'a str,
-    ts: String,
-    epoch_ms: i64,
-    acceleration: Acceleration,
-    battery_mv: i64,
-    environment: Environment,
-    source: Source<'a>,
-}
-
-#[derive(Serialize)]
-struct Acceleration {
-    magnitude: f64,
-    x: i64,
-    y: i64,
-    z: i64,
-}
-
-#[derive(Serialize)]
-struct Environment {
-    humidity: f64,
-    pressure: f64,
-    temperature: f64,
-}
-
-#[derive(Serialize)]
 struct Source<'a> {
     topic: &'a str,
     partition: i32,
@@ -68,34 +42,19 @@ struct Source<'a> {
 
 fn wrangle(m: &Message<'_>) -> Result<String, String> {
     let r: Input<'_> = serde_json::from_slice(m.payload).map_err(|e| format!("not a reading: {e}"))?;
-    let epoch_ms = if r.time > 1e11 { r.time as i64 } else { (r.time * 1000.0) as i64 };
-    let ts = DateTime::from_timestamp_millis(epoch_ms)
-        .ok_or("time is out of range")?
-        .to_rfc3339_opts(SecondsFormat::Millis, true);
-    if !(0.0..=100.0).contains(&r.humidity) {
-        return Err(format!("humidity {} is outside 0..100", r.humidity));
-    }
-    if r.battery < 0 {
-        return Err(format!("battery {} is negative", r.battery));
-    }
-    if r.dev_id.is_empty() {
-        return Err("dev-id is empty".into());
-    }
-    let reading = Reading {
-        device_id: r.dev_id,
-        ts,
-        epoch_ms,
-        acceleration: Acceleration {
-            magnitude: r.acceleration,
-            x: r.acceleration_x,
-            y: r.acceleration_y,
-            z: r.acceleration_z,
-        },
-        battery_mv: r.battery,
-        environment: Environment { humidity: r.humidity, pressure: r.pressure, temperature: r.temperature },
-        source: Source { topic: m.topic, partition: m.partition, offset: m.offset, produced_at_ms: m.timestamp_ms },
+    let measurements = Measurements {
+        time: r.time,
+        acceleration: r.acceleration,
+        acceleration_x: r.acceleration_x,
+        acceleration_y: r.acceleration_y,
+        acceleration_z: r.acceleration_z,
+        battery: r.battery,
+        humidity: r.humidity,
+        pressure: r.pressure,
+        temperature: r.temperature,
     };
-    serde_json::to_string(&reading).map_err(|e| e.to_string())
+    let source = Source { topic: m.topic, partition: m.partition, offset: m.offset, produced_at_ms: m.timestamp_ms };
+    Ok(tortoise_model::document(r.dev_id, &measurements, source)?.0)
 }
 
 fn main() -> ExitCode {

@@ -17,19 +17,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
-/// Reading number `n` as JSON, the same shape the tests produce.
-fn reading(n: u64) -> String {
-    format!(
-        "{{\"time\":{},\"acceleration\":1.0{},\"acceleration_x\":{},\"acceleration_y\":-12,\"acceleration_z\":1003,\"battery\":{},\"humidity\":{}.5,\"pressure\":1012.3,\"temperature\":21.25,\"dev-id\":\"tortoise-{:04}\"}}",
-        1_700_000_000_000u64 + n,
-        n % 10,
-        n % 97,
-        2900 + n % 50,
-        20 + n % 60,
-        n % 1000
-    )
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as i64
 }
@@ -117,7 +104,7 @@ fn main() {
             }
         }
         let n = from + i;
-        let payload = reading(n);
+        let payload = test_apps::tortoise_reading(n);
         let key = (n % 64).to_string();
         bytes += payload.len() as u64;
         let mut record = BaseRecord::to(&topic).key(&key).payload(&payload).timestamp(now_ms());
