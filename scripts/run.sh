@@ -18,6 +18,7 @@ step "installing the example tenants' apps (a new version only if the binary cha
 "$BIN/mysimbdp" install-app --tenant zoo --name tortoise-csv "$BIN/tortoise-csv"
 "$BIN/mysimbdp" install-app --tenant zoo --name tortoise-stream --kind stream "$BIN/tortoise-stream"
 "$BIN/mysimbdp" install-app --tenant food --name orders-jsonl "$BIN/orders-jsonl"
+"$BIN/mysimbdp" install-app --tenant food --name orders-stream --kind stream "$BIN/orders-stream"
 
 cat >&2 <<TXT
 

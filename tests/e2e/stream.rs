@@ -828,3 +828,58 @@ async fn an_instance_that_stops_reporting_is_restarted_by_the_loop() {
     assert_eq!(i["restarts_total"], 0, "a restart the manager asked for is not a crash: {i}");
     p.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_business_key_stores_an_event_produced_twice_once() {
+    let food = unique("food");
+    let agreement = stream_agreement(&food, &Stream::default()).replace("name: readings", "name: orders");
+    let mut p = TestPlatform::new(&[(&food, agreement)]).await;
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(&food)));
+    let script = format!("#!/bin/sh\nexec {}\n", bin("orders-stream").display());
+    let manifest = b"name: orders-stream\nkind: stream\nentrypoint: run.sh\nversion: 1.0.0\n";
+    upload(
+        &http,
+        &token,
+        &food,
+        tar_gz(&[Member::File("app.yaml", manifest, 0o644), Member::File("run.sh", script.as_bytes(), 0o755)]),
+    )
+    .await;
+    let topic = format!("{food}.orders");
+    wait_topic(&topic).await;
+    let id = start(&http, &token, &food, "orders-stream", 1).await[0]["id"].as_str().unwrap().to_owned();
+    wait_state(&http, &token, &food, &id, "running", Duration::from_secs(30)).await;
+    // 1,000 status changes, each produced three times (a producer retrying), and two the seed's rules drop.
+    let event = |n: u64| {
+        let status = ["placed", "cooking", "delivered"][(n % 3) as usize];
+        format!("{{\"order_id\": {}, \"customer_name\": \"c{n}\", \"restaurant_name\": \"r\", \"item\": \"soup\", \"amount\": 12.5, \"order_status\": \"{status}\", \"created_at\": \"2026-11-21 10:00:00\"}}", n / 3)
+    };
+    let mut payloads: Vec<String> = (0..3).flat_map(|_| (0..1000).map(event)).collect();
+    payloads.push("{\"amount\": 5, \"created_at\": \"2026-11-21 10:00:00\"}".into());
+    payloads.push("{\"order_id\": 9, \"amount\": 0, \"created_at\": \"2026-11-21 10:00:00\"}".into());
+    produce(&topic, payloads).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = http.get(&format!("/v1/tenants/{food}/reports?limit=1000"), &token).await.json();
+        let items = r["items"].as_array().unwrap().clone();
+        let sum = |k: &str| items.iter().map(|i| i[k].as_i64().unwrap()).sum::<i64>();
+        if sum("messages") == 3000 && sum("rejected") == 2 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let log = http.get(&format!("/v1/tenants/{food}/instances/{id}/log"), &token).await.text();
+            let docs = p.count_docs(&food, "orders").await;
+            panic!(
+                "{} messages, {} rejected, {docs} documents; instance {}; log:\n{log}",
+                sum("messages"),
+                sum("rejected"),
+                instance(&http, &token, &food, &id).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(p.count_docs(&food, "orders").await, 1000, "one document per order and status");
+    let doc = p.doc(&food, "orders", "5:delivered").await;
+    assert_eq!((doc["amount_cents"].as_i64(), doc["status"].as_str()), (Some(1250), Some("delivered")));
+    p.cleanup().await;
+}

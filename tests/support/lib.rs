@@ -266,10 +266,21 @@ impl TestPlatform {
 
     async fn wait_provisioned(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut admin = connect_admin(&pg_url()).await;
         for t in &self.tenants {
             loop {
+                // The credentials are stored before the database is made, closed to others and opened
+                // to the tenant's login (its entry in the ACL): wait for that last step.
+                let closed: Option<bool> = sqlx::query_scalar(
+                    "select coalesce(datacl::text like '%' || $1 || '=%', false) from pg_database where datname = $1",
+                )
+                .bind(t.coredms_name())
+                .fetch_optional(&mut admin)
+                .await
+                .unwrap();
                 if store::coredms::get(&self.db, t).await.unwrap().is_some()
                     && self.staging_dir.join(t.as_str()).is_dir()
+                    && closed == Some(true)
                 {
                     break;
                 }

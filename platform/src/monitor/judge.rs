@@ -22,6 +22,8 @@ pub struct Figures {
 pub enum Verdict {
     /// Lag unknown (the broker did not answer): not judged.
     Unjudged,
+    /// Read long after it was sent: kept, not judged.
+    Stale,
     Idle,
     Ok,
     /// Below a threshold; `act` once `breach_reports` in a row have been.
@@ -35,6 +37,7 @@ impl Verdict {
     pub fn name(&self) -> &'static str {
         match self {
             Verdict::Unjudged => "unjudged",
+            Verdict::Stale => "stale",
             Verdict::Idle => "idle",
             Verdict::Ok => "ok",
             Verdict::Breach { .. } => "breach",

@@ -35,8 +35,10 @@ use judge::{Figures, Judge, Verdict};
 
 /// Reports larger than this are not read.
 const MAX_REPORT: usize = 16 << 10;
-/// An instance is silent after this many intervals without a report.
+/// An instance is silent after this many intervals without a report; a report older than that (plus
+/// `STALE_SLACK`) when read is stale.
 const SILENT_INTERVALS: u32 = 3;
+const STALE_SLACK: Duration = Duration::from_secs(5);
 
 /// The metrics report contract (DESIGN.md), as read: every field required, nothing else allowed.
 #[derive(Debug, serde::Deserialize)]
@@ -141,11 +143,20 @@ impl Monitor {
             Err(d) => Err(d),
         };
         if let Err(d) = outcome {
+            if d.tenant.as_deref().is_some_and(|t| !self.serves(t)) {
+                // Another platform's tenant on a shared broker: not this monitor's to judge or count.
+                tracing::debug!(key = ?key_text, "report for a tenant not served here; ignored");
+                return Ok(());
+            }
             tracing::warn!(key = ?key_text, reason = d.reason, detail = %d.detail, "metrics report dropped");
             stream_store::insert_dropped(&self.db, d.tenant.as_deref(), key_text.as_deref(), d.reason, &d.detail)
                 .await?;
         }
         Ok(())
+    }
+
+    fn serves(&self, tenant: &str) -> bool {
+        TenantId::parse(tenant).ok().is_some_and(|t| self.agreements.get(&t).is_some())
     }
 
     /// The checks that need the store and the agreement, then the judgement.
@@ -170,12 +181,23 @@ impl Monitor {
             };
             return Ok(Err(dropped(t, "unknown_instance", what)));
         }
-        self.last_seen.insert(c.instance, Instant::now());
-        let lag = self.measure_lag(&c.tenant, &c.report.app, &stream).await;
         let r = &c.report;
-        let figures =
-            Figures { messages: r.messages, processing_rate: r.processing_rate, avg_ingestion_ms: r.avg_ingestion_ms };
-        let verdict = self.judge.judge(c.instance, figures, lag, &stream.thresholds);
+        // A report read long after it was sent (the monitor was down, or read its topic from the start)
+        // is kept but not judged: the lag measured now says nothing about that window.
+        let age = Utc::now().signed_duration_since(r.window_end).to_std().unwrap_or_default();
+        let stale = age > stream.report_interval * SILENT_INTERVALS + STALE_SLACK;
+        let (lag, verdict) = if stale {
+            (None, Verdict::Stale)
+        } else {
+            self.last_seen.insert(c.instance, Instant::now());
+            let lag = self.measure_lag(&c.tenant, &r.app, &stream).await;
+            let figures = Figures {
+                messages: r.messages,
+                processing_rate: r.processing_rate,
+                avg_ingestion_ms: r.avg_ingestion_ms,
+            };
+            (lag, self.judge.judge(c.instance, figures, lag, &stream.thresholds))
+        };
         let stored = StoredReport {
             id: 0,
             tenant: c.tenant.to_string(),
@@ -293,7 +315,9 @@ pub async fn run(
         .set("bootstrap.servers", &brokers)
         .set("group.id", format!("{cluster}-monitor"))
         .set("enable.auto.commit", "true")
-        .set("auto.offset.reset", "latest")
+        // A new monitor reads the topic from its start, so no report sent while it joined its group is
+        // lost; old ones are stale (kept, not judged) or of instances no longer running (dropped).
+        .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "20")
         .create()
         .map_err(|e| anyhow::anyhow!("the monitor's consumer for {brokers}: {e}"))?;

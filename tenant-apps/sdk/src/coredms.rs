@@ -66,6 +66,10 @@ fn is_unique_violation(e: &postgres::Error) -> bool {
     e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
 }
 
+fn is_deadlock(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
+}
+
 impl CoreDms {
     /// Connects with the tenant's own credentials (`MYSIMBDP_COREDMS_URL`) to its database.
     pub fn connect(url: &str, database: &str) -> anyhow::Result<Self> {
@@ -109,11 +113,20 @@ impl CoreDms {
                 if !*idempotent_mode {
                     match copy_direct(client, collection, docs) {
                         Ok(n) => return Ok(n),
-                        Err(e) if is_unique_violation(&e) => *idempotent_mode = true,
+                        Err(e) if is_unique_violation(&e) || is_deadlock(&e) => *idempotent_mode = true,
                         Err(e) => return Err(e).context("writing to coredms"),
                     }
                 }
-                let inserted = copy_idempotent(client, collection, docs).context("writing to coredms")?;
+                // Two connections writing batches that share ids (a business key delivered twice) can
+                // wait on each other; PostgreSQL then aborts one of them, which simply tries again.
+                let mut tries = 0;
+                let inserted = loop {
+                    match copy_idempotent(client, collection, docs) {
+                        Ok(n) => break n,
+                        Err(e) if is_deadlock(&e) && tries < 5 => tries += 1,
+                        Err(e) => return Err(e).context("writing to coredms"),
+                    }
+                };
                 if inserted == docs.len() as u64 {
                     *idempotent_mode = false; // past the part written before; back to the fast path
                 }

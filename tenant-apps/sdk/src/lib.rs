@@ -23,7 +23,7 @@ mod stream_writers;
 pub use coredms::{Batcher, CoreDms, Doc, PipelinedWriter, WriteStats};
 pub use env::BatchEnv;
 pub use result::JobResult;
-pub use stream::{run_stream, Message, StreamEnv, StreamOptions};
+pub use stream::{run_stream, Message, StreamEnv, StreamOptions, Wrangled};
 
 /// Exit status that asks the platform to run the job again later (EX_TEMPFAIL), e.g. when the
 /// coredms is unreachable.

@@ -5,7 +5,7 @@
 //!
 //! Reading and writing overlap: the consumer thread fills the next batch while writer threads write
 //! earlier ones over their own connections (`stream_writers`), committing offsets in reading order. A document's `_id`
-//! is `<topic>/<partition>/<offset>`, so a message read again after a crash or a rebalance lands on
+//! is `<topic>/<partition>/<offset>` unless the app gives a business key, so a message read again after a crash or a rebalance lands on
 //! the same document: no loss (offsets are committed after the write) and no duplicates. `resume`
 //! checks that the broker really resumes each partition at the committed offset.
 
@@ -84,6 +84,26 @@ pub struct Message<'a> {
     pub timestamp_ms: Option<i64>,
 }
 
+/// What the wrangler makes of a message: the document's JSON text (an object) and, if it has one, the
+/// business key to use as its `_id` (otherwise `<topic>/<partition>/<offset>`).
+#[derive(Clone, Debug)]
+pub struct Wrangled {
+    pub json: String,
+    pub id: Option<String>,
+}
+
+impl Wrangled {
+    pub fn new(json: String) -> Self {
+        Wrangled { json, id: None }
+    }
+
+    /// Stores the document under this key: the same event delivered twice is stored once.
+    pub fn with_id(mut self, id: String) -> Self {
+        self.id = Some(id);
+        self
+    }
+}
+
 /// Tuning of the loop; the defaults suit messages of a few hundred bytes.
 #[derive(Clone, Debug)]
 pub struct StreamOptions {
@@ -115,12 +135,12 @@ fn catch_sigterm() {
     }
 }
 
-/// Runs a stream app: `wrangle` turns a message into the JSON text of a document (an object) or
-/// says why the message is rejected. Returns the exit code the contract asks for.
+/// Runs a stream app: `wrangle` turns a message into a document or says why the message is
+/// rejected. Returns the exit code the contract asks for.
 pub fn run_stream(
     app: &str,
     options: StreamOptions,
-    wrangle: impl FnMut(&Message<'_>) -> Result<String, String>,
+    wrangle: impl FnMut(&Message<'_>) -> Result<Wrangled, String>,
 ) -> std::process::ExitCode {
     catch_sigterm();
     match run(app, options, wrangle) {
@@ -138,7 +158,7 @@ const REJECTIONS_SHOWN: u64 = 20;
 fn run(
     app: &str,
     options: StreamOptions,
-    mut wrangle: impl FnMut(&Message<'_>) -> Result<String, String>,
+    mut wrangle: impl FnMut(&Message<'_>) -> Result<Wrangled, String>,
 ) -> anyhow::Result<()> {
     let env = StreamEnv::from_env()?;
     let consumer: Arc<BaseConsumer> = Arc::new(
@@ -151,6 +171,9 @@ fn run(
             // tansu (the local broker) holds a fetch for this long even when data is waiting; Kafka
             // answers at once. 10 ms keeps latency low there and costs little here.
             .set("fetch.wait.max.ms", "10")
+            // Static membership: a restarted instance takes its own place in the group back at once,
+            // instead of waiting for the group to give up on the killed process.
+            .set("group.instance.id", &env.instance)
             .set("queued.min.messages", "200000")
             .create()
             .context("creating the Kafka consumer")?,
@@ -179,6 +202,7 @@ fn run(
 
     let mut batch = Batch::new();
     let mut resume = Resume::default();
+    let mut assigned = String::new();
     let mut batch_started = Instant::now();
     let mut next_report = Instant::now() + env.report_interval;
     let mut rejected_total = 0u64;
@@ -187,6 +211,12 @@ fn run(
         if Instant::now() >= next_report {
             publish(&producer, &env, &window);
             next_report += env.report_interval;
+            log_assignment(app, &consumer, &mut assigned);
+            // A failed writer stops the app even while no input comes (the platform restarts it).
+            if let Err(e) = writers.check() {
+                writer_error = Some(e);
+                break;
+            }
         }
         if let Some(result) = consumer.poll(Duration::from_millis(10)) {
             let m = result.context("reading from the broker")?;
@@ -209,8 +239,9 @@ fn run(
                 _ => wrangle(&msg),
             };
             match outcome {
-                Ok(json) => {
-                    let doc = Doc { id: format!("{}/{}/{}", msg.topic, msg.partition, msg.offset), json };
+                Ok(Wrangled { json, id }) => {
+                    let id = id.unwrap_or_else(|| format!("{}/{}/{}", msg.topic, msg.partition, msg.offset));
+                    let doc = Doc { id, json };
                     // Per message: no allocation beyond the document itself.
                     match batch.docs.get_mut(msg.topic) {
                         Some(docs) => docs.push(doc),
@@ -262,6 +293,18 @@ fn run(
     }
     eprintln!("{app}: stopped cleanly; {rejected_total} messages rejected in this run");
     Ok(())
+}
+
+/// Prints the partitions the group gave this instance whenever they change.
+fn log_assignment(app: &str, consumer: &BaseConsumer, last: &mut String) {
+    let Ok(tpl) = consumer.assignment() else { return };
+    let mut now: Vec<String> = tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect();
+    now.sort();
+    let now = now.join(" ");
+    if now != *last {
+        eprintln!("{app}: reading {}", if now.is_empty() { "no partitions" } else { &now });
+        *last = now;
+    }
 }
 
 fn publish(producer: &ThreadedProducer<DefaultProducerContext>, env: &StreamEnv, window: &Mutex<Window>) {

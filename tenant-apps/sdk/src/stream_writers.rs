@@ -68,6 +68,11 @@ impl Writers {
                     loop {
                         let next = rx.lock().expect("writer queue").recv();
                         let Ok((seq, mut batch)) = next else { return Ok(()) };
+                        for docs in batch.docs.values_mut() {
+                            // Every writer takes the rows' locks in one order: batches sharing ids wait
+                            // for each other instead of deadlocking.
+                            docs.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+                        }
                         for (topic, docs) in &batch.docs {
                             if let Err(e) = coredms.insert_batch(collection_for(&shared.tenant, topic), docs) {
                                 *failed.lock().expect("failed lock") = Some(format!("{e:#}"));
@@ -87,11 +92,17 @@ impl Writers {
         Writers { tx: Some(tx), writers, committer: Some(committer), failed, seq: 0 }
     }
 
+    /// An error once a writer has failed: nothing after its batch can be committed any more.
+    pub fn check(&self) -> anyhow::Result<()> {
+        match self.failed.lock().expect("failed lock").clone() {
+            Some(e) => anyhow::bail!("writing to coredms: {e}"),
+            None => Ok(()),
+        }
+    }
+
     /// Hands a batch to the writers; an error once a writer has failed.
     pub fn send(&mut self, batch: Batch) -> anyhow::Result<()> {
-        if let Some(e) = self.failed.lock().expect("failed lock").clone() {
-            anyhow::bail!("writing to coredms: {e}");
-        }
+        self.check()?;
         let tx = self.tx.as_ref().expect("send after finish");
         if tx.send((self.seq, batch)).is_err() {
             anyhow::bail!("the writers stopped");

@@ -13,7 +13,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use mysimbdp_sdk::{run_stream, Message, StreamOptions};
+use mysimbdp_sdk::{run_stream, Message, StreamOptions, Wrangled};
 use serde::{Deserialize, Serialize};
 use tortoise_model::Measurements;
 
@@ -40,7 +40,7 @@ struct Source<'a> {
     produced_at_ms: Option<i64>,
 }
 
-fn wrangle(m: &Message<'_>) -> Result<String, String> {
+fn wrangle(m: &Message<'_>) -> Result<Wrangled, String> {
     let r: Input<'_> = serde_json::from_slice(m.payload).map_err(|e| format!("not a reading: {e}"))?;
     let measurements = Measurements {
         time: r.time,
@@ -54,7 +54,7 @@ fn wrangle(m: &Message<'_>) -> Result<String, String> {
         temperature: r.temperature,
     };
     let source = Source { topic: m.topic, partition: m.partition, offset: m.offset, produced_at_ms: m.timestamp_ms };
-    Ok(tortoise_model::document(r.dev_id, &measurements, source)?.0)
+    Ok(Wrangled::new(tortoise_model::document(r.dev_id, &measurements, source)?.0))
 }
 
 fn main() -> ExitCode {
