@@ -275,6 +275,10 @@ async fn instances_beyond_the_agreement_or_of_a_batch_app_are_refused() {
     assert!(over.contains("max_instances of 2") && over.contains("3 instances"), "{over}");
     let r = http.call("POST", &format!("/v1/tenants/{zoo}/apps/nothing/instances"), Some(&token), None).await;
     assert!(r.problem(404).contains("no app `nothing`"));
+    // A NUL character names nothing in a path and is refused in a query (schemathesis found the 500).
+    assert!(http.get(&format!("/v1/tenants/{zoo}/reports?app=%00"), &token).await.problem(400).contains("NUL"));
+    assert!(http.get(&format!("/v1/tenants/{zoo}/instances?app=a%00b"), &token).await.problem(400).contains("NUL"));
+    assert!(http.get(&format!("/v1/tenants/{zoo}/instances/%00"), &token).await.problem(404).contains("NUL"));
     // An app in use cannot be deleted; once its instances stop, it can.
     let r = http.call("DELETE", &format!("/v1/tenants/{zoo}/apps/sleeper"), Some(&token), None).await;
     assert!(r.problem(409).contains("stop its instances first"));

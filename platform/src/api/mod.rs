@@ -105,6 +105,7 @@ pub fn router(state: ApiState) -> Router {
             Problem::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this endpoint does not take that method")
         })
         .with_state(state)
+        .layer(axum::middleware::from_fn(refuse_nul))
         .layer(axum::middleware::from_fn(upload::drain_refused))
         .layer(
             ServiceBuilder::new()
@@ -115,6 +116,22 @@ pub fn router(state: ApiState) -> Router {
                 }))
                 .layer(PropagateRequestIdLayer::new(request_id)),
         )
+}
+
+/// No name or value of this API may hold a NUL character, and PostgreSQL refuses it in text: a path
+/// holding one names nothing (404), a query holding one is refused (400), instead of a store error.
+async fn refuse_nul(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let uri = req.uri();
+    let has_nul = |s: &str| s.as_bytes().windows(3).any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0');
+    if has_nul(uri.path()) {
+        return Problem::not_found("no resource's name holds a NUL character (%00)").into_response();
+    }
+    if uri.query().is_some_and(has_nul) {
+        return Problem::bad_request("the query holds a NUL character (%00), which no value here may hold")
+            .into_response();
+    }
+    next.run(req).await
 }
 
 async fn timeout(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
