@@ -125,10 +125,6 @@ pub async fn get(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Option<In
         .await
 }
 
-pub async fn get_any(db: &Db, id: Uuid) -> sqlx::Result<Option<Instance>> {
-    sqlx::query_as("select * from stream_instances where id = $1").bind(id).fetch_optional(db).await
-}
-
 /// The tenant's instances, newest first, optionally of one app and in one state.
 pub async fn list(
     db: &Db,

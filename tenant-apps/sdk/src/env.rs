@@ -14,7 +14,8 @@ pub struct BatchEnv {
     pub result_file: Option<PathBuf>,
 }
 
-fn var(name: &str) -> anyhow::Result<String> {
+/// A contract variable, or an error that says how an app gets it.
+pub(crate) fn var(name: &str) -> anyhow::Result<String> {
     std::env::var(name).with_context(|| format!("{name} is not set: run this app through mysimbdp, or set it by hand"))
 }
 

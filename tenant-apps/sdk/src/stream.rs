@@ -21,6 +21,7 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 use crate::coredms::{CoreDms, Doc};
+use crate::env::var;
 use crate::metrics::Window;
 use crate::resume::{Resume, Verdict};
 use crate::stream_writers::{collection_for, Batch, Shared, Writers};
@@ -40,10 +41,6 @@ pub struct StreamEnv {
     pub coredms_db: String,
     /// Messages larger than this are rejected (the agreement's `max_message_size`).
     pub max_message_size: Option<usize>,
-}
-
-fn var(name: &str) -> anyhow::Result<String> {
-    std::env::var(name).with_context(|| format!("{name} is not set: run this app through mysimbdp, or set it by hand"))
 }
 
 impl StreamEnv {
