@@ -117,7 +117,7 @@ pub struct StreamAgreement {
     /// The largest message a producer may write to the tenant's topics (the topics' `max.message.bytes`);
     /// the example apps also reject larger ones they meet.
     pub max_message_size: ByteSize,
-    /// Address-space limit of each instance (process runtime) or memory limit (container runtime).
+    /// Resident memory of each instance: sampled for a process, the kernel's limit for a container.
     pub memory: ByteSize,
     /// CPUs each instance may use (container runtime; the process runtime cannot bound a share).
     pub cpus: f64,

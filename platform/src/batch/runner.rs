@@ -113,6 +113,7 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
         cwd: run_dir.clone(),
         env,
         memory: Some(route.memory),
+        resident_memory: None,
         cpu_time: route.cpu_time,
         timeout: Some(route.timeout),
         grace: ctx.config.kill_grace,

@@ -139,6 +139,12 @@ impl Containers {
         };
         let elapsed = started.elapsed();
         let _ = tokio::time::timeout(Duration::from_secs(5), logs).await;
+        if stopped == Stopped::No {
+            let oom = docker.inspect_container(&id, None).await.ok().and_then(|i| i.state?.oom_killed);
+            if oom == Some(true) {
+                stopped = Stopped::OverMemory { resident: None, limit: spec.memory };
+            }
+        }
         self.remove(&id).await;
         // The engine reports death by a signal as 128 + the signal, as a shell does.
         let exit = if code > 128 && code < 160 { Exit::Signal((code - 128) as i32) } else { Exit::Code(code as i32) };

@@ -22,6 +22,7 @@ pub struct InstanceSpec {
     pub env: Vec<(String, String)>,
     /// Working folder (and HOME) on the host.
     pub work_dir: PathBuf,
+    /// Resident memory: sampled for a process, the container's limit for a container.
     pub memory: ByteSize,
     pub cpus: f64,
     /// Between SIGTERM and SIGKILL.
@@ -66,7 +67,9 @@ impl Runtime {
                     args: Vec::new(),
                     cwd: spec.work_dir,
                     env: spec.env,
-                    memory: Some(spec.memory),
+                    // Resident, not address space: stream apps are multithreaded (see `resident`).
+                    memory: None,
+                    resident_memory: Some(spec.memory),
                     cpu_time: None,
                     timeout: None,
                     grace: spec.grace,

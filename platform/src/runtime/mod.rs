@@ -6,4 +6,5 @@ pub mod container;
 pub mod instance;
 pub mod log;
 pub mod process;
+pub mod resident;
 pub mod spawn;

@@ -1,6 +1,6 @@
 //! One run of a tenant's program under the platform's rules: a cleared environment holding only what
 //! the contract lists, a fresh working folder, its own process group (so a timeout ends everything it
-//! started), address-space and CPU-time limits, a parent-death signal (so a platform killed with -9
+//! started), address-space, resident-memory and CPU-time limits, a parent-death signal (so a platform killed with -9
 //! does not leave it running), stdout and stderr merged into a bounded log, and a timeout that sends
 //! SIGTERM to the group and SIGKILL after a grace period.
 
@@ -14,6 +14,7 @@ use std::os::fd::AsRawFd;
 use tokio_util::sync::CancellationToken;
 
 use super::log::BoundedLog;
+use super::resident::GroupMemory;
 use super::spawn::{spawn, Child, Limits, SpawnSpec};
 use crate::units::ByteSize;
 
@@ -23,7 +24,10 @@ pub struct ProcessSpec {
     pub cwd: PathBuf,
     /// The complete environment; nothing of the platform's is inherited.
     pub env: Vec<(String, String)>,
+    /// Address-space limit (RLIMIT_AS): a hard limit, fit for single-threaded programs.
     pub memory: Option<ByteSize>,
+    /// Resident-memory limit of the process group, sampled (see `resident`); over it, SIGKILL.
+    pub resident_memory: Option<ByteSize>,
     pub cpu_time: Option<Duration>,
     pub timeout: Option<Duration>,
     /// Between SIGTERM and SIGKILL.
@@ -66,6 +70,27 @@ pub enum Stopped {
     Timeout,
     /// The platform is shutting down; the run does not count against the job.
     Cancelled,
+    /// Killed for using more resident memory than its limit (how much, when the platform measured it;
+    /// a container's kernel does not say).
+    OverMemory {
+        resident: Option<ByteSize>,
+        limit: ByteSize,
+    },
+}
+
+impl Stopped {
+    /// Why the platform ended the program, in words, if it did so for a limit.
+    pub fn limit_passed(&self) -> Option<String> {
+        match self {
+            Stopped::OverMemory { resident: Some(resident), limit } => {
+                Some(format!("killed for resident memory of {resident}, over the agreement's memory of {limit}"))
+            }
+            Stopped::OverMemory { resident: None, limit } => {
+                Some(format!("killed by the kernel for passing the agreement's memory of {limit}"))
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -179,9 +204,20 @@ pub async fn run_with_output(
             None => std::future::pending().await,
         }
     };
+    let over_memory = async {
+        match spec.resident_memory {
+            Some(limit) => (GroupMemory::new(pgid).over(limit).await, limit),
+            None => std::future::pending().await,
+        }
+    };
     let mut stopped = Stopped::No;
     let status = tokio::select! {
         status = child.wait() => status?,
+        (resident, limit) = over_memory => {
+            stopped = Stopped::OverMemory { resident: Some(resident), limit };
+            signal_group(pgid, libc::SIGKILL);
+            child.wait().await?
+        }
         _ = sleep_until_deadline => {
             stopped = Stopped::Timeout;
             terminate(&mut child, pgid, spec.grace).await?
@@ -227,6 +263,7 @@ mod tests {
             cwd: std::env::temp_dir(),
             env: vec![("PATH".into(), "/usr/bin:/bin".into()), ("ONLY".into(), "this".into())],
             memory: None,
+            resident_memory: None,
             cpu_time: None,
             timeout,
             grace: Duration::from_millis(200),
@@ -256,6 +293,27 @@ mod tests {
         assert!(matches!(out.exit, Exit::Signal(libc::SIGTERM) | Exit::Signal(libc::SIGKILL)), "{:?}", out.exit);
         assert!(out.elapsed < Duration::from_secs(5));
         assert!(!std::path::Path::new(&marker).exists());
+    }
+
+    #[tokio::test]
+    async fn over_its_resident_memory_the_group_is_killed() {
+        // A child of the shell holds ~200 MB: the limit covers the whole group, not only the leader.
+        let mut spec = sh("a=$(head -c 200000000 /dev/zero | tr '\\0' a); sleep 30", None);
+        spec.resident_memory = Some(ByteSize(64 << 20));
+        let out = run(spec, &CancellationToken::new(), |_, _| {}).await.unwrap();
+        let Stopped::OverMemory { resident: Some(resident), limit } = out.stopped else {
+            panic!("{:?} {}", out.stopped, out.log)
+        };
+        assert!(resident.0 > 64 << 20 && limit == ByteSize(64 << 20), "{resident} {limit}");
+        assert_eq!(out.exit, Exit::Signal(libc::SIGKILL));
+        assert!(out.elapsed < Duration::from_secs(20), "{:?}", out.elapsed);
+        let why = out.stopped.limit_passed().unwrap();
+        assert!(why.contains("over the agreement's memory of 64MiB"), "{why}");
+        // Under the limit nothing happens: the same program with room to spare ends by itself.
+        let mut spec = sh("a=$(head -c 2000000 /dev/zero | tr '\\0' a); echo done", None);
+        spec.resident_memory = Some(ByteSize(256 << 20));
+        let out = run(spec, &CancellationToken::new(), |_, _| {}).await.unwrap();
+        assert_eq!((out.stopped, out.exit), (Stopped::No, Exit::Code(0)), "{}", out.log);
     }
 
     #[tokio::test]
