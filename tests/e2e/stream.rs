@@ -35,11 +35,13 @@ impl Default for Stream<'_> {
     }
 }
 
+/// Every test instance runs under 256MiB of resident memory: less than the example app's threads
+/// reserve (~480 MiB of address space), so the tests also show the limit is on what an app uses.
 pub fn stream_agreement(tenant: &str, s: &Stream<'_>) -> String {
     agreement(tenant, NO_BATCH).replace(
         "apps:\n",
         &format!(
-            "stream:\n  topics: [{{name: readings, partitions: {}}}]\n  max_instances: {}\n  restart: {}\n  report_interval: {}\n  thresholds: {}\n  on_breach: {}\n  stop_grace: 5s\n  memory: 1GiB\napps:\n",
+            "stream:\n  topics: [{{name: readings, partitions: {}}}]\n  max_instances: {}\n  restart: {}\n  report_interval: {}\n  thresholds: {}\n  on_breach: {}\n  stop_grace: 5s\n  memory: 256MiB\napps:\n",
             s.partitions, s.max_instances, s.restart, s.report_interval, s.thresholds, s.on_breach
         ),
     )
@@ -314,6 +316,104 @@ async fn a_crash_looping_app_is_restarted_up_to_the_cap_then_failed() {
     // It stays failed: nothing starts it again.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(instance(&http, &token, &zoo, &id).await["restarts_total"], 3);
+    p.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_over_its_memory_is_killed_and_restarted_per_policy() {
+    let zoo = unique("zoo");
+    let s = Stream { restart: "{policy: on-failure, max_restarts: 1, backoff: 50ms}", ..Default::default() };
+    let small = stream_agreement(&zoo, &s).replace("  memory: 256MiB\n", "  memory: 64MiB\n");
+    let mut p = TestPlatform::new(&[(&zoo, small)]).await;
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(&zoo)));
+    // The memory is held by a child of the start script: the limit is the whole process group's.
+    let hog = "echo holding; a=$(head -c 300000000 /dev/zero | tr '\\0' a); sleep 60";
+    upload(&http, &token, &zoo, script_app("hog", hog)).await;
+    let id = start(&http, &token, &zoo, "hog", 1).await[0]["id"].as_str().unwrap().to_owned();
+    let failed = wait_state(&http, &token, &zoo, &id, "failed", Duration::from_secs(60)).await;
+    assert_eq!((failed["restarts_total"].as_i64(), failed["exit_signal"].as_i64()), (Some(1), Some(9)), "{failed}");
+    let detail = failed["detail"].as_str().unwrap();
+    assert!(detail.contains("killed for resident memory of"), "{detail}");
+    assert!(
+        detail.contains("over the agreement's memory of 64MiB") && detail.contains("max_restarts of 1"),
+        "{detail}"
+    );
+    let log = http.get(&format!("/v1/tenants/{zoo}/instances/{id}/log"), &token).await.text();
+    assert_eq!(log.matches("holding\n").count(), 2, "{log}");
+    p.cleanup().await;
+}
+
+/// The group's static members now (their `group.instance.id`s), as the broker describes them.
+async fn group_members(group: &str) -> Vec<String> {
+    let members = mysimbdp::messaging::groups::members(&kafka_brokers(), group).await.expect("describing the group");
+    let mut ids: Vec<String> = members.iter().filter_map(|m| m.instance_id()).collect();
+    ids.sort();
+    ids
+}
+
+async fn stop_instance(http: &Http, token: &str, tenant: &str, id: &str) {
+    let r = http.call("DELETE", &format!("/v1/tenants/{tenant}/instances/{id}"), Some(token), None).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let exited = wait_state(http, token, tenant, id, "exited", Duration::from_secs(30)).await;
+    assert_eq!(exited["exit_code"], 0, "{exited}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_instances_partitions_pass_at_once_to_its_replacement_or_to_the_instances_left() {
+    let zoo = unique("zoo");
+    let mut p = TestPlatform::new(&[(&zoo, stream_agreement(&zoo, &Stream::default()))]).await;
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(&zoo)));
+    upload(&http, &token, &zoo, stream_app("tortoise-stream", "")).await;
+    let (topic, group) = (format!("{zoo}.readings"), format!("{zoo}.tortoise-stream"));
+    wait_topic(&topic).await;
+    let batch = |from: u64| (from..from + 2_000).map(reading).collect::<Vec<_>>();
+    // Within this, a group that waited for a stopped member to time out (45 s) would fail.
+    const AT_ONCE: Duration = Duration::from_secs(30);
+
+    let a = start(&http, &token, &zoo, "tortoise-stream", 1).await.remove(0);
+    assert_eq!(a["member"], 0, "{a}");
+    produce(&topic, batch(0)).await;
+    wait_docs(&p, &zoo, 2_000, Duration::from_secs(60)).await;
+    assert_eq!(group_members(&group).await, [format!("{group}-0")]);
+    stop_instance(&http, &token, &zoo, a["id"].as_str().unwrap()).await;
+    eventually(Duration::from_secs(10), "the stopped instance's member removed from the group", async || {
+        group_members(&group).await.is_empty()
+    })
+    .await;
+
+    // Started again: the new instance takes member 0 and reads on.
+    let b = start(&http, &token, &zoo, "tortoise-stream", 1).await.remove(0);
+    assert_eq!(b["member"], 0, "the lowest member no live instance holds: {b}");
+    let since = Instant::now();
+    produce(&topic, batch(2_000)).await;
+    wait_docs(&p, &zoo, 4_000, AT_ONCE).await;
+    eprintln!("stopped and started again: reading on after {:?}", since.elapsed());
+
+    // Scaled out to two, then the first one stopped: the one left reads every partition.
+    let c = start(&http, &token, &zoo, "tortoise-stream", 1).await.remove(0);
+    assert_eq!(c["member"], 1, "{c}");
+    let c_log = format!("/v1/tenants/{zoo}/instances/{}/log", c["id"].as_str().unwrap());
+    eventually(AT_ONCE, "the second instance given partitions", async || {
+        http.get(&c_log, &token).await.text().contains(&format!("reading {topic}/"))
+    })
+    .await;
+    stop_instance(&http, &token, &zoo, b["id"].as_str().unwrap()).await;
+    eventually(Duration::from_secs(10), "only the second instance's member left", async || {
+        group_members(&group).await == [format!("{group}-1")]
+    })
+    .await;
+    let since = Instant::now();
+    produce(&topic, batch(4_000)).await;
+    wait_docs(&p, &zoo, 6_000, AT_ONCE).await;
+    eprintln!("scaled in: the instance left read on after {:?}", since.elapsed());
+    // The app logs its partitions with each report (every second here).
+    let all = (0..4).map(|n| format!("{topic}/{n}")).collect::<Vec<_>>().join(" ");
+    eventually(Duration::from_secs(10), "the instance left logging all four partitions", async || {
+        http.get(&c_log, &token).await.text().contains(&format!("reading {all}\n"))
+    })
+    .await;
     p.cleanup().await;
 }
 
@@ -643,6 +743,7 @@ async fn a_stream_apps_environment_reaches_only_its_own_tenants_topics_and_cored
             "MYSIMBDP_CONSUMER_GROUP",
             "MYSIMBDP_COREDMS_DB",
             "MYSIMBDP_COREDMS_URL",
+            "MYSIMBDP_GROUP_INSTANCE_ID",
             "MYSIMBDP_INPUT_TOPICS",
             "MYSIMBDP_INSTANCE_ID",
             "MYSIMBDP_MAX_MESSAGE_SIZE",
@@ -659,6 +760,7 @@ async fn a_stream_apps_environment_reaches_only_its_own_tenants_topics_and_cored
     );
     assert_eq!(env["MYSIMBDP_INPUT_TOPICS"], format!("{a}.readings"));
     assert_eq!(env["MYSIMBDP_CONSUMER_GROUP"], format!("{a}.env"));
+    assert_eq!(env["MYSIMBDP_GROUP_INSTANCE_ID"], format!("{a}.env-0"), "a static member of its own group");
     assert_eq!(env["MYSIMBDP_INSTANCE_ID"], ia);
     assert!(env.values().all(|v| !v.contains(&b)), "nothing of {b} in {a}'s environment: {env:?}");
     let b_db = p.tenant(&b).coredms_name();
@@ -703,7 +805,7 @@ async fn the_container_runtime_starts_restarts_after_kill_9_and_stops_with_exact
     // The platform's own kill -9 tests cover the process runtime; here the engine delivers the SIGKILL.
     let zoo = unique("box");
     let agreement = stream_agreement(&zoo, &Stream::default())
-        .replace("  memory: 1GiB\n", "  memory: 256MiB\n  cpus: 0.5\n  runtime: container\n");
+        .replace("  memory: 256MiB\n", "  memory: 256MiB\n  cpus: 0.5\n  runtime: container\n");
     let mut p = TestPlatform::new(&[(&zoo, agreement)]).await;
     p.start().await;
     let (http, token) = (p.http(), p.token(Some(&zoo)));

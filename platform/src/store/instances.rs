@@ -34,6 +34,12 @@ pub struct Instance {
     pub detail: Option<String>,
     /// `api`, or the notification whose action created it.
     pub cause: String,
+    /// Its place in the app's consumer group: it joins as the static member `<group>-<member>`, which
+    /// a replacement takes over (see `messaging::groups`).
+    pub member: Option<i32>,
+    /// When the platform removed its member from the group after it ended.
+    #[serde(skip)]
+    pub member_released_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
@@ -82,7 +88,7 @@ pub struct NewInstances<'a> {
 }
 
 /// Records `count` new wanted instances inside `tx` (which holds the tenant's lock), refusing to pass
-/// `max`.
+/// `max`. Each takes the lowest group member no live instance of the app holds.
 pub async fn create(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     new: &NewInstances<'_>,
@@ -100,8 +106,14 @@ pub async fn create(
     let mut out = Vec::new();
     for _ in 0..new.count {
         let row: Instance = sqlx::query_as(
-            "insert into stream_instances (id, tenant, app, app_version, runtime, desired, state, cause, detail)
-             values ($1, $2, $3, $4, $5, 'running', 'starting', $6, 'waiting for the stream manager')
+            "insert into stream_instances (id, tenant, app, app_version, runtime, desired, state, cause, detail, member)
+             values ($1, $2, $3, $4, $5, 'running', 'starting', $6, 'waiting for the stream manager',
+                     (select min(n) from generate_series(0, (select count(*) from stream_instances l
+                                                               where l.tenant = $2 and l.app = $3 and l.member is not null
+                                                                 and (l.desired = 'running' or l.state not in ('exited', 'failed')))::int) n
+                       where not exists (select 1 from stream_instances l
+                                          where l.tenant = $2 and l.app = $3 and l.member = n
+                                            and (l.desired = 'running' or l.state not in ('exited', 'failed')))))
              returning *",
         )
         .bind(Uuid::now_v7())
@@ -256,5 +268,46 @@ pub async fn set_state(db: &Db, id: Uuid, state: &str, detail: &str) -> sqlx::Re
     .bind(last)
     .execute(db)
     .await?;
+    Ok(())
+}
+
+/// Apps with ended instances whose group member may still be in the group: `(tenant, app)`.
+pub async fn with_unreleased_members(db: &Db) -> sqlx::Result<Vec<(String, String)>> {
+    sqlx::query_as(
+        "select distinct tenant, app from stream_instances
+          where member is not null and member_released_at is null and state in ('exited', 'failed')",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Of the app's ended instances whose member was not released: `(id, member)`, and whether a live
+/// instance holds that member again (a replacement, whose member is not to be removed). Inside `tx`,
+/// which holds the tenant's lock, so no instance takes a member meanwhile.
+pub async fn unreleased_members(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: &str,
+    app: &str,
+) -> sqlx::Result<Vec<(Uuid, i32, bool)>> {
+    sqlx::query_as(
+        "select e.id, e.member,
+                exists (select 1 from stream_instances l
+                         where l.tenant = e.tenant and l.app = e.app and l.member = e.member
+                           and (l.desired = 'running' or l.state not in ('exited', 'failed')))
+           from stream_instances e
+          where e.tenant = $1 and e.app = $2 and e.member is not null and e.member_released_at is null
+            and e.state in ('exited', 'failed')",
+    )
+    .bind(tenant)
+    .bind(app)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+pub async fn members_released(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, ids: &[Uuid]) -> sqlx::Result<()> {
+    sqlx::query("update stream_instances set member_released_at = now() where id = any($1)")
+        .bind(ids)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }

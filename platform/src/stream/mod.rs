@@ -10,6 +10,7 @@
 //!
 //! `reaction` applies the monitor's notifications from `mysimbdp.control`.
 
+pub mod members;
 pub mod reaction;
 pub mod supervisor;
 
@@ -70,6 +71,12 @@ pub fn instance_dir(data_dir: &std::path::Path, tenant: &TenantId, id: Uuid) -> 
 /// The consumer group of a tenant's app: tenant-prefixed like its topics.
 pub fn consumer_group(tenant: &TenantId, app: &str) -> String {
     format!("{tenant}.{app}")
+}
+
+/// The static member (Kafka's `group.instance.id`) an instance joins its app's group as. Instances
+/// recorded before members existed use their own id.
+pub fn group_instance_id(group: &str, inst_id: Uuid, member: Option<i32>) -> String {
+    member.map_or_else(|| inst_id.to_string(), |m| format!("{group}-{m}"))
 }
 
 struct Supervised {
@@ -168,6 +175,7 @@ pub async fn run(ctx: StreamCtx, shutdown: CancellationToken) -> anyhow::Result<
     }
     let manager = Manager { ctx: ctx.clone(), supervised: Arc::default() };
     let reaction = tokio::spawn(reaction::run(ctx.clone(), manager.clone(), shutdown.clone()));
+    let members = tokio::spawn(members::run(ctx.clone(), shutdown.clone()));
     let mut listener = PgListener::connect_with(&ctx.db).await?;
     listener.listen("mysimbdp_instances").await?;
     tracing::info!(containers = ctx.containers.is_some(), "stream manager running");
@@ -189,6 +197,7 @@ pub async fn run(ctx: StreamCtx, shutdown: CancellationToken) -> anyhow::Result<
         let _ = task.await;
     }
     let _ = reaction.await;
+    let _ = members.await;
     drop(lock);
     Ok(())
 }

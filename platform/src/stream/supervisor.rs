@@ -62,6 +62,7 @@ fn environment(
     home: &std::path::Path,
 ) -> Vec<(String, String)> {
     let topics: Vec<String> = stream.topics.iter().map(|t| tenant_topic(tenant, &t.name)).collect();
+    let group = super::consumer_group(tenant, &inst.app);
     vec![
         ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
         ("HOME".into(), home.to_string_lossy().into_owned()),
@@ -71,7 +72,8 @@ fn environment(
         ("MYSIMBDP_APP".into(), inst.app.clone()),
         ("MYSIMBDP_INSTANCE_ID".into(), inst.id.to_string()),
         ("MYSIMBDP_INPUT_TOPICS".into(), topics.join(",")),
-        ("MYSIMBDP_CONSUMER_GROUP".into(), super::consumer_group(tenant, &inst.app)),
+        ("MYSIMBDP_GROUP_INSTANCE_ID".into(), super::group_instance_id(&group, inst.id, inst.member)),
+        ("MYSIMBDP_CONSUMER_GROUP".into(), group),
         ("MYSIMBDP_METRICS_TOPIC".into(), METRICS_TOPIC.into()),
         ("MYSIMBDP_REPORT_INTERVAL_MS".into(), stream.report_interval.as_millis().to_string()),
         ("MYSIMBDP_COREDMS_URL".into(), coredms.url.clone()),
@@ -167,8 +169,8 @@ async fn supervise_inner(
                 stopped_by_platform(ctx, inst, control, shutdown, restarts, ended).await?
             }
             Ok(ended) => {
-                let why = ended.exit.to_string();
-                let clean = ended.exit == Exit::Code(0);
+                let why = ended.stopped.limit_passed().unwrap_or_else(|| ended.exit.to_string());
+                let clean = ended.exit == Exit::Code(0) && ended.stopped == Stopped::No;
                 let restart = match stream.restart.policy {
                     RestartMode::Never => false,
                     RestartMode::OnFailure => !clean,

@@ -35,6 +35,9 @@ pub struct StreamEnv {
     pub instance: String,
     pub topics: Vec<String>,
     pub group: String,
+    /// The static member to join the group as (Kafka's `group.instance.id`); a replacement of this
+    /// instance gets the same one and takes over its partitions at once.
+    pub group_instance_id: Option<String>,
     pub metrics_topic: String,
     pub report_interval: Duration,
     pub coredms_url: String,
@@ -55,6 +58,7 @@ impl StreamEnv {
             instance: var("MYSIMBDP_INSTANCE_ID")?,
             topics: var("MYSIMBDP_INPUT_TOPICS")?.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect(),
             group: var("MYSIMBDP_CONSUMER_GROUP")?,
+            group_instance_id: std::env::var("MYSIMBDP_GROUP_INSTANCE_ID").ok().filter(|v| !v.is_empty()),
             metrics_topic: var("MYSIMBDP_METRICS_TOPIC")?,
             report_interval: Duration::from_millis(interval.max(100)),
             coredms_url: var("MYSIMBDP_COREDMS_URL")?,
@@ -158,8 +162,15 @@ fn run(
     mut wrangle: impl FnMut(&Message<'_>) -> Result<Wrangled, String>,
 ) -> anyhow::Result<()> {
     let env = StreamEnv::from_env()?;
+    let mut config = ClientConfig::new();
+    if let Some(member) = &env.group_instance_id {
+        // Static membership: a restarted instance (or the one replacing a stopped one) takes the
+        // member's place and partitions back at once, instead of waiting for the group to give up on
+        // the process that ended. The platform removes the member when the instance ends for good.
+        config.set("group.instance.id", member);
+    }
     let consumer: Arc<BaseConsumer> = Arc::new(
-        ClientConfig::new()
+        config
             .set("bootstrap.servers", &env.brokers)
             .set("group.id", &env.group)
             .set("client.id", format!("{}-{}", env.app, env.instance))
@@ -168,9 +179,6 @@ fn run(
             // tansu (the local broker) holds a fetch for this long even when data is waiting; Kafka
             // answers at once. 10 ms keeps latency low there and costs little here.
             .set("fetch.wait.max.ms", "10")
-            // Static membership: a restarted instance takes its own place in the group back at once,
-            // instead of waiting for the group to give up on the killed process.
-            .set("group.instance.id", &env.instance)
             .set("queued.min.messages", "200000")
             .create()
             .context("creating the Kafka consumer")?,
@@ -187,7 +195,8 @@ fn run(
         coredms.ensure_collection(env.collection_for(t))?;
     }
     let window = Arc::new(Mutex::new(Window::default()));
-    eprintln!("{app}: instance {} consuming {} as group {}", env.instance, env.topics.join(","), env.group);
+    let member = env.group_instance_id.as_deref().map(|m| format!(" member {m}")).unwrap_or_default();
+    eprintln!("{app}: instance {} consuming {} as group {}{member}", env.instance, env.topics.join(","), env.group);
 
     let mut connections = vec![coredms];
     for _ in 1..options.writers.max(1) {

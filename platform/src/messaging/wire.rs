@@ -1,0 +1,103 @@
+//! One Kafka request and its answer over a plain TCP connection, for the few things librdkafka does
+//! not do for us (the readiness probe, a consumer group's members, removing a static member). The
+//! message formats come from `kafka-protocol`; this is only the framing: a 4-byte length, the request
+//! header, the body; the answer likewise.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A request this client sends, and the answer it expects. (kafka-protocol's own `Request` trait
+/// exists only when its broker side is compiled in too.)
+pub trait Call: Encodable + HeaderVersion {
+    const KEY: ApiKey;
+    type Answer: Decodable + HeaderVersion;
+}
+
+macro_rules! calls {
+    ($($request:ident => $answer:ident as $key:ident),* $(,)?) => {
+        $(impl Call for $request {
+            const KEY: ApiKey = ApiKey::$key;
+            type Answer = $answer;
+        })*
+    };
+}
+
+calls! {
+    ApiVersionsRequest => ApiVersionsResponse as ApiVersions,
+    FindCoordinatorRequest => FindCoordinatorResponse as FindCoordinator,
+    DescribeGroupsRequest => DescribeGroupsResponse as DescribeGroups,
+    LeaveGroupRequest => LeaveGroupResponse as LeaveGroup,
+}
+
+/// Answers larger than this are not a Kafka broker's answer to our small requests.
+const MAX_ANSWER: i32 = 64 << 20;
+
+pub struct Connection {
+    stream: TcpStream,
+    broker: String,
+    client_id: &'static str,
+    correlation: i32,
+    timeout: Duration,
+}
+
+fn bad(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what)
+}
+
+impl Connection {
+    pub async fn connect(broker: &str, client_id: &'static str, timeout: Duration) -> std::io::Result<Self> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(broker))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {broker}")))??;
+        stream.set_nodelay(true)?;
+        Ok(Connection { stream, broker: broker.to_owned(), client_id, correlation: 0, timeout })
+    }
+
+    /// Sends `request` as `version` and returns the broker's answer.
+    pub async fn call<R: Call>(&mut self, request: &R, version: i16) -> std::io::Result<R::Answer> {
+        let name = format!("{:?}", R::KEY);
+        match tokio::time::timeout(self.timeout, self.round_trip(request, version)).await {
+            Ok(r) => r.map_err(|e| std::io::Error::new(e.kind(), format!("{name} v{version} to {}: {e}", self.broker))),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{name} v{version} to {}: no answer within {}ms", self.broker, self.timeout.as_millis()),
+            )),
+        }
+    }
+
+    async fn round_trip<R: Call>(&mut self, request: &R, version: i16) -> std::io::Result<R::Answer> {
+        self.correlation = self.correlation.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from(self.client_id)));
+        let mut frame = BytesMut::with_capacity(128);
+        frame.extend_from_slice(&[0; 4]);
+        let encode = |e: anyhow::Error| bad(format!("encoding: {e}"));
+        header.encode(&mut frame, R::header_version(version)).map_err(encode)?;
+        request.encode(&mut frame, version).map_err(encode)?;
+        let len = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        self.stream.write_all(&frame).await?;
+
+        let len = self.stream.read_i32().await?;
+        if !(4..=MAX_ANSWER).contains(&len) {
+            return Err(bad(format!("answered with a {len}-byte frame; not a Kafka broker?")));
+        }
+        let mut answer = vec![0u8; len as usize];
+        self.stream.read_exact(&mut answer).await?;
+        let mut answer = Bytes::from(answer);
+        let decode = |e: anyhow::Error| bad(format!("decoding the answer: {e}"));
+        let header = ResponseHeader::decode(&mut answer, R::Answer::header_version(version)).map_err(decode)?;
+        if header.correlation_id != self.correlation {
+            return Err(bad(format!("answered another request (correlation id {})", header.correlation_id)));
+        }
+        R::Answer::decode(&mut answer, version).map_err(decode)
+    }
+}
