@@ -77,35 +77,51 @@ async fn coordinator(brokers: &str, group: &str) -> std::io::Result<Connection> 
     Err(std::io::Error::other(if why.is_empty() { "no broker address configured".into() } else { why.join("; ") }))
 }
 
-async fn describe(conn: &mut Connection, group: &str) -> std::io::Result<Vec<Member>> {
+/// The group's state (`Stable`, `Empty`, ...) and members.
+async fn describe(conn: &mut Connection, group: &str) -> std::io::Result<(String, Vec<Member>)> {
     let request = DescribeGroupsRequest::default().with_groups(vec![GroupId(StrBytes::from(group.to_owned()))]);
     // v4 is the first to name each member's group.instance.id.
     let answer = conn.call(&request, 4).await?;
-    let mut members = Vec::new();
+    let (mut state, mut members) = (String::new(), Vec::new());
     for g in answer.groups {
         if g.error_code != 0 {
             return Err(failed("DescribeGroups", g.error_code, g.error_message.as_ref()));
         }
+        state = g.group_state.as_str().to_owned();
         members.extend(g.members.into_iter().map(|m| Member {
             member_id: m.member_id.as_str().to_owned(),
             group_instance_id: m.group_instance_id.map(|i| i.as_str().to_owned()),
             client_id: m.client_id.as_str().to_owned(),
         }));
     }
-    Ok(members)
+    Ok((state, members))
 }
 
 /// The group's members now.
 pub async fn members(brokers: &str, group: &str) -> std::io::Result<Vec<Member>> {
-    describe(&mut coordinator(brokers, group).await?, group).await
+    Ok(describe(&mut coordinator(brokers, group).await?, group).await?.1)
 }
+
+/// Group states in which removing a member cannot strand the group: settled, or rebalancing with no
+/// leader chosen yet (tansu's `Assigning`).
+const SAFE_STATES: [&str; 4] = ["Stable", "Empty", "Dead", "Assigning"];
 
 /// Removes the static members of `group` whose `group.instance.id` is one of `instance_ids`; returns
 /// the instance ids it removed (those not in the group are not an error: nothing was left to remove).
-pub async fn remove_static(brokers: &str, group: &str, instance_ids: &[String]) -> std::io::Result<Vec<String>> {
+///
+/// Returns None, removing nothing, while the group is rebalancing with a leader chosen, unless
+/// `even_while_rebalancing`: tansu 0.6 keeps waiting for a leader removed at that moment (it drops the
+/// member but not the group's leader). A member whose session has expired is safe to remove at any
+/// time, since tansu then drops it, and its leadership, itself when the removal arrives.
+pub async fn remove_static(
+    brokers: &str,
+    group: &str,
+    instance_ids: &[String],
+    even_while_rebalancing: bool,
+) -> std::io::Result<Option<Vec<String>>> {
     let mut conn = coordinator(brokers, group).await?;
-    let leaving: Vec<MemberIdentity> = describe(&mut conn, group)
-        .await?
+    let (state, members) = describe(&mut conn, group).await?;
+    let leaving: Vec<MemberIdentity> = members
         .into_iter()
         .filter_map(|m| {
             let id = m.instance_id().filter(|i| instance_ids.contains(i))?;
@@ -118,7 +134,10 @@ pub async fn remove_static(brokers: &str, group: &str, instance_ids: &[String]) 
         })
         .collect();
     if leaving.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
+    }
+    if !even_while_rebalancing && !SAFE_STATES.contains(&state.as_str()) {
+        return Ok(None);
     }
     let request =
         LeaveGroupRequest::default().with_group_id(GroupId(StrBytes::from(group.to_owned()))).with_members(leaving);
@@ -135,7 +154,7 @@ pub async fn remove_static(brokers: &str, group: &str, instance_ids: &[String]) 
             code => return Err(failed(&format!("LeaveGroup for member {instance}"), code, None)),
         }
     }
-    Ok(removed)
+    Ok(Some(removed))
 }
 
 #[cfg(test)]

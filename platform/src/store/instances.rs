@@ -275,31 +275,46 @@ pub async fn set_state(db: &Db, id: Uuid, state: &str, detail: &str) -> sqlx::Re
 pub async fn with_unreleased_members(db: &Db) -> sqlx::Result<Vec<(String, String)>> {
     sqlx::query_as(
         "select distinct tenant, app from stream_instances
-          where member is not null and member_released_at is null and state in ('exited', 'failed')",
+          where member_released_at is null and state in ('exited', 'failed')",
     )
     .fetch_all(db)
     .await
 }
 
-/// Of the app's ended instances whose member was not released: `(id, member)`, and whether a live
-/// instance holds that member again (a replacement, whose member is not to be removed). Inside `tx`,
-/// which holds the tenant's lock, so no instance takes a member meanwhile.
+/// An ended instance whose group member was not released.
+#[derive(FromRow)]
+pub struct Unreleased {
+    pub id: Uuid,
+    /// None for instances recorded before members existed (their member is their id).
+    pub member: Option<i32>,
+    /// A live instance holds the member again (a replacement): it is not to be removed.
+    pub taken_over: bool,
+    /// Ended longer ago than any session timeout: the broker has given up on its member too.
+    pub long_ago: bool,
+}
+
+/// The app's ended instances whose member was not released. Inside `tx`, which holds the tenant's
+/// lock, so no instance takes a member meanwhile.
 pub async fn unreleased_members(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     tenant: &str,
     app: &str,
-) -> sqlx::Result<Vec<(Uuid, i32, bool)>> {
+    long_ago: std::time::Duration,
+) -> sqlx::Result<Vec<Unreleased>> {
     sqlx::query_as(
         "select e.id, e.member,
-                exists (select 1 from stream_instances l
-                         where l.tenant = e.tenant and l.app = e.app and l.member = e.member
-                           and (l.desired = 'running' or l.state not in ('exited', 'failed')))
+                e.member is not null and exists (
+                    select 1 from stream_instances l
+                     where l.tenant = e.tenant and l.app = e.app and l.member = e.member
+                       and (l.desired = 'running' or l.state not in ('exited', 'failed'))) as taken_over,
+                coalesce(e.ended_at < now() - make_interval(secs => $3), false) as long_ago
            from stream_instances e
-          where e.tenant = $1 and e.app = $2 and e.member is not null and e.member_released_at is null
+          where e.tenant = $1 and e.app = $2 and e.member_released_at is null
             and e.state in ('exited', 'failed')",
     )
     .bind(tenant)
     .bind(app)
+    .bind(long_ago.as_secs_f64())
     .fetch_all(&mut **tx)
     .await
 }

@@ -18,6 +18,9 @@ use crate::store::instances;
 use crate::tenant::TenantId;
 
 const EVERY: Duration = Duration::from_millis(500);
+/// Longer than any consumer's session timeout (librdkafka's default is 45 s): a member of an instance
+/// that ended this long ago is removed even while its group rebalances (see `groups::remove_static`).
+const SESSIONS_OVER: Duration = Duration::from_secs(60);
 
 pub async fn run(ctx: Arc<StreamCtx>, shutdown: CancellationToken) {
     let mut last_error = String::new();
@@ -47,21 +50,23 @@ async fn release(ctx: &StreamCtx) -> anyhow::Result<()> {
         // Under the tenant's lock no new instance takes one of these members while they are removed.
         let mut tx = ctx.db.begin().await?;
         instances::lock_tenant(&mut tx, &tenant).await?;
-        let ended = instances::unreleased_members(&mut tx, tenant.as_str(), &app).await?;
-        let mut leaving: Vec<String> = ended
-            .iter()
-            .filter(|(_, _, taken_over)| !taken_over)
-            .map(|(id, member, _)| super::group_instance_id(&group, *id, Some(*member)))
-            .collect();
+        let ended = instances::unreleased_members(&mut tx, tenant.as_str(), &app, SESSIONS_OVER).await?;
+        let mut leaving: Vec<String> =
+            ended.iter().filter(|e| !e.taken_over).map(|e| super::group_instance_id(&group, e.id, e.member)).collect();
         leaving.sort();
         leaving.dedup();
         if !leaving.is_empty() {
-            let removed = groups::remove_static(&ctx.brokers, &group, &leaving).await?;
-            if !removed.is_empty() {
-                tracing::info!(tenant = %tenant, group, ?removed, "removed ended instances' members from the group");
+            let overdue = ended.iter().any(|e| e.long_ago);
+            match groups::remove_static(&ctx.brokers, &group, &leaving, overdue).await? {
+                // The group is rebalancing; the next pass tries again.
+                None => continue,
+                Some(removed) if !removed.is_empty() => {
+                    tracing::info!(tenant = %tenant, group, ?removed, "removed ended instances' members from the group")
+                }
+                Some(_) => {}
             }
         }
-        let ids: Vec<_> = ended.iter().map(|(id, _, _)| *id).collect();
+        let ids: Vec<_> = ended.iter().map(|e| e.id).collect();
         instances::members_released(&mut tx, &ids).await?;
         tx.commit().await?;
     }

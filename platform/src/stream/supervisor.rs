@@ -20,8 +20,11 @@ use crate::units::format_duration;
 
 /// A run at least this long counts as stable: the restart count starts again from zero.
 const STABLE_RUN: Duration = Duration::from_secs(30);
-/// The longest wait between restarts, however often the instance crashed.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The longest wait between restarts, however often the instance crashed. Below the consumers'
+/// session timeout (librdkafka's default is 45 s), so a restarted instance is back before the broker
+/// gives up on its static member: tansu 0.6 strands a group whose leader's session expired while the
+/// other members kept going (it keeps the gone leader), and no removal by the platform undoes that.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Each instance's log keeps at most twice this (the file and one rotated file).
 pub const LOG_LIMIT: u64 = 1 << 20;
 
