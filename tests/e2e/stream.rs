@@ -190,17 +190,24 @@ pub async fn wait_docs(p: &TestPlatform, tenant: &str, n: i64, within: Duration)
     }
 }
 
+/// A started platform serving `zoo` under `agreement`, the example stream app uploaded and the tenant's
+/// topic on the broker: the platform, a client, zoo's token and the topic.
+async fn zoo_with_tortoise_stream(zoo: &str, agreement: String) -> (TestPlatform, Http, String, String) {
+    let mut p = TestPlatform::new(&[(zoo, agreement)]).await;
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(zoo)));
+    upload(&http, &token, zoo, stream_app("tortoise-stream", "")).await;
+    let topic = format!("{zoo}.readings");
+    wait_topic(&topic).await;
+    (p, http, token, topic)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_app_started_through_the_api_ingests_every_message_once_and_stops_cleanly() {
     let zoo = unique("zoo");
     let small =
         stream_agreement(&zoo, &Stream::default()).replace("  stop_grace:", "  max_message_size: 4KiB\n  stop_grace:");
-    let mut p = TestPlatform::new(&[(&zoo, small)]).await;
-    p.start().await;
-    let (http, token) = (p.http(), p.token(Some(&zoo)));
-    upload(&http, &token, &zoo, stream_app("tortoise-stream", "")).await;
-    let topic = format!("{zoo}.readings");
-    wait_topic(&topic).await;
+    let (p, http, token, topic) = zoo_with_tortoise_stream(&zoo, small).await;
     let started = start(&http, &token, &zoo, "tortoise-stream", 1).await;
     let id = started[0]["id"].as_str().unwrap().to_owned();
     assert_eq!(started[0]["cause"], "api");
@@ -362,12 +369,8 @@ async fn stop_instance(http: &Http, token: &str, tenant: &str, id: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopped_instances_partitions_pass_at_once_to_its_replacement_or_to_the_instances_left() {
     let zoo = unique("zoo");
-    let mut p = TestPlatform::new(&[(&zoo, stream_agreement(&zoo, &Stream::default()))]).await;
-    p.start().await;
-    let (http, token) = (p.http(), p.token(Some(&zoo)));
-    upload(&http, &token, &zoo, stream_app("tortoise-stream", "")).await;
-    let (topic, group) = (format!("{zoo}.readings"), format!("{zoo}.tortoise-stream"));
-    wait_topic(&topic).await;
+    let (p, http, token, topic) = zoo_with_tortoise_stream(&zoo, stream_agreement(&zoo, &Stream::default())).await;
+    let group = format!("{zoo}.tortoise-stream");
     let batch = |from: u64| (from..from + 2_000).map(reading).collect::<Vec<_>>();
     // Within this, a group that waited for a stopped member to time out (45 s) would fail.
     const AT_ONCE: Duration = Duration::from_secs(30);
@@ -442,12 +445,7 @@ fn sigkill(pid: i64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_app_killed_again_and_again_while_messages_flow_loses_and_doubles_nothing() {
     let zoo = unique("zoo");
-    let mut p = TestPlatform::new(&[(&zoo, stream_agreement(&zoo, &Stream::default()))]).await;
-    p.start().await;
-    let (http, token) = (p.http(), p.token(Some(&zoo)));
-    upload(&http, &token, &zoo, stream_app("tortoise-stream", "")).await;
-    let topic = format!("{zoo}.readings");
-    wait_topic(&topic).await;
+    let (p, http, token, topic) = zoo_with_tortoise_stream(&zoo, stream_agreement(&zoo, &Stream::default())).await;
     let id = start(&http, &token, &zoo, "tortoise-stream", 1).await[0]["id"].as_str().unwrap().to_owned();
     wait_state(&http, &token, &zoo, &id, "running", Duration::from_secs(30)).await;
 
