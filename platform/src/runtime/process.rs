@@ -102,13 +102,19 @@ pub struct ProcessOutcome {
     pub log_dropped: u64,
 }
 
+/// Reads a process's /proc/PID/stat and hands `read` its fields from field 3 (`state`) on, so field
+/// N of proc(5) is `fields[N - 3]`. None if the process is gone.
+pub(super) fn proc_stat<T>(pid: u32, read: impl FnOnce(&[&str]) -> Option<T>) -> Option<T> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses; fields after the last ')' are plain.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+    read(&fields)
+}
+
 /// Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat); with the pid it
 /// identifies a process across pid reuse.
 pub fn start_ticks(pid: u32) -> Option<i64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses; fields after the last ')' are plain.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    proc_stat(pid, |fields| fields.get(22 - 3)?.parse().ok())
 }
 
 /// Kills the process group led by `pid` if that process is still the one that started at `ticks`.

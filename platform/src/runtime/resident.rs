@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use super::process::proc_stat;
 use crate::units::ByteSize;
 
 /// How often the group's resident memory is read.
@@ -19,9 +20,9 @@ pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 /// Every this many samples the group's members are looked for again (a full scan of /proc).
 const RESCAN_EVERY: u32 = 8;
 
-/// Fields after the command name in /proc/PID/stat, counted from field 3 (`state`).
-const PGRP: usize = 2;
-const RSS_PAGES: usize = 21;
+/// Fields of /proc/PID/stat (proc(5) numbers them from 1; `proc_stat` hands them over from field 3).
+const PGRP: usize = 5 - 3;
+const RSS_PAGES: usize = 24 - 3;
 
 fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -35,12 +36,11 @@ fn page_size() -> u64 {
 
 /// The process group and resident size (bytes) of a process, or None if it is gone.
 fn stat(pid: i32, page: u64) -> Option<(i32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses; the fields after the last ')' are plain.
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
-    let pgrp = fields.get(PGRP)?.parse().ok()?;
-    let pages: u64 = fields.get(RSS_PAGES)?.parse().ok()?;
-    Some((pgrp, pages * page))
+    proc_stat(pid as u32, |fields| {
+        let pgrp = fields.get(PGRP)?.parse().ok()?;
+        let pages: u64 = fields.get(RSS_PAGES)?.parse().ok()?;
+        Some((pgrp, pages * page))
+    })
 }
 
 /// Follows the resident memory of the processes in one process group.
