@@ -103,17 +103,23 @@ pub async fn create(
             max: new.max,
         });
     }
+    // Members of the app's live instances (wanted, or whose program may still run).
+    let mut taken: Vec<i32> = sqlx::query_scalar(
+        "select member from stream_instances
+          where tenant = $1 and app = $2 and member is not null
+            and (desired = 'running' or state not in ('exited', 'failed'))",
+    )
+    .bind(new.tenant.as_str())
+    .bind(new.app)
+    .fetch_all(&mut **tx)
+    .await?;
     let mut out = Vec::new();
     for _ in 0..new.count {
+        let member = (0..).find(|m| !taken.contains(m)).expect("a free member");
+        taken.push(member);
         let row: Instance = sqlx::query_as(
             "insert into stream_instances (id, tenant, app, app_version, runtime, desired, state, cause, detail, member)
-             values ($1, $2, $3, $4, $5, 'running', 'starting', $6, 'waiting for the stream manager',
-                     (select min(n) from generate_series(0, (select count(*) from stream_instances l
-                                                               where l.tenant = $2 and l.app = $3 and l.member is not null
-                                                                 and (l.desired = 'running' or l.state not in ('exited', 'failed')))::int) n
-                       where not exists (select 1 from stream_instances l
-                                          where l.tenant = $2 and l.app = $3 and l.member = n
-                                            and (l.desired = 'running' or l.state not in ('exited', 'failed')))))
+             values ($1, $2, $3, $4, $5, 'running', 'starting', $6, 'waiting for the stream manager', $7)
              returning *",
         )
         .bind(Uuid::now_v7())
@@ -122,6 +128,7 @@ pub async fn create(
         .bind(new.app_version)
         .bind(new.runtime)
         .bind(new.cause)
+        .bind(member)
         .fetch_one(&mut **tx)
         .await?;
         out.push(row);
