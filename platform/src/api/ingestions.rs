@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::extract::{Json, Path, Query};
 use super::problem::{Problem, TenantScoped};
-use super::tenants::visible;
+use super::tenants::{owned, visible};
 use super::ApiState;
 use crate::batch::retry::RetryFailure;
 use crate::store::jobs::{self, JobEvent, JobState, JobSummary, ListFilter, PageKey};
@@ -124,11 +124,7 @@ pub struct JobDetail {
 }
 
 async fn job(state: &ApiState, caller: &Caller, tenant: &str, id: &str) -> Result<(TenantId, JobSummary), Problem> {
-    let t = visible(state, caller, tenant).await?;
-    let missing = || Problem::not_found(format!("tenant `{t}` has no ingestion `{id}`"));
-    let id = Uuid::parse_str(id).map_err(|_| missing())?;
-    let job = jobs::summary(&state.db, &t, id).await?.ok_or_else(missing)?;
-    Ok((t, job))
+    owned(state, caller, tenant, id, "ingestion", |t, id| async move { jobs::summary(&state.db, &t, id).await }).await
 }
 
 /// One ingestion with its history.

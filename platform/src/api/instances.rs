@@ -3,12 +3,11 @@
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use uuid::Uuid;
 
 use super::auth::Caller;
 use super::extract::{Json, Path, Query};
 use super::problem::{Problem, TenantScoped};
-use super::tenants::visible;
+use super::tenants::{owned, visible};
 use super::ApiState;
 use crate::runtime::log::RotatingLog;
 use crate::store::instances::{self, Instance, NewInstances, StartError};
@@ -122,11 +121,7 @@ pub async fn list(
 }
 
 async fn instance(state: &ApiState, caller: &Caller, tenant: &str, id: &str) -> Result<(TenantId, Instance), Problem> {
-    let t = visible(state, caller, tenant).await?;
-    let missing = || Problem::not_found(format!("tenant `{t}` has no instance `{id}`"));
-    let id = Uuid::parse_str(id).map_err(|_| missing())?;
-    let inst = instances::get(&state.db, &t, id).await?.ok_or_else(missing)?;
-    Ok((t, inst))
+    owned(state, caller, tenant, id, "instance", |t, id| async move { instances::get(&state.db, &t, id).await }).await
 }
 
 /// One instance.

@@ -8,6 +8,7 @@ use super::extract::{Json, Path};
 use super::problem::{Problem, TenantScoped};
 use super::ApiState;
 use crate::tenant::TenantId;
+use uuid::Uuid;
 
 /// A tenant the caller may see and that exists: it has an agreement in force or has been provisioned
 /// (so its history stays readable after its agreement is withdrawn). Anything else is not found.
@@ -18,6 +19,26 @@ pub async fn visible(state: &ApiState, caller: &Caller, tenant: &str) -> Result<
     } else {
         Err(Problem::not_found(format!("there is no tenant `{tenant}`")))
     }
+}
+
+/// A record of a visible tenant by the id in its path (`what` names its kind, as in "instance"), or
+/// 404 naming it; an id that is no UUID names nothing either. `find` looks it up among the tenant's.
+pub async fn owned<T, Fut>(
+    state: &ApiState,
+    caller: &Caller,
+    tenant: &str,
+    id: &str,
+    what: &str,
+    find: impl FnOnce(TenantId, Uuid) -> Fut,
+) -> Result<(TenantId, T), Problem>
+where
+    Fut: std::future::Future<Output = sqlx::Result<Option<T>>>,
+{
+    let t = visible(state, caller, tenant).await?;
+    let missing = || Problem::not_found(format!("tenant `{t}` has no {what} `{id}`"));
+    let uuid = Uuid::parse_str(id).map_err(|_| missing())?;
+    let found = find(t.clone(), uuid).await?.ok_or_else(missing)?;
+    Ok((t, found))
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
