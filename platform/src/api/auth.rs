@@ -34,7 +34,13 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default)]
     pub iat: u64,
+    /// Not valid before (seconds since the epoch), if the minter set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
 }
+
+/// Clock difference tolerated between the minter and the platform.
+const LEEWAY_SECONDS: u64 = 5;
 
 #[derive(Clone)]
 pub struct Keys {
@@ -57,7 +63,8 @@ impl Keys {
         // Only HS256: a token naming any other algorithm (`none` included) is refused.
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp"]);
-        validation.leeway = 5;
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECONDS;
         Ok(Keys { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), validation })
     }
 
@@ -76,6 +83,7 @@ impl Keys {
             tenant: tenant.map(|t| t.to_string()),
             exp: now + ttl.as_secs(),
             iat: now,
+            nbf: None,
         };
         Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
     }
@@ -85,6 +93,7 @@ impl Keys {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
             Problem::unauthorized(match e.kind() {
                 ErrorKind::ExpiredSignature => "the token has expired".to_owned(),
+                ErrorKind::ImmatureSignature => "the token is not valid yet (its `nbf` lies in the future)".to_owned(),
                 ErrorKind::InvalidSignature => "the token's signature does not match".to_owned(),
                 ErrorKind::InvalidAlgorithm => "the token must be signed with HS256".to_owned(),
                 ErrorKind::MissingRequiredClaim(c) => format!("the token has no `{c}` claim"),
@@ -93,6 +102,10 @@ impl Keys {
             })
         })?;
         let c = data.claims;
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        if c.iat > now + LEEWAY_SECONDS {
+            return Err(Problem::unauthorized("the token claims to be issued in the future (`iat`)"));
+        }
         let sub = c.sub.unwrap_or_default();
         match (c.role, c.tenant) {
             (Role::Operator, _) => Ok(Caller::Operator { sub }),
@@ -224,6 +237,18 @@ mod tests {
                 .unwrap();
         assert!(k.verify(&no_role).unwrap_err().detail.contains("role"));
         assert!(Keys::new(b"short").is_err());
+
+        // Not yet valid, or issued in the future, beyond the leeway: refused; within it: accepted.
+        let now = chrono::Utc::now().timestamp();
+        let sign = |claims: serde_json::Value| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &k.encoding).unwrap()
+        };
+        let early = sign(serde_json::json!({"role": "operator", "exp": future, "nbf": now + 3600}));
+        assert!(k.verify(&early).unwrap_err().detail.contains("not valid yet"), "{:?}", k.verify(&early).unwrap_err());
+        let later = sign(serde_json::json!({"role": "operator", "exp": future, "iat": now + 3600}));
+        assert!(k.verify(&later).unwrap_err().detail.contains("issued in the future"));
+        let skewed = sign(serde_json::json!({"role": "operator", "exp": future, "iat": now + 2, "nbf": now + 2}));
+        assert!(k.verify(&skewed).is_ok(), "a clock a little ahead is tolerated");
     }
 
     #[test]
