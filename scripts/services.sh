@@ -94,6 +94,9 @@ select 'create role mysimbdp superuser login' where not exists (select from pg_r
 alter role mysimbdp password '$password';
 select 'create database mysimbdp owner mysimbdp' where not exists (select from pg_database where datname = 'mysimbdp') \gexec
 revoke all on database mysimbdp from public;
+-- Tenants' logins open their own database and nothing else (PostgreSQL lets everyone into these).
+revoke connect on database postgres from public;
+revoke connect on database template1 from public;
 SQL
     local base="postgres://mysimbdp:$password@127.0.0.1:$PG_PORT"
     {

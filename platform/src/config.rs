@@ -30,6 +30,9 @@ pub struct Config {
     pub cluster: String,
     /// The Docker Engine API (`unix:///path/docker.sock`) for the container runtime; absent: none.
     pub container_socket: Option<String>,
+    /// The sandbox tenants' programs run in; absent (`--sandbox off`): they run as the platform's
+    /// own user, for development on hosts where the platform cannot run as root.
+    pub sandbox: Option<crate::runtime::sandbox::SandboxConfig>,
 }
 
 /// The control plane; absent when this process runs no API.
@@ -73,11 +76,65 @@ pub fn jwt_secret_from(value: Option<String>, file: Option<PathBuf>) -> anyhow::
     Ok(secret)
 }
 
+/// A secret given as a value or as a file holding it (trailing newline dropped); the file is the way
+/// to keep it out of the process's environment.
+pub fn secret_from(what: &str, value: Option<String>, file: Option<PathBuf>) -> anyhow::Result<String> {
+    match (value, file) {
+        (Some(v), _) => Ok(v),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("reading {what} from {}: {e}", path.display()))?;
+            Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+        }
+        (None, None) => anyhow::bail!("{what} is not configured"),
+    }
+}
+
+/// Variables that may hold the platform's secrets.
+const SECRET_VARIABLES: [&str; 3] = ["MYSIMBDP_DATABASE_URL", "MYSIMBDP_COREDMS_URL", "MYSIMBDP_JWT_SECRET"];
+
+/// Removes the platform's secrets from its environment once read: from the variables the C library
+/// keeps, and from the block the kernel shows in `/proc/PID/environ` (which removing a variable does
+/// not touch), overwritten in place. Call while the process has one thread.
+pub fn scrub_secret_environment() {
+    for name in SECRET_VARIABLES {
+        let key = std::ffi::CString::new(name).expect("no NUL");
+        // SAFETY: getenv returns the value inside the environment block (or null); it is overwritten
+        // within its own length, before any other thread exists to read it.
+        unsafe {
+            let value = libc::getenv(key.as_ptr());
+            if !value.is_null() {
+                let len = libc::strlen(value);
+                std::ptr::write_bytes(value, b'x', len);
+            }
+            std::env::remove_var(name);
+        }
+    }
+}
+
+/// Makes the serving process undumpable: its memory, environment and descriptors under `/proc` are
+/// then root's alone, and no process of its own uid may attach to it.
+pub fn harden_process() {
+    // SAFETY: plain prctl on this process.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not make the platform undumpable");
+    }
+}
+
 /// Creates `dir` if needed and returns its absolute path. Paths handed to apps and stored in the
 /// platform store must not depend on any process's working folder.
 pub fn absolute_dir(dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     dir.canonicalize()
+}
+
+/// Like `absolute_dir`, and only the platform's own user may enter it (0700): what the platform
+/// keeps there is no business of tenants' programs or of other users of the host.
+pub fn private_dir(dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = absolute_dir(dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
 }
 
 impl Config {

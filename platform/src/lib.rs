@@ -85,7 +85,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             "the stream and monitor roles need the Kafka-API broker (--kafka-brokers / MYSIMBDP_KAFKA_BROKERS)"
         );
     }
-    let tenants = Arc::new(tenants::Tenants::new(db.clone(), coredms, config.staging_dir.clone()));
+    let sandbox = match (&config.sandbox, needs_tenants) {
+        (Some(settings), true) => {
+            let sandbox = runtime::sandbox::Sandbox::start(settings, &config.data_dir)?;
+            tracing::info!(sandbox = %sandbox.describe(), "tenants' programs run confined");
+            Some(Arc::new(sandbox))
+        }
+        (None, true) => {
+            tracing::warn!("--sandbox off: tenants' programs run as the platform's own user and can read its files and keys; for development only");
+            None
+        }
+        (_, false) => None,
+    };
+    let uid_base = config.sandbox.as_ref().map_or(runtime::sandbox::DEFAULT_UID_BASE, |s| s.uid_base);
+    let tenants = Arc::new(tenants::Tenants::new(db.clone(), coredms, config.staging_dir.clone(), uid_base));
     let mut background = Vec::new();
     // A role that stops with an error stops the platform: a platform missing a role is not healthy.
     let role = |name: &'static str, shutdown: CancellationToken, task: BoxFuture| {
@@ -122,6 +135,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             brokers: brokers.clone().expect("checked above"),
             containers: config.container_socket.clone().map(|socket| runtime::container::Containers { socket }),
             cluster: config.cluster.clone(),
+            sandbox: sandbox.clone(),
         };
         background.push(role("stream", shutdown.clone(), Box::pin(stream::run(ctx, shutdown.clone()))));
     }
@@ -136,7 +150,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         background.push(role("monitor", shutdown.clone(), Box::pin(monitor)));
     }
     let mut result = if config.batch_role {
-        batch::run(db.clone(), layout, agreements, tenants, metrics, config.batch.clone(), shutdown.clone()).await
+        let services = batch::Services { db: db.clone(), layout, agreements, tenants, metrics, sandbox };
+        batch::run(services, config.batch.clone(), shutdown.clone()).await
     } else {
         shutdown.cancelled().await;
         Ok(())

@@ -11,8 +11,7 @@ async fn kill_9_and_restart_lose_nothing_and_double_nothing() {
     let batch = "  routes: [{files: \"*.csv\", app: slow-tortoise, timeout: 1m, memory: 1GiB}]\n  formats: [csv]\n  max_file_size: 100MiB\n  max_files_per_hour: 1000\n  max_bytes_per_day: 10GiB\n  max_concurrent_jobs: 3\n  retries: 1";
     let mut p = TestPlatform::new(&[(&t, agreement(&t, batch))]).await;
     // The real ingest app, slowed down so that kills land while it runs and while it writes.
-    let tortoise = bin("tortoise-csv");
-    p.install_script(&t, "slow-tortoise", &format!("sleep 0.2; exec {} \"$1\"", tortoise.display())).await;
+    p.install_bundle(&t, "slow-tortoise", "sleep 0.2; exec \"$APP/tortoise-csv\" \"$1\"", &["tortoise-csv"]).await;
     p.start_process().await;
 
     const FILES: u64 = 12;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use sqlx::{Connection, PgConnection};
 
-use mysimbdp_e2e::{agreement, bin, pg_url, unique, with_database, TestPlatform};
+use mysimbdp_e2e::{agreement, pg_url, unique, with_database, TestPlatform};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn apps_see_only_their_own_tenant() {
@@ -13,7 +13,7 @@ async fn apps_see_only_their_own_tenant() {
     let batch = "  routes: [{files: \"*.csv\", app: env, timeout: 1m, memory: 256MiB}]\n  formats: [csv]\n  max_file_size: 1MiB\n  max_files_per_hour: 100\n  max_bytes_per_day: 1GiB\n  max_concurrent_jobs: 1";
     let mut p = TestPlatform::new(&[(&a, agreement(&a, batch)), (&b, agreement(&b, batch))]).await;
     p.start().await;
-    p.install_script(&a, "env", &format!("exec {} env", bin("misbehave").display())).await;
+    p.install_bundle(&a, "env", "exec \"$APP/misbehave\" env", &["misbehave"]).await;
     p.drop_file(&a, "x.csv", b"a\n1\n");
     let job = p.wait_final(&a, "x.csv").await;
     assert_eq!(job.state, "succeeded", "{job:?}");
@@ -25,8 +25,9 @@ async fn apps_see_only_their_own_tenant() {
         .lines()
         .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
         .collect();
-    // `/bin/sh`, which runs the test's wrapper script, adds PWD itself; the platform does not pass it.
-    let keys: Vec<&str> = env.keys().map(String::as_str).filter(|k| *k != "PWD").collect();
+    // `/bin/sh`, which runs the test's wrapper script, adds PWD itself, and the script sets APP; the
+    // platform passes neither.
+    let keys: Vec<&str> = env.keys().map(String::as_str).filter(|k| !["PWD", "APP"].contains(k)).collect();
     assert_eq!(
         keys,
         [
@@ -52,7 +53,10 @@ async fn apps_see_only_their_own_tenant() {
     let admin_password = pg_url().split(':').nth(2).unwrap().split('@').next().unwrap().to_owned();
     assert!(!url.contains(&admin_password), "the platform's admin password must not reach apps");
     assert!(!url.contains(&b_db));
-    assert!(env["HOME"].starts_with(&p.data_dir.join("work").join(&a).display().to_string()));
+    // The sandbox's own paths: nothing of the host's layout.
+    assert_eq!(env["HOME"], "/work");
+    assert_eq!(env["MYSIMBDP_INPUT_FILE"], "/input/x.csv");
+    assert_eq!(env["MYSIMBDP_RESULT_FILE"], "/work/result.json");
 
     // A's credentials work on A's database...
     let mut own = PgConnection::connect(url).await.expect("own database");

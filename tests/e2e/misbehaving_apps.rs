@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mysimbdp_e2e::{agreement, bin, unique, TestPlatform};
+use mysimbdp_e2e::{agreement, unique, TestPlatform};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failures_are_recorded_and_the_platform_keeps_going() {
@@ -23,12 +23,11 @@ async fn failures_are_recorded_and_the_platform_keeps_going() {
   retries: 0"#;
     let mut p = TestPlatform::new(&[(&t, agreement(&t, batch))]).await;
     p.start().await;
-    let misbehave = bin("misbehave");
-    let m = misbehave.display();
-    p.install_script(&t, "crash", &format!("exec {m} crash")).await;
-    p.install_script(&t, "hang", &format!("{m} hang & {m} hang; wait")).await;
-    p.install_script(&t, "memory", &format!("exec {m} memory")).await;
-    p.install_script(&t, "flood", &format!("exec {m} flood")).await;
+    let m = "\"$APP/misbehave\"";
+    p.install_bundle(&t, "crash", &format!("exec {m} crash"), &["misbehave"]).await;
+    p.install_bundle(&t, "hang", &format!("{m} hang & {m} hang; wait"), &["misbehave"]).await;
+    p.install_bundle(&t, "memory", &format!("exec {m} memory"), &["misbehave"]).await;
+    p.install_bundle(&t, "flood", &format!("exec {m} flood"), &["misbehave"]).await;
     p.install_script(&t, "ok", "echo ingested; exit 0").await;
 
     for (i, name) in ["crash-1.csv", "hang-1.csv", "mem-1.csv", "flood-1.csv"].iter().enumerate() {
@@ -48,7 +47,7 @@ async fn failures_are_recorded_and_the_platform_keeps_going() {
     assert!(hang.detail.as_deref().unwrap().contains("timeout of 1s"), "{hang:?}");
     assert!(hang.run_ms.unwrap() < 5_000, "SIGTERM then SIGKILL within the grace period: {hang:?}");
     // The whole process group is gone, including the background child.
-    let leftovers = std::process::Command::new("pgrep").args(["-f", &format!("{m} hang")]).output().unwrap();
+    let leftovers = std::process::Command::new("pgrep").args(["-f", "misbehave hang"]).output().unwrap();
     assert!(leftovers.stdout.is_empty(), "hang processes survived: {}", String::from_utf8_lossy(&leftovers.stdout));
 
     let mem = p.wait_final(&t, "mem-1.csv").await;
@@ -92,9 +91,10 @@ async fn retries_follow_the_agreement_and_exit_75_means_try_later() {
   retries: 2"#;
     let mut p = TestPlatform::new(&[(&t, agreement(&t, batch))]).await;
     p.start().await;
-    // Fails twice, then succeeds: a counter kept beside the input survives between attempts.
-    let counter = p.dir.path().join("attempts");
-    p.install_script(&t, "flaky", &format!("echo x >> {c}; [ $(wc -l < {c}) -ge 3 ]", c = counter.display())).await;
+    // Fails twice, then succeeds: each attempt counts itself in the app's own database, the one
+    // place it can keep anything between attempts.
+    let count = "psql \"$MYSIMBDP_COREDMS_URL\" -qtAc 'create table if not exists attempts (n serial); insert into attempts default values; select count(*) from attempts'";
+    p.install_script(&t, "flaky", &format!("[ $({count}) -ge 3 ]")).await;
     p.install_script(&t, "later", "echo 'coredms busy' >&2; exit 75").await;
     p.drop_file(&t, "flaky.csv", b"a\n1\n");
     p.drop_file(&t, "later-1.csv", b"a\n2\n");

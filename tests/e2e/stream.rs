@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use mysimbdp_e2e::{agreement, bin, eventually, kafka_brokers, tar_gz, unique, Http, Member, TestPlatform};
+use mysimbdp_e2e::{
+    agreement, bundle, eventually, kafka_brokers, stripped, tar_gz, unique, Http, Member, TestPlatform,
+};
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
@@ -49,9 +51,7 @@ pub fn stream_agreement(tenant: &str, s: &Stream<'_>) -> String {
 
 /// The example stream app as an archive: a start script running the built binary with `args`.
 pub fn stream_app(name: &str, args: &str) -> Vec<u8> {
-    let script = format!("#!/bin/sh\nexec {} {args}\n", bin("tortoise-stream").display());
-    let manifest = format!("name: {name}\nkind: stream\nentrypoint: run.sh\nversion: 1.0.0\n");
-    tar_gz(&[Member::File("app.yaml", manifest.as_bytes(), 0o644), Member::File("run.sh", script.as_bytes(), 0o755)])
+    bundle(name, "stream", &format!("exec \"$APP/tortoise-stream\" {args}"), &["tortoise-stream"])
 }
 
 /// A stream "app" that is any shell script.
@@ -723,8 +723,13 @@ async fn a_stream_apps_environment_reaches_only_its_own_tenants_topics_and_cored
     let ia = start(&http, &ta, &a, "env", 1).await[0]["id"].as_str().unwrap().to_owned();
     start(&http, &tb, &b, "env", 1).await;
     let running = wait_state(&http, &ta, &a, &ia, "running", Duration::from_secs(30)).await;
+    // The recorded pid is the instance's sandbox (its init, with an empty environment); the app is
+    // its child.
     let pid = running["pid"].as_i64().unwrap();
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let app = children.split_whitespace().next().unwrap_or_else(|| panic!("the sandbox of {pid} runs no app"));
+    assert!(std::fs::read(format!("/proc/{pid}/environ")).unwrap().is_empty(), "the init holds no environment");
+    let raw = std::fs::read(format!("/proc/{app}/environ")).unwrap();
     let env: std::collections::BTreeMap<String, String> = raw
         .split(|c| *c == 0)
         .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
@@ -808,10 +813,7 @@ async fn the_container_runtime_starts_restarts_after_kill_9_and_stops_with_exact
     p.start().await;
     let (http, token) = (p.http(), p.token(Some(&zoo)));
     // The real program (stripped to keep the image small) as the entrypoint: the image has no shell.
-    let stripped = p.dir.path().join("tortoise-stream");
-    let strip = std::process::Command::new("strip").arg("-o").arg(&stripped).arg(bin("tortoise-stream")).status();
-    assert!(strip.unwrap().success(), "strip (binutils) is needed to make the test image");
-    let exe = std::fs::read(&stripped).unwrap();
+    let exe = stripped("tortoise-stream");
     let manifest = b"name: tortoise-stream\nkind: stream\nentrypoint: bin/tortoise-stream\nversion: 1.0.0\n";
     let archive =
         tar_gz(&[Member::File("app.yaml", manifest, 0o644), Member::File("bin/tortoise-stream", &exe, 0o755)]);
@@ -942,15 +944,8 @@ async fn a_business_key_stores_an_event_produced_twice_once() {
     let mut p = TestPlatform::new(&[(&food, agreement)]).await;
     p.start().await;
     let (http, token) = (p.http(), p.token(Some(&food)));
-    let script = format!("#!/bin/sh\nexec {}\n", bin("orders-stream").display());
-    let manifest = b"name: orders-stream\nkind: stream\nentrypoint: run.sh\nversion: 1.0.0\n";
-    upload(
-        &http,
-        &token,
-        &food,
-        tar_gz(&[Member::File("app.yaml", manifest, 0o644), Member::File("run.sh", script.as_bytes(), 0o755)]),
-    )
-    .await;
+    upload(&http, &token, &food, bundle("orders-stream", "stream", "exec \"$APP/orders-stream\"", &["orders-stream"]))
+        .await;
     let topic = format!("{food}.orders");
     wait_topic(&topic).await;
     let id = start(&http, &token, &food, "orders-stream", 1).await[0]["id"].as_str().unwrap().to_owned();

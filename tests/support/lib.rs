@@ -165,6 +165,10 @@ impl TestPlatform {
             monitor_role: self.monitor_in_process,
             cluster: self.cluster.clone(),
             container_socket: Some(container_socket()),
+            sandbox: Some(mysimbdp::runtime::sandbox::SandboxConfig {
+                init: Some(bin("mysimbdp-sandbox")),
+                uid_base: mysimbdp::runtime::sandbox::DEFAULT_UID_BASE,
+            }),
         }
     }
 
@@ -308,10 +312,19 @@ impl TestPlatform {
             .unwrap_or_else(|e| panic!("installing {name}: {e}"));
     }
 
-    /// Installs a shell script as an app (for apps built around the test binaries).
+    /// Installs a shell script as an app.
     pub async fn install_script(&self, tenant: &str, name: &str, script: &str) {
         let path = self.dir.path().join(format!("{name}.sh"));
         std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        self.install(tenant, name, &path).await;
+    }
+
+    /// Installs a batch app made of a shell script and the workspace binaries it names, which sit
+    /// beside it in the app's folder (the script finds them as `$APP/<name>`): an app sees nothing
+    /// of the host but its own folder and the system's.
+    pub async fn install_bundle(&self, tenant: &str, name: &str, script: &str, binaries: &[&str]) {
+        let path = self.dir.path().join(format!("{name}.tar.gz"));
+        std::fs::write(&path, bundle(name, "batch", script, binaries)).unwrap();
         self.install(tenant, name, &path).await;
     }
 
@@ -552,11 +565,43 @@ impl TestPlatform {
     }
 }
 
+/// A workspace binary without its debug information (a tenth of its size), made once per test run.
+pub fn stripped(name: &str) -> Vec<u8> {
+    static DONE: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap();
+    if let Some((_, path)) = done.iter().find(|(n, _)| n == name) {
+        return std::fs::read(path).unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("mysimbdp-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let status = Command::new("strip").arg("-o").arg(&path).arg(bin(name)).status();
+    assert!(status.is_ok_and(|s| s.success()), "strip (binutils) is needed to bundle {name} into a test app");
+    done.push((name.to_owned(), path.clone()));
+    std::fs::read(path).unwrap()
+}
+
+/// An app archive: `app.yaml`, the script as `run` (with `APP` set to the app's folder), and the
+/// workspace binaries it names beside it.
+pub fn bundle(name: &str, kind: &str, script: &str, binaries: &[&str]) -> Vec<u8> {
+    let manifest = format!("name: {name}\nkind: {kind}\nentrypoint: run\nversion: 1.0.0\n");
+    let script = format!("#!/bin/sh\nAPP=$(dirname \"$0\")\n{script}\n");
+    let programs: Vec<(String, Vec<u8>)> = binaries.iter().map(|b| (b.to_string(), stripped(b))).collect();
+    let mut members =
+        vec![Member::File("app.yaml", manifest.as_bytes(), 0o644), Member::File("run", script.as_bytes(), 0o755)];
+    members.extend(programs.iter().map(|(n, bytes)| Member::File(n, bytes, 0o755)));
+    tar_gz(&members)
+}
+
 /// One member of a test archive. Names and link targets are written raw, so archives that a careful
 /// packer would refuse to make (`../x`, `/etc/x`) can be made.
 pub enum Member<'a> {
     File(&'a str, &'a [u8], u32),
     Symlink(&'a str, &'a str),
+    /// A hard link to an earlier member.
+    HardLink(&'a str, &'a str),
+    /// A member of another kind (device, FIFO), with no content.
+    Special(&'a str, tar::EntryType),
 }
 
 pub fn tar_gz(members: &[Member<'_>]) -> Vec<u8> {
@@ -570,12 +615,20 @@ pub fn tar_gz(members: &[Member<'_>]) -> Vec<u8> {
                 h.set_size(data.len() as u64);
                 (name, data)
             }
-            Member::Symlink(name, target) => {
-                h.set_entry_type(tar::EntryType::Symlink);
+            Member::Symlink(name, target) | Member::HardLink(name, target) => {
+                let kind =
+                    if matches!(m, Member::Symlink(..)) { tar::EntryType::Symlink } else { tar::EntryType::Link };
+                h.set_entry_type(kind);
                 h.set_mode(0o777);
                 h.set_size(0);
                 let link = &mut h.as_gnu_mut().unwrap().linkname;
                 link[..target.len()].copy_from_slice(target.as_bytes());
+                (name, &[][..])
+            }
+            Member::Special(name, kind) => {
+                h.set_entry_type(*kind);
+                h.set_mode(0o644);
+                h.set_size(0);
                 (name, &[][..])
             }
         };

@@ -31,6 +31,30 @@ pub struct ServiceAgreement {
     /// Absent: the tenant has no stream ingestion.
     pub stream: Option<StreamAgreement>,
     pub apps: AppsAgreement,
+    /// What the tenant's coredms login may take of the shared server.
+    pub coredms: CoreDmsAgreement,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CoreDmsAgreement {
+    /// Connections the tenant's login may hold at once (PostgreSQL's per-role connection limit).
+    pub max_connections: u64,
+    /// A statement running longer is cancelled.
+    #[serde(serialize_with = "crate::units::serialize_duration")]
+    pub statement_timeout: Duration,
+    /// A session idle this long inside a transaction (holding its locks) is closed.
+    #[serde(serialize_with = "crate::units::serialize_duration")]
+    pub idle_in_transaction_timeout: Duration,
+}
+
+impl Default for CoreDmsAgreement {
+    fn default() -> Self {
+        CoreDmsAgreement {
+            max_connections: 32,
+            statement_timeout: Duration::from_secs(15 * 60),
+            idle_in_transaction_timeout: Duration::from_secs(5 * 60),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -62,6 +86,10 @@ pub struct Route {
     /// CPU seconds the app may use (RLIMIT_CPU); absent means bounded by `timeout` only.
     #[serde(serialize_with = "crate::units::serialize_opt_duration")]
     pub cpu_time: Option<Duration>,
+    /// CPUs' worth of time the app may use at once (its cgroup's quota); absent: no cap.
+    pub cpus: Option<f64>,
+    /// Processes and threads the app may have at once (its cgroup's `pids.max`).
+    pub max_processes: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -117,10 +145,12 @@ pub struct StreamAgreement {
     /// The largest message a producer may write to the tenant's topics (the topics' `max.message.bytes`);
     /// the example apps also reject larger ones they meet.
     pub max_message_size: ByteSize,
-    /// Resident memory of each instance: sampled for a process, the kernel's limit for a container.
+    /// Memory of each instance: its cgroup's limit (a container's, or the sandbox's).
     pub memory: ByteSize,
-    /// CPUs each instance may use (container runtime; the process runtime cannot bound a share).
+    /// CPUs' worth of time each instance may use at once (its cgroup's quota, or the container's).
     pub cpus: f64,
+    /// Processes and threads each instance may have at once.
+    pub max_processes: u64,
     /// Between SIGTERM and SIGKILL when an instance is stopped.
     #[serde(serialize_with = "crate::units::serialize_duration")]
     pub stop_grace: Duration,
@@ -247,7 +277,7 @@ impl ServiceAgreement {
 }
 
 fn parse(value: &Value, errors: &mut Errors) -> Option<ServiceAgreement> {
-    let root = Section::new(value, "", &["version", "tenant", "name", "batch", "stream", "apps"], errors)?;
+    let root = Section::new(value, "", &["version", "tenant", "name", "batch", "stream", "apps", "coredms"], errors)?;
     let version = root.required("version", errors, |v| match v.as_u64() {
         Some(SCHEMA_VERSION) => Ok(SCHEMA_VERSION),
         _ => Err(format!("unsupported agreement version (this platform reads version {SCHEMA_VERSION})")),
@@ -266,6 +296,10 @@ fn parse(value: &Value, errors: &mut Errors) -> Option<ServiceAgreement> {
         Some(v) => parse_apps(v, &root.field("apps"), errors),
         None => Some(AppsAgreement { max_apps: 10, max_app_size: ByteSize(50 << 20) }),
     };
+    let coredms = match root.get("coredms") {
+        Some(v) => parse_coredms(v, &root.field("coredms"), errors),
+        None => Some(CoreDmsAgreement::default()),
+    };
     Some(ServiceAgreement {
         version: version?,
         tenant: tenant?,
@@ -273,6 +307,7 @@ fn parse(value: &Value, errors: &mut Errors) -> Option<ServiceAgreement> {
         batch: batch?,
         stream: stream?,
         apps: apps?,
+        coredms: coredms?,
     })
 }
 
@@ -344,7 +379,8 @@ fn parse_batch(value: &Value, path: &str, errors: &mut Errors) -> Option<BatchAg
 }
 
 fn parse_route(value: &Value, path: &str, errors: &mut Errors) -> Option<Route> {
-    let s = Section::new(value, path, &["files", "app", "timeout", "memory", "cpu_time"], errors)?;
+    let s =
+        Section::new(value, path, &["files", "app", "timeout", "memory", "cpu_time", "cpus", "max_processes"], errors)?;
     let files = s.required("files", errors, |v| {
         let p = string(v)?;
         if p.contains('/') {
@@ -379,8 +415,19 @@ fn parse_route(value: &Value, path: &str, errors: &mut Errors) -> Option<Route> 
         }
     });
     let cpu_time = s.optional("cpu_time", None, errors, |v| duration(v).map(Some));
+    let cpus = s.optional("cpus", None, errors, |v| cpus(v).map(Some));
+    let max_processes = s.optional("max_processes", DEFAULT_MAX_PROCESSES, errors, integer(1, 100_000));
     let (app, app_version) = app?;
-    Some(Route { files: files?, app, app_version, timeout: timeout?, memory: memory?, cpu_time: cpu_time? })
+    Some(Route {
+        files: files?,
+        app,
+        app_version,
+        timeout: timeout?,
+        memory: memory?,
+        cpu_time: cpu_time?,
+        cpus: cpus?,
+        max_processes: max_processes?,
+    })
 }
 
 fn parse_stream(value: &Value, path: &str, errors: &mut Errors) -> Option<StreamAgreement> {
@@ -397,6 +444,7 @@ fn parse_stream(value: &Value, path: &str, errors: &mut Errors) -> Option<Stream
             "max_message_size",
             "memory",
             "cpus",
+            "max_processes",
             "stop_grace",
             "runtime",
         ],
@@ -491,14 +539,8 @@ fn parse_stream(value: &Value, path: &str, errors: &mut Errors) -> Option<Stream
             Ok(m)
         }
     });
-    let cpus = s.optional("cpus", 1.0, errors, |v| {
-        let c = positive_number(v)?;
-        if c > 256.0 {
-            Err(format!("{c} CPUs is more than any machine here has"))
-        } else {
-            Ok(c)
-        }
-    });
+    let cpus = s.optional("cpus", 1.0, errors, cpus);
+    let max_processes = s.optional("max_processes", DEFAULT_MAX_PROCESSES, errors, integer(1, 100_000));
     let stop_grace = s.optional("stop_grace", Duration::from_secs(10), errors, duration);
     let runtime = s.optional("runtime", RuntimeKind::Process, errors, |v| match string(v)?.as_str() {
         "process" => Ok(RuntimeKind::Process),
@@ -516,8 +558,45 @@ fn parse_stream(value: &Value, path: &str, errors: &mut Errors) -> Option<Stream
         max_message_size: max_message_size?,
         memory: memory?,
         cpus: cpus?,
+        max_processes: max_processes?,
         stop_grace: stop_grace?,
         runtime: runtime?,
+    })
+}
+
+/// Processes and threads a tenant's program may have at once unless its agreement says otherwise:
+/// room for a JVM or a thread pool, not for a fork bomb.
+pub const DEFAULT_MAX_PROCESSES: u64 = 256;
+
+fn cpus(v: &Value) -> Result<f64, String> {
+    let c = positive_number(v)?;
+    if c > 256.0 {
+        Err(format!("{c} CPUs is more than any machine here has"))
+    } else {
+        Ok(c)
+    }
+}
+
+fn parse_coredms(value: &Value, path: &str, errors: &mut Errors) -> Option<CoreDmsAgreement> {
+    let s =
+        Section::new(value, path, &["max_connections", "statement_timeout", "idle_in_transaction_timeout"], errors)?;
+    let d = CoreDmsAgreement::default();
+    let max_connections = s.optional("max_connections", d.max_connections, errors, integer(1, 10_000));
+    let at_least_a_second = |v: &Value| {
+        let t = duration(v)?;
+        if t < Duration::from_secs(1) {
+            Err(format!("{} is less than a second", crate::units::format_duration(t)))
+        } else {
+            Ok(t)
+        }
+    };
+    let statement_timeout = s.optional("statement_timeout", d.statement_timeout, errors, at_least_a_second);
+    let idle_in_transaction_timeout =
+        s.optional("idle_in_transaction_timeout", d.idle_in_transaction_timeout, errors, at_least_a_second);
+    Some(CoreDmsAgreement {
+        max_connections: max_connections?,
+        statement_timeout: statement_timeout?,
+        idle_in_transaction_timeout: idle_in_transaction_timeout?,
     })
 }
 

@@ -105,7 +105,7 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
 
 impl Registry {
     pub fn new(db: Db, data_dir: &Path) -> std::io::Result<Self> {
-        let root = crate::config::absolute_dir(&data_dir.join("apps"))?;
+        let root = crate::config::private_dir(&data_dir.join("apps"))?;
         fs::create_dir_all(root.join(".incoming"))?;
         Ok(Registry { db, root })
     }
@@ -194,6 +194,8 @@ impl Registry {
             fs::remove_dir_all(&dir)?; // left by an install that crashed before committing
         }
         fs::create_dir_all(dir.parent().expect("app dir has a parent"))?;
+        // The app's own uid reads it inside the sandbox; the folders above it stay the platform's.
+        fs::set_permissions(staging, fs::Permissions::from_mode(0o755))?;
         fs::rename(staging, &dir)?;
         let app = App {
             id: Uuid::new_v4(),
@@ -251,8 +253,22 @@ pub enum DeleteError {
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest, AppError> {
-    let text = fs::read_to_string(dir.join("app.yaml")).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => AppError::Manifest("missing from the archive's top folder".into()),
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut text = String::new();
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(dir.join("app.yaml"))
+        .and_then(|f| {
+            if f.metadata()?.is_file() {
+                (&f).take(1 << 20).read_to_string(&mut text)
+            } else {
+                Err(std::io::Error::other("not a regular file"))
+            }
+        });
+    opened.map_err(|e| match (e.kind(), e.raw_os_error()) {
+        (std::io::ErrorKind::NotFound, _) => AppError::Manifest("missing from the archive's top folder".into()),
+        (_, Some(libc::ELOOP)) => AppError::Manifest("is a link; it must be a regular file".into()),
         _ => AppError::Manifest(e.to_string()),
     })?;
     let m: Manifest = serde_yaml::from_str(&text).map_err(|e| AppError::Manifest(e.to_string()))?;
@@ -266,6 +282,12 @@ fn read_manifest(dir: &Path) -> Result<Manifest, AppError> {
     let target = dir.join(entry);
     let meta = fs::symlink_metadata(&target)
         .map_err(|_| AppError::Manifest(format!("entrypoint: `{}` is not in the archive", m.entrypoint)))?;
+    if meta.file_type().is_symlink() {
+        return Err(AppError::Manifest(format!(
+            "entrypoint: `{}` is a link; it must be the program itself",
+            m.entrypoint
+        )));
+    }
     if !meta.is_file() {
         return Err(AppError::Manifest(format!("entrypoint: `{}` is not a regular file", m.entrypoint)));
     }

@@ -2,7 +2,6 @@
 //! the job row is written first, then the file is moved out of staging atomically, then it is
 //! checked; a restart finds the row in `detected` and finishes whichever step was cut short.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,6 +9,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::constraints::{self, Refusal};
+use super::frozen::freeze;
 use super::layout::move_file;
 use super::sniff::sniff;
 use super::Ctx;
@@ -43,7 +43,17 @@ pub async fn claim(ctx: &Arc<Ctx>, tenant: &TenantId, path: &Path) -> anyhow::Re
 /// Checks a claimed file against the agreement and queues or rejects it. Safe to repeat.
 pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::Result<()> {
     let work = PathBuf::from(&job.work_path);
-    let size = std::fs::metadata(&work)?.len();
+    let frozen = {
+        let work = work.clone();
+        tokio::task::spawn_blocking(move || freeze(&work)).await??
+    };
+    let (file, size) = match frozen {
+        Ok(taken) => taken,
+        Err(refusal) => {
+            let r = Rejection { size: None, checksum: None, refusal, duplicate_of: None };
+            return reject(ctx, tenant, job, r).await;
+        }
+    };
     let Some(agreement) = ctx.agreements.get(tenant) else {
         let refusal =
             Refusal { reason: "no_agreement", detail: format!("tenant {tenant} has no service agreement in force") };
@@ -64,8 +74,7 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
     };
     let (content, checksum) = {
         let _permit = ctx.hashing.acquire().await?;
-        let work = work.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<_> { Ok((sniff(&work, format)?, sha256(&work)?)) })
+        tokio::task::spawn_blocking(move || -> std::io::Result<_> { Ok((sniff(&file, format)?, sha256(&file)?)) })
             .await??
     };
     if let Err(why) = content {
@@ -100,12 +109,13 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
     Ok(())
 }
 
-fn sha256(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
+fn sha256(file: &std::fs::File) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0;
     loop {
-        let n = file.read(&mut buf)?;
+        let n = std::os::unix::fs::FileExt::read_at(file, &mut buf, offset)?;
+        offset += n as u64;
         if n == 0 {
             break;
         }

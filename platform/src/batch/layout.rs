@@ -54,15 +54,36 @@ pub fn is_ignored(name: &str) -> bool {
 }
 
 /// Moves a file, atomically when source and target share a file system, by copy and delete otherwise.
+/// A link is moved as a link and a FIFO as a FIFO, never copied through (admission refuses them with
+/// their reason).
 pub fn move_file(from: &Path, to: &Path) -> io::Result<()> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent)?;
     }
     match std::fs::rename(from, to) {
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
             let tmp = to.with_extension("moving");
-            std::fs::copy(from, &tmp)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
+            let kind = std::fs::symlink_metadata(from)?.file_type();
+            if kind.is_symlink() {
+                std::os::unix::fs::symlink(std::fs::read_link(from)?, &tmp)?;
+            } else if kind.is_fifo() {
+                let path = std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+                // SAFETY: a NUL-terminated path.
+                if unsafe { libc::mkfifo(path.as_ptr(), 0o600) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if kind.is_file() {
+                let mut source = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(from)?;
+                let mut copy = std::fs::File::create(&tmp)?;
+                io::copy(&mut source, &mut copy)?;
+                copy.sync_all()?;
+            } else {
+                return Err(io::Error::other(format!("{} is not a file that can be moved", from.display())));
+            }
             std::fs::rename(&tmp, to)?;
             std::fs::remove_file(from)
         }

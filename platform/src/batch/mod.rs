@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod constraints;
+pub mod frozen;
 pub mod layout;
 pub mod retry;
 pub mod runner;
@@ -70,6 +71,8 @@ pub struct Ctx {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Cancelled on shutdown; running apps are stopped and their jobs requeued.
     pub shutdown: CancellationToken,
+    /// Where apps run (absent: `--sandbox off`, unconfined).
+    pub sandbox: Option<Arc<crate::runtime::sandbox::Sandbox>>,
     /// Staging paths being claimed right now, so a rename event and a rescan do not race for one file.
     claiming: Mutex<HashSet<PathBuf>>,
     /// Bounds the files being hashed and sniffed at once (I/O- and CPU-bound), so small files keep
@@ -78,18 +81,22 @@ pub struct Ctx {
     tasks: TaskTracker,
 }
 
+/// What the batch manager works with, shared with the rest of the platform.
+pub struct Services {
+    pub db: Db,
+    pub layout: Layout,
+    pub agreements: Agreements,
+    pub tenants: Arc<Tenants>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where apps run (absent: `--sandbox off`, unconfined).
+    pub sandbox: Option<Arc<crate::runtime::sandbox::Sandbox>>,
+}
+
 /// Runs the batch manager until `shutdown`, then waits for running apps to stop.
-pub async fn run(
-    db: Db,
-    layout: Layout,
-    agreements: Agreements,
-    tenants: Arc<Tenants>,
-    metrics: Arc<crate::metrics::Metrics>,
-    config: BatchConfig,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(services: Services, config: BatchConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Services { db, layout, agreements, tenants, metrics, sandbox } = services;
     std::fs::create_dir_all(&layout.staging)?;
-    std::fs::create_dir_all(layout.work_root())?;
+    crate::config::private_dir(&layout.work_root())?;
     let ctx = Arc::new(Ctx {
         db,
         layout,
@@ -99,6 +106,7 @@ pub async fn run(
         config,
         metrics,
         shutdown: shutdown.clone(),
+        sandbox,
         claiming: Mutex::new(HashSet::new()),
         hashing: Semaphore::new(4),
         tasks: TaskTracker::new(),
@@ -158,7 +166,9 @@ fn consider(ctx: &Arc<Ctx>, path: PathBuf, renamed: bool) {
     if agreement.batch.is_none() {
         return;
     }
-    if renamed && !path.is_file() {
+    // Anything but a folder is taken (and a link, FIFO or device refused with its reason at
+    // admission, never followed or opened as what it points to).
+    if renamed && std::fs::symlink_metadata(&path).map_or(true, |m| m.is_dir()) {
         return;
     }
     if !ctx.claiming.lock().expect("claiming lock").insert(path.clone()) {

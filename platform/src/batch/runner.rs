@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::Ctx;
 use crate::agreement::Route;
 use crate::runtime::process::{self, Exit, ProcessSpec, Stopped};
+use crate::runtime::sandbox::{cgroup, paths, Confined};
 use crate::store::jobs::{self, AttemptEnd, AttemptReport, Job};
 use crate::store::{self};
 use crate::tenant::TenantId;
@@ -85,39 +86,71 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
         )
         .await;
     }
-    let coredms = ctx.tenants.ensure(tenant).await?;
+    let provisioned = ctx.tenants.ensure(tenant, &agreement.coredms).await?;
     let Some(attempt) = jobs::start_attempt(&ctx.db, tenant, id, app.version).await? else {
         return Ok(()); // taken by another runner
     };
     let input = PathBuf::from(&job.work_path);
-    let run_dir = ctx.layout.work_dir(tenant, id).join(format!("run-{attempt}"));
-    if run_dir.exists() {
-        std::fs::remove_dir_all(&run_dir)?;
-    }
-    std::fs::create_dir_all(&run_dir)?;
-    let result_file = run_dir.join("result.json");
+    let app_dir = PathBuf::from(&app.dir);
+    // Where the app finds its program, input and working folder: the sandbox's own paths, or
+    // (unconfined) the host's, with a fresh folder per attempt.
+    let (program, input_seen, work, unconfined_dir) = match &ctx.sandbox {
+        Some(_) => {
+            let name = input.file_name().map(PathBuf::from).unwrap_or_default();
+            (
+                Path::new(paths::APP).join(&app.entrypoint),
+                Path::new(paths::INPUT).join(name),
+                PathBuf::from(paths::WORK),
+                None,
+            )
+        }
+        None => {
+            let run_dir = ctx.layout.work_dir(tenant, id).join(format!("run-{attempt}"));
+            if run_dir.exists() {
+                std::fs::remove_dir_all(&run_dir)?;
+            }
+            std::fs::create_dir_all(&run_dir)?;
+            (app_dir.join(&app.entrypoint), input.clone(), run_dir.clone(), Some(run_dir))
+        }
+    };
+    let result_file = work.join("result.json");
     let env = vec![
         ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
-        ("HOME".to_owned(), run_dir.to_string_lossy().into_owned()),
+        ("HOME".to_owned(), work.to_string_lossy().into_owned()),
         ("LANG".to_owned(), "C.UTF-8".to_owned()),
         ("MYSIMBDP_TENANT".to_owned(), tenant.to_string()),
         ("MYSIMBDP_JOB_ID".to_owned(), id.to_string()),
-        ("MYSIMBDP_INPUT_FILE".to_owned(), input.to_string_lossy().into_owned()),
-        ("MYSIMBDP_COREDMS_URL".to_owned(), coredms.url.clone()),
-        ("MYSIMBDP_COREDMS_DB".to_owned(), coredms.database.clone()),
+        ("MYSIMBDP_INPUT_FILE".to_owned(), input_seen.to_string_lossy().into_owned()),
+        ("MYSIMBDP_COREDMS_URL".to_owned(), provisioned.coredms.url.clone()),
+        ("MYSIMBDP_COREDMS_DB".to_owned(), provisioned.coredms.database.clone()),
         ("MYSIMBDP_RESULT_FILE".to_owned(), result_file.to_string_lossy().into_owned()),
     ];
+    let confined = ctx.sandbox.clone().map(|sandbox| {
+        let limits = cgroup::Limits { memory: route.memory.0, pids: route.max_processes, cpus: route.cpus };
+        (
+            sandbox,
+            Confined {
+                account: provisioned.account.clone(),
+                app_dir: app_dir.clone(),
+                input: Some(input.clone()),
+                limits,
+            },
+        )
+    });
     let spec = ProcessSpec {
-        program: Path::new(&app.dir).join(&app.entrypoint),
-        args: vec![input.clone().into()],
-        cwd: run_dir.clone(),
+        program,
+        args: vec![input_seen.into()],
+        cwd: work,
         env,
+        // Unconfined only (a confined run's memory is its cgroup's): an address-space limit.
         memory: Some(route.memory),
         resident_memory: None,
         cpu_time: route.cpu_time,
         timeout: Some(route.timeout),
         grace: ctx.config.kill_grace,
         log_limit: ctx.config.log_limit,
+        result_file: Some(result_file),
+        confined,
     };
     tracing::info!(%tenant, job = %id, attempt, app = %app.name, version = app.version, "running");
     let db = ctx.db.clone();
@@ -149,7 +182,7 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
             .await;
         }
     };
-    let result = read_result(&result_file);
+    let result = parse_result(outcome.result);
     let mut report = AttemptReport {
         exit_code: match outcome.exit {
             Exit::Code(c) => Some(c),
@@ -169,17 +202,27 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
             report.records_ingested = r.records_ingested;
             report.records_rejected = r.records_rejected;
             report.bytes_read = r.bytes_read;
-            report.app_message = r.message;
+            report.app_message = r.message.map(|m| printable(&m, MESSAGE_LIMIT));
         }
         Err(why) => report.log.push_str(&format!("\n[mysimbdp] result file ignored: {why}\n")),
     }
-    let _ = std::fs::remove_dir_all(&run_dir);
+    if let Some(dir) = unconfined_dir {
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+    }
 
     if outcome.stopped == Stopped::Cancelled {
         // Not the app's fault: the platform is stopping. Run it again after the restart.
         jobs::requeue_interrupted(&ctx.db, tenant, id, "platform shut down during the attempt; it will run again")
             .await?;
         return Ok(());
+    }
+    if let Stopped::OverMemory { resident, limit } = outcome.stopped {
+        let peak = resident.map_or(String::new(), |r| format!(" (peak {r})"));
+        let detail = format!(
+            "{}: its memory reached the route's memory limit of {limit}{peak} and the kernel ended it",
+            outcome.exit
+        );
+        return end_attempt(ctx, tenant, &job, attempt, report, "memory_limit", detail).await;
     }
     if outcome.stopped == Stopped::Timeout {
         let detail = format!(
@@ -228,15 +271,30 @@ fn classify_failure(exit: Exit, log: &str, route: &Route) -> (&'static str, Stri
     ("app_error", status)
 }
 
-fn read_result(path: &Path) -> Result<AppResult, String> {
-    match std::fs::metadata(path) {
-        Err(_) => Ok(AppResult::default()),
-        Ok(m) if m.len() > 1 << 20 => Err(format!("{} bytes is over the 1MiB bound", m.len())),
-        Ok(_) => {
-            let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-            serde_json::from_str(&text).map_err(|e| format!("not the result JSON: {e}"))
-        }
+/// The result file's content as the app's result; `Err` says why it is not used.
+fn parse_result(file: Option<Result<Vec<u8>, String>>) -> Result<AppResult, String> {
+    match file {
+        None => Ok(AppResult::default()),
+        Some(Err(why)) => Err(why),
+        Some(Ok(bytes)) => serde_json::from_slice(&bytes).map_err(|e| format!("not the result JSON: {e}")),
     }
+}
+
+/// The longest app message kept, in characters.
+const MESSAGE_LIMIT: usize = 4096;
+
+/// Text an app wrote, fit for the store and a terminal: no NUL (PostgreSQL text cannot hold it), no
+/// other control characters but newlines and tabs, at most `limit` characters.
+fn printable(text: &str, limit: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(limit)
+        .map(|c| if c.is_control() && c != '\n' && c != '\t' { '\u{FFFD}' } else { c })
+        .collect();
+    if text.chars().nth(limit).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// Ends a failed attempt: retry after a backoff while attempts remain, otherwise fail and quarantine.

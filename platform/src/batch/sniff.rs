@@ -1,17 +1,24 @@
 //! Checks that a file's content is what its extension claims, from its first 64 KiB, before any app
 //! sees it: text not binary, JSON lines that parse, CSV rows that match the header's width.
 
-use std::io::Read;
-use std::path::Path;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 
 use crate::agreement::Format;
 
 const SAMPLE: usize = 64 << 10;
 
 /// `Err` says in words why the content is not `format`.
-pub fn sniff(path: &Path, format: Format) -> std::io::Result<Result<(), String>> {
-    let mut sample = Vec::with_capacity(SAMPLE);
-    std::fs::File::open(path)?.take(SAMPLE as u64).read_to_end(&mut sample)?;
+pub fn sniff(file: &File, format: Format) -> std::io::Result<Result<(), String>> {
+    let mut sample = vec![0u8; SAMPLE];
+    let mut filled = 0;
+    while filled < SAMPLE {
+        match file.read_at(&mut sample[filled..], filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    sample.truncate(filled);
     Ok(check(&sample, format))
 }
 

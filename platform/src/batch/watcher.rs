@@ -29,15 +29,16 @@ pub fn watch(root: &Path, tx: mpsc::UnboundedSender<PathBuf>) -> notify::Result<
     Ok(watcher)
 }
 
-/// Regular files in `dir`, with their age.
+/// Everything in `dir` but folders (links, FIFOs and the like are taken to be refused, not left
+/// waiting), with its age. Links are not followed.
 pub fn list(dir: &Path) -> Vec<(PathBuf, Duration)> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let now = SystemTime::now();
     entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
-            let meta = e.metadata().ok()?;
-            if !meta.is_file() {
+            let meta = e.metadata().ok()?; // lstat: a link's own metadata
+            if meta.is_dir() {
                 return None;
             }
             let age = now.duration_since(meta.modified().ok()?).unwrap_or_default();

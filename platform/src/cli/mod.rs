@@ -53,8 +53,25 @@ enum RoleArg {
 #[derive(Args, Clone)]
 struct StoreArgs {
     /// The platform store (PostgreSQL).
-    #[arg(long, env = "MYSIMBDP_DATABASE_URL")]
-    database_url: String,
+    #[arg(long, env = "MYSIMBDP_DATABASE_URL", hide_env_values = true, required_unless_present = "database_url_file")]
+    database_url: Option<String>,
+    /// File holding the store's URL (preferred: the URL holds a password).
+    #[arg(long, env = "MYSIMBDP_DATABASE_URL_FILE")]
+    database_url_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn url(self) -> anyhow::Result<String> {
+        mysimbdp::config::secret_from("the platform store's URL", self.database_url, self.database_url_file)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SandboxMode {
+    /// Each program in its own namespaces, uid and cgroup (needs root).
+    On,
+    /// Programs run as the platform's own user and can read its files: development only.
+    Off,
 }
 
 #[derive(Args, Clone)]
@@ -87,9 +104,22 @@ struct ServeArgs {
     store: StoreArgs,
     #[command(flatten)]
     paths: PathArgs,
-    /// Admin URL of the coredms server (postgres:// or mongodb://); never handed to apps.
-    #[arg(long, env = "MYSIMBDP_COREDMS_URL")]
-    coredms_url: String,
+    /// Admin URL of the coredms server (postgres:// or mongodb://); used only to provision tenants,
+    /// never handed to apps.
+    #[arg(long, env = "MYSIMBDP_COREDMS_URL", hide_env_values = true, required_unless_present = "coredms_url_file")]
+    coredms_url: Option<String>,
+    /// File holding the coredms admin URL (preferred: the URL holds a password).
+    #[arg(long, env = "MYSIMBDP_COREDMS_URL_FILE")]
+    coredms_url_file: Option<PathBuf>,
+    /// How tenants' programs run: `on`, in the sandbox (the default; needs root), or `off`.
+    #[arg(long, env = "MYSIMBDP_SANDBOX", value_enum, default_value = "on")]
+    sandbox: SandboxMode,
+    /// The sandbox's init binary (default: `mysimbdp-sandbox` beside this binary).
+    #[arg(long, env = "MYSIMBDP_SANDBOX_INIT")]
+    sandbox_init: Option<PathBuf>,
+    /// Tenants' uids (and gids) are allocated from this one upwards.
+    #[arg(long, env = "MYSIMBDP_SANDBOX_UID_BASE", default_value_t = mysimbdp::runtime::sandbox::DEFAULT_UID_BASE)]
+    sandbox_uid_base: u32,
     /// The Kafka-API broker, `host:port[,host:port...]` (readiness checks it; the stream and
     /// monitor roles need it).
     #[arg(long, env = "MYSIMBDP_KAFKA_BROKERS")]
@@ -179,6 +209,9 @@ enum KindArg {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Still one thread: the secrets clap has read leave the environment (and /proc/PID/environ)
+    // before anything else starts.
+    mysimbdp::config::scrub_secret_environment();
     init_tracing(cli.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(dispatch(cli)) {
@@ -217,6 +250,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 store,
                 paths,
                 coredms_url,
+                coredms_url_file,
+                sandbox,
+                sandbox_init,
+                sandbox_uid_base,
                 kafka_brokers,
                 cluster,
                 container_socket,
@@ -233,9 +270,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 None
             };
+            let sandbox = match sandbox {
+                SandboxMode::On => {
+                    Some(mysimbdp::runtime::sandbox::SandboxConfig { init: sandbox_init, uid_base: sandbox_uid_base })
+                }
+                SandboxMode::Off => None,
+            };
             let config = mysimbdp::Config {
-                database_url: store.database_url,
-                coredms_url,
+                database_url: store.url()?,
+                coredms_url: mysimbdp::config::secret_from("the coredms admin URL", coredms_url, coredms_url_file)?,
                 tenants_dir: paths.tenants_dir,
                 staging_dir: paths.staging_dir,
                 data_dir: paths.data_dir,
@@ -253,14 +296,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 monitor_role: roles.contains(&RoleArg::Monitor),
                 cluster,
                 container_socket,
+                sandbox,
             };
+            mysimbdp::config::harden_process();
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             mysimbdp::run(config, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { store } => {
-            let db = store::connect(&store.database_url).await?;
+            let db = store::connect(&store.url()?).await?;
             store::migrate(&db).await?;
             println!("platform store is up to date");
             Ok(ExitCode::SUCCESS)
@@ -294,7 +339,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let t = tenant(&remote.tenant_flag().ok_or_else(|| anyhow::anyhow!("name the tenant with --tenant"))?)?;
             let agreement_file = paths.tenants_dir.join(format!("{t}.yaml"));
             let agreement = ServiceAgreement::load(&agreement_file)?;
-            let db = store::connect(&store.database_url).await?;
+            let db = store::connect(&store.url()?).await?;
             store::migrate(&db).await?;
             let kind = match kind {
                 KindArg::Batch => AppKind::Batch,

@@ -7,6 +7,7 @@ mod postgres;
 
 use rand::distr::{Alphanumeric, SampleString};
 
+use crate::agreement::CoreDmsAgreement;
 use crate::store::{self, coredms::Credentials, Db};
 use crate::tenant::TenantId;
 
@@ -81,6 +82,26 @@ impl CoreDms {
             Backend::Mongo(m) => m.provision(&creds).await?,
         }
         Ok(self.tenant_view(&creds))
+    }
+
+    /// Applies the agreement's share of the server to the tenant's login (PostgreSQL; MongoDB has no
+    /// per-user connection limit, so there the operator bounds the server's connections).
+    pub async fn limit(&self, tenant: &TenantId, limits: &CoreDmsAgreement) -> Result<(), CoreDmsError> {
+        match &self.backend {
+            Backend::Postgres(p) => p.limit(&tenant.coredms_name(), limits).await,
+            Backend::Mongo(_) => Ok(()),
+        }
+    }
+
+    /// Cancels statements and closes sessions of tenants' logins past their agreement's timeouts.
+    pub async fn enforce(&self, limits: &[(TenantId, CoreDmsAgreement)]) -> Result<u64, CoreDmsError> {
+        match &self.backend {
+            Backend::Postgres(p) => {
+                let logins: Vec<_> = limits.iter().map(|(t, l)| (t.coredms_name(), l.clone())).collect();
+                p.enforce(&logins).await
+            }
+            Backend::Mongo(_) => Ok(0),
+        }
     }
 
     /// The admin URL with the tenant's login and database in place of the admin's.

@@ -6,6 +6,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use super::CoreDmsError;
+use crate::agreement::CoreDmsAgreement;
 use crate::store::coredms::Credentials;
 
 pub struct Provisioner {
@@ -52,6 +53,54 @@ impl Provisioner {
         result?;
         unlocked.map_err(pg)?;
         Ok(())
+    }
+
+    /// The agreement's share of the server for the tenant's login: a connection limit enforced by
+    /// PostgreSQL, and timeouts as the login's defaults.
+    pub async fn limit(&self, role: &str, limits: &CoreDmsAgreement) -> Result<(), CoreDmsError> {
+        let r = ident(role);
+        let ms = |d: std::time::Duration| literal(&format!("{}ms", d.as_millis()));
+        let statements = [
+            format!("alter role {r} connection limit {}", limits.max_connections),
+            format!("alter role {r} set statement_timeout = {}", ms(limits.statement_timeout)),
+            format!(
+                "alter role {r} set idle_in_transaction_session_timeout = {}",
+                ms(limits.idle_in_transaction_timeout)
+            ),
+        ];
+        for sql in statements {
+            sqlx::query(&sql).execute(&self.admin).await.map_err(pg)?;
+        }
+        Ok(())
+    }
+
+    /// The timeouts are only defaults a session may change for itself (`SET statement_timeout = 0`);
+    /// here they are enforced: statements running past theirs are cancelled, sessions idle past
+    /// theirs inside a transaction closed (a few seconds' grace, for sessions that honour them). Returns how many.
+    pub async fn enforce(&self, logins: &[(String, CoreDmsAgreement)]) -> Result<u64, CoreDmsError> {
+        if logins.is_empty() {
+            return Ok(0);
+        }
+        let roles: Vec<&str> = logins.iter().map(|(r, _)| r.as_str()).collect();
+        let statement: Vec<f64> = logins.iter().map(|(_, l)| l.statement_timeout.as_secs_f64()).collect();
+        let idle: Vec<f64> = logins.iter().map(|(_, l)| l.idle_in_transaction_timeout.as_secs_f64()).collect();
+        let ended: i64 = sqlx::query_scalar(
+            "with limits(role, statement_s, idle_s) as (select * from unnest($1::text[], $2::float8[], $3::float8[])),
+                  over as (
+                    select a.pid, a.state = 'active' as running from pg_stat_activity a join limits l on a.usename = l.role
+                    where a.pid <> pg_backend_pid() and (
+                      (a.state = 'active' and now() - a.query_start > make_interval(secs => l.statement_s + 5))
+                      or (a.state like 'idle in transaction%' and now() - a.state_change > make_interval(secs => l.idle_s + 5))))
+             select count(*) filter (where case when running then pg_cancel_backend(pid) else pg_terminate_backend(pid) end)
+             from over",
+        )
+        .bind(&roles)
+        .bind(&statement)
+        .bind(&idle)
+        .fetch_one(&self.admin)
+        .await
+        .map_err(pg)?;
+        Ok(ended as u64)
     }
 
     pub async fn drop(&self, name: &str) -> Result<(), CoreDmsError> {

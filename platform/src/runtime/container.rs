@@ -2,15 +2,28 @@
 //! Podman's Docker-compatible service elsewhere.
 //!
 //! No registry is reachable, so the platform makes each app version's image itself, from the
-//! installed app: its folder under `/app`, plus every shared library its ELF programs need (as `ldd`
-//! lists them, at the same paths), on an empty base. An app whose entrypoint is a script needs its
-//! interpreter in the archive; a static or dynamically linked program just works. The container gets
-//! the agreement's memory limit (and no swap beyond it) and CPU share, the host's network (the
-//! broker and coredms are on loopback here), the contract's environment, and `/tmp` as its home.
+//! installed app: its folder under `/app`, plus every shared library its ELF programs need, read from
+//! their `PT_INTERP` and `DT_NEEDED` entries in process (the tenant's program is never run on the
+//! host, as `ldd` would) and taken only from the host's system library folders, on an empty base
+//! with an `/etc/passwd` naming the tenant's account. An app whose entrypoint is a script needs its
+//! interpreter in the archive; a static or dynamically linked program just works.
+//!
+//! Images are named `localhost/mysimbdp/<tenant>/<app id>-<digest>`: the app's id is unique across
+//! tenants and the digest is the image's own content, so an existing image of that name is exactly
+//! the one wanted, and one tenant's name can never select another's image.
+//!
+//! The container gets the same boundary as the process sandbox: the tenant's uid and gid, every
+//! capability dropped, `no-new-privileges`, a read-only root with private tmpfs `/work` (its home) and
+//! `/tmp`, the agreement's memory (no swap beyond it), CPU and process limits. It uses the host's
+//! network, because the broker and the coredms it must reach listen on the host's loopback here; both
+//! check credentials of their own.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
@@ -23,6 +36,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::instance::{InstanceSpec, Started};
 use super::process::{start_ticks, Ended, Exit, Stopped};
+use super::sandbox::{paths, Account};
+use crate::tenant::TenantId;
+
+/// The repository part of an app's image names (the content digest follows).
+pub fn image_repository(tenant: &TenantId, app: Uuid) -> String {
+    // A tenant id may end in `-`, which an image name may not; the app id alone is unique anyway.
+    format!("localhost/mysimbdp/{}/{}", tenant.as_str().trim_end_matches('-'), app.simple())
+}
 
 #[derive(Clone, Debug)]
 pub struct Containers {
@@ -40,17 +61,18 @@ impl Containers {
             .map_err(|e| io_err(&format!("the Docker Engine API at {}", self.socket), e))
     }
 
-    /// Makes the app version's image unless it exists; returns its name.
+    /// Makes the app version's image unless one of the same content exists; returns its name.
     async fn ensure_image(&self, docker: &Docker, spec: &InstanceSpec) -> std::io::Result<String> {
-        let name = format!("localhost/{}", spec.image);
+        let (app_dir, account) = (spec.app_dir.clone(), spec.account.clone());
+        let rootfs = tokio::task::spawn_blocking(move || root_filesystem(&app_dir, &account))
+            .await
+            .map_err(|e| io_err("building the image", e))??;
+        let digest = hex::encode(Sha256::digest(&rootfs));
+        // Podman's compatible API ignores `tag` on import; the digest is part of the name instead.
+        let name = format!("{}-{}", spec.image, &digest[..32]);
         if docker.inspect_image(&name).await.is_ok() {
             return Ok(name);
         }
-        let app_dir = spec.app_dir.clone();
-        let rootfs = tokio::task::spawn_blocking(move || root_filesystem(&app_dir))
-            .await
-            .map_err(|e| io_err("building the image", e))??;
-        // Podman's compatible API ignores `tag` on import; the version is part of the name instead.
         let options = CreateImageOptionsBuilder::new().from_src("-").repo(&name).build();
         let mut progress = docker.create_image(Some(options), Some(bollard::body_full(rootfs.into())), None);
         while let Some(step) = progress.next().await {
@@ -71,22 +93,34 @@ impl Containers {
         let image = self.ensure_image(&docker, &spec).await?;
         // A container of the same name is one a crashed platform left: never run an instance twice.
         self.remove(&spec.name).await;
-        let env: Vec<String> = spec
-            .env
-            .iter()
-            .map(|(k, v)| if k == "HOME" { "HOME=/tmp".to_owned() } else { format!("{k}={v}") })
-            .collect();
+        let mut env: Vec<String> =
+            spec.env.iter().filter(|(k, _)| k != "HOME").map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(format!("HOME={}", paths::WORK));
         let memory = spec.memory.0.min(i64::MAX as u64) as i64;
+        let uid = spec.account.uid;
+        // Podman takes no owner for a tmpfs: /work is open to the container's one user by its mode.
+        let tmpfs: std::collections::HashMap<String, String> = [
+            (paths::WORK.to_owned(), format!("rw,nosuid,nodev,size={memory},mode=1777")),
+            ("/tmp".to_owned(), format!("rw,nosuid,nodev,size={memory},mode=1777")),
+        ]
+        .into();
         let body = ContainerCreateBody {
             image: Some(image),
-            entrypoint: Some(vec![format!("/app/{}", spec.entrypoint)]),
+            entrypoint: Some(vec![format!("{}/{}", paths::APP, spec.entrypoint)]),
             env: Some(env),
-            working_dir: Some("/tmp".into()),
+            user: Some(format!("{uid}:{uid}")),
+            working_dir: Some(paths::WORK.into()),
             labels: Some([("mysimbdp.instance".to_owned(), spec.name.clone())].into()),
             host_config: Some(HostConfig {
                 memory: Some(memory),
                 memory_swap: Some(memory),
                 nano_cpus: Some((spec.cpus * 1e9) as i64),
+                pids_limit: Some(spec.pids.min(i64::MAX as u64) as i64),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                readonly_rootfs: Some(true),
+                tmpfs: Some(tmpfs),
+                // The broker and the coredms listen on the host's loopback (see the module doc).
                 network_mode: Some("host".into()),
                 ..Default::default()
             }),
@@ -148,7 +182,7 @@ impl Containers {
         self.remove(&id).await;
         // The engine reports death by a signal as 128 + the signal, as a shell does.
         let exit = if code > 128 && code < 160 { Exit::Signal((code - 128) as i32) } else { Exit::Code(code as i32) };
-        Ok(Ended { exit, stopped, elapsed })
+        Ok(Ended { exit, stopped, elapsed, result: None })
     }
 
     /// Removes a container (stopping it first if it runs); nothing if there is none.
@@ -164,63 +198,169 @@ impl Containers {
 }
 
 /// The image's root file system as a tar archive: the app under `/app`, the libraries its programs
-/// load, and `/tmp`.
-fn root_filesystem(app_dir: &Path) -> std::io::Result<Vec<u8>> {
+/// load, `/etc/passwd` and `/etc/group` naming the tenant's account, and the mount points. Built the
+/// same way every time (sorted, times and owners zeroed), so equal content has an equal digest.
+fn root_filesystem(app_dir: &Path, account: &Account) -> std::io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
-    let mut dir = tar::Header::new_gnu();
-    dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_mode(0o1777);
-    dir.set_size(0);
-    tar.append_data(&mut dir, "tmp", std::io::empty())?;
+    for (dir, mode) in [("app", 0o755), ("etc", 0o755), ("tmp", 0o1777), ("work", 0o755)] {
+        let mut h = header(tar::EntryType::Directory, mode, 0);
+        tar.append_data(&mut h, dir, std::io::empty())?;
+    }
+    let (uid, name) = (account.uid, &account.name);
+    let passwd = format!(
+        "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n{name}:x:{uid}:{uid}:{name}:{}:/bin/sh\n",
+        paths::WORK
+    );
+    let group = format!("root:x:0:\n{name}:x:{uid}:\n");
+    for (path, text) in [("etc/passwd", passwd), ("etc/group", group)] {
+        let mut h = header(tar::EntryType::Regular, 0o644, text.len() as u64);
+        tar.append_data(&mut h, path, text.as_bytes())?;
+    }
+    let mut files = BTreeMap::new();
+    collect(app_dir, app_dir, &mut files)?;
     let mut libraries = BTreeSet::new();
-    let mut stack = vec![app_dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let path = entry?.path();
-            let meta = std::fs::symlink_metadata(&path)?;
-            let inside = Path::new("app").join(path.strip_prefix(app_dir).expect("under the app folder"));
-            if meta.is_dir() {
-                stack.push(path);
-            } else if meta.is_file() {
-                tar.append_path_with_name(&path, &inside)?;
-                if is_elf(&path) {
-                    libraries.extend(shared_libraries(&path)?);
-                }
+    for (inside, entry) in &files {
+        let at = Path::new("app").join(inside);
+        match entry {
+            AppEntry::Dir => {
+                let mut h = header(tar::EntryType::Directory, 0o755, 0);
+                tar.append_data(&mut h, &at, std::io::empty())?;
+            }
+            AppEntry::Link(target) => {
+                let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+                tar.append_link(&mut h, &at, target)?;
+            }
+            AppEntry::File(mode) => {
+                let bytes = std::fs::read(app_dir.join(inside))?;
+                libraries.extend(shared_libraries(&bytes));
+                let mut h = header(tar::EntryType::Regular, *mode, bytes.len() as u64);
+                tar.append_data(&mut h, &at, bytes.as_slice())?;
             }
         }
     }
     for lib in libraries {
         let inside = lib.strip_prefix("/").unwrap_or(&lib).to_owned();
         // The library's content at the path the loader asks for (links followed).
-        let mut header = tar::Header::new_gnu();
         let bytes = std::fs::read(&lib)?;
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o755);
-        tar.append_data(&mut header, inside, bytes.as_slice())?;
+        let mut h = header(tar::EntryType::Regular, 0o755, bytes.len() as u64);
+        tar.append_data(&mut h, inside, bytes.as_slice())?;
     }
     tar.into_inner()
 }
 
-fn is_elf(path: &Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == *b"\x7fELF"
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
 }
 
-/// The libraries `ldd` says a program loads, and its loader.
-fn shared_libraries(program: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let out = std::process::Command::new("ldd").arg(program).output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let path = match l.split_once("=>") {
-                Some((_, rest)) => rest.trim().split(' ').next()?,
-                None => l.split(' ').next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect())
+enum AppEntry {
+    Dir,
+    Link(PathBuf),
+    /// A regular file with its mode.
+    File(u32),
+}
+
+/// Every entry under `dir`, by its path inside the app, without following links.
+fn collect(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, AppEntry>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        let inside = path.strip_prefix(root).expect("under the app folder").to_owned();
+        if meta.is_dir() {
+            out.insert(inside, AppEntry::Dir);
+            collect(root, &path, out)?;
+        } else if meta.file_type().is_symlink() {
+            out.insert(inside, AppEntry::Link(std::fs::read_link(&path)?));
+        } else if meta.is_file() {
+            out.insert(inside, AppEntry::File(meta.permissions().mode() & 0o755));
+        }
+    }
+    Ok(())
+}
+
+/// The host's folders a program's libraries may come from: the system's own, nothing a tenant or
+/// another program could have placed (an ELF may name any path; only these are ever read).
+fn library_dirs() -> Vec<PathBuf> {
+    let multiarch = format!("{}-linux-gnu", std::env::consts::ARCH);
+    ["/lib", "/usr/lib", "/lib64", "/usr/lib64"]
+        .iter()
+        .flat_map(|d| [Path::new(d).join(&multiarch), PathBuf::from(d)])
+        .collect()
+}
+
+/// The loader and the shared libraries an ELF program needs, transitively, found in the system's
+/// library folders (as the loader would look when it has no cache). Not an ELF, or one that does not
+/// parse: nothing (the program will fail to start in its container and say so in its log).
+fn shared_libraries(program: &[u8]) -> Vec<PathBuf> {
+    let dirs = library_dirs();
+    let allowed = |p: &Path| {
+        let Ok(real) = p.canonicalize() else { return false };
+        dirs.iter().filter_map(|d| d.canonicalize().ok()).any(|d| real.starts_with(d)) && real.is_file()
+    };
+    let Some((interpreter, needed)) = elf_dependencies(program) else { return Vec::new() };
+    let mut found = Vec::new();
+    if let Some(interp) = interpreter.map(PathBuf::from).filter(|p| p.is_absolute() && allowed(p)) {
+        found.push(interp);
+    }
+    let mut queue: Vec<String> = needed;
+    let mut seen = BTreeSet::new();
+    while let Some(name) = queue.pop() {
+        // A name with a slash is a path the program chose: never read from the host.
+        if name.contains('/') || !seen.insert(name.clone()) {
+            continue;
+        }
+        let Some(path) = dirs.iter().map(|d| d.join(&name)).find(|p| allowed(p)) else { continue };
+        if let Ok(bytes) = std::fs::read(&path) {
+            if let Some((_, more)) = elf_dependencies(&bytes) {
+                queue.extend(more);
+            }
+        }
+        found.push(path);
+    }
+    found
+}
+
+/// `PT_INTERP` and the `DT_NEEDED` names of an ELF file.
+fn elf_dependencies(bytes: &[u8]) -> Option<(Option<String>, Vec<String>)> {
+    if bytes.get(..4) != Some(b"\x7fELF") {
+        return None;
+    }
+    let elf = goblin::elf::Elf::parse(bytes).ok()?;
+    Some((elf.interpreter.map(str::to_owned), elf.libraries.iter().map(|l| (*l).to_owned()).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_programs_libraries_are_read_from_its_headers_and_only_from_system_folders() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let libs = shared_libraries(&me);
+        let names: Vec<String> = libs.iter().filter_map(|p| p.file_name()?.to_str().map(str::to_owned)).collect();
+        assert!(names.iter().any(|n| n.starts_with("libc.so")), "{libs:?}");
+        assert!(names.iter().any(|n| n.starts_with("ld-linux")), "the loader: {libs:?}");
+        let dirs = library_dirs();
+        assert!(libs.iter().all(|l| dirs.iter().any(|d| l.starts_with(d))), "{libs:?}");
+        // Not an ELF, or an ELF cut short: nothing, no panic.
+        assert!(shared_libraries(b"#!/bin/sh\n").is_empty());
+        assert!(shared_libraries(&me[..200]).is_empty());
+    }
+
+    #[test]
+    fn image_names_cannot_collide_across_tenants() {
+        let app = Uuid::new_v4();
+        let a = image_repository(&TenantId::parse("acme-eu").unwrap(), app);
+        let b = image_repository(&TenantId::parse("acme").unwrap(), app);
+        assert_ne!(a, b);
+        assert!(a.ends_with(&app.simple().to_string()) && a.contains("/acme-eu/"), "{a}");
+    }
 }

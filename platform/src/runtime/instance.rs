@@ -2,29 +2,38 @@
 //! subprocess (the default) or a container through the Docker Engine API (`container`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::process::{self, Ended, ProcessSpec};
+use super::sandbox::{self, cgroup, Account, Confined, Sandbox};
 use crate::units::ByteSize;
 
 /// One run of an instance.
 pub struct InstanceSpec {
     /// `mysimbdp-<instance id>`: the container's name, unique per instance.
     pub name: String,
-    /// The image of the app version (container runtime): `mysimbdp-<tenant>-<app>-v<version>`.
+    /// The image of the app version (container runtime), named by tenant, app and content (see
+    /// `container::image_name`).
     pub image: String,
     /// The installed app's folder and its entrypoint inside it.
     pub app_dir: PathBuf,
     pub entrypoint: String,
-    /// The complete environment (the stream app contract's variables, PATH, HOME, LANG).
+    /// The complete environment (the stream app contract's variables, PATH, LANG); HOME is added by
+    /// the runtime, which knows where the working folder is.
     pub env: Vec<(String, String)>,
-    /// Working folder (and HOME) on the host.
+    /// Working folder on the host, used only when programs run unconfined (`--sandbox off`); a
+    /// confined instance's working folder is a private tmpfs.
     pub work_dir: PathBuf,
-    /// Resident memory: sampled for a process, the container's limit for a container.
+    /// The tenant's own account the program runs as.
+    pub account: Account,
+    /// Memory of the instance (its cgroup's limit; sampled resident memory when unconfined).
     pub memory: ByteSize,
     pub cpus: f64,
+    /// Processes and threads at once.
+    pub pids: u64,
     /// Between SIGTERM and SIGKILL.
     pub grace: Duration,
 }
@@ -39,14 +48,15 @@ pub struct Started {
 
 #[derive(Clone)]
 pub enum Runtime {
-    Process,
+    /// A process, in the sandbox unless the platform runs with `--sandbox off` (None).
+    Process(Option<Arc<Sandbox>>),
     Container(super::container::Containers),
 }
 
 impl Runtime {
     pub fn kind(&self) -> &'static str {
         match self {
-            Runtime::Process => "process",
+            Runtime::Process(_) => "process",
             Runtime::Container(_) => "container",
         }
     }
@@ -61,19 +71,34 @@ impl Runtime {
         output: impl FnMut(&[u8]) + Send + 'static,
     ) -> std::io::Result<Ended> {
         match self {
-            Runtime::Process => {
+            Runtime::Process(sandbox) => {
+                let (program, work) = match sandbox {
+                    Some(_) => {
+                        (PathBuf::from(sandbox::paths::APP).join(&spec.entrypoint), PathBuf::from(sandbox::paths::WORK))
+                    }
+                    None => (spec.app_dir.join(&spec.entrypoint), spec.work_dir.clone()),
+                };
+                let mut env = spec.env;
+                env.push(("HOME".into(), work.to_string_lossy().into_owned()));
+                let confined = sandbox.clone().map(|s| {
+                    let limits = cgroup::Limits { memory: spec.memory.0, pids: spec.pids, cpus: Some(spec.cpus) };
+                    (s, Confined { account: spec.account.clone(), app_dir: spec.app_dir.clone(), input: None, limits })
+                });
                 let ps = ProcessSpec {
-                    program: spec.app_dir.join(&spec.entrypoint),
+                    program,
                     args: Vec::new(),
-                    cwd: spec.work_dir,
-                    env: spec.env,
-                    // Resident, not address space: stream apps are multithreaded (see `resident`).
+                    cwd: work,
+                    env,
                     memory: None,
+                    // Unconfined only: resident, not address space, as stream apps are multithreaded
+                    // (see `resident`).
                     resident_memory: Some(spec.memory),
                     cpu_time: None,
                     timeout: None,
                     grace: spec.grace,
                     log_limit: 0,
+                    result_file: None,
+                    confined,
                 };
                 process::run_with_output(
                     ps,

@@ -7,4 +7,5 @@ pub mod instance;
 pub mod log;
 pub mod process;
 pub mod resident;
+pub mod sandbox;
 pub mod spawn;

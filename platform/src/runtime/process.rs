@@ -1,8 +1,13 @@
 //! One run of a tenant's program under the platform's rules: a cleared environment holding only what
 //! the contract lists, a fresh working folder, its own process group (so a timeout ends everything it
-//! started), address-space, resident-memory and CPU-time limits, a parent-death signal (so a platform killed with -9
-//! does not leave it running), stdout and stderr merged into a bounded log, and a timeout that sends
-//! SIGTERM to the group and SIGKILL after a grace period.
+//! started), a parent-death signal (so a platform killed with -9 does not leave it running), stdout
+//! and stderr merged into a bounded log, and a timeout that sends SIGTERM to the group and SIGKILL
+//! after a grace period.
+//!
+//! Confined (the default, `sandbox`): the program runs in its own namespaces as its tenant's uid, and
+//! its memory, processes and CPU are bounded by a cgroup of the run. Unconfined (`--sandbox off`, for
+//! development only): it runs as the platform's user, under address-space or sampled resident-memory
+//! limits and RLIMIT_CPU.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -11,12 +16,18 @@ use std::time::{Duration, Instant};
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 
 use super::log::BoundedLog;
 use super::resident::GroupMemory;
+use super::sandbox::{self, Confined, Sandbox};
 use super::spawn::{spawn, Child, Limits, SpawnSpec};
 use crate::units::ByteSize;
+
+/// How long the output may stay open after the program ended (by something it handed its output to)
+/// before the platform stops reading it.
+const OUTPUT_AFTER_EXIT: Duration = Duration::from_secs(2);
 
 pub struct ProcessSpec {
     pub program: PathBuf,
@@ -33,6 +44,12 @@ pub struct ProcessSpec {
     /// Between SIGTERM and SIGKILL.
     pub grace: Duration,
     pub log_limit: usize,
+    /// Where the program may leave a result file (as the program sees the path); read once it ended,
+    /// only if it is a regular file within the sandbox's `RESULT_LIMIT`.
+    pub result_file: Option<PathBuf>,
+    /// Runs the program in the sandbox; `program`, `args`, `cwd` and `env` then use the sandbox's
+    /// paths, and `memory`, `resident_memory` give way to the cgroup's limits.
+    pub confined: Option<(Arc<Sandbox>, Confined)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +117,8 @@ pub struct ProcessOutcome {
     pub elapsed: Duration,
     pub log: String,
     pub log_dropped: u64,
+    /// The result file's bytes; `Err` says why a file that was there was not taken.
+    pub result: Option<Result<Vec<u8>, String>>,
 }
 
 /// Reads a process's /proc/PID/stat and hands `read` its fields from field 3 (`state`) on, so field
@@ -154,15 +173,77 @@ pub async fn run(
         elapsed: ended.elapsed,
         log: log.render(),
         log_dropped: log.dropped(),
+        result: ended.result,
     })
 }
 
 /// How a run ended, for callers that keep the output themselves.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Ended {
     pub exit: Exit,
     pub stopped: Stopped,
     pub elapsed: Duration,
+    pub result: Option<Result<Vec<u8>, String>>,
+}
+
+/// The program as `spawn` starts it: itself, or the sandbox's init with the run's spec.
+struct Launch {
+    program: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+    address_space: Option<u64>,
+    namespaces: i32,
+    prepared: Option<sandbox::Prepared>,
+}
+
+fn launch(spec: &ProcessSpec) -> std::io::Result<Launch> {
+    let Some((sandbox, run)) = &spec.confined else {
+        return Ok(Launch {
+            program: spec.program.clone(),
+            args: spec.args.clone(),
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
+            address_space: spec.memory.map(|m| m.0),
+            namespaces: 0,
+            prepared: None,
+        });
+    };
+    let prepared =
+        sandbox.prepare(run, &spec.program, &spec.args, &spec.env, &spec.cwd, spec.result_file.as_deref())?;
+    Ok(Launch {
+        program: prepared.init.clone(),
+        args: Vec::new(),
+        env: Vec::new(),
+        cwd: "/".into(),
+        address_space: None,
+        namespaces: libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS,
+        prepared: Some(prepared),
+    })
+}
+
+/// Reads the program's output until every copy of the pipe is closed, or until `give_up` is set and
+/// nothing came for a moment (something outside the run kept a copy open).
+fn read_output(reader: std::io::PipeReader, give_up: &AtomicBool, output: &mut impl FnMut(&[u8])) {
+    let mut reader = reader;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let mut poll = libc::pollfd { fd: reader.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut poll, 1, 100) };
+        if ready == 0 {
+            if give_up.load(Ordering::Relaxed) {
+                return;
+            }
+            continue;
+        }
+        match reader.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => output(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// Runs the program to completion, handing everything it prints to `output` (on a blocking
@@ -175,32 +256,45 @@ pub async fn run_with_output(
 ) -> std::io::Result<Ended> {
     // One pipe for stdout and stderr (as `2>&1`), so the log keeps the order the program wrote in.
     let (reader, writer) = std::io::pipe()?;
+    let launch = launch(&spec)?;
     let started = Instant::now();
-    let mut child = spawn(&SpawnSpec {
-        program: &spec.program,
-        args: &spec.args,
-        env: &spec.env,
-        cwd: &spec.cwd,
+    let cgroups = launch.prepared.as_ref().map(|p| p.cgroup.procs_fds()).unwrap_or_default();
+    let spawned = spawn(&SpawnSpec {
+        program: &launch.program,
+        args: &launch.args,
+        env: &launch.env,
+        cwd: &launch.cwd,
         output: writer.as_raw_fd(),
-        limits: Limits {
-            address_space: spec.memory.map(|m| m.0),
-            cpu_seconds: spec.cpu_time.map(|d| d.as_secs().max(1)),
-        },
-    })?;
+        limits: Limits { address_space: launch.address_space, cpu_seconds: spec.cpu_time.map(|d| d.as_secs().max(1)) },
+        namespaces: launch.namespaces,
+        cgroups: &cgroups,
+        fd3: launch.prepared.as_ref().map(|p| p.memfd.as_raw_fd()),
+        fd4: launch.prepared.as_ref().map(|_| sandbox::platform_pidfd()).transpose()?,
+    });
     drop(writer); // the reader sees EOF once the program's copies are closed
+    let release = |prepared: sandbox::Prepared| {
+        if let Some((sandbox, _)) = &spec.confined {
+            let sandbox = sandbox.clone();
+            tokio::task::spawn_blocking(move || sandbox.release(prepared.cgroup));
+        }
+    };
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            if let Some(p) = launch.prepared {
+                release(p);
+            }
+            return Err(e);
+        }
+    };
     let pid = child.id();
     on_spawn(pid, start_ticks(pid));
 
-    let reading = tokio::task::spawn_blocking(move || {
-        let mut reader = reader;
-        let mut buf = vec![0u8; 64 << 10];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            output(&buf[..n]);
-        }
-    });
+    let give_up = Arc::new(AtomicBool::new(false));
+    let reading = {
+        let give_up = give_up.clone();
+        tokio::task::spawn_blocking(move || read_output(reader, &give_up, &mut output))
+    };
 
     let pgid = pid as i32;
     let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
@@ -210,41 +304,102 @@ pub async fn run_with_output(
             None => std::future::pending().await,
         }
     };
+    // A confined run's memory is the kernel's business (its cgroup); an unconfined one is sampled.
+    let sampled = spec.resident_memory.filter(|_| launch.prepared.is_none());
     let over_memory = async {
-        match spec.resident_memory {
+        match sampled {
             Some(limit) => (GroupMemory::new(pgid).over(limit).await, limit),
             None => std::future::pending().await,
         }
     };
     let mut stopped = Stopped::No;
     let status = tokio::select! {
-        status = child.wait() => status?,
+        status = child.wait() => status,
         (resident, limit) = over_memory => {
             stopped = Stopped::OverMemory { resident: Some(resident), limit };
             signal_group(pgid, libc::SIGKILL);
-            child.wait().await?
+            child.wait().await
         }
         _ = sleep_until_deadline => {
             stopped = Stopped::Timeout;
-            terminate(&mut child, pgid, spec.grace).await?
+            terminate(&mut child, pgid, spec.grace).await
         }
         _ = cancel.cancelled() => {
             stopped = Stopped::Cancelled;
-            terminate(&mut child, pgid, spec.grace).await?
+            terminate(&mut child, pgid, spec.grace).await
         }
     };
     let elapsed = started.elapsed();
-    // Whatever the program left running in its group would keep our pipes open; end it.
+    // Whatever the program left running in its group would keep our pipes open; end it. (A confined
+    // run's namespace has already taken everything with it.)
     signal_group(pgid, libc::SIGKILL);
-    let _ = reading.await;
-
+    let mut reading = reading;
+    if tokio::time::timeout(OUTPUT_AFTER_EXIT, &mut reading).await.is_err() {
+        tracing::warn!(pid, "the program's output stayed open after it ended; no longer read");
+        give_up.store(true, Ordering::Relaxed);
+        let _ = reading.await;
+    }
+    let status = match status {
+        Ok(status) => status,
+        Err(e) => {
+            if let Some(p) = launch.prepared {
+                release(p);
+            }
+            return Err(e);
+        }
+    };
     use std::os::unix::process::ExitStatusExt;
-    let exit = match (status.code(), status.signal()) {
+    let mut exit = match (status.code(), status.signal()) {
         (Some(code), _) => Exit::Code(code),
         (None, Some(sig)) => Exit::Signal(sig),
         (None, None) => Exit::Code(-1),
     };
-    Ok(Ended { exit, stopped, elapsed })
+    let mut result = None;
+    match launch.prepared {
+        Some(prepared) => {
+            let report = prepared.report();
+            let usage = prepared.cgroup.usage();
+            release(prepared);
+            if let Some(report) = report {
+                if let Some(error) = report.error {
+                    return Err(std::io::Error::other(error));
+                }
+                if let Some(raw) = report.status {
+                    exit = exit_of(raw);
+                }
+                result = match (report.result_base64, report.result_error) {
+                    (_, Some(why)) => Some(Err(why)),
+                    (Some(b64), None) => {
+                        use base64::Engine;
+                        Some(base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| e.to_string()))
+                    }
+                    (None, None) => None,
+                };
+            }
+            if usage.oom_kills > 0 && stopped == Stopped::No {
+                let limit = spec.confined.as_ref().map_or(ByteSize(0), |(_, c)| ByteSize(c.limits.memory));
+                stopped = Stopped::OverMemory { resident: usage.peak.map(ByteSize), limit };
+            }
+        }
+        None => {
+            if let Some(path) = spec.result_file {
+                result = tokio::task::spawn_blocking(move || sandbox::init::read_result(&path, sandbox::RESULT_LIMIT))
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .transpose();
+            }
+        }
+    }
+    Ok(Ended { exit, stopped, elapsed, result })
+}
+
+/// A raw wait status as an exit.
+fn exit_of(raw: i32) -> Exit {
+    if libc::WIFSIGNALED(raw) {
+        Exit::Signal(libc::WTERMSIG(raw))
+    } else {
+        Exit::Code(libc::WEXITSTATUS(raw))
+    }
 }
 
 async fn terminate(child: &mut Child, pgid: i32, grace: Duration) -> std::io::Result<std::process::ExitStatus> {
@@ -274,6 +429,8 @@ mod tests {
             timeout,
             grace: Duration::from_millis(200),
             log_limit: 1 << 16,
+            result_file: None,
+            confined: None,
         }
     }
 

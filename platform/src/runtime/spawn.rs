@@ -38,6 +38,13 @@ pub struct SpawnSpec<'a> {
     /// Becomes the program's stdout and stderr; stdin is /dev/null.
     pub output: RawFd,
     pub limits: Limits,
+    /// Namespaces the program starts in (`CLONE_NEW*` flags; 0: the platform's).
+    pub namespaces: c_int,
+    /// `cgroup.procs` files the child writes "0" to before the program starts, entering those cgroups.
+    pub cgroups: &'a [RawFd],
+    /// Handed to the program as descriptors 3 and 4 (the sandbox's spec, the platform's pidfd).
+    pub fd3: Option<RawFd>,
+    pub fd4: Option<RawFd>,
 }
 
 /// A started program leading its own process group. Dropping it before `wait` returned kills the
@@ -58,6 +65,10 @@ struct Shared {
     stdin: c_int,
     output: c_int,
     parent: libc::pid_t,
+    cgroups: *const c_int,
+    cgroup_count: usize,
+    fd3: c_int,
+    fd4: c_int,
     address_space: u64,
     cpu_seconds: u64,
     has_address_space: bool,
@@ -66,7 +77,7 @@ struct Shared {
     errno: c_int,
 }
 
-const STEPS: [&str; 8] = [
+const STEPS: [&str; 11] = [
     "",
     "setting the parent-death signal",
     "the platform exited while starting the program",
@@ -75,6 +86,9 @@ const STEPS: [&str; 8] = [
     "setting the CPU-time limit (RLIMIT_CPU)",
     "redirecting stdin/stdout/stderr",
     "entering the working folder",
+    "entering the run's cgroup",
+    "handing over descriptor 3",
+    "handing over descriptor 4",
 ];
 const STEP_EXEC: c_int = STEPS.len() as c_int;
 const STEP_CLONE: c_int = -1;
@@ -101,6 +115,10 @@ fn clone_and_exec(p: &Prepared) -> Result<i32, (c_int, c_int)> {
         output: p.output,
         // SAFETY: getpid cannot fail.
         parent: unsafe { libc::getpid() },
+        cgroups: p.cgroups.as_ptr(),
+        cgroup_count: p.cgroups.len(),
+        fd3: p.fd3.unwrap_or(-1),
+        fd4: p.fd4.unwrap_or(-1),
         address_space: p.limits.address_space.unwrap_or(0),
         cpu_seconds: p.limits.cpu_seconds.unwrap_or(0),
         has_address_space: p.limits.address_space.is_some(),
@@ -123,7 +141,7 @@ fn clone_and_exec(p: &Prepared) -> Result<i32, (c_int, c_int)> {
         let pid = libc::clone(
             child_main,
             top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD | p.namespaces,
             &mut shared as *mut Shared as *mut c_void,
         );
         let clone_error = io::Error::last_os_error();
@@ -154,6 +172,10 @@ struct Prepared {
     stdin: std::fs::File,
     output: RawFd,
     limits: Limits,
+    namespaces: c_int,
+    cgroups: Vec<c_int>,
+    fd3: Option<RawFd>,
+    fd4: Option<RawFd>,
 }
 
 type Request = (Prepared, std::sync::mpsc::SyncSender<Result<i32, (c_int, c_int)>>);
@@ -192,7 +214,19 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<Child> {
         .map(|(k, v)| cstring(format!("{k}={v}").as_bytes(), "the environment"))
         .collect::<io::Result<Vec<_>>>()?;
     let stdin = std::fs::File::open("/dev/null")?;
-    let prepared = Prepared { program, cwd, argv, envp, stdin, output: spec.output, limits: spec.limits };
+    let prepared = Prepared {
+        program,
+        cwd,
+        argv,
+        envp,
+        stdin,
+        output: spec.output,
+        limits: spec.limits,
+        namespaces: spec.namespaces,
+        cgroups: spec.cgroups.to_vec(),
+        fd3: spec.fd3,
+        fd4: spec.fd4,
+    };
     let (reply, answer) = std::sync::mpsc::sync_channel(1);
     spawner()
         .lock()
@@ -266,13 +300,21 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
             fail(s, 1);
         }
-        // A platform that died before the line above would never send the signal.
-        if libc::getppid() != s.parent {
+        // A platform that died before the line above would never send the signal. (In a new PID
+        // namespace the parent is outside it and shows as 0; the window is a few instructions.)
+        let ppid = libc::getppid();
+        if ppid != s.parent && ppid != 0 {
             *libc::__errno_location() = libc::ESRCH;
             fail(s, 2);
         }
         if libc::setpgid(0, 0) != 0 {
             fail(s, 3);
+        }
+        // Before anything else runs as the program: every process it starts is counted from here.
+        for i in 0..s.cgroup_count {
+            if libc::write(*s.cgroups.add(i), b"0".as_ptr().cast(), 1) != 1 {
+                fail(s, 8);
+            }
         }
         if s.has_address_space {
             let lim = libc::rlimit { rlim_cur: s.address_space, rlim_max: s.address_space };
@@ -289,9 +331,32 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         if libc::dup2(s.stdin, 0) < 0 || libc::dup2(s.output, 1) < 0 || libc::dup2(s.output, 2) < 0 {
             fail(s, 6);
         }
+        // Descriptors 3 and 4 become what was asked for, whatever numbers they had (one that sits
+        // where the other must go is moved out of the way first). dup2 onto itself would keep
+        // close-on-exec set, so that case clears it by hand.
+        let (mut a, mut b) = (s.fd3, s.fd4);
+        if a == 4 && b >= 0 {
+            a = libc::fcntl(a, libc::F_DUPFD, 10);
+        }
+        if b == 3 && a >= 0 {
+            b = libc::fcntl(b, libc::F_DUPFD, 10);
+        }
+        let mut first_closed = 3u32;
+        for (src, dst, step) in [(a, 3, 9), (b, 4, 10)] {
+            if src == -1 && (dst == 3 && s.fd3 >= 0 || dst == 4 && s.fd4 >= 0) {
+                fail(s, step); // moving it out of the way failed
+            }
+            if src >= 0 {
+                let ok = if src == dst { libc::fcntl(dst, libc::F_SETFD, 0) == 0 } else { libc::dup2(src, dst) == dst };
+                if !ok {
+                    fail(s, step);
+                }
+                first_closed = first_closed.max(dst as u32 + 1);
+            }
+        }
         // Descriptors the platform inherited without close-on-exec (from whoever started it) are not
         // the program's business. This closes the child's own table only (no CLONE_FILES).
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, 0u32);
         if libc::chdir(s.cwd) != 0 {
             fail(s, 7);
         }

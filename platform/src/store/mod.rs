@@ -1,6 +1,7 @@
 //! The platform store: PostgreSQL through sqlx, schema in `migrations/`. One file per table family;
 //! every function that reads or writes a tenant's rows takes the `TenantId` first.
 
+pub mod accounts;
 pub mod apps;
 pub mod coredms;
 pub mod instances;

@@ -45,13 +45,15 @@ pub struct StreamCtx {
     pub containers: Option<crate::runtime::container::Containers>,
     /// Prefix of the platform's consumer groups.
     pub cluster: String,
+    /// Confines the process runtime's instances (absent: `--sandbox off`).
+    pub sandbox: Option<Arc<crate::runtime::sandbox::Sandbox>>,
 }
 
 impl StreamCtx {
     /// The runtime an instance was created for.
     pub fn runtime(&self, kind: &str) -> Result<Runtime, String> {
         match (kind, &self.containers) {
-            ("process", _) => Ok(Runtime::Process),
+            ("process", _) => Ok(Runtime::Process(self.sandbox.clone())),
             ("container", Some(c)) => Ok(Runtime::Container(c.clone())),
             ("container", None) => Err("the agreement asks for the container runtime, but this platform has no Docker Engine API configured (--container-socket)".into()),
             (other, _) => Err(format!("unknown runtime `{other}`")),

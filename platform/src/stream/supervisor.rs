@@ -62,13 +62,12 @@ fn environment(
     tenant: &TenantId,
     stream: &StreamAgreement,
     coredms: &crate::coredms::TenantCoreDms,
-    home: &std::path::Path,
 ) -> Vec<(String, String)> {
     let topics: Vec<String> = stream.topics.iter().map(|t| tenant_topic(tenant, &t.name)).collect();
     let group = super::consumer_group(tenant, &inst.app);
+    // HOME is the runtime's to add: it knows where the working folder is for the program.
     vec![
         ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
-        ("HOME".into(), home.to_string_lossy().into_owned()),
         ("LANG".into(), "C.UTF-8".into()),
         ("KAFKA_BROKERS".into(), ctx.brokers.clone()),
         ("MYSIMBDP_TENANT".into(), tenant.to_string()),
@@ -109,7 +108,8 @@ async fn supervise_inner(
     let tenant = TenantId::parse(&inst.tenant).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut restarts = inst.restarts.max(0) as u64;
     loop {
-        let Some(stream) = ctx.agreements.get(&tenant).and_then(|a| a.stream.clone()) else {
+        let agreement = ctx.agreements.get(&tenant);
+        let Some(stream) = agreement.as_ref().and_then(|a| a.stream.clone()) else {
             instances::set_state(&ctx.db, id, "failed", "the tenant's agreement has no stream section").await?;
             return Ok(());
         };
@@ -125,21 +125,28 @@ async fn supervise_inner(
                 return Ok(());
             }
         };
-        let coredms = ctx.tenants.ensure(&tenant).await?;
+        let limits = agreement.map(|a| a.coredms.clone()).unwrap_or_default();
+        let provisioned = ctx.tenants.ensure(&tenant, &limits).await?;
         let dir = ctx.instance_dir(&tenant, id);
         let work = dir.join("work");
-        std::fs::create_dir_all(&work)?;
+        if ctx.sandbox.is_none() {
+            std::fs::create_dir_all(&work)?; // a confined instance's working folder is a tmpfs
+        } else {
+            std::fs::create_dir_all(&dir)?;
+        }
         let mut log = RotatingLog::open(&dir.join("log"), LOG_LIMIT)?;
         log.push(format!("[mysimbdp] starting {} version {} ({})\n", app.name, app.version, runtime.kind()).as_bytes());
         let spec = InstanceSpec {
             name: format!("mysimbdp-{id}"),
-            image: format!("mysimbdp-{tenant}-{}-v{}", app.name, app.version).to_ascii_lowercase(),
+            image: crate::runtime::container::image_repository(&tenant, app.id),
             app_dir: app.dir.clone().into(),
             entrypoint: app.entrypoint.clone(),
-            env: environment(ctx, inst, &tenant, &stream, &coredms, &work),
+            env: environment(ctx, inst, &tenant, &stream, &provisioned.coredms),
             work_dir: work,
+            account: provisioned.account.clone(),
             memory: stream.memory,
             cpus: stream.cpus,
+            pids: stream.max_processes,
             grace: stream.stop_grace,
         };
         let run = control.next_run();

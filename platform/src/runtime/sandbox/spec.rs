@@ -1,0 +1,84 @@
+//! What the platform tells the sandbox's init (`mysimbdp-sandbox`) and what the init tells it back.
+//!
+//! Both travel through one memfd the init finds as descriptor 3: the platform writes the spec, the
+//! init reads it, and before exiting writes its report over it. Nothing of either is on the command
+//! line (world-readable in `/proc/PID/cmdline`), because the spec holds the app's environment and
+//! with it the tenant's coredms password.
+
+use std::path::PathBuf;
+
+/// The descriptor the init finds its spec on, and writes its report to.
+pub const SPEC_FD: i32 = 3;
+/// A pidfd of the platform process: readable once the platform is gone.
+pub const PLATFORM_FD: i32 = 4;
+
+/// One run of a tenant's program.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct InitSpec {
+    /// An empty host folder the sandbox's root (a tmpfs, private to the run's mount namespace) is
+    /// mounted on before the init pivots into it.
+    pub root: PathBuf,
+    pub hostname: String,
+    /// The tenant's own account: never 0, never the platform's.
+    pub uid: u32,
+    pub gid: u32,
+    /// What the root file system holds, built in this order.
+    pub mounts: Vec<Mount>,
+    /// Inside the sandbox.
+    pub program: String,
+    pub args: Vec<String>,
+    /// The complete environment.
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    /// The seccomp filter installed before the program starts: classic BPF, packed (`seccomp::pack`).
+    pub seccomp: Vec<u64>,
+    /// A file the program may leave behind (the batch result file), read by the init once the
+    /// program has exited and handed back in the report: the platform never opens a path the
+    /// tenant's program could have replaced.
+    pub result_file: Option<String>,
+    pub result_limit: u64,
+}
+
+/// One step of building the sandbox's file system; `dst` is inside the sandbox (absolute).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub enum Mount {
+    /// A host file or folder, read-only unless `writable`; never set-uid; device files only where
+    /// `devices` (the platform's prepared `/dev`).
+    Bind {
+        src: PathBuf,
+        dst: String,
+        writable: bool,
+        exec: bool,
+        devices: bool,
+    },
+    /// A private memory-backed folder (its pages count against the run's memory limit), owned by
+    /// root or, when `owned`, by the tenant's uid. It may sit on a folder a bind brought (`/dev/shm`).
+    Tmpfs {
+        dst: String,
+        size: u64,
+        mode: u32,
+        owned: bool,
+    },
+    /// A fresh procfs of the run's own PID namespace.
+    Proc {
+        dst: String,
+    },
+    Symlink {
+        dst: String,
+        target: String,
+    },
+}
+
+/// What the init reports back.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitReport {
+    /// How the program ended (a raw wait status), if it started.
+    pub status: Option<i32>,
+    /// Setting up the sandbox or starting the program failed: what, in words.
+    pub error: Option<String>,
+    /// The result file's bytes, base64-encoded, when it was a regular file within the limit.
+    pub result_base64: Option<String>,
+    /// Why the result file was not read, when it existed but could not be taken.
+    pub result_error: Option<String>,
+}
