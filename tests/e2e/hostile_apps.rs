@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mysimbdp::store::jobs::Job;
-use mysimbdp_e2e::{agreement, bundle, gen_data, pg_url, stripped, unique, workspace_root, Http, TestPlatform};
+use mysimbdp_e2e::{agreement, bundle, eventually, gen_data, pg_url, stripped, unique, workspace_root, Http, TestPlatform};
 
 /// The attacker's agreement: one route (and app) per attack.
 fn evil_agreement(t: &str) -> String {
@@ -77,7 +77,10 @@ fn assert_denied(job: &Job, targets: &[String], controls: &[&str]) {
 
 /// Some job of `good`, succeeded, ran while `attack` ran.
 fn assert_overlapped(attack: &Job, good: &[Job]) {
-    let (a0, a1) = (attack.started_at.expect("the attack ran"), attack.finished_at.expect("it ended"));
+    let (a0, a1) = match (attack.started_at, attack.finished_at) {
+        (Some(a0), Some(a1)) => (a0, a1),
+        _ => panic!("the attack never ran: {attack:?}"),
+    };
     let during = good.iter().filter(|g| {
         let (g0, g1) = (g.started_at.unwrap(), g.finished_at.unwrap());
         g0 < a1 && g1 > a0
@@ -333,14 +336,18 @@ async fn a_stream_instance_sees_no_other_instance_and_leaves_nothing_behind() {
     upload_bundle(&http, &tg, &good, "victim", "stream", "exec \"$APP/hostile\" linger").await;
     let victim = start(&http, &tg, &good, "victim", 1).await[0]["id"].as_str().unwrap().to_owned();
     let running = wait_state(&http, &tg, &good, &victim, "running", Duration::from_secs(30)).await;
+    // The recorded pid is the instance's init; the app is its child once the sandbox is built.
     let victim_init = running["pid"].as_i64().unwrap();
-    let victim_app = std::fs::read_to_string(format!("/proc/{victim_init}/task/{victim_init}/children")).unwrap();
-    let victim_app = victim_app.split_whitespace().next().unwrap().to_owned();
-    let environ = format!("/proc/{victim_app}/environ");
-    assert!(
-        std::fs::read(&environ).unwrap().windows(20).any(|w| w == b"MYSIMBDP_COREDMS_URL"),
-        "the victim holds its login"
-    );
+    let children = format!("/proc/{victim_init}/task/{victim_init}/children");
+    let environ = std::cell::RefCell::new(String::new());
+    eventually(Duration::from_secs(10), "the victim's app to hold its login", async || {
+        let app = std::fs::read_to_string(&children).ok().and_then(|c| c.split_whitespace().next().map(str::to_owned));
+        let Some(app) = app else { return false };
+        *environ.borrow_mut() = format!("/proc/{app}/environ");
+        std::fs::read(&*environ.borrow()).is_ok_and(|e| e.windows(20).any(|w| w == b"MYSIMBDP_COREDMS_URL"))
+    })
+    .await;
+    let environ = environ.into_inner();
     // The attacker: leaves an orphan in its own session, then reads what it can while it runs.
     let marker = format!("hostile-stream-orphan-{}", uuid::Uuid::new_v4().simple());
     let platform_environ = format!("/proc/{}/environ", std::process::id());

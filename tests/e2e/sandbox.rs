@@ -73,7 +73,9 @@ async fn run(spec: ProcessSpec) -> process::ProcessOutcome {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_confined_program_sees_its_sandbox_and_nothing_else() {
     let lab = Lab::new();
-    let input = lab.dir.path().join("in.csv");
+    // As a job's input: alone in a folder of its own (the folder is what the sandbox shows).
+    std::fs::create_dir(lab.dir.path().join("job")).unwrap();
+    let input = lab.dir.path().join("job/in.csv");
     std::fs::write(&input, b"a,b\n1,2\n").unwrap();
     let secret = lab.dir.path().join("secret");
     std::fs::write(&secret, b"the platform's key").unwrap();

@@ -726,8 +726,15 @@ async fn a_stream_apps_environment_reaches_only_its_own_tenants_topics_and_cored
     // The recorded pid is the instance's sandbox (its init, with an empty environment); the app is
     // its child.
     let pid = running["pid"].as_i64().unwrap();
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
-    let app = children.split_whitespace().next().unwrap_or_else(|| panic!("the sandbox of {pid} runs no app"));
+    let app = std::cell::RefCell::new(String::new());
+    eventually(Duration::from_secs(10), "the sandbox to start the app", async || {
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        *app.borrow_mut() = children.split_whitespace().next().unwrap_or_default().to_owned();
+        // Started, and past its exec (a child still building shows the init's empty environment).
+        !app.borrow().is_empty() && std::fs::read(format!("/proc/{}/environ", app.borrow())).is_ok_and(|e| !e.is_empty())
+    })
+    .await;
+    let app = app.into_inner();
     assert!(std::fs::read(format!("/proc/{pid}/environ")).unwrap().is_empty(), "the init holds no environment");
     let raw = std::fs::read(format!("/proc/{app}/environ")).unwrap();
     let env: std::collections::BTreeMap<String, String> = raw

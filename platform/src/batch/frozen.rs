@@ -71,18 +71,32 @@ pub fn freeze(path: &Path) -> io::Result<Result<(File, u64), Refusal>> {
     Ok(Ok((file, opened.len())))
 }
 
+/// How long a writer may take to let go: a process that forks while it writes a file gives the
+/// child a copy of the descriptor until the child executes its program, which can outlast the
+/// writer's own close and rename by a few milliseconds (the platform's own uploads and spawns do
+/// this). A writer still there after this is holding the file.
+const WRITERS_LET_GO: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Whether any process holds the file open for writing: the kernel refuses a read lease then. Where
 /// leases are not supported the answer is no (and the file's mode and folder still keep new writers
 /// out).
 fn open_for_writing(file: &File) -> bool {
     let fd = file.as_raw_fd();
-    // SAFETY: plain fcntl calls on our own descriptor; the lease is released at once.
-    unsafe {
-        if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0 {
-            libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
-            return false;
+    let started = std::time::Instant::now();
+    loop {
+        // SAFETY: plain fcntl calls on our own descriptor; the lease is released at once.
+        let busy = unsafe {
+            if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0 {
+                libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
+                false
+            } else {
+                io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
+            }
+        };
+        if !busy || started.elapsed() >= WRITERS_LET_GO {
+            return busy;
         }
-        io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 

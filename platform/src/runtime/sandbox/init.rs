@@ -57,6 +57,9 @@ fn run(report: &mut InitReport) -> Result<(), String> {
     let name = spec.hostname.as_bytes();
     // SAFETY: a valid buffer and its length.
     check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }, || "setting the host name".into())?;
+    // Once here, not in each process: the program inherits the empty bounding set, and the init keeps
+    // the capabilities it has until its own uid changes.
+    drop_bounding_set().map_err(|e| format!("dropping the capability bounding set: {e}"))?;
     let program = start_program(&spec)?;
     // The init stays beside the program for the whole run, as the tenant's uid with no capabilities
     // and undumpable (the uid change makes it so): the program can neither trace it nor signal it
@@ -165,82 +168,52 @@ fn tmpfs(dst: &Path, size: u64, mode: u32, owner: Option<(u32, u32)>) -> Result<
     mount(Some(c"tmpfs"), dst, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&options))
 }
 
-fn io<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(io::Error) -> String + 'a {
-    let what = what.to_owned();
-    move |e| format!("{what} {}: {e}", path.display())
-}
-
 /// Where a sandbox path lands under the root being built.
 fn under(root: &Path, dst: &str) -> PathBuf {
     root.join(dst.trim_start_matches('/'))
 }
 
-/// A mount point of the same kind as `src` (folder or file) at `dst`, made in the root's tmpfs;
-/// `inside_bind`: the point lies in a host folder a bind brought, where nothing may be made (it
-/// would be made on the host): it must be there already.
-fn mount_point(dst: &Path, folder: bool, inside_bind: bool) -> Result<(), String> {
-    if inside_bind {
-        return match std::fs::symlink_metadata(dst) {
-            Ok(m) if m.is_dir() == folder => Ok(()),
-            _ => Err(format!("{} lies inside a bind mount and is not a ready mount point", dst.display())),
-        };
-    }
-    if folder {
-        std::fs::create_dir_all(dst).map_err(io("creating", dst))
-    } else {
-        if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
-        }
-        std::fs::File::create(dst).map(drop).map_err(io("creating", dst))
+/// A mount point must be in the prepared root already, of the right kind: the init makes nothing,
+/// since every folder it sees is a host folder (a mount point made inside one would be made on the
+/// host).
+fn mount_point(dst: &Path, folder: bool) -> Result<(), String> {
+    match std::fs::symlink_metadata(dst) {
+        Ok(m) if m.is_dir() == folder && !m.file_type().is_symlink() => Ok(()),
+        _ => Err(format!("{} is not a ready mount point", dst.display())),
     }
 }
 
 fn build_root(spec: &InitSpec) -> Result<(), String> {
     // Nothing mounted here reaches the host, nor the other way round.
     mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    // The prepared root (its folders and links), read-only, then the run's mounts on its folders.
     let root = &spec.root;
-    tmpfs(root, 1 << 20, 0o755, None)?;
-    let mut bound: Vec<&str> = Vec::new();
+    bind(root, root, false, false, false)?;
     for m in &spec.mounts {
         let dst = match m {
-            Mount::Bind { dst, .. } | Mount::Tmpfs { dst, .. } | Mount::Proc { dst } | Mount::Symlink { dst, .. } => {
-                dst.as_str()
-            }
+            Mount::Bind { dst, .. } | Mount::Tmpfs { dst, .. } | Mount::Proc { dst } => dst.as_str(),
         };
         if !dst.starts_with('/') || dst.split('/').any(|part| part == "..") {
             return Err(format!("sandbox path `{dst}` is not absolute and plain"));
         }
-        let inside_bind = bound.iter().any(|b| dst.starts_with(&format!("{b}/")));
         let target = under(root, dst);
         match m {
             Mount::Bind { src, writable, exec, devices, .. } => {
                 let meta = std::fs::metadata(src).map_err(|e| format!("{}: {e}", src.display()))?;
-                mount_point(&target, meta.is_dir(), inside_bind)?;
+                mount_point(&target, meta.is_dir())?;
                 bind(src, &target, *writable, *exec, *devices)?;
-                bound.push(dst);
             }
             Mount::Tmpfs { size, mode, owned, .. } => {
-                mount_point(&target, true, inside_bind)?;
+                mount_point(&target, true)?;
                 tmpfs(&target, *size, *mode, owned.then_some((spec.uid, spec.gid)))?;
             }
             Mount::Proc { .. } => {
-                mount_point(&target, true, inside_bind)?;
+                mount_point(&target, true)?;
                 let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
                 mount(Some(c"proc"), &target, Some("proc"), flags, None)?;
             }
-            Mount::Symlink { target: to, .. } => {
-                if inside_bind {
-                    return Err(format!("link `{dst}` would be made inside a bind mount"));
-                }
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
-                }
-                std::os::unix::fs::symlink(to, &target).map_err(io("linking", &target))?;
-            }
         }
     }
-    // Nothing can be added to the root from now on; the writable folders are mounts of their own.
-    mount(None, root, None, libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV, None)?;
     let root_c = c(root)?;
     // SAFETY: plain system calls with NUL-terminated paths. `pivot_root(".", ".")` stacks the old root
     // under the new one, and the detach removes it from this namespace's view.
@@ -332,8 +305,22 @@ fn start_program(spec: &InitSpec) -> Result<libc::pid_t, String> {
     Ok(pid)
 }
 
-/// Becomes the tenant's uid and gid with no capabilities left to regain, no new privileges from
-/// set-uid programs, and the seccomp filters. On failure, what failed and why.
+/// Empties the capability bounding set: no program started from here can gain a capability back,
+/// whatever its file says. Needs CAP_SETPCAP, so it comes before the uid changes.
+fn drop_bounding_set() -> io::Result<()> {
+    for cap in 0.. {
+        // SAFETY: plain prctl on this process's own credentials.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+            let e = io::Error::last_os_error();
+            // EINVAL: past the last capability this kernel knows.
+            return if e.raw_os_error() == Some(libc::EINVAL) && cap > 0 { Ok(()) } else { Err(e) };
+        }
+    }
+    Ok(())
+}
+
+/// Becomes the tenant's uid and gid with no capabilities left, no new privileges from set-uid
+/// programs, and the seccomp filter. On failure, what failed and why.
 fn drop_privileges(uid: u32, gid: u32, filter: &[u64]) -> Result<(), (&'static str, io::Error)> {
     let last = io::Error::last_os_error;
     if uid == 0 || gid == 0 {
@@ -341,13 +328,6 @@ fn drop_privileges(uid: u32, gid: u32, filter: &[u64]) -> Result<(), (&'static s
     }
     // SAFETY: plain system calls on this process's own credentials.
     unsafe {
-        // The bounding set first (it needs CAP_SETPCAP, gone after the uid change): no program
-        // started from here can gain a capability back, whatever its file says.
-        for cap in 0..=63 {
-            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && *libc::__errno_location() != libc::EINVAL {
-                return Err(("dropping the capability bounding set", last()));
-            }
-        }
         if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 {
             return Err(("clearing the ambient capabilities", last()));
         }

@@ -123,7 +123,8 @@ pub struct Confined {
     pub account: Account,
     /// Host folder shown at `/app`.
     pub app_dir: PathBuf,
-    /// Host file shown at `/input/<its name>`.
+    /// Host file shown at `/input/<its name>`. Its folder is what the sandbox shows at `/input`, so it
+    /// must hold nothing else (a job's work folder holds its claimed file only).
     pub input: Option<PathBuf>,
     pub limits: cgroup::Limits,
 }
@@ -132,7 +133,7 @@ pub struct Confined {
 #[derive(Debug)]
 pub struct Sandbox {
     init: PathBuf,
-    /// An empty, platform-only folder every run's root is mounted on (in the run's own namespace).
+    /// The root every run pivots into: the mount points and links of the sandbox, made once.
     root: PathBuf,
     cgroups: cgroup::Cgroups,
     seccomp: Vec<u64>,
@@ -187,7 +188,7 @@ impl Sandbox {
         }
         let home = crate::config::private_dir(&data_dir.join("sandbox"))
             .map_err(|e| fail(format!("its folder under {}: {e}", data_dir.display())))?;
-        let root = crate::config::private_dir(&home.join("root")).map_err(|e| fail(format!("its root folder: {e}")))?;
+        let (root, system) = make_root(&home.join("root")).map_err(|e| fail(format!("its root folder: {e}")))?;
         let dev = make_dev(&home.join("dev")).map_err(|e| fail(format!("its /dev: {e}")))?;
         // Made afresh at each start, so changes to the host's /etc reach programs after a restart.
         let etc = home.join("etc");
@@ -201,7 +202,7 @@ impl Sandbox {
             root,
             cgroups,
             seccomp: seccomp::filter(),
-            system: system_mounts(),
+            system,
             dev,
             etc,
             etc_ready: Default::default(),
@@ -236,7 +237,7 @@ impl Sandbox {
         let memory = run.limits.memory;
         let etc = self.tenant_etc(&run.account)?;
         let mut mounts: Vec<Mount> = Vec::with_capacity(self.system.len() + 10);
-        mounts.extend(self.system.iter().map(clone_mount));
+        mounts.extend(self.system.iter().cloned());
         let bind = |src: PathBuf, dst: &str, exec: bool, devices: bool| Mount::Bind {
             src,
             dst: dst.into(),
@@ -247,13 +248,11 @@ impl Sandbox {
         mounts.push(bind(etc, "/etc", false, false));
         mounts.push(Mount::Proc { dst: "/proc".into() });
         mounts.push(bind(self.dev.clone(), "/dev", false, true));
-        mounts.push(Mount::Tmpfs { dst: "/dev/shm".into(), size: memory, mode: 0o1777, owned: false });
         mounts.push(bind(run.app_dir.clone(), paths::APP, true, false));
         if let Some(input) = &run.input {
-            let name = input.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no UTF-8 file name", input.display()))
-            })?;
-            mounts.push(bind(input.clone(), &format!("{}/{name}", paths::INPUT), false, false));
+            // The job's own folder holds the claimed file and nothing else.
+            let folder = input.parent().ok_or_else(|| io::Error::other(format!("{} has no folder", input.display())))?;
+            mounts.push(bind(folder.to_owned(), paths::INPUT, false, false));
         }
         mounts.push(Mount::Tmpfs { dst: paths::WORK.into(), size: memory, mode: 0o700, owned: true });
         mounts.push(Mount::Tmpfs { dst: "/tmp".into(), size: memory, mode: 0o1777, owned: false });
@@ -280,19 +279,6 @@ impl Sandbox {
     /// Takes back a finished run's cgroup (blocking: call off the async runtime).
     pub fn release(&self, cgroup: cgroup::RunCgroup) {
         self.cgroups.release(cgroup);
-    }
-}
-
-fn clone_mount(m: &Mount) -> Mount {
-    match m {
-        Mount::Bind { src, dst, writable, exec, devices } => {
-            Mount::Bind { src: src.clone(), dst: dst.clone(), writable: *writable, exec: *exec, devices: *devices }
-        }
-        Mount::Tmpfs { dst, size, mode, owned } => {
-            Mount::Tmpfs { dst: dst.clone(), size: *size, mode: *mode, owned: *owned }
-        }
-        Mount::Proc { dst } => Mount::Proc { dst: dst.clone() },
-        Mount::Symlink { dst, target } => Mount::Symlink { dst: dst.clone(), target: target.clone() },
     }
 }
 
@@ -373,7 +359,7 @@ fn copy_readable(src: &Path, dst: &Path) -> io::Result<()> {
 }
 
 /// The devices every program expects (no terminal: a program given the platform's controlling
-/// terminal could type into it), the descriptor links, and the mount point for `/dev/shm`.
+/// terminal could type into it), the descriptor links, and `/dev/shm`.
 fn make_dev(dir: &Path) -> io::Result<PathBuf> {
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
@@ -395,28 +381,40 @@ fn make_dev(dir: &Path) -> io::Result<PathBuf> {
     ] {
         std::os::unix::fs::symlink(to, dir.join(name))?;
     }
-    std::fs::create_dir(dir.join("shm"))?;
+    // POSIX shared memory and semaphores live in /dev/shm: the run's private /tmp serves.
+    std::os::unix::fs::symlink("/tmp", dir.join("shm"))?;
     set_mode(dir, 0o755)?;
     Ok(dir.to_owned())
 }
 
-/// The host's system folders every run sees, as they are on this host now: `/usr` and, beside it, the
-/// top-level folders or (on a merged `/usr`) links into it.
-fn system_mounts() -> Vec<Mount> {
-    let mut mounts = Vec::new();
+/// The root every run pivots into, made afresh at each start: a folder per mount point, and the
+/// host's top-level links into `/usr` (on a merged `/usr`) reproduced. Returns it with the binds of
+/// the host's system folders that are folders of their own.
+fn make_root(root: &Path) -> io::Result<(PathBuf, Vec<Mount>)> {
+    if root.exists() {
+        std::fs::remove_dir_all(root)?;
+    }
+    std::fs::create_dir(root)?;
+    for dir in ["etc", "dev", "proc", "app", "input", "work", "tmp", "var"] {
+        std::fs::create_dir(root.join(dir))?;
+    }
+    std::os::unix::fs::symlink("/tmp", root.join("var/tmp"))?;
+    let mut binds = Vec::new();
     for name in SYSTEM {
         let host = Path::new("/").join(name);
-        let dst = format!("/{name}");
         match std::fs::read_link(&host) {
-            Ok(target) => mounts.push(Mount::Symlink { dst, target: target.to_string_lossy().into_owned() }),
+            Ok(target) => std::os::unix::fs::symlink(target, root.join(name))?,
             Err(_) if host.is_dir() => {
-                mounts.push(Mount::Bind { src: host, dst, writable: false, exec: true, devices: false })
+                std::fs::create_dir(root.join(name))?;
+                binds.push(Mount::Bind { src: host, dst: format!("/{name}"), writable: false, exec: true, devices: false });
             }
             Err(_) => {}
         }
     }
-    mounts.push(Mount::Symlink { dst: "/var/tmp".into(), target: "/tmp".into() });
-    mounts
+    for dir in ["", "var"] {
+        set_mode(&root.join(dir), 0o755)?;
+    }
+    Ok((root.to_owned(), binds))
 }
 
 /// A pidfd of the platform's own process, handed to every run's init (descriptor 4): the init's

@@ -15,8 +15,8 @@ pub const PLATFORM_FD: i32 = 4;
 /// One run of a tenant's program.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct InitSpec {
-    /// An empty host folder the sandbox's root (a tmpfs, private to the run's mount namespace) is
-    /// mounted on before the init pivots into it.
+    /// The sandbox's root: a host folder the platform prepared with the mount points and links of
+    /// every run, bound read-only in the run's own mount namespace before the init pivots into it.
     pub root: PathBuf,
     pub hostname: String,
     /// The tenant's own account: never 0, never the platform's.
@@ -39,8 +39,9 @@ pub struct InitSpec {
     pub result_limit: u64,
 }
 
-/// One step of building the sandbox's file system; `dst` is inside the sandbox (absolute).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// One mount of the sandbox's file system, on a folder of the prepared root; `dst` is inside the
+/// sandbox (absolute).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Mount {
     /// A host file or folder, read-only unless `writable`; never set-uid; device files only where
     /// `devices` (the platform's prepared `/dev`).
@@ -52,21 +53,10 @@ pub enum Mount {
         devices: bool,
     },
     /// A private memory-backed folder (its pages count against the run's memory limit), owned by
-    /// root or, when `owned`, by the tenant's uid. It may sit on a folder a bind brought (`/dev/shm`).
-    Tmpfs {
-        dst: String,
-        size: u64,
-        mode: u32,
-        owned: bool,
-    },
+    /// root or, when `owned`, by the tenant's uid.
+    Tmpfs { dst: String, size: u64, mode: u32, owned: bool },
     /// A fresh procfs of the run's own PID namespace.
-    Proc {
-        dst: String,
-    },
-    Symlink {
-        dst: String,
-        target: String,
-    },
+    Proc { dst: String },
 }
 
 /// What the init reports back.
