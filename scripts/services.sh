@@ -83,26 +83,42 @@ CONF
         log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
         pg_ctl_ -l "$PG_DIR/server.log" -w -t 60 start >/dev/null
     fi
-    local password_file=$LOCAL/pg-password
-    if [ ! -s "$password_file" ]; then
-        (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$password_file")
-    fi
-    local password; password=$(cat "$password_file")
-    # The platform's own login: creates tenants' databases and roles, so it is a superuser here.
+    local password_file=$LOCAL/pg-password store_password_file=$LOCAL/pg-store-password
+    for f in "$password_file" "$store_password_file"; do
+        [ -s "$f" ] || (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$f")
+    done
+    local password store_password
+    password=$(cat "$password_file"); store_password=$(cat "$store_password_file")
+    # Two logins: `mysimbdp`, the coredms admin, used only to provision tenants' databases and logins
+    # (a superuser here); `mysimbdp_store`, the platform store's owner and nothing more. A checkout whose
+    # store database belonged to the admin (before the two were apart) hands it over once.
     pg_run "$(pg_bin)/psql" -h "$PG_DIR/run" -p "$PG_PORT" -U postgres -d postgres -qtA -v ON_ERROR_STOP=1 <<SQL >/dev/null
 select 'create role mysimbdp superuser login' where not exists (select from pg_roles where rolname = 'mysimbdp') \gexec
 alter role mysimbdp password '$password';
-select 'create database mysimbdp owner mysimbdp' where not exists (select from pg_database where datname = 'mysimbdp') \gexec
+select 'create role mysimbdp_store login nosuperuser nocreatedb nocreaterole' where not exists (select from pg_roles where rolname = 'mysimbdp_store') \gexec
+alter role mysimbdp_store password '$store_password';
+select 'create database mysimbdp owner mysimbdp_store' where not exists (select from pg_database where datname = 'mysimbdp') \gexec
+select 'alter database mysimbdp owner to mysimbdp_store' from pg_database d join pg_roles r on r.oid = d.datdba where d.datname = 'mysimbdp' and r.rolname <> 'mysimbdp_store' \gexec
 revoke all on database mysimbdp from public;
 -- Tenants' logins open their own database and nothing else (PostgreSQL lets everyone into these).
 revoke connect on database postgres from public;
 revoke connect on database template1 from public;
 SQL
-    local base="postgres://mysimbdp:$password@127.0.0.1:$PG_PORT"
+    pg_run "$(pg_bin)/psql" -h "$PG_DIR/run" -p "$PG_PORT" -U postgres -d mysimbdp -qtA -v ON_ERROR_STOP=1 <<SQL >/dev/null
+select format('alter table %I.%I owner to mysimbdp_store', schemaname, tablename) from pg_tables where schemaname = 'public' and tableowner <> 'mysimbdp_store' \gexec
+select format('alter sequence %I.%I owner to mysimbdp_store', schemaname, sequencename) from pg_sequences where schemaname = 'public' and sequenceowner <> 'mysimbdp_store' \gexec
+SQL
+    local base="postgres://mysimbdp:$password@127.0.0.1:$PG_PORT" store="postgres://mysimbdp_store:$store_password@127.0.0.1:$PG_PORT"
+    # The platform reads its URLs from these files (0600): they hold passwords, and a file is not
+    # inherited the way an environment variable is.
+    mkdir -p "$LOCAL/secrets"
+    (umask 077; echo "$store/mysimbdp" > "$LOCAL/secrets/database-url"; echo "$base/postgres" > "$LOCAL/secrets/coredms-url")
     {
-        echo "MYSIMBDP_DATABASE_URL=$base/mysimbdp"
-        echo "MYSIMBDP_COREDMS_URL=$base/postgres"
+        echo "MYSIMBDP_DATABASE_URL_FILE=$LOCAL/secrets/database-url"
+        echo "MYSIMBDP_COREDMS_URL_FILE=$LOCAL/secrets/coredms-url"
+        # For tests and benchmarks: the admin login, and the store's (tests give it a database each).
         echo "MYSIMBDP_TEST_PG_URL=$base/postgres"
+        echo "MYSIMBDP_TEST_STORE_URL=$store/mysimbdp"
         # A folder the server can read and write, for server-side COPY files (benchmarks).
         echo "MYSIMBDP_PG_SCRATCH=$PG_DIR/scratch"
     } > "$LOCAL/env.pg"

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mysimbdp::store::jobs::Job;
-use mysimbdp_e2e::{agreement, bundle, eventually, gen_data, pg_url, stripped, unique, workspace_root, Http, TestPlatform};
+use mysimbdp_e2e::{
+    agreement, bundle, eventually, gen_data, pg_url, store_url, stripped, unique, workspace_root, Http, TestPlatform,
+};
 
 /// The attacker's agreement: one route (and app) per attack.
 fn evil_agreement(t: &str) -> String {
@@ -27,11 +29,13 @@ fn evil_agreement(t: &str) -> String {
         ("nul", ""),
         ("binary", ""),
         ("conn", ""),
+        ("slow", ""),
+        ("slower", ""),
     ] {
         routes.push_str(&route(attack, attack, extra));
     }
     let batch = format!("{routes}  formats: [csv]\n  max_file_size: 1MiB\n  max_files_per_hour: 1000\n  max_bytes_per_day: 1GiB\n  max_concurrent_jobs: 4\n  retries: 0");
-    agreement(t, &batch).replace("apps:\n", "coredms: {max_connections: 10}\napps:\n")
+    agreement(t, &batch).replace("apps:\n", "coredms: {max_connections: 10, statement_timeout: 2s}\napps:\n")
 }
 
 fn good_agreement(t: &str) -> String {
@@ -191,10 +195,11 @@ async fn a_batch_app_reads_and_writes_nothing_of_the_platform_or_another_tenant(
         )
         .collect();
     a.attack("write", &format!("\"$APP/hostile\" write {}; sleep 1", writes.join(" "))).await;
-    let admin_role = pg_url().split("://").nth(1).unwrap().split(':').next().unwrap().to_owned();
+    let login = |url: String| url.split("://").nth(1).unwrap().split(':').next().unwrap().to_owned();
+    let (admin_role, store_role) = (login(pg_url()), login(store_url()));
     let good_role = a.p.tenant(&a.good).coredms_name();
     let pg = format!(
-        "\"$APP/hostile\" pg role:postgres role:{admin_role} role:{good_role} db:postgres db:{} db:{good_role}; sleep 1",
+        "\"$APP/hostile\" pg role:postgres role:{admin_role} role:{store_role} role:{good_role} db:postgres db:{} db:{good_role}; sleep 1",
         a.p.database
     );
     a.attack("pg", &pg).await;
@@ -221,7 +226,7 @@ async fn a_batch_app_reads_and_writes_nothing_of_the_platform_or_another_tenant(
     assert_eq!(pg.state, "succeeded", "{pg:?}");
     let log = log(&pg);
     assert!(!log.contains("LEAK") && log.contains("OK connected as its own role"), "{log}");
-    for role in ["postgres", &admin_role, &good_role] {
+    for role in ["postgres", &admin_role, &store_role, &good_role] {
         assert_eq!(log.matches(&format!("DENIED connect as {role}:")).count(), 4, "{role}: {log}");
     }
     assert!(log.contains("password authentication failed"), "{log}");
@@ -292,7 +297,7 @@ async fn a_batch_app_cannot_outgrow_its_run_or_poison_its_result() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_tenant_opening_hundreds_of_coredms_connections_is_held_at_its_limit() {
+async fn a_tenant_is_held_to_its_coredms_connections_and_statement_timeout() {
     let a = arena().await;
     a.attack("conn", "\"$APP/hostile\" connections 500").await;
     a.launch("conn", 0);
@@ -320,6 +325,19 @@ async fn a_tenant_opening_hundreds_of_coredms_connections_is_held_at_its_limit()
         .unwrap_or_else(|| panic!("{}", log(&conn)));
     assert_eq!(opened, 10, "the agreement's max_connections: {}", log(&conn));
     assert!(log(&conn).contains("too many connections for role"), "{}", log(&conn));
+
+    // The agreement's statement timeout: PostgreSQL's own for a session that keeps the default, and
+    // the platform's sweep for one that turned it off.
+    let psql = |sql: &str| format!("psql \"$MYSIMBDP_COREDMS_URL\" -v ON_ERROR_STOP=1 -c '{sql}'");
+    a.attack("slow", &psql("select pg_sleep(60)")).await;
+    a.attack("slower", &psql("set statement_timeout = 0; select pg_sleep(60)")).await;
+    let slow = a.run("slow", 1).await;
+    assert_eq!((slow.state.as_str(), slow.reason.as_deref()), ("failed", Some("app_error")), "{slow:?}");
+    assert!(log(&slow).contains("canceling statement due to statement timeout"), "{}", log(&slow));
+    let slower = a.run("slower", 2).await;
+    assert_eq!((slower.state.as_str(), slower.reason.as_deref()), ("failed", Some("app_error")), "{slower:?}");
+    assert!(log(&slower).contains("canceling statement due to user request"), "{}", log(&slower));
+    assert!(slower.run_ms.unwrap() < 30_000, "cancelled within the timeout, its grace and one sweep: {slower:?}");
     a.p.cleanup().await;
 }
 

@@ -731,7 +731,8 @@ async fn a_stream_apps_environment_reaches_only_its_own_tenants_topics_and_cored
         let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         *app.borrow_mut() = children.split_whitespace().next().unwrap_or_default().to_owned();
         // Started, and past its exec (a child still building shows the init's empty environment).
-        !app.borrow().is_empty() && std::fs::read(format!("/proc/{}/environ", app.borrow())).is_ok_and(|e| !e.is_empty())
+        !app.borrow().is_empty()
+            && std::fs::read(format!("/proc/{}/environ", app.borrow())).is_ok_and(|e| !e.is_empty())
     })
     .await;
     let app = app.into_inner();

@@ -35,6 +35,11 @@ pub fn pg_url() -> String {
     service_setting(&["MYSIMBDP_TEST_PG_URL"])
 }
 
+/// The platform store's own login (not a superuser), whose database each test platform gets.
+pub fn store_url() -> String {
+    service_setting(&["MYSIMBDP_TEST_STORE_URL"])
+}
+
 /// The test's Kafka-API broker.
 pub fn kafka_brokers() -> String {
     service_setting(&["MYSIMBDP_TEST_KAFKA_BROKERS", "MYSIMBDP_KAFKA_BROKERS"])
@@ -111,10 +116,14 @@ impl TestPlatform {
         let admin = pg_url();
         let database = format!("mysimbdp_test_{}", uuid::Uuid::new_v4().simple());
         let mut conn = connect_admin(&admin).await;
-        sqlx::Executor::execute(&mut conn, format!("create database {database}").as_str())
+        // Owned by the store's own login, as on a real installation: the platform never runs its
+        // store as a superuser.
+        let store = store_url();
+        let owner = store.split("://").nth(1).and_then(|r| r.split(':').next()).expect("a login in the store URL");
+        sqlx::Executor::execute(&mut conn, format!("create database {database} owner {owner}").as_str())
             .await
             .expect("create test database");
-        let database_url = with_database(&admin, &database);
+        let database_url = with_database(&store, &database);
         let db = store::connect(&database_url).await.expect("connect to test database");
         store::migrate(&db).await.expect("migrate");
         let dir = tempfile::tempdir().expect("tempdir");

@@ -251,7 +251,8 @@ impl Sandbox {
         mounts.push(bind(run.app_dir.clone(), paths::APP, true, false));
         if let Some(input) = &run.input {
             // The job's own folder holds the claimed file and nothing else.
-            let folder = input.parent().ok_or_else(|| io::Error::other(format!("{} has no folder", input.display())))?;
+            let folder =
+                input.parent().ok_or_else(|| io::Error::other(format!("{} has no folder", input.display())))?;
             mounts.push(bind(folder.to_owned(), paths::INPUT, false, false));
         }
         mounts.push(Mount::Tmpfs { dst: paths::WORK.into(), size: memory, mode: 0o700, owned: true });
@@ -406,7 +407,13 @@ fn make_root(root: &Path) -> io::Result<(PathBuf, Vec<Mount>)> {
             Ok(target) => std::os::unix::fs::symlink(target, root.join(name))?,
             Err(_) if host.is_dir() => {
                 std::fs::create_dir(root.join(name))?;
-                binds.push(Mount::Bind { src: host, dst: format!("/{name}"), writable: false, exec: true, devices: false });
+                binds.push(Mount::Bind {
+                    src: host,
+                    dst: format!("/{name}"),
+                    writable: false,
+                    exec: true,
+                    devices: false,
+                });
             }
             Err(_) => {}
         }

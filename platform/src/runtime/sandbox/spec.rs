@@ -45,13 +45,7 @@ pub struct InitSpec {
 pub enum Mount {
     /// A host file or folder, read-only unless `writable`; never set-uid; device files only where
     /// `devices` (the platform's prepared `/dev`).
-    Bind {
-        src: PathBuf,
-        dst: String,
-        writable: bool,
-        exec: bool,
-        devices: bool,
-    },
+    Bind { src: PathBuf, dst: String, writable: bool, exec: bool, devices: bool },
     /// A private memory-backed folder (its pages count against the run's memory limit), owned by
     /// root or, when `owned`, by the tenant's uid.
     Tmpfs { dst: String, size: u64, mode: u32, owned: bool },
