@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # Batch ingestion benchmarks, side by side in one run (these machines are noisy: medians and ratios).
 #
-#   scripts/bench-batch.sh            full run: 1 GiB CSV x3, 2,000 small files x2 app kinds
+#   scripts/bench-batch.sh            full run: start-up cost, 1 GiB CSV x3, 2,000 small files x2 app kinds
 #   scripts/bench-batch.sh --smoke    small sizes, one repetition (checks the benchmark itself works)
-#   scripts/bench-batch.sh --small    only the small-files part
+#   scripts/bench-batch.sh --small    only the start-up cost and the small-files part
 #
+# 0. Start-up cost: the same no-op app started through the platform's runner in the sandbox and out of it,
+#    interleaved (tests/bin/bench-spawn.rs).
 # 1. Large file: the same generated CSV (a) ingested by the tortoise-csv app run by hand, (b) dropped into
 #    the platform's staging folder (rename to final state), and (c) the same documents bulk-loaded by
 #    PostgreSQL's own binary COPY into a table of the same shape (the ceiling). Peak memory of the app and
 #    of the platform.
 # 2. Small files: 2,000 files across 4 tenants renamed into staging as fast as possible; files/s end to end
 #    and latency from rename to detection and to the app's start, with a no-op app (the platform's own
-#    cost) and with the real orders-jsonl app (one coredms connection per file).
+#    cost) and with the real orders-jsonl app (one coredms connection per file); then the same bursts with
+#    the platform restarted with --sandbox off, side by side.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 . scripts/lib.sh
 
-SIZE_MIB=1024 REPS=3 SMALL_FILES=2000 LARGE=1
+SIZE_MIB=1024 REPS=3 SMALL_FILES=2000 LARGE=1 SPAWN_RUNS=500
 case "${1:-}" in
-    --smoke) SIZE_MIB=16 REPS=1 SMALL_FILES=100 ;;
+    --smoke) SIZE_MIB=16 REPS=1 SMALL_FILES=100 SPAWN_RUNS=50 ;;
     --small) LARGE=0 ;;
 esac
 TENANTS=4
@@ -88,11 +91,26 @@ for i in $(seq 1 $TENANTS); do
     "$BIN/mysimbdp" install-app --tenant small-$i --name orders-jsonl "$BIN/orders-jsonl" >/dev/null
     "$BIN/mysimbdp" install-app --tenant small-$i --name noop "$WORK/noop.sh" >/dev/null
 done
-"$BIN/mysimbdp" serve 2> "$WORK/platform.log" &
-PLATFORM=$!
+# start_platform on|off: serves with the sandbox on (the default) or off; ready once it has ingested a
+# probe file (tenants provisioned, batch manager watching).
+start_platform() {
+    MYSIMBDP_SANDBOX=$1 "$BIN/mysimbdp" serve 2>> "$WORK/platform.log" &
+    PLATFORM=$!
+    until [ "$(psql_store -c "select count(*) from tenant_coredms")" = $((TENANTS + 1)) ]; do sleep 0.2; done
+    printf '{"order_id": 1, "amount": 1.5, "order_status": "probe-%s"}\n' "$1" > "$WORK/staging/small-1/probe-$1.jsonl.part"
+    mv "$WORK/staging/small-1/probe-$1.jsonl.part" "$WORK/staging/small-1/noop_probe-$1.jsonl"
+    until [ -n "$(psql_store -c "select state from jobs where file_name = 'noop_probe-$1.jsonl' and state in ('succeeded','failed','rejected')")" ]; do
+        kill -0 $PLATFORM 2>/dev/null || { tail -n 20 "$WORK/platform.log"; exit 1; }
+        sleep 0.2
+    done
+    echo "== platform: pid $PLATFORM, workers $MYSIMBDP_BATCH_WORKERS, sandbox $1"
+}
+stop_platform() { kill $PLATFORM; wait $PLATFORM 2>/dev/null || true; : > "$WORK/platform.log"; }
 trap 'kill $PLATFORM 2>/dev/null || true' EXIT
-until [ "$(psql_store -c "select count(*) from tenant_coredms")" = $((TENANTS + 1)) ]; do sleep 0.2; done
-echo "== platform: pid $PLATFORM, workers $MYSIMBDP_BATCH_WORKERS"
+
+step "start-up cost of a no-op app, in the sandbox and out of it"
+"$BIN/bench-spawn" $SPAWN_RUNS
+start_platform on
 
 coredms_url() { psql_store -c "select format('postgres://%s:%s@127.0.0.1:${MYSIMBDP_PG_PORT:-55432}/%s', username, password, database) from tenant_coredms where tenant = '$1'"; }
 BENCH_URL=$(coredms_url bench)
@@ -262,3 +280,9 @@ small_round noop100 "paced at 100 files/s, no-op app" 100
 small_round orders100 "paced at 100 files/s, orders-jsonl app" 100
 echo
 echo "platform peak RSS (VmHWM): $(( $(awk '/VmHWM/ {print $2}' /proc/$PLATFORM/status) / 1024 )) MiB"
+
+step "small files, side by side: the same bursts with the platform restarted with --sandbox off"
+stop_platform
+start_platform off
+small_round noopoff "burst, no-op app, --sandbox off" 0
+small_round ordersoff "burst, orders-jsonl app, --sandbox off" 0
