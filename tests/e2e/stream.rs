@@ -837,6 +837,21 @@ async fn the_container_runtime_starts_restarts_after_kill_9_and_stops_with_exact
     assert_eq!(inspect["HostConfig"]["Memory"], 256 << 20, "the agreement's memory limit");
     assert_eq!(inspect["HostConfig"]["NanoCpus"], 500_000_000, "the agreement's CPUs");
     assert_eq!(inspect["Name"].as_str().map(|n| n.trim_start_matches('/')), Some(format!("mysimbdp-{id}").as_str()));
+    // The sandbox's boundary, kept by the engine: the tenant's own uid, no capabilities, no new
+    // privileges, a read-only root, the agreement's process limit, an image of the tenant's own.
+    let uid = mysimbdp::store::accounts::get(&p.db, &p.tenant(&zoo)).await.unwrap().expect("an account");
+    assert_eq!(inspect["Config"]["User"], format!("{uid}:{uid}"), "{inspect}");
+    assert!(uid >= 2_000_000_000, "{uid}");
+    // What the kernel says of the running program, whatever the engine's inspect calls it.
+    let pid = inspect["State"]["Pid"].as_i64().expect("the container's pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for line in ["CapEff:\t0000000000000000", "CapBnd:\t0000000000000000", "NoNewPrivs:\t1", &format!("Uid:\t{uid}\t")] {
+        assert!(status.contains(line), "{line}: {status}");
+    }
+    assert_eq!(inspect["HostConfig"]["ReadonlyRootfs"], true, "{inspect}");
+    assert_eq!(inspect["HostConfig"]["PidsLimit"], 256, "the agreement's max_processes (default)");
+    let image = inspect["Config"]["Image"].as_str().unwrap_or_default();
+    assert!(image.contains(&format!("mysimbdp/{zoo}/")), "{image}");
 
     let total = 30_000u64;
     let producing = tokio::spawn(async move {
