@@ -141,7 +141,9 @@ impl Config {
     pub fn absolute(mut self) -> std::io::Result<Self> {
         self.tenants_dir = absolute_dir(&self.tenants_dir)?;
         self.staging_dir = absolute_dir(&self.staging_dir)?;
-        self.data_dir = absolute_dir(&self.data_dir)?;
+        // The platform's own files (apps, claimed and finished files, logs, the sandbox's root): no other
+        // user of the host enters (a run's sandbox is given only what it needs, by bind mounts).
+        self.data_dir = private_dir(&self.data_dir)?;
         Ok(self)
     }
 }

@@ -346,7 +346,8 @@ async fn a_stream_instance_sees_no_other_instance_and_leaves_nothing_behind() {
     use crate::stream::{start, stream_agreement, wait_state, Stream};
     let (evil, good) = (unique("evil"), unique("good"));
     let s = Stream { report_interval: "1m", ..Default::default() };
-    let mut p = TestPlatform::new(&[(&evil, stream_agreement(&evil, &s)), (&good, stream_agreement(&good, &s))]).await;
+    let evil_agreement = stream_agreement(&evil, &s).replace("  memory: 256MiB\n", "  memory: 256MiB\n  max_processes: 48\n");
+    let mut p = TestPlatform::new(&[(&evil, evil_agreement), (&good, stream_agreement(&good, &s))]).await;
     p.start().await;
     let http = p.http();
     let (te, tg) = (p.token(Some(&evil)), p.token(Some(&good)));
@@ -369,7 +370,11 @@ async fn a_stream_instance_sees_no_other_instance_and_leaves_nothing_behind() {
     // The attacker: leaves an orphan in its own session, then reads what it can while it runs.
     let marker = format!("hostile-stream-orphan-{}", uuid::Uuid::new_v4().simple());
     let platform_environ = format!("/proc/{}/environ", std::process::id());
-    let script = format!("\"$APP/hostile\" orphan {marker}; exec \"$APP/hostile\" linger {environ} {platform_environ}");
+    let planted = p.staging_dir.join(&good).join("planted.csv");
+    let script = format!(
+        "\"$APP/hostile\" orphan {marker}; \"$APP/hostile\" write /x /app/x /etc/x {planted}; \"$APP/hostile\" fork-bomb; exec \"$APP/hostile\" linger {environ} {platform_environ}",
+        planted = planted.display()
+    );
     upload_bundle(&http, &te, &evil, "spy", "stream", &script).await;
     let spy = start(&http, &te, &evil, "spy", 1).await[0]["id"].as_str().unwrap().to_owned();
     wait_state(&http, &te, &evil, &spy, "running", Duration::from_secs(30)).await;
@@ -383,13 +388,21 @@ async fn a_stream_instance_sees_no_other_instance_and_leaves_nothing_behind() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(log.contains("OK processes seen") && !log.contains("LEAK"), "{log}");
+    for w in ["/x", "/app/x", "/etc/x", &planted.display().to_string()] {
+        assert!(log.contains(&format!("DENIED write {w}:")), "{w}: {log}");
+    }
+    assert!(!planted.exists() && log.contains("OK wrote /work/mine"), "{log}");
+    // The fork bomb stopped at the agreement's 48 processes and threads.
+    let forks: u32 = log.lines().find_map(|l| l.strip_prefix("DENIED fork after ")?.split(' ').next()?.parse().ok()).unwrap();
+    assert!((30..48).contains(&forks), "{log}");
     assert!(
         log.contains(&format!("DENIED read {environ}:")) && log.contains(&format!("DENIED read {platform_environ}:")),
         "{log}"
     );
+    // Its own init, its orphan and the fork bomb's children: nothing of the victim's.
     let seen = log.lines().find_map(|l| l.strip_prefix("OK processes seen: ")).unwrap();
     assert!(
-        seen.split_whitespace().all(|p| ["mysimbdp-sandbo", "sleep"].contains(&p.split(':').nth(1).unwrap())),
+        seen.split_whitespace().all(|p| ["mysimbdp-sandbo", "sleep", "hostile"].contains(&p.split(':').nth(1).unwrap())),
         "{seen}"
     );
     // Stopped, the instance takes its orphan with it.
