@@ -205,6 +205,14 @@ def fields(pid):
         return f.read().rsplit(")", 1)[1].split()
 p = fields(sys.argv[1])
 platform, apps = (int(p[11]) + int(p[12])) / hz, (int(p[13]) + int(p[14])) / hz
+# The sandbox's fork server (a child of the platform) holds the sandboxed runs' time as its children's.
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        f = fields(pid)
+        if f[1] == sys.argv[1] and open(f"/proc/{pid}/comm").read().strip() == "mysimbdp-sandbo":
+            apps += sum(int(x) for x in f[11:15]) / hz
+    except OSError:
+        pass
 pg = 0.0
 for pid in filter(str.isdigit, os.listdir("/proc")):
     try:

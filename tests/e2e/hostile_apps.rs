@@ -346,7 +346,8 @@ async fn a_stream_instance_sees_no_other_instance_and_leaves_nothing_behind() {
     use crate::stream::{start, stream_agreement, wait_state, Stream};
     let (evil, good) = (unique("evil"), unique("good"));
     let s = Stream { report_interval: "1m", ..Default::default() };
-    let evil_agreement = stream_agreement(&evil, &s).replace("  memory: 256MiB\n", "  memory: 256MiB\n  max_processes: 48\n");
+    let evil_agreement =
+        stream_agreement(&evil, &s).replace("  memory: 256MiB\n", "  memory: 256MiB\n  max_processes: 48\n");
     let mut p = TestPlatform::new(&[(&evil, evil_agreement), (&good, stream_agreement(&good, &s))]).await;
     p.start().await;
     let http = p.http();
@@ -393,7 +394,8 @@ async fn a_stream_instance_sees_no_other_instance_and_leaves_nothing_behind() {
     }
     assert!(!planted.exists() && log.contains("OK wrote /work/mine"), "{log}");
     // The fork bomb stopped at the agreement's 48 processes and threads.
-    let forks: u32 = log.lines().find_map(|l| l.strip_prefix("DENIED fork after ")?.split(' ').next()?.parse().ok()).unwrap();
+    let forks: u32 =
+        log.lines().find_map(|l| l.strip_prefix("DENIED fork after ")?.split(' ').next()?.parse().ok()).unwrap();
     assert!((30..48).contains(&forks), "{log}");
     assert!(
         log.contains(&format!("DENIED read {environ}:")) && log.contains(&format!("DENIED read {platform_environ}:")),
@@ -402,7 +404,8 @@ async fn a_stream_instance_sees_no_other_instance_and_leaves_nothing_behind() {
     // Its own init, its orphan and the fork bomb's children: nothing of the victim's.
     let seen = log.lines().find_map(|l| l.strip_prefix("OK processes seen: ")).unwrap();
     assert!(
-        seen.split_whitespace().all(|p| ["mysimbdp-sandbo", "sleep", "hostile"].contains(&p.split(':').nth(1).unwrap())),
+        seen.split_whitespace()
+            .all(|p| ["mysimbdp-sandbo", "sleep", "hostile"].contains(&p.split(':').nth(1).unwrap())),
         "{seen}"
     );
     // Stopped, the instance takes its orphan with it.

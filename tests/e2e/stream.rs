@@ -845,7 +845,8 @@ async fn the_container_runtime_starts_restarts_after_kill_9_and_stops_with_exact
     // What the kernel says of the running program, whatever the engine's inspect calls it.
     let pid = inspect["State"]["Pid"].as_i64().expect("the container's pid");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    for line in ["CapEff:\t0000000000000000", "CapBnd:\t0000000000000000", "NoNewPrivs:\t1", &format!("Uid:\t{uid}\t")] {
+    for line in ["CapEff:\t0000000000000000", "CapBnd:\t0000000000000000", "NoNewPrivs:\t1", &format!("Uid:\t{uid}\t")]
+    {
         assert!(status.contains(line), "{line}: {status}");
     }
     assert_eq!(inspect["HostConfig"]["ReadonlyRootfs"], true, "{inspect}");

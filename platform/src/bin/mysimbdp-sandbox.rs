@@ -1,7 +1,7 @@
-//! `mysimbdp-sandbox`: the init of the sandbox every tenant's program runs in. The platform starts it
-//! (in a run's new namespaces, with the run's spec on descriptor 3); it is not a command for people.
-//! See `mysimbdp::runtime::sandbox::init`.
+//! `mysimbdp-sandbox`: the fork server of the sandbox every tenant's program runs in. The platform
+//! starts it once (with its socket as descriptor 3); it clones each run's init into the run's new
+//! namespaces. It is not a command for people. See `mysimbdp::runtime::sandbox::forkserver`.
 
 fn main() {
-    mysimbdp::runtime::sandbox::init::main()
+    mysimbdp::runtime::sandbox::forkserver::main()
 }

@@ -186,40 +186,46 @@ pub struct Ended {
     pub result: Option<Result<Vec<u8>, String>>,
 }
 
-/// The program as `spawn` starts it: itself, or the sandbox's init with the run's spec.
-struct Launch {
-    program: PathBuf,
-    args: Vec<OsString>,
-    env: Vec<(String, String)>,
-    cwd: PathBuf,
-    address_space: Option<u64>,
-    namespaces: i32,
-    prepared: Option<sandbox::Prepared>,
+/// A started run: a program the platform spawned itself, or a sandboxed run its fork server cloned.
+enum Running {
+    Spawned(Child),
+    Sandboxed { pid: u32, exited: tokio::sync::oneshot::Receiver<Result<i32, String>>, status: Option<i32> },
 }
 
-fn launch(spec: &ProcessSpec) -> std::io::Result<Launch> {
-    let Some((sandbox, run)) = &spec.confined else {
-        return Ok(Launch {
-            program: spec.program.clone(),
-            args: spec.args.clone(),
-            env: spec.env.clone(),
-            cwd: spec.cwd.clone(),
-            address_space: spec.memory.map(|m| m.0),
-            namespaces: 0,
-            prepared: None,
-        });
-    };
-    let prepared =
-        sandbox.prepare(run, &spec.program, &spec.args, &spec.env, &spec.cwd, spec.result_file.as_deref())?;
-    Ok(Launch {
-        program: prepared.init.clone(),
-        args: Vec::new(),
-        env: Vec::new(),
-        cwd: "/".into(),
-        address_space: None,
-        namespaces: libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS,
-        prepared: Some(prepared),
-    })
+impl Running {
+    fn id(&self) -> u32 {
+        match self {
+            Running::Spawned(child) => child.id(),
+            Running::Sandboxed { pid, .. } => *pid,
+        }
+    }
+
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        use std::os::unix::process::ExitStatusExt;
+        match self {
+            Running::Spawned(child) => child.wait().await,
+            Running::Sandboxed { exited, status, .. } => {
+                if status.is_none() {
+                    let raw = exited
+                        .await
+                        .map_err(|_| std::io::Error::other("the sandbox's fork server stopped"))?
+                        .map_err(std::io::Error::other)?;
+                    *status = Some(raw);
+                }
+                Ok(std::process::ExitStatus::from_raw(status.expect("set above")))
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A run whose end was not waited for (its future dropped) must not go on: the group goes,
+        // and with its init the whole sandbox.
+        if let Running::Sandboxed { pid, status: None, .. } = self {
+            signal_group(*pid as i32, libc::SIGKILL);
+        }
+    }
 }
 
 /// Reads the program's output until every copy of the pipe is closed, or until `give_up` is set and
@@ -256,38 +262,47 @@ pub async fn run_with_output(
 ) -> std::io::Result<Ended> {
     // One pipe for stdout and stderr (as `2>&1`), so the log keeps the order the program wrote in.
     let (reader, writer) = std::io::pipe()?;
-    let launch = launch(&spec)?;
     let started = Instant::now();
-    let cgroups = launch.prepared.as_ref().map(|p| p.cgroup.procs_fds()).unwrap_or_default();
-    let spawned = spawn(&SpawnSpec {
-        program: &launch.program,
-        args: &launch.args,
-        env: &launch.env,
-        cwd: &launch.cwd,
-        output: writer.as_raw_fd(),
-        limits: Limits { address_space: launch.address_space, cpu_seconds: spec.cpu_time.map(|d| d.as_secs().max(1)) },
-        namespaces: launch.namespaces,
-        cgroups: &cgroups,
-        fd3: launch.prepared.as_ref().map(|p| p.memfd.as_raw_fd()),
-        fd4: launch.prepared.as_ref().map(|_| sandbox::platform_pidfd()).transpose()?,
-    });
-    drop(writer); // the reader sees EOF once the program's copies are closed
-    let release = |prepared: sandbox::Prepared| {
-        if let Some((sandbox, _)) = &spec.confined {
-            let sandbox = sandbox.clone();
-            tokio::task::spawn_blocking(move || sandbox.release(prepared.cgroup));
-        }
-    };
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            if let Some(p) = launch.prepared {
-                release(p);
+    let (mut running, prepared) = match &spec.confined {
+        Some((sandbox, run)) => {
+            let program = sandbox::Program {
+                path: &spec.program,
+                args: &spec.args,
+                env: &spec.env,
+                cwd: &spec.cwd,
+                result_file: spec.result_file.as_deref(),
+                cpu_time: spec.cpu_time,
+            };
+            let prepared = sandbox.prepare(run, &program)?;
+            match sandbox.launch(&prepared, writer.as_raw_fd()).await {
+                Ok(l) => (Running::Sandboxed { pid: l.pid, exited: l.exited, status: None }, Some(prepared)),
+                Err(e) => {
+                    let sandbox = sandbox.clone();
+                    tokio::task::spawn_blocking(move || sandbox.release(prepared.cgroup));
+                    return Err(e);
+                }
             }
-            return Err(e);
+        }
+        None => {
+            let child = spawn(&SpawnSpec {
+                program: &spec.program,
+                args: &spec.args,
+                env: &spec.env,
+                cwd: &spec.cwd,
+                output: writer.as_raw_fd(),
+                limits: Limits {
+                    address_space: spec.memory.map(|m| m.0),
+                    cpu_seconds: spec.cpu_time.map(|d| d.as_secs().max(1)),
+                },
+                namespaces: 0,
+                cgroups: &[],
+                fd3: None,
+            })?;
+            (Running::Spawned(child), None)
         }
     };
-    let pid = child.id();
+    drop(writer); // the reader sees EOF once the program's copies are closed
+    let pid = running.id();
     on_spawn(pid, start_ticks(pid));
 
     let give_up = Arc::new(AtomicBool::new(false));
@@ -305,7 +320,7 @@ pub async fn run_with_output(
         }
     };
     // A confined run's memory is the kernel's business (its cgroup); an unconfined one is sampled.
-    let sampled = spec.resident_memory.filter(|_| launch.prepared.is_none());
+    let sampled = spec.resident_memory.filter(|_| prepared.is_none());
     let over_memory = async {
         match sampled {
             Some(limit) => (GroupMemory::new(pgid).over(limit).await, limit),
@@ -314,19 +329,19 @@ pub async fn run_with_output(
     };
     let mut stopped = Stopped::No;
     let status = tokio::select! {
-        status = child.wait() => status,
+        status = running.wait() => status,
         (resident, limit) = over_memory => {
             stopped = Stopped::OverMemory { resident: Some(resident), limit };
             signal_group(pgid, libc::SIGKILL);
-            child.wait().await
+            running.wait().await
         }
         _ = sleep_until_deadline => {
             stopped = Stopped::Timeout;
-            terminate(&mut child, pgid, spec.grace).await
+            terminate(&mut running, pgid, spec.grace).await
         }
         _ = cancel.cancelled() => {
             stopped = Stopped::Cancelled;
-            terminate(&mut child, pgid, spec.grace).await
+            terminate(&mut running, pgid, spec.grace).await
         }
     };
     let elapsed = started.elapsed();
@@ -339,10 +354,16 @@ pub async fn run_with_output(
         give_up.store(true, Ordering::Relaxed);
         let _ = reading.await;
     }
+    let release = |prepared: sandbox::Prepared| {
+        if let Some((sandbox, _)) = &spec.confined {
+            let sandbox = sandbox.clone();
+            tokio::task::spawn_blocking(move || sandbox.release(prepared.cgroup));
+        }
+    };
     let status = match status {
         Ok(status) => status,
         Err(e) => {
-            if let Some(p) = launch.prepared {
+            if let Some(p) = prepared {
                 release(p);
             }
             return Err(e);
@@ -355,7 +376,7 @@ pub async fn run_with_output(
         (None, None) => Exit::Code(-1),
     };
     let mut result = None;
-    match launch.prepared {
+    match prepared {
         Some(prepared) => {
             let report = prepared.report();
             let usage = prepared.cgroup.usage();
@@ -402,7 +423,7 @@ fn exit_of(raw: i32) -> Exit {
     }
 }
 
-async fn terminate(child: &mut Child, pgid: i32, grace: Duration) -> std::io::Result<std::process::ExitStatus> {
+async fn terminate(child: &mut Running, pgid: i32, grace: Duration) -> std::io::Result<std::process::ExitStatus> {
     signal_group(pgid, libc::SIGTERM);
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => status,

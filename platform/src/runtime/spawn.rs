@@ -42,9 +42,8 @@ pub struct SpawnSpec<'a> {
     pub namespaces: c_int,
     /// `cgroup.procs` files the child writes "0" to before the program starts, entering those cgroups.
     pub cgroups: &'a [RawFd],
-    /// Handed to the program as descriptors 3 and 4 (the sandbox's spec, the platform's pidfd).
+    /// Handed to the program as descriptor 3 (the sandbox's fork server's socket).
     pub fd3: Option<RawFd>,
-    pub fd4: Option<RawFd>,
 }
 
 /// A started program leading its own process group. Dropping it before `wait` returned kills the
@@ -68,7 +67,6 @@ struct Shared {
     cgroups: *const c_int,
     cgroup_count: usize,
     fd3: c_int,
-    fd4: c_int,
     address_space: u64,
     cpu_seconds: u64,
     has_address_space: bool,
@@ -77,7 +75,7 @@ struct Shared {
     errno: c_int,
 }
 
-const STEPS: [&str; 11] = [
+const STEPS: [&str; 10] = [
     "",
     "setting the parent-death signal",
     "the platform exited while starting the program",
@@ -88,7 +86,6 @@ const STEPS: [&str; 11] = [
     "entering the working folder",
     "entering the run's cgroup",
     "handing over descriptor 3",
-    "handing over descriptor 4",
 ];
 const STEP_EXEC: c_int = STEPS.len() as c_int;
 const STEP_CLONE: c_int = -1;
@@ -118,7 +115,6 @@ fn clone_and_exec(p: &Prepared) -> Result<i32, (c_int, c_int)> {
         cgroups: p.cgroups.as_ptr(),
         cgroup_count: p.cgroups.len(),
         fd3: p.fd3.unwrap_or(-1),
-        fd4: p.fd4.unwrap_or(-1),
         address_space: p.limits.address_space.unwrap_or(0),
         cpu_seconds: p.limits.cpu_seconds.unwrap_or(0),
         has_address_space: p.limits.address_space.is_some(),
@@ -175,7 +171,6 @@ struct Prepared {
     namespaces: c_int,
     cgroups: Vec<c_int>,
     fd3: Option<RawFd>,
-    fd4: Option<RawFd>,
 }
 
 type Request = (Prepared, std::sync::mpsc::SyncSender<Result<i32, (c_int, c_int)>>);
@@ -225,7 +220,6 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<Child> {
         namespaces: spec.namespaces,
         cgroups: spec.cgroups.to_vec(),
         fd3: spec.fd3,
-        fd4: spec.fd4,
     };
     let (reply, answer) = std::sync::mpsc::sync_channel(1);
     spawner()
@@ -331,28 +325,14 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         if libc::dup2(s.stdin, 0) < 0 || libc::dup2(s.output, 1) < 0 || libc::dup2(s.output, 2) < 0 {
             fail(s, 6);
         }
-        // Descriptors 3 and 4 become what was asked for, whatever numbers they had (one that sits
-        // where the other must go is moved out of the way first). dup2 onto itself would keep
-        // close-on-exec set, so that case clears it by hand.
-        let (mut a, mut b) = (s.fd3, s.fd4);
-        if a == 4 && b >= 0 {
-            a = libc::fcntl(a, libc::F_DUPFD, 10);
-        }
-        if b == 3 && a >= 0 {
-            b = libc::fcntl(b, libc::F_DUPFD, 10);
-        }
         let mut first_closed = 3u32;
-        for (src, dst, step) in [(a, 3, 9), (b, 4, 10)] {
-            if src == -1 && (dst == 3 && s.fd3 >= 0 || dst == 4 && s.fd4 >= 0) {
-                fail(s, step); // moving it out of the way failed
+        if s.fd3 >= 0 {
+            // dup2 onto itself would keep close-on-exec set, so that case clears it by hand.
+            let ok = if s.fd3 == 3 { libc::fcntl(3, libc::F_SETFD, 0) == 0 } else { libc::dup2(s.fd3, 3) == 3 };
+            if !ok {
+                fail(s, 9);
             }
-            if src >= 0 {
-                let ok = if src == dst { libc::fcntl(dst, libc::F_SETFD, 0) == 0 } else { libc::dup2(src, dst) == dst };
-                if !ok {
-                    fail(s, step);
-                }
-                first_closed = first_closed.max(dst as u32 + 1);
-            }
+            first_closed = 4;
         }
         // Descriptors the platform inherited without close-on-exec (from whoever started it) are not
         // the program's business. This closes the child's own table only (no CLONE_FILES).

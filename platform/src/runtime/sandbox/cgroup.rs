@@ -20,7 +20,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 /// Limits of one run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Limits {
     /// Bytes of memory (page cache and tmpfs pages included); no swap beyond it.
     pub memory: u64,
@@ -69,6 +69,8 @@ pub struct RunCgroup {
     oom_before: u64,
     /// v2: `memory.peak` opened and reset for this run (its reset is per open file).
     peak: Option<fs::File>,
+    /// The limits last written (a kept cgroup given the same ones needs no writes).
+    limits: Option<Limits>,
 }
 
 /// A mounted cgroup file system: where, which version, and for v1 which controllers.
@@ -229,7 +231,10 @@ impl Cgroups {
             Some(cg) => cg,
             None => self.make(run)?,
         };
-        self.limit(&cg, limits)?;
+        if cg.limits != Some(*limits) {
+            self.limit(&cg, limits)?;
+            cg.limits = Some(*limits);
+        }
         cg.oom_before = cg.oom_kills();
         cg.peak = None;
         if cg.v2 {
@@ -245,7 +250,7 @@ impl Cgroups {
     fn make(&self, run: &str) -> io::Result<RunCgroup> {
         let name = format!("run-{run}");
         let v2 = matches!(self.layout, Layout::V2 { .. });
-        let mut cg = RunCgroup { dirs: Vec::new(), procs: Vec::new(), v2, oom_before: 0, peak: None };
+        let mut cg = RunCgroup { dirs: Vec::new(), procs: Vec::new(), v2, oom_before: 0, peak: None, limits: None };
         match &self.layout {
             Layout::V2 { base } => cg.add(&base.join(&name))?,
             Layout::V1 { memory, pids, cpu } => {

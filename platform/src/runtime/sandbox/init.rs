@@ -1,23 +1,20 @@
-//! The sandbox's init, run as the `mysimbdp-sandbox` binary.
+//! A run's init: cloned by the fork server (`forkserver`) as PID 1 of new PID, mount, IPC and UTS
+//! namespaces, as root with an empty capability bounding set, already in the run's cgroup, with its
+//! spec in memory. It builds the run's root file system (the prepared root bound read-only, the
+//! host's system folders, the tenant's `/etc`, the app, the input, a private `/tmp` and `/work`, a
+//! fresh `/proc`), pivots into it, starts the tenant's program as the tenant's own uid with no
+//! capabilities, `no_new_privs` and the seccomp filter, then drops its own privileges the same way and
+//! waits. When the program exits, the init reads the result file, writes its report and exits; the
+//! kernel then kills whatever the program left running in the namespace (a `setsid` child
+//! included), so a run ends with its program.
 //!
-//! The platform starts it as PID 1 of a new PID, mount, IPC and UTS namespace, as root, already in
-//! the run's cgroup, with its spec on descriptor 3 (see `spec`). It builds the run's root file system
-//! (a read-only tmpfs holding read-only binds of the host's system folders, the app, the input, a
-//! private `/tmp` and `/work`, a fresh `/proc`), pivots into it, starts the tenant's program as the
-//! tenant's own uid with no capabilities, `no_new_privs` and the seccomp filters, then drops its own
-//! privileges the same way and waits. When the program exits, the init reads the result file, writes
-//! its report and exits; the kernel then kills whatever the program left running in the namespace
-//! (a `setsid` child included), so a run ends with its program.
-//!
-//! Why a process of its own rather than steps in `spawn`'s child: that child shares the platform's
-//! memory and may not allocate, while building a file system takes dozens of formatted paths; and a
-//! program that is PID 1 of its namespace ignores SIGTERM unless it handles it, which would change
-//! the app contract. The init stays PID 1 instead: it ignores what it does not handle, and the
-//! program beside it gets the platform's SIGTERM like any process.
+//! Why a process of its own beside the program: a program that is PID 1 of its namespace ignores
+//! SIGTERM unless it handles it, which would change the app contract. The init stays PID 1 instead:
+//! it ignores what it does not handle, and the program beside it gets the platform's SIGTERM like any
+//! process.
 
 use std::ffi::{CStr, CString};
 use std::io::{self, Read};
-use std::os::fd::FromRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -25,12 +22,12 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 
 use super::seccomp;
-use super::spec::{InitReport, InitSpec, Mount, PLATFORM_FD, SPEC_FD};
+use super::spec::{InitReport, InitSpec, Mount, PARENT_FD, REPORT_FD};
 
 /// Runs the init and exits with 0 once it has reported, 127 if it could not start the program.
-pub fn main() -> ! {
+pub fn main(spec: &InitSpec) -> ! {
     let mut report = InitReport::default();
-    let code = match run(&mut report) {
+    let code = match run(spec, &mut report) {
         Ok(()) => 0,
         Err(e) => {
             report.error = Some(e);
@@ -42,30 +39,26 @@ pub fn main() -> ! {
     unsafe { libc::_exit(code) }
 }
 
-fn run(report: &mut InitReport) -> Result<(), String> {
-    // SAFETY: plain fcntl on descriptors the platform handed over: the program must inherit neither.
+fn run(spec: &InitSpec, report: &mut InitReport) -> Result<(), String> {
+    // SAFETY: plain fcntl on the descriptors the fork server arranged: the program inherits neither.
     unsafe {
-        libc::fcntl(SPEC_FD, libc::F_SETFD, libc::FD_CLOEXEC);
-        libc::fcntl(PLATFORM_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fcntl(PARENT_FD, libc::F_SETFD, libc::FD_CLOEXEC);
     }
-    let spec = read_spec()?;
     // SAFETY: getpid cannot fail.
     if unsafe { libc::getpid() } != 1 {
         return Err("the sandbox's init must be PID 1 of its own PID namespace (the platform starts it)".into());
     }
-    build_root(&spec)?;
+    build_root(spec)?;
     let name = spec.hostname.as_bytes();
     // SAFETY: a valid buffer and its length.
     check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }, || "setting the host name".into())?;
-    // Once here, not in each process: the program inherits the empty bounding set, and the init keeps
-    // the capabilities it has until its own uid changes.
-    drop_bounding_set().map_err(|e| format!("dropping the capability bounding set: {e}"))?;
-    let program = start_program(&spec)?;
+    let program = start_program(spec)?;
     // The init stays beside the program for the whole run, as the tenant's uid with no capabilities
     // and undumpable (the uid change makes it so): the program can neither trace it nor signal it
     // (PID 1 ignores what it does not handle). It needs no seccomp filter: it runs nothing more.
     drop_privileges(spec.uid, spec.gid, &[]).map_err(|(what, e)| format!("{what}: {e}"))?;
-    follow_the_platform()?;
+    follow_parent()?;
     let status = wait_for(program)?;
     report.status = Some(status);
     if let Some(path) = &spec.result_file {
@@ -78,13 +71,14 @@ fn run(report: &mut InitReport) -> Result<(), String> {
     Ok(())
 }
 
-/// Dies with the platform. The parent-death signal the platform set was cleared by the change of uid,
-/// so it is set again; a platform that died in between shows as a readable pidfd.
-fn follow_the_platform() -> Result<(), String> {
+/// Dies with the fork server (which dies with the platform). The parent-death signal set at the start
+/// was cleared by the change of uid, so it is set again; a server gone in between shows as a readable
+/// pidfd.
+fn follow_parent() -> Result<(), String> {
     // SAFETY: plain prctl and poll on our own descriptor.
     unsafe {
         check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL), || "setting the parent-death signal".into())?;
-        let mut gone = libc::pollfd { fd: PLATFORM_FD, events: libc::POLLIN, revents: 0 };
+        let mut gone = libc::pollfd { fd: PARENT_FD, events: libc::POLLIN, revents: 0 };
         if libc::poll(&mut gone, 1, 0) != 0 {
             return Err("the platform is gone".into());
         }
@@ -92,24 +86,11 @@ fn follow_the_platform() -> Result<(), String> {
     Ok(())
 }
 
-fn read_spec() -> Result<InitSpec, String> {
-    // SAFETY: descriptor 3 is the spec's memfd, handed over by the platform; owned from here on.
-    let mut file = unsafe { std::fs::File::from_raw_fd(SPEC_FD) };
-    let mut text = Vec::new();
-    let read = std::io::Seek::rewind(&mut file).and_then(|_| file.read_to_end(&mut text));
-    read.map_err(|e| format!("reading the sandbox spec on descriptor {SPEC_FD}: {e}"))?;
-    // The report goes back in its place; the spec (the app's environment) does not stay around.
-    let _ = file.set_len(0);
-    std::mem::forget(file); // kept open for the report
-    serde_json::from_slice(&text).map_err(|e| format!("the sandbox spec is not valid: {e}"))
-}
-
 fn write_report(report: &InitReport) {
     let Ok(bytes) = serde_json::to_vec(report) else { return };
-    // SAFETY: plain system calls on descriptor 3; if it is not open they fail and nothing is reported.
+    // SAFETY: plain system call on descriptor 3; if it is not open it fails and nothing is reported.
     unsafe {
-        libc::ftruncate(SPEC_FD, 0);
-        libc::pwrite(SPEC_FD, bytes.as_ptr().cast(), bytes.len(), 0);
+        libc::pwrite(REPORT_FD, bytes.as_ptr().cast(), bytes.len(), 0);
     }
 }
 
@@ -228,86 +209,107 @@ fn build_root(spec: &InitSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// Everything the program's start needs, made before `fork` so the child only makes system calls.
-struct Exec {
+/// Everything the program's start needs, made before the clone: the child shares the init's memory
+/// (as `vfork` does, which spares copying it for a process that will exec at once), so it may only
+/// make system calls.
+struct Exec<'a> {
     program: CString,
-    argv: Vec<CString>,
-    envp: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
     cwd: CString,
+    filter: Vec<libc::sock_filter>,
+    uid: u32,
+    gid: u32,
+    /// Set by the child when a step fails: which, and the errno.
+    failed: Option<(&'static str, i32)>,
+    /// The strings `argv` and `envp` point into, kept alive as long as they are.
+    _strings: &'a [CString],
 }
+
+const PROGRAM_STACK: usize = 64 << 10;
 
 fn start_program(spec: &InitSpec) -> Result<libc::pid_t, String> {
     let cstring = |s: &str, what: &str| CString::new(s).map_err(|_| format!("{what} contains a NUL byte"));
-    let program = cstring(&spec.program, "the program path")?;
-    let mut argv = vec![program.clone()];
+    let mut strings = vec![cstring(&spec.program, "the program path")?];
     for a in &spec.args {
-        argv.push(cstring(a, "an argument")?);
+        strings.push(cstring(a, "an argument")?);
     }
-    let envp =
-        spec.env.iter().map(|(k, v)| cstring(&format!("{k}={v}"), "the environment")).collect::<Result<Vec<_>, _>>()?;
-    let exec = Exec { program, argv, envp, cwd: cstring(&spec.cwd, "the working folder")? };
-    let argv: Vec<*const libc::c_char> =
-        exec.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let envp: Vec<*const libc::c_char> =
-        exec.envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-
-    // The child reports a failure before `execve` through this pipe; a successful exec closes it.
-    let mut fds = [0; 2];
-    // SAFETY: a two-element array for pipe2 to fill.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, || "creating a pipe".into())?;
-    let (read_end, write_end) = (fds[0], fds[1]);
-    // SAFETY: this process is single-threaded (the init starts no thread), so the child may run any
-    // code; it only makes system calls and exits.
-    let pid = unsafe { libc::fork() };
+    let argc = strings.len();
+    for (k, v) in &spec.env {
+        strings.push(cstring(&format!("{k}={v}"), "the environment")?);
+    }
+    let terminated =
+        |list: &[CString]| list.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let filter = spec
+        .seccomp
+        .iter()
+        .map(|i| {
+            let (code, jt, jf, k) = seccomp::unpack(*i);
+            libc::sock_filter { code, jt, jf, k }
+        })
+        .collect();
+    let mut exec = Exec {
+        program: cstring(&spec.program, "the program path")?,
+        argv: terminated(&strings[..argc]),
+        envp: terminated(&strings[argc..]),
+        cwd: cstring(&spec.cwd, "the working folder")?,
+        filter,
+        uid: spec.uid,
+        gid: spec.gid,
+        failed: None,
+        _strings: &strings,
+    };
+    let mut stack = vec![0u8; PROGRAM_STACK];
+    // SAFETY: the stack grows down from its 16-byte aligned top; it and `exec` outlive the child's use
+    // of them, since CLONE_VFORK suspends the init until the child has executed or exited. The init
+    // handles no signal, so none can run on the child's stack.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(PROGRAM_STACK);
+        let top = top.sub(top as usize % 16);
+        libc::clone(
+            program_main,
+            top.cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&mut exec as *mut Exec<'_>).cast(),
+        )
+    };
     if pid < 0 {
         return Err(format!("starting the program: {}", io::Error::last_os_error()));
     }
-    if pid == 0 {
-        let fail = |what: &str, e: io::Error| -> ! {
-            let message = format!("{what}: {e}");
-            // SAFETY: writing our own buffer to our pipe, then ending the child.
-            unsafe {
-                libc::write(write_end, message.as_ptr().cast(), message.len());
-                libc::_exit(127)
-            }
-        };
-        if let Err((what, e)) = drop_privileges(spec.uid, spec.gid, &spec.seccomp) {
-            fail(what, e);
-        }
-        // SAFETY: NUL-terminated strings and null-terminated arrays prepared above.
-        unsafe {
-            if libc::chdir(exec.cwd.as_ptr()) != 0 {
-                fail(&format!("entering {}", spec.cwd), io::Error::last_os_error());
-            }
-            libc::execve(exec.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        }
-        fail(&format!("executing {}", spec.program), io::Error::last_os_error());
-    }
-    // SAFETY: closing our copy of the write end, then reading what the child may have written.
-    let mut message = vec![0u8; 4096];
-    let n = unsafe {
-        libc::close(write_end);
-        let n = loop {
-            let n = libc::read(read_end, message.as_mut_ptr().cast(), message.len());
-            if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                break n;
-            }
-        };
-        libc::close(read_end);
-        n
-    };
-    if n > 0 {
+    // SAFETY: the child has executed or exited: nothing writes `exec` any more.
+    if let Some((what, errno)) = unsafe { std::ptr::read_volatile(&exec.failed) } {
         let mut status = 0;
         // SAFETY: reaping the child that failed to start.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        return Err(String::from_utf8_lossy(&message[..n as usize]).into_owned());
+        let what = if what == "executing" { format!("executing {}", spec.program) } else { what.to_owned() };
+        return Err(format!("{what}: {}", io::Error::from_raw_os_error(errno)));
     }
     Ok(pid)
 }
 
+/// The program's process, in the init's memory until it executes: system calls only.
+extern "C" fn program_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the init's `Exec`, alive and untouched while the init is suspended.
+    unsafe {
+        let exec = &mut *(arg as *mut Exec<'_>);
+        let fail = |exec: &mut Exec<'_>, what: &'static str, e: io::Error| -> ! {
+            std::ptr::write_volatile(&mut exec.failed, Some((what, e.raw_os_error().unwrap_or(0))));
+            libc::_exit(127)
+        };
+        if let Err((what, e)) = drop_privileges(exec.uid, exec.gid, &exec.filter) {
+            fail(exec, what, e);
+        }
+        if libc::chdir(exec.cwd.as_ptr()) != 0 {
+            fail(exec, "entering the working folder", io::Error::last_os_error());
+        }
+        libc::execve(exec.program.as_ptr(), exec.argv.as_ptr(), exec.envp.as_ptr());
+        fail(exec, "executing", io::Error::last_os_error())
+    }
+}
+
 /// Empties the capability bounding set: no program started from here can gain a capability back,
 /// whatever its file says. Needs CAP_SETPCAP, so it comes before the uid changes.
-fn drop_bounding_set() -> io::Result<()> {
+pub(super) fn drop_bounding_set() -> io::Result<()> {
     for cap in 0.. {
         // SAFETY: plain prctl on this process's own credentials.
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
@@ -321,7 +323,7 @@ fn drop_bounding_set() -> io::Result<()> {
 
 /// Becomes the tenant's uid and gid with no capabilities left, no new privileges from set-uid
 /// programs, and the seccomp filter. On failure, what failed and why.
-fn drop_privileges(uid: u32, gid: u32, filter: &[u64]) -> Result<(), (&'static str, io::Error)> {
+fn drop_privileges(uid: u32, gid: u32, filter: &[libc::sock_filter]) -> Result<(), (&'static str, io::Error)> {
     let last = io::Error::last_os_error;
     if uid == 0 || gid == 0 {
         return Err(("refusing to run a tenant's program as root", io::Error::from_raw_os_error(libc::EPERM)));
@@ -350,14 +352,7 @@ fn drop_privileges(uid: u32, gid: u32, filter: &[u64]) -> Result<(), (&'static s
             return Err(("setting no_new_privs", last()));
         }
         if !filter.is_empty() {
-            let program: Vec<libc::sock_filter> = filter
-                .iter()
-                .map(|i| {
-                    let (code, jt, jf, k) = seccomp::unpack(*i);
-                    libc::sock_filter { code, jt, jf, k }
-                })
-                .collect();
-            let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut _ };
+            let fprog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut _ };
             if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog) != 0 {
                 return Err(("installing the seccomp filter", last()));
             }

@@ -16,10 +16,10 @@
 //! The network is the host's: the apps' coredms and broker listen on loopback here, and both check
 //! credentials of their own (see the README's security model).
 //!
-//! How a run starts: `spawn` clones the platform's spawner thread into the new namespaces and the
-//! run's cgroup and executes `mysimbdp-sandbox` (`init`), which builds the root, pivots into it, and
-//! starts the program with the tenant's credentials. The spec (with the app's environment) travels in
-//! a memfd, never on a command line.
+//! How a run starts: the platform sends the run's spec and descriptors to its fork server
+//! (`mysimbdp-sandbox`, started once, see `forkserver`), which clones itself into the run's new
+//! namespaces; the clone enters the run's cgroup and becomes the run's init (`init`), which builds the
+//! root, pivots into it, and starts the program with the tenant's credentials.
 //!
 //! Why not bubblewrap: its `--uid` needs a user namespace, in which the program would be root of the
 //! host's files it can see, and it knows nothing of cgroups; youki's libcontainer and hakoniwa build a
@@ -28,11 +28,12 @@
 //! root, binds then read-only remounts, `pivot_root(".", ".")`, the bounding set before the uid).
 
 pub mod cgroup;
+pub mod forkserver;
 pub mod init;
 pub mod seccomp;
 pub mod spec;
 
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -118,6 +119,20 @@ pub struct Account {
     pub name: String,
 }
 
+/// The program a run starts, as it sees itself in the sandbox.
+#[derive(Clone, Copy)]
+pub struct Program<'a> {
+    pub path: &'a Path,
+    pub args: &'a [std::ffi::OsString],
+    /// The complete environment.
+    pub env: &'a [(String, String)],
+    pub cwd: &'a Path,
+    /// Where it may leave its result file.
+    pub result_file: Option<&'a Path>,
+    /// RLIMIT_CPU.
+    pub cpu_time: Option<std::time::Duration>,
+}
+
 /// One run to confine.
 pub struct Confined {
     pub account: Account,
@@ -132,7 +147,7 @@ pub struct Confined {
 /// The running platform's sandbox: its init, its cgroups and its filters.
 #[derive(Debug)]
 pub struct Sandbox {
-    init: PathBuf,
+    forkserver: forkserver::ForkServer,
     /// The root every run pivots into: the mount points and links of the sandbox, made once.
     root: PathBuf,
     cgroups: cgroup::Cgroups,
@@ -198,7 +213,7 @@ impl Sandbox {
         crate::config::private_dir(&etc).map_err(|e| fail(format!("its /etc folder: {e}")))?;
         let cgroups = cgroup::Cgroups::start().map_err(|e| fail(format!("cgroups: {e}")))?;
         Ok(Sandbox {
-            init,
+            forkserver: forkserver::ForkServer::new(&init),
             root,
             cgroups,
             seccomp: seccomp::filter(),
@@ -219,16 +234,22 @@ impl Sandbox {
         )
     }
 
-    /// Everything one run needs before it starts: its cgroup, and the init's spec in a memfd.
-    pub fn prepare(
-        &self,
-        run: &Confined,
-        program: &Path,
-        args: &[std::ffi::OsString],
-        env: &[(String, String)],
-        cwd: &Path,
-        result_file: Option<&Path>,
-    ) -> io::Result<Prepared> {
+    /// The fork server's pid, once started (the runs' CPU time is counted in its children's).
+    pub fn forkserver_pid(&self) -> Option<u32> {
+        self.forkserver.pid()
+    }
+
+    /// Starts a prepared run; `output` becomes its stdout and stderr.
+    pub async fn launch(&self, prepared: &Prepared, output: std::os::fd::RawFd) -> io::Result<forkserver::Launched> {
+        use std::os::fd::AsRawFd;
+        let cgroups = prepared.cgroup.procs_fds();
+        self.forkserver.start(&prepared.spec, output, prepared.report.as_raw_fd(), &cgroups).await
+    }
+
+    /// Everything one run needs before it starts: its spec, its cgroup, and the memfd its init
+    /// reports into.
+    pub fn prepare(&self, run: &Confined, program: &Program<'_>) -> io::Result<Prepared> {
+        let Program { path: program, args, env, cwd, result_file, cpu_time } = *program;
         let text = |p: &Path| -> io::Result<String> {
             p.to_str()
                 .map(str::to_owned)
@@ -271,10 +292,10 @@ impl Sandbox {
             seccomp: self.seccomp.clone(),
             result_file: result_file.map(text).transpose()?,
             result_limit: RESULT_LIMIT,
+            cpu_seconds: cpu_time.map(|d| d.as_secs().max(1)),
         };
         let cgroup = self.cgroups.create(&uuid::Uuid::new_v4().simple().to_string(), &run.limits)?;
-        let memfd = memfd_with(&serde_json::to_vec(&spec).map_err(io::Error::other)?)?;
-        Ok(Prepared { init: self.init.clone(), cgroup, memfd })
+        Ok(Prepared { spec, cgroup, report: memfd()? })
     }
 
     /// Takes back a finished run's cgroup (blocking: call off the async runtime).
@@ -424,56 +445,30 @@ fn make_root(root: &Path) -> io::Result<(PathBuf, Vec<Mount>)> {
     Ok((root.to_owned(), binds))
 }
 
-/// A pidfd of the platform's own process, handed to every run's init (descriptor 4): the init's
-/// parent-death signal does not survive its change of uid, so it also watches this, which becomes
-/// readable once the platform is gone.
-pub fn platform_pidfd() -> io::Result<std::os::fd::RawFd> {
-    use std::os::fd::AsRawFd;
-    static PIDFD: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
-    if let Some(fd) = PIDFD.get() {
-        return Ok(fd.as_raw_fd());
-    }
-    // SAFETY: plain system call on our own pid; the descriptor is fresh and owned below.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) } as i32;
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nothing else owns.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: plain fcntl on our descriptor: only the init gets it, as descriptor 4.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    Ok(PIDFD.get_or_init(|| owned).as_raw_fd())
-}
-
-fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {
+fn memfd() -> io::Result<OwnedFd> {
     // SAFETY: a NUL-terminated name; the descriptor is fresh and owned below.
-    let fd = unsafe { libc::memfd_create(c"mysimbdp-sandbox-spec".as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(c"mysimbdp-sandbox-report".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh descriptor nothing else owns.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut file = std::fs::File::from(owned);
-    file.write_all(bytes)?;
-    Ok(file.into())
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A run ready to start: the init to execute, the cgroup to enter, the spec on its way in.
+/// A run ready to start: its init's spec, the cgroup it enters, the memfd it reports into.
 pub struct Prepared {
-    pub init: PathBuf,
+    pub spec: InitSpec,
     pub cgroup: cgroup::RunCgroup,
-    pub memfd: OwnedFd,
+    pub report: OwnedFd,
 }
 
 impl Prepared {
     /// What the init reported, once it has exited. `None`: it was killed before it could.
     pub fn report(&self) -> Option<InitReport> {
-        let file = std::fs::File::from(self.memfd.try_clone().ok()?);
-        // The memfd's offset is shared with the init, which may have left it anywhere: read from 0.
+        let file = std::fs::File::from(self.report.try_clone().ok()?);
         let mut text = vec![0u8; file.metadata().ok()?.len().min(4 << 20) as usize];
         let n = std::os::unix::fs::FileExt::read_at(&file, &mut text, 0).ok()?;
         text.truncate(n);
-        // Still the spec (the init never read it) does not parse as a report.
         serde_json::from_slice(&text).ok()
     }
 }

@@ -1,16 +1,14 @@
-//! What the platform tells the sandbox's init (`mysimbdp-sandbox`) and what the init tells it back.
-//!
-//! Both travel through one memfd the init finds as descriptor 3: the platform writes the spec, the
-//! init reads it, and before exiting writes its report over it. Nothing of either is on the command
-//! line (world-readable in `/proc/PID/cmdline`), because the spec holds the app's environment and
-//! with it the tenant's coredms password.
+//! What the platform tells a run's init (through the fork server's socket) and what the init tells
+//! it back (in a memfd the init finds as descriptor 3). Neither is ever on a command line
+//! (world-readable in `/proc/PID/cmdline`): the spec holds the app's environment, and with it the
+//! tenant's coredms password.
 
 use std::path::PathBuf;
 
-/// The descriptor the init finds its spec on, and writes its report to.
-pub const SPEC_FD: i32 = 3;
-/// A pidfd of the platform process: readable once the platform is gone.
-pub const PLATFORM_FD: i32 = 4;
+/// The descriptor the init writes its report to.
+pub const REPORT_FD: i32 = 3;
+/// A pidfd of the process the init dies with (the fork server): readable once it is gone.
+pub const PARENT_FD: i32 = 4;
 
 /// One run of a tenant's program.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -37,6 +35,8 @@ pub struct InitSpec {
     /// tenant's program could have replaced.
     pub result_file: Option<String>,
     pub result_limit: u64,
+    /// RLIMIT_CPU of the run, in seconds.
+    pub cpu_seconds: Option<u64>,
 }
 
 /// One mount of the sandbox's file system, on a folder of the prepared root; `dst` is inside the
