@@ -174,3 +174,17 @@ async fn a_hostile_result_file_is_refused_without_blocking() {
         assert!(err.contains(why), "{script}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_go_on_when_the_fork_server_is_killed() {
+    let lab = Lab::new();
+    let app = lab.app("echo fine");
+    assert_eq!(run(lab.spec(&app, None, limits())).await.exit, Exit::Code(0));
+    let server = lab.sandbox.forkserver_pid().expect("started by the first run");
+    // SAFETY: plain syscall on the test's own child.
+    unsafe { libc::kill(server as i32, libc::SIGKILL) };
+    // The next run finds it gone, starts another, and runs.
+    let out = run(lab.spec(&app, None, limits())).await;
+    assert_eq!((out.exit, out.log.as_str()), (Exit::Code(0), "fine\n"));
+    assert_ne!(lab.sandbox.forkserver_pid(), Some(server), "a new fork server");
+}

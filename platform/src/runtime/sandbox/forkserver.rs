@@ -150,7 +150,10 @@ impl ForkServer {
         let message = serde_json::to_vec(&Request { id, spec }).map_err(io::Error::other)?;
         let mut fds = vec![output, report];
         fds.extend_from_slice(cgroups);
-        {
+        // A server that died is noticed by its reader, or here when sending fails: either way once
+        // more with a new one.
+        let mut pending = Some(Pending { started: Some(started_tx), exited: Some(exited_tx) });
+        for attempt in 0..2 {
             let mut guard = self.connection.lock().expect("fork server lock");
             let stale = guard.as_ref().is_some_and(|c| c.closed.load(std::sync::atomic::Ordering::Acquire));
             if guard.is_none() || stale {
@@ -160,13 +163,17 @@ impl ForkServer {
                 *guard = Some(self.connect()?);
             }
             let conn = guard.as_ref().expect("connected");
-            conn.pending
-                .lock()
-                .expect("pending lock")
-                .insert(id, Pending { started: Some(started_tx), exited: Some(exited_tx) });
-            if let Err(e) = send(conn.socket.as_raw_fd(), &message, &fds) {
-                conn.pending.lock().expect("pending lock").remove(&id);
-                return Err(e);
+            conn.pending.lock().expect("pending lock").insert(id, pending.take().expect("one request"));
+            match send(conn.socket.as_raw_fd(), &message, &fds) {
+                Ok(()) => break,
+                Err(e) => {
+                    pending = conn.pending.lock().expect("pending lock").remove(&id);
+                    conn.closed.store(true, std::sync::atomic::Ordering::Release);
+                    // (None: the reader, finding the server gone, has failed the request already.)
+                    if attempt == 1 || pending.is_none() {
+                        return Err(e);
+                    }
+                }
             }
         }
         let pid = started_rx
