@@ -144,45 +144,50 @@ impl ForkServer {
         report: RawFd,
         cgroups: &[RawFd],
     ) -> io::Result<Launched> {
+        let mut fds = vec![output, report];
+        fds.extend_from_slice(cgroups);
+        // A request a server could not take, or never answered because it died (any init it had
+        // cloned died with it), goes once more to a new server.
+        match self.try_start(spec, &fds).await {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
+                tracing::warn!("the sandbox's fork server stopped; starting it again");
+                self.try_start(spec, &fds).await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_start(&self, spec: &InitSpec, fds: &[RawFd]) -> io::Result<Launched> {
+        let gone = || io::Error::new(io::ErrorKind::ConnectionAborted, "the sandbox's fork server stopped");
         let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (started_tx, started_rx) = oneshot::channel();
         let (exited_tx, exited_rx) = oneshot::channel();
         let message = serde_json::to_vec(&Request { id, spec }).map_err(io::Error::other)?;
-        let mut fds = vec![output, report];
-        fds.extend_from_slice(cgroups);
-        // A server that died is noticed by its reader, or here when sending fails: either way once
-        // more with a new one.
-        let mut pending = Some(Pending { started: Some(started_tx), exited: Some(exited_tx) });
-        for attempt in 0..2 {
+        {
             let mut guard = self.connection.lock().expect("fork server lock");
-            let stale = guard.as_ref().is_some_and(|c| c.closed.load(std::sync::atomic::Ordering::Acquire));
-            if guard.is_none() || stale {
-                if stale {
-                    tracing::warn!("the sandbox's fork server stopped; starting it again");
-                }
+            if guard.as_ref().is_none_or(|c| c.closed.load(std::sync::atomic::Ordering::Acquire)) {
                 *guard = Some(self.connect()?);
             }
             let conn = guard.as_ref().expect("connected");
-            conn.pending.lock().expect("pending lock").insert(id, pending.take().expect("one request"));
-            match send(conn.socket.as_raw_fd(), &message, &fds) {
-                Ok(()) => break,
-                Err(e) => {
-                    pending = conn.pending.lock().expect("pending lock").remove(&id);
-                    conn.closed.store(true, std::sync::atomic::Ordering::Release);
-                    // (None: the reader, finding the server gone, has failed the request already.)
-                    if attempt == 1 || pending.is_none() {
-                        return Err(e);
-                    }
-                }
+            let entry = Pending { started: Some(started_tx), exited: Some(exited_tx) };
+            conn.pending.lock().expect("pending lock").insert(id, entry);
+            if send(conn.socket.as_raw_fd(), &message, fds).is_err() {
+                conn.pending.lock().expect("pending lock").remove(&id);
+                conn.closed.store(true, std::sync::atomic::Ordering::Release);
+                return Err(gone());
             }
         }
-        let pid = started_rx
-            .await
-            .map_err(|_| io::Error::other("the sandbox's fork server stopped"))?
-            .map_err(io::Error::other)?;
-        Ok(Launched { pid: pid as u32, exited: exited_rx })
+        match started_rx.await {
+            Ok(Ok(pid)) => Ok(Launched { pid: pid as u32, exited: exited_rx }),
+            Ok(Err(why)) if why == SERVER_GONE => Err(gone()),
+            Ok(Err(why)) => Err(io::Error::other(why)),
+            Err(_) => Err(gone()),
+        }
     }
 }
+
+/// What the reader tells runs waiting on a server that is gone.
+const SERVER_GONE: &str = "the sandbox's fork server stopped";
 
 /// The reader: routes each reply to the run it belongs to; when the server is gone, fails them all.
 fn read_replies(socket: &OwnedFd, pending: &Mutex<HashMap<u64, Pending>>, closed: &std::sync::atomic::AtomicBool) {
@@ -213,7 +218,7 @@ fn read_replies(socket: &OwnedFd, pending: &Mutex<HashMap<u64, Pending>>, closed
     closed.store(true, std::sync::atomic::Ordering::Release);
     for (_, entry) in pending.lock().expect("pending lock").drain() {
         for tx in [entry.started, entry.exited].into_iter().flatten() {
-            let _ = tx.send(Err("the sandbox's fork server stopped".into()));
+            let _ = tx.send(Err(SERVER_GONE.into()));
         }
     }
 }
