@@ -53,8 +53,15 @@ agreement "$FAST" 5s 3 1 notify 1
 agreement "$SLOW" 1s 3 1000 scale_out 2
 "$BIN/mysimbdp" migrate >/dev/null
 "$BIN/mysimbdp" install-app --tenant "$FAST" --name tortoise-stream --kind stream "$BIN/tortoise-stream" >/dev/null
-printf '#!/bin/sh\nexec %s --delay-per-record 2\n' "$BIN/tortoise-stream" > "$WORK/slow.sh"
-"$BIN/mysimbdp" install-app --tenant "$SLOW" --name tortoise-stream --kind stream "$WORK/slow.sh" >/dev/null
+# The slow variant: the same program with a flag, so an archive holding it and a start script (an app
+# sees only its own folder, not the build's).
+mkdir -p "$WORK/slow-app"
+cp "$BIN/tortoise-stream" "$WORK/slow-app/"
+printf '#!/bin/sh\nexec "$(dirname "$0")/tortoise-stream" --delay-per-record 2\n' > "$WORK/slow-app/run"
+chmod +x "$WORK/slow-app/run"
+printf 'name: tortoise-stream\nkind: stream\nentrypoint: run\nversion: slow\n' > "$WORK/slow-app/app.yaml"
+tar -czf "$WORK/slow.tar.gz" -C "$WORK/slow-app" .
+"$BIN/mysimbdp" install-app --tenant "$SLOW" --name tortoise-stream --kind stream "$WORK/slow.tar.gz" >/dev/null
 
 "$BIN/mysimbdp" serve > /dev/null 2> "$WORK/platform.log" &
 PLATFORM=$!

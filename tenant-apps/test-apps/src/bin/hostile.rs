@@ -142,27 +142,19 @@ fn pg(args: &[String]) {
     let (own_user, rest) = own.strip_prefix("postgres://").unwrap().split_once(':').unwrap();
     let (own_password, host_db) = rest.split_once('@').unwrap();
     let host = host_db.split_once('/').unwrap().0;
+    let attempt = |url: String, leak: String, denied: String| match postgres::Client::connect(&url, postgres::NoTls) {
+        Ok(_) => line(format!("LEAK {leak}")),
+        Err(e) => line(format!("DENIED {denied}: {}", pg_message(&e))),
+    };
     for role in roles {
         for password in ["", role, own_password, "postgres"] {
             let url = format!("postgres://{role}:{password}@{host}/postgres");
-            match postgres::Client::connect(&url, postgres::NoTls) {
-                Ok(_) => line(format!("LEAK connected as {role}")),
-                Err(e) => line(format!(
-                    "DENIED connect as {role}: {}",
-                    e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned())
-                )),
-            }
+            attempt(url, format!("connected as {role}"), format!("connect as {role}"));
         }
     }
     for db in databases {
         let url = format!("postgres://{own_user}:{own_password}@{host}/{db}");
-        match postgres::Client::connect(&url, postgres::NoTls) {
-            Ok(_) => line(format!("LEAK own role opened database {db}")),
-            Err(e) => line(format!(
-                "DENIED own role on {db}: {}",
-                e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned())
-            )),
-        }
+        attempt(url, format!("own role opened database {db}"), format!("own role on {db}"));
     }
     for sql in [
         "select rolname, rolpassword from pg_authid",
@@ -174,12 +166,15 @@ fn pg(args: &[String]) {
     ] {
         match client.batch_execute(sql) {
             Ok(()) => line(format!("LEAK ran `{sql}`")),
-            Err(e) => {
-                line(format!("DENIED `{sql}`: {}", e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned())))
-            }
+            Err(e) => line(format!("DENIED `{sql}`: {}", pg_message(&e))),
         }
     }
     line(format!("OK own database is {own_db}"));
+}
+
+/// The server's own message, where there is one.
+fn pg_message(e: &postgres::Error) -> String {
+    e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned())
 }
 
 fn fork_bomb() {
@@ -256,7 +251,7 @@ fn connections(n: usize) {
         match postgres::Client::connect(&url, postgres::NoTls) {
             Ok(c) => held.push(c),
             Err(e) => {
-                first_error.get_or_insert_with(|| e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned()));
+                first_error.get_or_insert_with(|| pg_message(&e));
             }
         }
     }
