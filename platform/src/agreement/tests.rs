@@ -133,3 +133,27 @@ fn formats_come_from_extensions() {
     assert_eq!(Format::from_file_name("a.parquet"), None);
     assert_eq!(Format::from_file_name("noext"), None);
 }
+
+#[test]
+fn sandbox_and_coredms_limits_parse_with_defaults_and_report_their_errors() {
+    let base = "version: 1\ntenant: zoo\nname: Zoo\nbatch:\n  routes: [{files: \"*.csv\", app: a, timeout: 1m, memory: 64MiB, cpus: 0.5, max_processes: 16}]\n  formats: [csv]\n  max_file_size: 1MiB\n  max_files_per_hour: 10\n  max_bytes_per_day: 1GiB\n  max_concurrent_jobs: 1\n";
+    let a = parse("zoo", base).unwrap();
+    let route = &a.batch.as_ref().unwrap().routes[0];
+    assert_eq!((route.cpus, route.max_processes), (Some(0.5), 16));
+    assert_eq!(a.coredms, CoreDmsAgreement::default(), "absent: the defaults");
+    let a = parse("zoo", &format!("{base}coredms: {{max_connections: 4, statement_timeout: 30s}}\n")).unwrap();
+    assert_eq!(a.coredms.max_connections, 4);
+    assert_eq!(a.coredms.statement_timeout, Duration::from_secs(30));
+    assert_eq!(a.coredms.idle_in_transaction_timeout, CoreDmsAgreement::default().idle_in_transaction_timeout);
+
+    let bad = base.replace("max_processes: 16", "max_processes: 0")
+        + "coredms: {max_connections: 0, statement_timeout: 10ms, idle: 1m}\n";
+    let err = parse("zoo", &bad).unwrap_err();
+    let f = fields(&err);
+    for expected in
+        ["batch.routes[0].max_processes", "coredms.max_connections", "coredms.statement_timeout", "coredms.idle"]
+    {
+        assert!(f.contains(&expected), "missing {expected} in {err}");
+    }
+    assert!(err.to_string().contains("10ms is less than a second"), "{err}");
+}

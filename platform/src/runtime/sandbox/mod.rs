@@ -21,11 +21,9 @@
 //! namespaces; the clone enters the run's cgroup and becomes the run's init (`init`), which builds the
 //! root, pivots into it, and starts the program with the tenant's credentials.
 //!
-//! Why not bubblewrap: its `--uid` needs a user namespace, in which the program would be root of the
-//! host's files it can see, and it knows nothing of cgroups; youki's libcontainer and hakoniwa build a
-//! container per run from an OCI-like config, at several times a process's start-up cost and with a
-//! much larger surface. Both teach the order of the steps followed here (private propagation, tmpfs
-//! root, binds then read-only remounts, `pivot_root(".", ".")`, the bounding set before the uid).
+//! Why not bubblewrap, hakoniwa or youki's libcontainer, and what each step cost: the README's
+//! security model. They taught the order of the steps followed here: private propagation first, binds
+//! then read-only remounts, `pivot_root(".", ".")` and a detach, the bounding set before the uid.
 
 pub mod cgroup;
 pub mod forkserver;
@@ -57,7 +55,7 @@ pub const RESULT_LIMIT: u64 = 1 << 20;
 /// The sandbox's settings, from the platform's configuration.
 #[derive(Clone, Debug)]
 pub struct SandboxConfig {
-    /// The init binary (`mysimbdp-sandbox`); default: beside the running `mysimbdp`.
+    /// The fork server's binary (`mysimbdp-sandbox`); default: beside the running `mysimbdp`.
     pub init: Option<PathBuf>,
     /// Tenants' uids are allocated from here upwards (gid = uid).
     pub uid_base: u32,
