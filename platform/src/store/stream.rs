@@ -203,6 +203,56 @@ pub async fn notifications(
         .collect())
 }
 
+/// The notification the monitor stored under `id`, if it did.
+pub async fn notification(db: &Db, id: Uuid) -> sqlx::Result<Option<Notification>> {
+    let row: Option<NotificationRow> =
+        sqlx::query_as("select * from notifications where id = $1").bind(id).fetch_optional(db).await?;
+    Ok(row.map(|r| Notification {
+        version: 1,
+        id: r.id,
+        tenant: r.tenant,
+        app: r.app,
+        instance: r.instance,
+        kind: r.kind,
+        at: r.at,
+        action: r.action,
+        reasons: r.reasons.0,
+    }))
+}
+
+/// A message on the control topic the manager did not act on, and why.
+pub struct DroppedControl<'a> {
+    pub reason: &'a str,
+    pub detail: &'a str,
+    pub tenant: Option<&'a str>,
+    pub notification: Option<Uuid>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+pub async fn insert_control_dropped(db: &Db, d: &DroppedControl<'_>) -> sqlx::Result<()> {
+    // Whatever the message held, PostgreSQL text takes no NUL.
+    let clean = |s: &str| s.replace('\0', "\u{FFFD}");
+    sqlx::query(
+        "insert into control_dropped (reason, detail, tenant, notification, partition, \"offset\")
+         values ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(d.reason)
+    .bind(clean(d.detail))
+    .bind(d.tenant.map(clean))
+    .bind(d.notification)
+    .bind(d.partition)
+    .bind(d.offset)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Control messages dropped, by reason (for operators and the tests).
+pub async fn control_dropped(db: &Db) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as("select reason, count(*) from control_dropped group by reason order by reason").fetch_all(db).await
+}
+
 /// What the manager did about a notification.
 #[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct Action {

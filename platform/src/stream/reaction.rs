@@ -1,9 +1,15 @@
 //! The manager's side of the loop: reads the monitor's notifications from `mysimbdp.control` and
 //! acts within the agreement: `scale_out` adds an instance unless the tenant is at `max_instances`,
-//! `restart` restarts the instance named, `notify` only records. Nothing is changed within the
-//! agreement's `cooldown` of the last change. Every decision, applied or skipped, is recorded with the
-//! notification that caused it, in the same transaction as its effect; a notification read again
-//! after a crash finds its record and is not acted on twice. Offsets are committed after that.
+//! `restart` restarts the instance named (counted against `max_restarts`), `notify` only records.
+//! Nothing is changed within the agreement's `cooldown` of the last change, and a tenant's stop wins
+//! over any notification. Every decision, applied or skipped, is recorded with the notification that
+//! caused it, in the same transaction as its effect; a notification read again after a crash finds
+//! its record and is not acted on twice. Offsets are committed after that.
+//!
+//! Anyone who can write to the broker can write to the control topic, so a message is only a pointer:
+//! the manager acts on the notification the monitor stored under its id, and drops (and records in
+//! `control_dropped`, with the reason) whatever is not one, names no stored notification, differs from
+//! the stored one, or fails every time it is tried. The loop never stops on a message.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Manager, StreamCtx};
 use crate::messaging::topics::CONTROL_TOPIC;
 use crate::store::instances::{self, NewInstances};
-use crate::store::stream::{self as stream_store, NewAction, Notification};
+use crate::store::stream::{self as stream_store, DroppedControl, NewAction, Notification};
 use crate::tenant::TenantId;
 use crate::units::format_duration;
 
@@ -53,40 +59,97 @@ pub async fn run(ctx: Arc<StreamCtx>, manager: Manager, shutdown: CancellationTo
                 continue;
             }
         };
-        let payload = message.payload().unwrap_or_default();
-        match serde_json::from_slice::<Notification>(payload) {
-            Ok(n) => loop {
-                match act(&ctx, &manager, &n).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::error!(notification = %n.id, error = %e, "acting on a notification failed; retrying");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        }
-                    }
-                }
-            },
-            Err(e) => tracing::warn!(
-                partition = message.partition(),
-                offset = message.offset(),
-                error = %e,
-                "ignored a message on {CONTROL_TOPIC} that is not a notification"
-            ),
-        }
+        handle(&ctx, &manager, &message, &shutdown).await;
         if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
             tracing::warn!(error = %e, "committing {CONTROL_TOPIC} offsets failed; a notification may be read again");
         }
     }
 }
 
-/// Decides and records what to do about one notification; the effect is in the same transaction.
-async fn act(ctx: &StreamCtx, manager: &Manager, n: &Notification) -> anyhow::Result<()> {
-    let Some(tenant) = TenantId::parse(&n.tenant).ok().filter(|t| ctx.agreements.get(t).is_some()) else {
-        // Not a tenant of this platform (platforms may share a broker).
-        tracing::debug!(notification = %n.id, tenant = %n.tenant, "notification for a tenant not served here; ignored");
-        return Ok(());
+/// The largest control message read; a notification is a few hundred bytes.
+const MAX_MESSAGE: usize = 64 << 10;
+/// Tries at acting on one notification before it is set aside as dead (a store that is down, a
+/// notification that fails every time): the loop goes on past it.
+const ATTEMPTS: u32 = 3;
+
+/// One message from the control topic: acted on, or dropped with its reason. Never stalls the loop.
+async fn handle(
+    ctx: &StreamCtx,
+    manager: &Manager,
+    message: &rdkafka::message::BorrowedMessage<'_>,
+    shutdown: &CancellationToken,
+) {
+    let (partition, offset) = (message.partition(), message.offset());
+    let drop = |reason: &'static str, detail: String, n: Option<&Notification>| {
+        let db = ctx.db.clone();
+        let (tenant, id) = (n.map(|n| n.tenant.clone()), n.map(|n| n.id));
+        async move {
+            tracing::warn!(reason, %detail, partition, offset, "dropped a message on {CONTROL_TOPIC}");
+            let d = DroppedControl {
+                reason,
+                detail: &detail,
+                tenant: tenant.as_deref(),
+                notification: id,
+                partition,
+                offset,
+            };
+            if let Err(e) = stream_store::insert_control_dropped(&db, &d).await {
+                tracing::error!(error = %e, "recording a dropped control message failed");
+            }
+        }
     };
+    let payload = message.payload().unwrap_or_default();
+    if payload.len() > MAX_MESSAGE {
+        return drop("too_large", format!("{} bytes, over {MAX_MESSAGE}", payload.len()), None).await;
+    }
+    let n = match serde_json::from_slice::<Notification>(payload) {
+        Ok(n) => n,
+        Err(e) => return drop("malformed", format!("not a notification: {e}"), None).await,
+    };
+    if TenantId::parse(&n.tenant).ok().and_then(|t| ctx.agreements.get(&t)).is_none() {
+        // Not a tenant of this platform (platforms may share a broker): not this manager's to judge.
+        tracing::debug!(notification = %n.id, tenant = %n.tenant, "notification for a tenant not served here; ignored");
+        return;
+    }
+    for attempt in 1..=ATTEMPTS {
+        let outcome = match stream_store::notification(&ctx.db, n.id).await {
+            Ok(None) => {
+                let detail = format!("no notification {} was stored by this platform's monitor", n.id);
+                return drop("unknown_notification", detail, Some(&n)).await;
+            }
+            Ok(Some(stored)) if !same(&stored, &n) => {
+                let detail = format!("differs from the notification {} the monitor stored", n.id);
+                return drop("mismatch", detail, Some(&n)).await;
+            }
+            Ok(Some(stored)) => act(ctx, manager, &stored).await,
+            Err(e) => Err(e.into()),
+        };
+        match outcome {
+            Ok(()) => return,
+            Err(e) if attempt == ATTEMPTS => {
+                return drop("failed", format!("acting on it failed {ATTEMPTS} times, last: {e:#}"), Some(&n)).await
+            }
+            Err(e) => {
+                tracing::error!(notification = %n.id, attempt, error = %e, "acting on a notification failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The message says what the monitor stored (its time and figures aside, which change nothing).
+fn same(stored: &Notification, read: &Notification) -> bool {
+    (&stored.tenant, &stored.app, stored.instance, &stored.kind, &stored.action)
+        == (&read.tenant, &read.app, read.instance, &read.kind, &read.action)
+}
+
+/// Decides and records what to do about one stored notification; the effect is in the same
+/// transaction.
+async fn act(ctx: &StreamCtx, manager: &Manager, n: &Notification) -> anyhow::Result<()> {
+    let tenant = TenantId::parse(&n.tenant).map_err(anyhow::Error::msg)?;
     let mut tx = ctx.db.begin().await?;
     instances::lock_tenant(&mut tx, &tenant).await?;
     if stream_store::already_acted(&mut tx, n.id).await? {
@@ -102,7 +165,10 @@ async fn act(ctx: &StreamCtx, manager: &Manager, n: &Notification) -> anyhow::Re
             let cooling = last.filter(|at| {
                 chrono::Utc::now().signed_duration_since(*at).to_std().unwrap_or_default() < stream.thresholds.cooldown
             });
-            if let (Some(at), true) = (cooling, n.action != "notify") {
+            let wanted = wanted_state(&mut tx, &tenant, n).await?;
+            if let Some(why) = wanted {
+                ("skipped", before, why)
+            } else if let (Some(at), true) = (cooling, n.action != "notify") {
                 let detail = format!(
                     "within the cooldown of {} after the action at {}",
                     format_duration(stream.thresholds.cooldown),
@@ -144,6 +210,40 @@ async fn act(ctx: &StreamCtx, manager: &Manager, n: &Notification) -> anyhow::Re
     }
     tracing::info!(%tenant, app = %n.app, notification = %n.id, action = %n.action, outcome, %detail, "acted on notification");
     Ok(())
+}
+
+/// Why a notification must not change anything: its instance is not one of that app's, or the tenant
+/// stopped the app (or that instance). None: it may act.
+async fn wanted_state(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: &TenantId,
+    n: &Notification,
+) -> anyhow::Result<Option<String>> {
+    if let Some(id) = n.instance {
+        let row: Option<(String, String, String)> =
+            sqlx::query_as("select tenant, app, desired from stream_instances where id = $1")
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        match row {
+            Some((t, a, desired)) if t == tenant.as_str() && a == n.app => {
+                if n.action == "restart" && desired != "running" {
+                    return Ok(Some(format!("instance {id} was stopped; a stop wins over any notification")));
+                }
+            }
+            _ => return Ok(Some(format!("instance {id} is not an instance of `{}`", n.app))),
+        }
+    }
+    let (running,): (i64,) =
+        sqlx::query_as("select count(*) from stream_instances where tenant = $1 and app = $2 and desired = 'running'")
+            .bind(tenant.as_str())
+            .bind(&n.app)
+            .fetch_one(&mut **tx)
+            .await?;
+    if running == 0 && n.action != "notify" {
+        return Ok(Some(format!("`{}` was stopped by its tenant; a stop wins over any notification", n.app)));
+    }
+    Ok(None)
 }
 
 async fn scale_out(

@@ -43,7 +43,8 @@ impl Control {
     }
 
     /// Ends the current run (SIGTERM, then SIGKILL after the grace period) and starts a new one at
-    /// once; does not count against `max_restarts`.
+    /// once. It counts against `max_restarts` like a crash: a loop that keeps restarting an instance
+    /// ends where the agreement says, whatever asked for the restarts.
     pub fn restart(&self) {
         self.current.lock().expect("control lock").cancel();
     }
@@ -176,7 +177,7 @@ async fn supervise_inner(
                 after_failure(ctx, inst, &stream, &mut restarts, None, Duration::ZERO, &why).await?
             }
             Ok(ended) if ended.stopped == Stopped::Cancelled => {
-                stopped_by_platform(ctx, inst, control, shutdown, restarts, ended).await?
+                stopped_by_platform(ctx, inst, &stream, control, shutdown, &mut restarts, ended).await?
             }
             Ok(ended) => {
                 let why = ended.stopped.limit_passed().unwrap_or_else(|| ended.exit.to_string());
@@ -218,9 +219,10 @@ async fn supervise_inner(
 async fn stopped_by_platform(
     ctx: &StreamCtx,
     inst: &Instance,
+    stream: &StreamAgreement,
     control: &Control,
     shutdown: &CancellationToken,
-    restarts: u64,
+    restarts: &mut u64,
     ended: Ended,
 ) -> anyhow::Result<Next> {
     let how = match ended.exit {
@@ -229,15 +231,27 @@ async fn stopped_by_platform(
     };
     if shutdown.is_cancelled() {
         let detail = format!("the platform is stopping ({how}); started again when it is back");
-        end(ctx, inst, "restarting", Some(ended.exit), restarts, false, &detail).await?;
+        end(ctx, inst, "restarting", Some(ended.exit), *restarts, false, &detail).await?;
         return Ok(Next::Done);
     }
     if control.stop.is_cancelled() {
-        end(ctx, inst, "exited", Some(ended.exit), restarts, false, &format!("stopped on request ({how})")).await?;
+        end(ctx, inst, "exited", Some(ended.exit), *restarts, false, &format!("stopped on request ({how})")).await?;
         return Ok(Next::Done);
     }
-    let detail = format!("restarted by the stream manager ({how})");
-    end(ctx, inst, "restarting", Some(ended.exit), restarts, false, &detail).await?;
+    if ended.elapsed >= STABLE_RUN {
+        *restarts = 0; // as after a crash: a run this long was a good one
+    }
+    let max = stream.restart.max_restarts;
+    if *restarts >= max {
+        let detail = format!(
+            "restarted by the stream manager ({how}); not started again: {restarts} restarts in a row reached the agreement's max_restarts of {max}"
+        );
+        end(ctx, inst, "failed", Some(ended.exit), *restarts, false, &detail).await?;
+        return Ok(Next::Done);
+    }
+    *restarts += 1;
+    let detail = format!("restarted by the stream manager ({how}); restart {restarts} of {max}");
+    end(ctx, inst, "restarting", Some(ended.exit), *restarts, true, &detail).await?;
     Ok(Next::Again { after: Duration::ZERO })
 }
 
