@@ -14,6 +14,7 @@ mod hostile_apps;
 mod hostile_files;
 mod isolation;
 mod misbehaving_apps;
+mod report_forgery;
 mod sandbox;
 mod staging_rules;
 mod stream;

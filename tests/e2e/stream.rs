@@ -760,6 +760,7 @@ async fn a_stream_apps_environment_reaches_only_its_own_tenants_topics_and_cored
             "MYSIMBDP_MAX_MESSAGE_SIZE",
             "MYSIMBDP_METRICS_TOPIC",
             "MYSIMBDP_REPORT_INTERVAL_MS",
+            "MYSIMBDP_REPORT_KEY",
             "MYSIMBDP_TENANT",
             "PATH",
             "SHLVL",
@@ -773,6 +774,17 @@ async fn a_stream_apps_environment_reaches_only_its_own_tenants_topics_and_cored
     assert_eq!(env["MYSIMBDP_CONSUMER_GROUP"], format!("{a}.env"));
     assert_eq!(env["MYSIMBDP_GROUP_INSTANCE_ID"], format!("{a}.env-0"), "a static member of its own group");
     assert_eq!(env["MYSIMBDP_INSTANCE_ID"], ia);
+    // Its own report key: the one the store holds for it, never shown by the API, not guessable.
+    let key = &env["MYSIMBDP_REPORT_KEY"];
+    let stored: String = sqlx::query_scalar("select report_key from stream_instances where id = $1::uuid")
+        .bind(&ia)
+        .fetch_one(&p.db)
+        .await
+        .unwrap();
+    assert_eq!(key, &stored);
+    assert!(key.len() == 64 && key.bytes().all(|c| c.is_ascii_hexdigit()), "{key}");
+    let shown = http.get(&format!("/v1/tenants/{a}/instances/{ia}"), &ta).await.text();
+    assert!(!shown.contains(key.as_str()) && !shown.contains("report_key"), "{shown}");
     assert!(env.values().all(|v| !v.contains(&b)), "nothing of {b} in {a}'s environment: {env:?}");
     let b_db = p.tenant(&b).coredms_name();
     let url = &env["MYSIMBDP_COREDMS_URL"];

@@ -11,7 +11,9 @@
 use std::time::Duration;
 
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
-use kafka_protocol::messages::{DescribeGroupsRequest, FindCoordinatorRequest, GroupId, LeaveGroupRequest};
+use kafka_protocol::messages::{
+    ConsumerProtocolAssignment, DescribeGroupsRequest, FindCoordinatorRequest, GroupId, LeaveGroupRequest,
+};
 use kafka_protocol::protocol::StrBytes;
 
 use super::wire::Connection;
@@ -30,6 +32,9 @@ pub struct Member {
     pub member_id: String,
     pub group_instance_id: Option<String>,
     pub client_id: String,
+    /// The partitions the group gave the member (empty while it has none, or if the broker does not
+    /// say).
+    pub assignment: Vec<(String, i32)>,
 }
 
 impl Member {
@@ -53,7 +58,7 @@ fn failed(what: &str, code: i16, message: Option<&StrBytes>) -> std::io::Error {
 }
 
 /// Connects to the broker that coordinates `group`, asking the first of `brokers` that answers.
-async fn coordinator(brokers: &str, group: &str) -> std::io::Result<Connection> {
+pub(crate) async fn coordinator(brokers: &str, group: &str) -> std::io::Result<Connection> {
     let mut why = Vec::new();
     for broker in brokers.split(',').map(str::trim).filter(|b| !b.is_empty()) {
         let found = async {
@@ -92,14 +97,36 @@ async fn describe(conn: &mut Connection, group: &str) -> std::io::Result<(String
             member_id: m.member_id.as_str().to_owned(),
             group_instance_id: m.group_instance_id.map(|i| i.as_str().to_owned()),
             client_id: m.client_id.as_str().to_owned(),
+            assignment: assignment(m.member_assignment),
         }));
     }
     Ok((state, members))
 }
 
+/// The partitions in a consumer-protocol assignment (version, then topics and their partitions);
+/// nothing if it is not one.
+fn assignment(mut bytes: bytes::Bytes) -> Vec<(String, i32)> {
+    use kafka_protocol::protocol::Decodable;
+    if bytes.len() < 2 {
+        return Vec::new();
+    }
+    let version = bytes::Buf::get_i16(&mut bytes);
+    let Ok(decoded) = ConsumerProtocolAssignment::decode(&mut bytes, version.clamp(0, 3)) else { return Vec::new() };
+    let mut out = Vec::new();
+    for t in decoded.assigned_partitions {
+        out.extend(t.partitions.into_iter().map(|p| (t.topic.as_str().to_owned(), p)));
+    }
+    out
+}
+
 /// The group's members now.
 pub async fn members(brokers: &str, group: &str) -> std::io::Result<Vec<Member>> {
     Ok(describe(&mut coordinator(brokers, group).await?, group).await?.1)
+}
+
+/// The group's members, over a connection to its coordinator.
+pub(crate) async fn members_on(conn: &mut Connection, group: &str) -> std::io::Result<Vec<Member>> {
+    Ok(describe(conn, group).await?.1)
 }
 
 /// Group states in which removing a member cannot strand the group: settled, or rebalancing with no
@@ -162,7 +189,12 @@ mod tests {
     use super::*;
 
     fn member(id: &str, instance: Option<&str>) -> Member {
-        Member { member_id: id.into(), group_instance_id: instance.map(Into::into), client_id: String::new() }
+        Member {
+            member_id: id.into(),
+            group_instance_id: instance.map(Into::into),
+            client_id: String::new(),
+            assignment: Vec::new(),
+        }
     }
 
     #[test]

@@ -32,6 +32,10 @@ calls! {
     FindCoordinatorRequest => FindCoordinatorResponse as FindCoordinator,
     DescribeGroupsRequest => DescribeGroupsResponse as DescribeGroups,
     LeaveGroupRequest => LeaveGroupResponse as LeaveGroup,
+    MetadataRequest => MetadataResponse as Metadata,
+    OffsetFetchRequest => OffsetFetchResponse as OffsetFetch,
+    ListOffsetsRequest => ListOffsetsResponse as ListOffsets,
+    FetchRequest => FetchResponse as Fetch,
 }
 
 /// Answers larger than this are not a Kafka broker's answer to our small requests.

@@ -12,13 +12,13 @@
 pub mod judge;
 pub mod lag;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
@@ -125,21 +125,67 @@ fn check(key: Option<&[u8]>, payload: &[u8]) -> Result<Checked, Dropped> {
     Ok(Checked { tenant, instance, report })
 }
 
+/// The header that carries a report's signature (the contract's).
+pub const SIGNATURE_HEADER: &str = "mysimbdp-signature";
+/// Observations of a group kept to bound later reports, and for how long.
+const HISTORY: usize = 64;
+const HISTORY_AGE: chrono::Duration = chrono::Duration::minutes(10);
+/// How far a window may start before its instance was created (clocks, and the stop of a restart).
+const WINDOW_SLACK: chrono::Duration = chrono::Duration::seconds(60);
+
+/// Whether `signature` (lowercase hex) is HMAC-SHA256 of `payload` under `key`: the instance's own
+/// report key, so only its program can have signed it. Compared in constant time.
+fn signed_by(key: &str, payload: &[u8], signature: &[u8]) -> bool {
+    use hmac::{Hmac, Mac};
+    let Some(signature) = std::str::from_utf8(signature).ok().and_then(|s| hex::decode(s.trim()).ok()) else {
+        return false;
+    };
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes a key of any length");
+    mac.update(payload);
+    mac.verify_slice(&signature).is_ok()
+}
+
+/// The figures a report claims, checked against its own window and its instance's life.
+fn plausible(r: &Report, created: chrono::DateTime<Utc>) -> Result<(), String> {
+    if r.window_start < created - WINDOW_SLACK {
+        return Err(format!("the window starts at {}, before its instance was created ({created})", r.window_start));
+    }
+    let secs = (r.window_end - r.window_start).num_milliseconds().max(1) as f64 / 1000.0;
+    // The contract's rates are counts over the window; allow rounding and a window measured a little
+    // differently, nothing more.
+    let most = |count: u64| count as f64 / secs * 1.5 + 1.0;
+    if r.processing_rate > most(r.messages) {
+        return Err(format!(
+            "processing_rate {} is more than {} messages in a {secs} s window can give",
+            r.processing_rate, r.messages
+        ));
+    }
+    if r.throughput_bytes_per_s > most(r.bytes) {
+        return Err(format!(
+            "throughput_bytes_per_s {} is more than {} bytes in a {secs} s window can give",
+            r.throughput_bytes_per_s, r.bytes
+        ));
+    }
+    Ok(())
+}
+
 struct Monitor {
     db: Db,
     agreements: Agreements,
     producer: FutureProducer,
-    lag: Arc<Mutex<lag::Lag>>,
+    brokers: String,
     judge: Judge,
     /// When each running instance last reported (or was first seen running).
     last_seen: HashMap<Uuid, Instant>,
+    /// Recent observations of each app's group, oldest first.
+    history: HashMap<String, VecDeque<(chrono::DateTime<Utc>, lag::Observation)>>,
 }
 
 impl Monitor {
-    async fn handle(&mut self, key: Option<&[u8]>, payload: &[u8]) -> anyhow::Result<()> {
+    async fn handle(&mut self, key: Option<&[u8]>, payload: &[u8], signature: Option<&[u8]>) -> anyhow::Result<()> {
         let key_text = key.map(|k| String::from_utf8_lossy(k).into_owned());
         let outcome = match check(key, payload) {
-            Ok(c) => self.trust(c).await?,
+            Ok(c) => self.trust(c, payload, signature).await?,
             Err(d) => Err(d),
         };
         if let Err(d) = outcome {
@@ -159,8 +205,13 @@ impl Monitor {
         TenantId::parse(tenant).ok().is_some_and(|t| self.agreements.get(&t).is_some())
     }
 
-    /// The checks that need the store and the agreement, then the judgement.
-    async fn trust(&mut self, c: Checked) -> anyhow::Result<Result<(), Dropped>> {
+    /// The checks that need the store, the agreement and the broker, then the judgement.
+    async fn trust(
+        &mut self,
+        c: Checked,
+        payload: &[u8],
+        signature: Option<&[u8]>,
+    ) -> anyhow::Result<Result<(), Dropped>> {
         let t = Some(c.tenant.as_str());
         let Some(stream) = self.agreements.get(&c.tenant).and_then(|a| a.stream.clone()) else {
             return Ok(Err(dropped(
@@ -169,34 +220,64 @@ impl Monitor {
                 "no agreement with a stream section is in force for this tenant",
             )));
         };
-        let instance = instances::get(&self.db, &c.tenant, c.instance).await?;
-        let running = instance
-            .as_ref()
-            .is_some_and(|i| i.app == c.report.app && matches!(i.state.as_str(), "running" | "starting"));
-        if !running {
-            let what = match &instance {
-                None => "no instance of this tenant has that id".to_owned(),
-                Some(i) if i.app != c.report.app => format!("the instance runs `{}`, not `{}`", i.app, c.report.app),
-                Some(i) => format!("the instance is {}, not running", i.state),
-            };
-            return Ok(Err(dropped(t, "unknown_instance", what)));
+        let inst = match instances::get(&self.db, &c.tenant, c.instance).await? {
+            Some(i) if i.app == c.report.app => i,
+            Some(i) => {
+                let what = format!("the instance runs `{}`, not `{}`", i.app, c.report.app);
+                return Ok(Err(dropped(t, "unknown_instance", what)));
+            }
+            None => return Ok(Err(dropped(t, "unknown_instance", "no instance of this tenant has that id"))),
+        };
+        match signature {
+            None => {
+                let why =
+                    format!("no `{SIGNATURE_HEADER}` header (the report must be signed with MYSIMBDP_REPORT_KEY)");
+                return Ok(Err(dropped(t, "unsigned", why)));
+            }
+            Some(s) if !signed_by(&inst.report_key, payload, s) => {
+                let why = "the signature is not this instance's (HMAC-SHA256 of the payload with its report key)";
+                return Ok(Err(dropped(t, "bad_signature", why)));
+            }
+            Some(_) => {}
         }
         let r = &c.report;
+        if let Err(why) = plausible(r, inst.created_at) {
+            return Ok(Err(dropped(t, "implausible", why)));
+        }
+        // Asked to stop (or no longer running): its last report is its own but nothing is left to judge.
+        let live = inst.desired == "running" && matches!(inst.state.as_str(), "running" | "starting");
         // A report read long after it was sent (the monitor was down, or read its topic from the start)
         // is kept but not judged: the lag measured now says nothing about that window.
         let age = Utc::now().signed_duration_since(r.window_end).to_std().unwrap_or_default();
         let stale = age > stream.report_interval * SILENT_INTERVALS + STALE_SLACK;
-        let (lag, verdict) = if stale {
+        let (lag, verdict) = if !live {
+            (None, Verdict::Final)
+        } else if stale {
             (None, Verdict::Stale)
         } else {
             self.last_seen.insert(c.instance, Instant::now());
-            let lag = self.measure_lag(&c.tenant, &r.app, &stream).await;
+            let group = crate::stream::consumer_group(&c.tenant, &r.app);
+            let observed = self.observe(&c.tenant, &group, &stream).await;
+            if let Some(now) = &observed {
+                let readable = now.readable_since(self.earlier(&group, r.window_start));
+                if r.messages > readable + readable / 10 + 100 {
+                    let why = format!(
+                        "the report claims {} messages written in its window; the broker held at most {readable} \
+                         to read (from the group's positions before the window to the partitions' ends now)",
+                        r.messages
+                    );
+                    return Ok(Err(dropped(t, "implausible", why)));
+                }
+            }
+            let member = crate::stream::group_instance_id(&group, inst.id, inst.member);
+            let share = observed.map(|o| o.share(&member));
+            let lag = share.as_ref().map(|s| s.lag);
             let figures = Figures {
                 messages: r.messages,
                 processing_rate: r.processing_rate,
                 avg_ingestion_ms: r.avg_ingestion_ms,
             };
-            (lag, self.judge.judge(c.instance, figures, lag, &stream.thresholds))
+            (lag, self.judge.judge(c.instance, figures, share, &stream.thresholds, stream.report_interval))
         };
         let stored = StoredReport {
             id: 0,
@@ -228,20 +309,30 @@ impl Monitor {
         Ok(Ok(()))
     }
 
-    async fn measure_lag(&self, tenant: &TenantId, app: &str, stream: &StreamAgreement) -> Option<u64> {
-        let group = crate::stream::consumer_group(tenant, app);
+    /// The app's group at the broker now, kept for bounding later reports; None if the broker did
+    /// not answer (the report is then not judged).
+    async fn observe(&mut self, tenant: &TenantId, group: &str, stream: &StreamAgreement) -> Option<lag::Observation> {
         let topics: Vec<String> = stream.topics.iter().map(|t| tenant_topic(tenant, &t.name)).collect();
-        let lag = self.lag.clone();
-        let measured =
-            tokio::task::spawn_blocking(move || lag.lock().expect("lag lock").measure(&group, &topics)).await;
-        match measured {
-            Ok(Ok(n)) => Some(n),
-            Ok(Err(e)) => {
-                tracing::warn!(%tenant, app, error = %e, "measuring consumer lag failed; the report is not judged");
+        match lag::observe(&self.brokers, group, &topics).await {
+            Ok(o) => {
+                let now = Utc::now();
+                let kept = self.history.entry(group.to_owned()).or_default();
+                while kept.len() >= HISTORY || kept.front().is_some_and(|(at, _)| *at < now - HISTORY_AGE) {
+                    kept.pop_front();
+                }
+                kept.push_back((now, o.clone()));
+                Some(o)
+            }
+            Err(e) => {
+                tracing::warn!(%tenant, group, error = %e, "observing the group at the broker failed; not judged");
                 None
             }
-            Err(_) => None,
         }
+    }
+
+    /// The latest observation of `group` made no later than `at`.
+    fn earlier(&self, group: &str, at: chrono::DateTime<Utc>) -> Option<&lag::Observation> {
+        self.history.get(group)?.iter().rev().find(|(seen, _)| *seen <= at).map(|(_, o)| o)
     }
 
     async fn notify(
@@ -331,9 +422,10 @@ pub async fn run(
         db,
         agreements,
         producer,
-        lag: Arc::new(Mutex::new(lag::Lag::new(&brokers))),
+        brokers: brokers.clone(),
         judge: Judge::default(),
         last_seen: HashMap::new(),
+        history: HashMap::new(),
     };
     tracing::info!("stream monitor reading {METRICS_TOPIC}");
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
@@ -347,7 +439,11 @@ pub async fn run(
             }
             m = consumer.recv() => match m {
                 Ok(m) => {
-                    if let Err(e) = monitor.handle(m.key(), m.payload().unwrap_or_default()).await {
+                    let signature = m
+                        .headers()
+                        .and_then(|h| h.iter().find(|h| h.key == SIGNATURE_HEADER))
+                        .and_then(|h| h.value);
+                    if let Err(e) = monitor.handle(m.key(), m.payload().unwrap_or_default(), signature).await {
                         tracing::error!(error = %e, "handling a metrics report failed");
                     }
                 }

@@ -44,6 +44,9 @@ pub struct Instance {
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// The key the instance signs its metrics reports with: never shown, handed only to its program.
+    #[serde(skip)]
+    pub report_key: String,
 }
 
 pub const FINAL_STATES: [&str; 2] = ["exited", "failed"];

@@ -78,6 +78,7 @@ fn environment(
         ("MYSIMBDP_GROUP_INSTANCE_ID".into(), super::group_instance_id(&group, inst.id, inst.member)),
         ("MYSIMBDP_CONSUMER_GROUP".into(), group),
         ("MYSIMBDP_METRICS_TOPIC".into(), METRICS_TOPIC.into()),
+        ("MYSIMBDP_REPORT_KEY".into(), inst.report_key.clone()),
         ("MYSIMBDP_REPORT_INTERVAL_MS".into(), stream.report_interval.as_millis().to_string()),
         ("MYSIMBDP_COREDMS_URL".into(), coredms.url.clone()),
         ("MYSIMBDP_COREDMS_DB".into(), coredms.database.clone()),

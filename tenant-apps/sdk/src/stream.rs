@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message as _;
+use rdkafka::message::{Header, Message as _, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 use crate::coredms::{CoreDms, Doc};
@@ -39,6 +39,8 @@ pub struct StreamEnv {
     /// instance gets the same one and takes over its partitions at once.
     pub group_instance_id: Option<String>,
     pub metrics_topic: String,
+    /// The instance's own key for signing its metrics reports (`MYSIMBDP_REPORT_KEY`).
+    pub report_key: String,
     pub report_interval: Duration,
     pub coredms_url: String,
     pub coredms_db: String,
@@ -60,6 +62,7 @@ impl StreamEnv {
             group: var("MYSIMBDP_CONSUMER_GROUP")?,
             group_instance_id: std::env::var("MYSIMBDP_GROUP_INSTANCE_ID").ok().filter(|v| !v.is_empty()),
             metrics_topic: var("MYSIMBDP_METRICS_TOPIC")?,
+            report_key: var("MYSIMBDP_REPORT_KEY")?,
             report_interval: Duration::from_millis(interval.max(100)),
             coredms_url: var("MYSIMBDP_COREDMS_URL")?,
             coredms_db: var("MYSIMBDP_COREDMS_DB")?,
@@ -317,7 +320,10 @@ fn publish(producer: &ThreadedProducer<DefaultProducerContext>, env: &StreamEnv,
     let report = window.lock().expect("window lock").close(&env.tenant, &env.app, &env.instance);
     let key = format!("{}/{}/{}", env.tenant, env.app, env.instance);
     let payload = serde_json::to_vec(&report).expect("a report serialises");
-    if let Err((e, _)) = producer.send(BaseRecord::to(&env.metrics_topic).key(&key).payload(&payload)) {
+    let signature = crate::metrics::sign(&env.report_key, &payload);
+    let headers = OwnedHeaders::new().insert(Header { key: crate::metrics::SIGNATURE_HEADER, value: Some(&signature) });
+    let record = BaseRecord::to(&env.metrics_topic).key(&key).payload(&payload).headers(headers);
+    if let Err((e, _)) = producer.send(record) {
         eprintln!("{}: publishing the metrics report failed: {e}", env.app);
     }
 }
