@@ -13,6 +13,7 @@ mod fairness;
 mod hostile_apps;
 mod hostile_files;
 mod isolation;
+mod loop_judgement;
 mod misbehaving_apps;
 mod report_forgery;
 mod sandbox;

@@ -8,12 +8,12 @@
 //! whose commits stand still, is judged by its figures. An idle, keeping-up or good report ends a
 //! run of bad ones.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::lag::{Key, Share};
+use super::lag::Share;
 use crate::agreement::Thresholds;
 use crate::store::stream::Reason;
 
@@ -61,8 +61,8 @@ impl Verdict {
 #[derive(Default)]
 pub struct Judge {
     streaks: HashMap<Uuid, u64>,
-    /// Each instance's partition positions when it was last judged.
-    positions: HashMap<Uuid, BTreeMap<Key, i64>>,
+    /// What each instance owned when it was last judged.
+    last: HashMap<Uuid, Share>,
 }
 
 impl Judge {
@@ -76,18 +76,23 @@ impl Judge {
         interval: Duration,
     ) -> Verdict {
         let Some(share) = share else { return Verdict::Unjudged };
-        let before = self.positions.insert(instance, share.positions.clone());
+        let before = self.last.insert(instance, share.clone());
         if share.lag == 0 {
             self.streaks.remove(&instance);
             return Verdict::Idle;
         }
         // Commits moved on since the last report (on a partition owned both times), or, with nothing
-        // to compare, the report says something was written.
-        let common: Vec<(&i64, &i64)> =
-            before.iter().flatten().filter_map(|(k, then)| share.positions.get(k).map(|now| (then, now))).collect();
+        // to compare, the report says something was written. A little that arrived since a report
+        // that found nothing waiting says nothing yet about the app's pace.
+        let common: Vec<(&i64, &i64)> = before
+            .iter()
+            .flat_map(|b| b.positions.iter())
+            .filter_map(|(k, then)| share.positions.get(k).map(|now| (then, now)))
+            .collect();
         let advancing = if common.is_empty() { f.messages > 0 } else { common.iter().any(|(then, now)| now > then) };
+        let fresh = before.as_ref().is_none_or(|b| b.lag == 0);
         let little = (t.min_processing_rate * interval.as_secs_f64()).max(1.0);
-        if advancing && share.lag as f64 <= little {
+        if (advancing || fresh) && share.lag as f64 <= little {
             self.streaks.remove(&instance);
             return Verdict::KeepingUp;
         }
@@ -116,16 +121,24 @@ impl Judge {
         Verdict::Breach { reasons, act }
     }
 
+    /// Forgets every instance but those in `live`.
+    pub fn retain(&mut self, live: &std::collections::HashSet<Uuid>) {
+        self.streaks.retain(|id, _| live.contains(id));
+        self.last.retain(|id, _| live.contains(id));
+    }
+
     /// Forgets an instance that no longer runs.
     pub fn forget(&mut self, instance: Uuid) {
         self.streaks.remove(&instance);
-        self.positions.remove(&instance);
+        self.last.remove(&instance);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use std::collections::BTreeMap;
 
     use super::*;
 
@@ -206,8 +219,11 @@ mod tests {
     fn a_little_lag_behind_commits_that_stand_still_is_judged() {
         let (mut j, i, t) = (Judge::default(), Uuid::new_v4(), thresholds(2));
         let stuck = Figures { messages: 0, processing_rate: 0.0, avg_ingestion_ms: 0.0 };
+        // New since a report that found nothing waiting: not yet a sign of anything.
+        assert_eq!(j.judge(i, stuck, owns(0, 7), &t, INTERVAL), Verdict::Idle);
+        assert_eq!(j.judge(i, stuck, owns(40, 7), &t, INTERVAL), Verdict::KeepingUp);
         assert!(matches!(j.judge(i, stuck, owns(40, 7), &t, INTERVAL), Verdict::Breach { act: false, .. }));
-        assert!(matches!(j.judge(i, stuck, owns(40, 7), &t, INTERVAL), Verdict::Breach { act: true, .. }));
+        assert!(matches!(j.judge(i, stuck, owns(45, 7), &t, INTERVAL), Verdict::Breach { act: true, .. }));
     }
 
     #[test]

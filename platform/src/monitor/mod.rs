@@ -57,6 +57,11 @@ struct Report {
     p95_ingestion_ms: f64,
     processing_rate: f64,
     throughput_bytes_per_s: f64,
+    /// The partitions the instance reads, by topic (optional): who owns what where the broker's group
+    /// description does not say (tansu's does not). Only the app's own group's partitions count, and
+    /// a false claim can only misjudge the claimant's own app.
+    #[serde(default)]
+    partitions: Option<std::collections::BTreeMap<String, Vec<i32>>>,
 }
 
 /// Why a report was not trusted.
@@ -179,6 +184,8 @@ struct Monitor {
     last_seen: HashMap<Uuid, Instant>,
     /// Recent observations of each app's group, oldest first.
     history: HashMap<String, VecDeque<(chrono::DateTime<Utc>, lag::Observation)>>,
+    /// What each member of each group last said it reads, and when.
+    claims: HashMap<String, HashMap<String, (Instant, Vec<lag::Key>)>>,
 }
 
 impl Monitor {
@@ -257,6 +264,11 @@ impl Monitor {
         } else {
             self.last_seen.insert(c.instance, Instant::now());
             let group = crate::stream::consumer_group(&c.tenant, &r.app);
+            let member = crate::stream::group_instance_id(&group, inst.id, inst.member);
+            if let Some(claimed) = &r.partitions {
+                let keys = claimed.iter().flat_map(|(t, ps)| ps.iter().map(|p| (t.clone(), *p))).collect();
+                self.claims.entry(group.clone()).or_default().insert(member.clone(), (Instant::now(), keys));
+            }
             let observed = self.observe(&c.tenant, &group, &stream).await;
             if let Some(now) = &observed {
                 let readable = now.readable_since(self.earlier(&group, r.window_start));
@@ -269,7 +281,6 @@ impl Monitor {
                     return Ok(Err(dropped(t, "implausible", why)));
                 }
             }
-            let member = crate::stream::group_instance_id(&group, inst.id, inst.member);
             let share = observed.map(|o| o.share(&member));
             let lag = share.as_ref().map(|s| s.lag);
             let figures = Figures {
@@ -314,7 +325,10 @@ impl Monitor {
     async fn observe(&mut self, tenant: &TenantId, group: &str, stream: &StreamAgreement) -> Option<lag::Observation> {
         let topics: Vec<String> = stream.topics.iter().map(|t| tenant_topic(tenant, &t.name)).collect();
         match lag::observe(&self.brokers, group, &topics).await {
-            Ok(o) => {
+            Ok(mut o) => {
+                if o.partitions.values().all(|p| p.owner.is_none()) {
+                    self.apply_claims(group, &mut o, stream.report_interval * SILENT_INTERVALS);
+                }
                 let now = Utc::now();
                 let kept = self.history.entry(group.to_owned()).or_default();
                 while kept.len() >= HISTORY || kept.front().is_some_and(|(at, _)| *at < now - HISTORY_AGE) {
@@ -326,6 +340,22 @@ impl Monitor {
             Err(e) => {
                 tracing::warn!(%tenant, group, error = %e, "observing the group at the broker failed; not judged");
                 None
+            }
+        }
+    }
+
+    /// Owners from the members' own reports, the freshest claim winning (a partition moves between
+    /// two reports during a rebalance); claims older than `fresh` are forgotten.
+    fn apply_claims(&mut self, group: &str, o: &mut lag::Observation, fresh: Duration) {
+        let Some(claims) = self.claims.get_mut(group) else { return };
+        claims.retain(|_, (at, _)| at.elapsed() <= fresh);
+        let mut by_age: Vec<(&String, &(Instant, Vec<lag::Key>))> = claims.iter().collect();
+        by_age.sort_by_key(|(_, (at, _))| *at);
+        for (member, (_, keys)) in by_age {
+            for key in keys {
+                if let Some(p) = o.partitions.get_mut(key) {
+                    p.owner = Some(member.clone());
+                }
             }
         }
     }
@@ -372,6 +402,7 @@ impl Monitor {
             instances::wanted(&self.db).await?.into_iter().filter(|i| i.state == "running").collect();
         let ids: std::collections::HashSet<Uuid> = running.iter().map(|i| i.id).collect();
         self.last_seen.retain(|id, _| ids.contains(id));
+        self.judge.retain(&ids);
         for inst in running {
             let Ok(tenant) = TenantId::parse(&inst.tenant) else { continue };
             let Some(stream) = self.agreements.get(&tenant).and_then(|a| a.stream.clone()) else { continue };
@@ -426,6 +457,7 @@ pub async fn run(
         judge: Judge::default(),
         last_seen: HashMap::new(),
         history: HashMap::new(),
+        claims: HashMap::new(),
     };
     tracing::info!("stream monitor reading {METRICS_TOPIC}");
     let mut sweep = tokio::time::interval(Duration::from_secs(1));

@@ -187,7 +187,11 @@ pub async fn request_stop(
     id: Option<Uuid>,
     app: Option<&str>,
 ) -> sqlx::Result<Vec<Instance>> {
-    sqlx::query_as(
+    // Under the tenant's lock, like every change to its instance count: a scale-out decided while the
+    // stop was under way either sees the stop (and is skipped) or committed first (and is stopped here).
+    let mut tx = db.begin().await?;
+    lock_tenant(&mut tx, tenant).await?;
+    let stopped = sqlx::query_as(
         "update stream_instances
             set desired = 'stopped',
                 state = case when state in ('exited', 'failed') then state else 'stopping' end,
@@ -199,8 +203,10 @@ pub async fn request_stop(
     .bind(tenant.as_str())
     .bind(id)
     .bind(app)
-    .fetch_all(db)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(stopped)
 }
 
 /// The program of an instance started.

@@ -2,6 +2,8 @@
 //! `MYSIMBDP_METRICS_TOPIC`, keyed `<tenant>/<app>/<instance>`, signed with the instance's
 //! `MYSIMBDP_REPORT_KEY` in the `mysimbdp-signature` header.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 
@@ -32,6 +34,10 @@ pub struct Report {
     pub p95_ingestion_ms: f64,
     pub processing_rate: f64,
     pub throughput_bytes_per_s: f64,
+    /// The partitions the instance read when the window closed, by topic (optional in the contract):
+    /// where the broker does not say which member owns what, the monitor judges the instance on these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<BTreeMap<String, Vec<i32>>>,
 }
 
 /// Accumulates one reporting window.
@@ -62,7 +68,13 @@ impl Window {
     }
 
     /// Closes the window into a report and starts the next one.
-    pub fn close(&mut self, tenant: &str, app: &str, instance: &str) -> Report {
+    pub fn close(
+        &mut self,
+        tenant: &str,
+        app: &str,
+        instance: &str,
+        partitions: Option<BTreeMap<String, Vec<i32>>>,
+    ) -> Report {
         let end = Utc::now();
         let secs = ((end - self.start).num_milliseconds().max(1)) as f64 / 1000.0;
         let mut times = std::mem::take(&mut self.ingestion_ms);
@@ -83,6 +95,7 @@ impl Window {
             p95_ingestion_ms: p95,
             processing_rate: self.messages as f64 / secs,
             throughput_bytes_per_s: self.bytes as f64 / secs,
+            partitions,
         };
         *self = Window { start: end, ..Default::default() };
         report
@@ -109,7 +122,7 @@ mod tests {
             w.record(200, i as f64);
         }
         w.reject();
-        let r = w.close("zoo", "tortoise-stream", "i1");
+        let r = w.close("zoo", "tortoise-stream", "i1", None);
         assert_eq!((r.messages, r.bytes, r.rejected), (100, 20_000, 1));
         assert_eq!(r.avg_ingestion_ms, 50.5);
         assert_eq!(r.p95_ingestion_ms, 95.0);

@@ -218,7 +218,7 @@ fn run(
     let mut writer_error = None;
     while !TERMINATE.load(Ordering::SeqCst) {
         if Instant::now() >= next_report {
-            publish(&producer, &env, &window);
+            publish(&producer, &env, &window, &consumer);
             next_report += env.report_interval;
             log_assignment(app, &consumer, &mut assigned);
             // A failed writer stops the app even while no input comes (the platform restarts it).
@@ -294,7 +294,7 @@ fn run(
         writer_error = writers.send(batch).err();
     }
     let written = writers.finish();
-    publish(&producer, &env, &window);
+    publish(&producer, &env, &window, &consumer);
     let _ = producer.flush(Duration::from_secs(5));
     written?;
     if let Some(e) = writer_error {
@@ -316,8 +316,19 @@ fn log_assignment(app: &str, consumer: &BaseConsumer, last: &mut String) {
     }
 }
 
-fn publish(producer: &ThreadedProducer<DefaultProducerContext>, env: &StreamEnv, window: &Mutex<Window>) {
-    let report = window.lock().expect("window lock").close(&env.tenant, &env.app, &env.instance);
+fn publish(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    env: &StreamEnv,
+    window: &Mutex<Window>,
+    consumer: &BaseConsumer,
+) {
+    let mut partitions: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+    if let Ok(assigned) = consumer.assignment() {
+        for e in assigned.elements() {
+            partitions.entry(e.topic().to_owned()).or_default().push(e.partition());
+        }
+    }
+    let report = window.lock().expect("window lock").close(&env.tenant, &env.app, &env.instance, Some(partitions));
     let key = format!("{}/{}/{}", env.tenant, env.app, env.instance);
     let payload = serde_json::to_vec(&report).expect("a report serialises");
     let signature = crate::metrics::sign(&env.report_key, &payload);

@@ -1,0 +1,222 @@
+//! The loop judges what is true at the broker: a trickle the app keeps up with is not slowness
+//! whatever its rate; a backlog produced in one call (one record batch, which the local broker lists
+//! as one message) is seen whole; the instance acted on is the one whose own partitions lag; and a
+//! stop during a breach leaves the app stopped.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use serde_json::Value;
+
+use crate::stream::{
+    get_list, instances, reading, start, stream_agreement, stream_app, upload, wait_state, wait_topic, Stream,
+};
+use mysimbdp_e2e::{eventually, kafka_brokers, unique, Http, TestPlatform};
+
+/// Produces `payloads` to one partition of `topic` in a single call of the producer, so they travel as
+/// one record batch (a long linger holds them together), and waits until the broker has them.
+async fn produce_batch(topic: &str, partition: i32, payloads: Vec<String>) {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            ClientConfig::new().set("bootstrap.servers", kafka_brokers()).set("linger.ms", "1000").create().unwrap();
+        for p in &payloads {
+            producer.send(BaseRecord::<(), _>::to(&topic).partition(partition).payload(p)).unwrap();
+        }
+        producer.flush(Duration::from_secs(30)).expect("every message delivered");
+    })
+    .await
+    .unwrap();
+}
+
+async fn reports(http: &Http, token: &str, tenant: &str, instance: &str) -> Vec<Value> {
+    get_list(http, token, &format!("/v1/tenants/{tenant}/reports?instance={instance}&limit=1000")).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trickle_below_the_minimum_rate_that_the_app_keeps_up_with_is_never_acted_on() {
+    let zoo = unique("trickle");
+    let s = Stream {
+        max_instances: 2,
+        report_interval: "500ms",
+        thresholds: "{min_processing_rate: 100, max_avg_ingestion_time: 10s, breach_reports: 2, cooldown: 30s}",
+        on_breach: "scale_out",
+        ..Default::default()
+    };
+    let mut p = TestPlatform::new(&[(&zoo, stream_agreement(&zoo, &s))]).await;
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(&zoo)));
+    upload(&http, &token, &zoo, stream_app("tortoise-stream", "")).await;
+    let topic = format!("{zoo}.readings");
+    wait_topic(&topic).await;
+    let id = start(&http, &token, &zoo, "tortoise-stream", 1).await[0]["id"].as_str().unwrap().to_owned();
+    wait_state(&http, &token, &zoo, &id, "running", Duration::from_secs(30)).await;
+    // Once it reads (joining the group takes the local broker a few seconds, while nothing is read).
+    eventually(Duration::from_secs(30), "the app to be given its partitions", async || {
+        assignment(&http, &token, &zoo, &id).await.len() == 4
+    })
+    .await;
+    // 20 messages/s for 8 s, a fifth of what the agreement asks the app to manage.
+    let t = topic.clone();
+    tokio::task::spawn_blocking(move || {
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            ClientConfig::new().set("bootstrap.servers", kafka_brokers()).set("linger.ms", "0").create().unwrap();
+        for n in 0..160u64 {
+            producer.send(BaseRecord::<(), _>::to(&t).partition((n % 4) as i32).payload(&reading(n))).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        producer.flush(Duration::from_secs(30)).expect("every message delivered");
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = reports(&http, &token, &zoo, &id).await;
+    let verdicts: BTreeSet<&str> = all.iter().map(|r| r["verdict"].as_str().unwrap()).collect();
+    eprintln!("verdicts: {verdicts:?}; lag > 0 in {} of {}", all.iter().filter(|r| r["lag"] != 0).count(), all.len());
+    assert!(all.iter().map(|r| r["messages"].as_i64().unwrap()).sum::<i64>() >= 100, "the app wrote: {all:#?}");
+    assert!(all.iter().all(|r| r["processing_rate"].as_f64().unwrap() < 100.0), "a trickle: {all:#?}");
+    assert!(all.iter().all(|r| r["verdict"] == "idle" || r["verdict"] == "keeping_up"), "{all:#?}");
+    assert!(get_list(&http, &token, &format!("/v1/tenants/{zoo}/notifications")).await.is_empty());
+    assert_eq!(instances(&http, &token, &zoo).await.len(), 1);
+    p.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_produced_in_one_call_behind_a_stuck_app_is_seen_and_acted_on() {
+    let zoo = unique("burst");
+    let s = Stream {
+        partitions: 1,
+        report_interval: "500ms",
+        thresholds: "{min_processing_rate: 100, max_avg_ingestion_time: 10s, breach_reports: 2, cooldown: 30s}",
+        on_breach: "notify",
+        ..Default::default()
+    };
+    let mut p = TestPlatform::new(&[(&zoo, stream_agreement(&zoo, &s))]).await;
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(&zoo)));
+    // Five messages a second: stuck, for a backlog of 600.
+    upload(&http, &token, &zoo, stream_app("tortoise-stream", "--delay-per-record 200")).await;
+    let topic = format!("{zoo}.readings");
+    wait_topic(&topic).await;
+    let id = start(&http, &token, &zoo, "tortoise-stream", 1).await[0]["id"].as_str().unwrap().to_owned();
+    wait_state(&http, &token, &zoo, &id, "running", Duration::from_secs(30)).await;
+    produce_batch(&topic, 0, (0..600).map(reading).collect()).await;
+    let notes_path = format!("/v1/tenants/{zoo}/notifications");
+    eventually(Duration::from_secs(20), "the backlog acted on", async || {
+        !get_list(&http, &token, &notes_path).await.is_empty()
+    })
+    .await;
+    let note = get_list(&http, &token, &notes_path).await.remove(0);
+    assert_eq!((note["kind"].as_str(), note["instance"].as_str()), (Some("below_threshold"), Some(id.as_str())));
+    let seen = reports(&http, &token, &zoo, &id).await;
+    let most = seen.iter().filter_map(|r| r["lag"].as_i64()).max().unwrap_or(0);
+    assert!(most >= 500, "the whole backlog is seen, not one batch as one message: lag at most {most}: {seen:#?}");
+    p.cleanup().await;
+}
+
+/// The partitions an instance's log says it reads now (the SDK logs each new assignment).
+async fn assignment(http: &Http, token: &str, tenant: &str, id: &str) -> Vec<i32> {
+    let log = http.get(&format!("/v1/tenants/{tenant}/instances/{id}/log"), token).await.text();
+    let Some(line) = log.lines().rfind(|l| l.contains(": reading ")) else { return Vec::new() };
+    line.split_whitespace().filter_map(|w| w.rsplit_once('/').and_then(|(_, p)| p.parse().ok())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_instance_acted_on_is_the_one_whose_partitions_lag() {
+    let zoo = unique("owner");
+    let s = Stream {
+        max_instances: 2,
+        report_interval: "500ms",
+        thresholds: "{min_processing_rate: 100, max_avg_ingestion_time: 10s, breach_reports: 2, cooldown: 30s}",
+        on_breach: "notify",
+        ..Default::default()
+    };
+    let mut p = TestPlatform::new(&[(&zoo, stream_agreement(&zoo, &s))]).await;
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(&zoo)));
+    upload(&http, &token, &zoo, stream_app("tortoise-stream", "--delay-per-record 20")).await;
+    let topic = format!("{zoo}.readings");
+    wait_topic(&topic).await;
+    let ids: Vec<String> = start(&http, &token, &zoo, "tortoise-stream", 2)
+        .await
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in &ids {
+        wait_state(&http, &token, &zoo, id, "running", Duration::from_secs(30)).await;
+    }
+    // Both members hold partitions, the four between them.
+    let owned = std::cell::RefCell::new(Vec::new());
+    eventually(Duration::from_secs(30), "the group to split the partitions", async || {
+        let mut split = Vec::new();
+        for id in &ids {
+            split.push(assignment(&http, &token, &zoo, id).await);
+        }
+        let settled = split.iter().all(|s| !s.is_empty()) && split.iter().map(Vec::len).sum::<usize>() == 4;
+        *owned.borrow_mut() = split;
+        settled
+    })
+    .await;
+    let owned = owned.into_inner();
+    let (lagging, drained) = (&ids[0], &ids[1]);
+    produce_batch(&topic, owned[0][0], (0..3_000).map(reading).collect()).await;
+    let notes_path = format!("/v1/tenants/{zoo}/notifications");
+    eventually(Duration::from_secs(20), "the lagging instance acted on", async || {
+        !get_list(&http, &token, &notes_path).await.is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let notes = get_list(&http, &token, &notes_path).await;
+    assert!(notes.iter().all(|n| n["instance"] == lagging.as_str()), "{owned:?} {notes:#?}");
+    let theirs = reports(&http, &token, &zoo, drained).await;
+    assert!(!theirs.is_empty() && theirs.iter().all(|r| r["verdict"] != "breach"), "{theirs:#?}");
+    assert!(reports(&http, &token, &zoo, lagging).await.iter().any(|r| r["lag"].as_i64() > Some(1000)));
+    p.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_during_a_breach_leaves_the_app_stopped() {
+    let zoo = unique("stopped");
+    let s = Stream {
+        max_instances: 3,
+        report_interval: "300ms",
+        thresholds: "{min_processing_rate: 100, max_avg_ingestion_time: 10s, breach_reports: 1, cooldown: 0s}",
+        on_breach: "scale_out",
+        ..Default::default()
+    };
+    let mut p = TestPlatform::new(&[(&zoo, stream_agreement(&zoo, &s))]).await;
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(&zoo)));
+    upload(&http, &token, &zoo, stream_app("tortoise-stream", "--delay-per-record 50")).await;
+    let topic = format!("{zoo}.readings");
+    wait_topic(&topic).await;
+    let id = start(&http, &token, &zoo, "tortoise-stream", 1).await[0]["id"].as_str().unwrap().to_owned();
+    wait_state(&http, &token, &zoo, &id, "running", Duration::from_secs(30)).await;
+    produce_batch(&topic, 0, (0..5_000).map(reading).collect()).await;
+    let notes_path = format!("/v1/tenants/{zoo}/notifications");
+    eventually(Duration::from_secs(20), "a breach under way", async || {
+        !get_list(&http, &token, &notes_path).await.is_empty()
+    })
+    .await;
+    let r = http.call("DELETE", &format!("/v1/tenants/{zoo}/apps/tortoise-stream/instances"), Some(&token), None).await;
+    assert!(r.status == 202 || r.status == 200, "{}", r.text());
+    let stopped_at = chrono::Utc::now();
+    eventually(Duration::from_secs(30), "every instance to end", async || {
+        instances(&http, &token, &zoo).await.iter().all(|i| i["state"] == "exited" || i["state"] == "failed")
+    })
+    .await;
+    // Notifications read after the stop change nothing, for a while longer.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let all = instances(&http, &token, &zoo).await;
+    assert!(all.iter().all(|i| i["desired"] == "stopped" && i["state"] != "running"), "{all:#?}");
+    let at = |v: &Value, k: &str| chrono::DateTime::parse_from_rfc3339(v[k].as_str().unwrap()).unwrap();
+    assert!(all.iter().all(|i| at(i, "created_at") < stopped_at), "nothing created after the stop: {all:#?}");
+    for a in get_list(&http, &token, &format!("/v1/tenants/{zoo}/actions")).await {
+        if at(&a, "at") > stopped_at + chrono::Duration::milliseconds(100) {
+            assert_ne!(a["outcome"], "applied", "{a}");
+        }
+    }
+    p.cleanup().await;
+}
