@@ -119,6 +119,20 @@ echo "   CPU seconds while it ran ($(python3 -c "print(round($t1 - $t0, 1))") s 
 span=$(coredms "$FAST" "select extract(epoch from max(ingested_at) - min(ingested_at)) from readings")
 echo "   tortoise-stream under the platform: $N documents; first to last write $(printf %.2f "$span") s: $(python3 -c "print(round($N / max($span, 1e-9)))") msg/s; from the start request $(python3 -c "print(round($t1 - $t0, 2))") s: $(python3 -c "print(round($N / ($t1 - $t0)))") msg/s"
 [ "$(count "$FAST")" = "$N" ] || { echo "$(count "$FAST") documents for $N messages" >&2; exit 1; }
+# What the broker gateway costs a reader: the plain consumer again, straight to the broker as the
+# platform's user and through the gateway as the tenant's own uid (the only way the tenant's programs
+# reach the broker), alternately, each in its own new group.
+uid=$(store "select uid from tenant_accounts where tenant = '$FAST'")
+gateway=$(cat "$WORK/data/broker-gateway.addr")
+as_tenant=$(mktemp -d) && chmod 755 "$as_tenant" && install -m 755 "$BIN/stream-load" "$as_tenant/"
+rounds=3; [ "${1:-}" = "--smoke" ] && rounds=1
+for i in $(seq $rounds); do
+    "$BIN/stream-load" --topic "$FAST.readings" --consume "$N" --group "direct-$RUN-$i" --set fetch.wait.max.ms=10 \
+        | sed 's/^/   plain consumer, direct to the broker: /'
+    setpriv --reuid="$uid" --regid="$uid" --clear-groups "$as_tenant/stream-load" --brokers "$gateway" --topic "$FAST.readings" \
+        --consume "$N" --group "$FAST.gateway-$i" --set fetch.wait.max.ms=10 | sed 's/^/   plain consumer, through the gateway: /'
+done
+rm -rf "$as_tenant"
 
 step "2. latency at $RATE msg/s for $SECONDS_AT_RATE s, the instance caught up"
 MORE=$((RATE * SECONDS_AT_RATE))

@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/mysimbdp/target}
 
 ensure_build_tools() {
     command -v cargo >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup) first" >&2; exit 1; }
-    ensure_debs build-essential pkg-config procps
+    ensure_debs build-essential pkg-config procps iptables
 }
 
 # Installs the Debian packages given that are missing.

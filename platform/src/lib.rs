@@ -127,12 +127,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     }
     if config.stream_role {
+        let brokers = brokers.clone().expect("checked above");
+        // Confined programs reach the broker only through the gateway, which keeps each tenant to its
+        // own topics and groups; unconfined ones (`--sandbox off`) run as the platform's own user,
+        // which no gateway can tell apart, and are given the broker itself.
+        let app_brokers = if sandbox.is_some() {
+            messaging::gateway::firewall::protect(&brokers, uid_base).map_err(|e| {
+                anyhow::anyhow!("broker isolation: {e} (run with --sandbox off to start without isolation)")
+            })?;
+            let gateway = messaging::gateway::start(db.clone(), brokers.clone(), shutdown.clone()).await?.address;
+            // For operators and the benchmark: where tenants' programs reach the broker.
+            std::fs::write(config.data_dir.join("broker-gateway.addr"), &gateway)?;
+            gateway
+        } else {
+            brokers.clone()
+        };
         let ctx = stream::StreamCtx {
             db: db.clone(),
             agreements: agreements.clone(),
             tenants: tenants.clone(),
             data_dir: config.data_dir.clone(),
-            brokers: brokers.clone().expect("checked above"),
+            brokers,
+            app_brokers,
             containers: config.container_socket.clone().map(|socket| runtime::container::Containers { socket }),
             cluster: config.cluster.clone(),
             sandbox: sandbox.clone(),

@@ -5,6 +5,7 @@
 mod agreements;
 mod api;
 mod batch_ingest;
+mod broker_isolation;
 mod constraints;
 mod control_forgery;
 mod coredms_conformance;

@@ -3,6 +3,7 @@
 //! protocol's own handshake (ApiVersions), so readiness means "a Kafka broker answered", not merely "a
 //! port is open".
 
+pub mod gateway;
 pub mod groups;
 pub mod topics;
 pub mod wire;

@@ -33,3 +33,12 @@ pub async fn get(db: &Db, tenant: &TenantId) -> sqlx::Result<Option<u32>> {
         .await?;
     Ok(uid.map(|u| u as u32))
 }
+
+/// The tenant whose programs run as `uid`, if any.
+pub async fn tenant_of(db: &Db, uid: u32) -> sqlx::Result<Option<TenantId>> {
+    let tenant: Option<String> = sqlx::query_scalar("select tenant from tenant_accounts where uid = $1")
+        .bind(uid as i32)
+        .fetch_optional(db)
+        .await?;
+    Ok(tenant.and_then(|t| TenantId::parse(&t).ok()))
+}

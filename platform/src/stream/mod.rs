@@ -41,6 +41,8 @@ pub struct StreamCtx {
     pub tenants: Arc<Tenants>,
     pub data_dir: PathBuf,
     pub brokers: String,
+    /// The brokers as tenants' programs are given them: the broker gateway, when they are confined.
+    pub app_brokers: String,
     /// The container runtime, when the platform is configured with a Docker Engine API socket.
     pub containers: Option<crate::runtime::container::Containers>,
     /// Prefix of the platform's consumer groups.

@@ -70,7 +70,7 @@ fn environment(
     vec![
         ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
         ("LANG".into(), "C.UTF-8".into()),
-        ("KAFKA_BROKERS".into(), ctx.brokers.clone()),
+        ("KAFKA_BROKERS".into(), ctx.app_brokers.clone()),
         ("MYSIMBDP_TENANT".into(), tenant.to_string()),
         ("MYSIMBDP_APP".into(), inst.app.clone()),
         ("MYSIMBDP_INSTANCE_ID".into(), inst.id.to_string()),

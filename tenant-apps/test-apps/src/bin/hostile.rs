@@ -13,6 +13,9 @@
 //! - `memory-child`: a child process that grows without bound; the parent waits for it
 //! - `result-fifo`, `result-devzero`, `result-nul`, `result-binary`: a hostile result file, then exit 0
 //! - `connections N`: open N connections to its own coredms and hold them for a while
+//! - `broker VICTIM DIRECT`: as a stream instance, reach the broker at DIRECT (its own address, not the
+//!   one given), then through its own `KAFKA_BROKERS` list, describe, write, read and commit tenant
+//!   VICTIM's topic `VICTIM.readings` and group `VICTIM.<app>` (the app's name is this app's)
 //! - `linger`: run until stopped (a stream instance that keeps its sandbox alive)
 
 use std::io::{Read, Write};
@@ -47,6 +50,7 @@ fn main() {
             std::fs::write(p, b"{\"records_ingested\": 7, \"message\": \"raw \x00 and invalid \xff\xfe\"}").unwrap();
         }),
         "connections" => connections(rest[0].parse().unwrap()),
+        "broker" => broker(&rest[0], &rest[1]),
         "linger" => {
             if !rest.is_empty() {
                 read(rest);
@@ -264,4 +268,125 @@ fn connections(n: usize) {
     let _ = std::io::stdin().read_to_string(&mut stdin);
     std::thread::sleep(Duration::from_secs(4));
     drop(held);
+}
+
+fn broker(victim: &str, direct: &str) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let (brokers, app) = (env("KAFKA_BROKERS"), env("MYSIMBDP_APP"));
+    let own_topic = env("MYSIMBDP_INPUT_TOPICS");
+    let (topic, group) = (format!("{victim}.readings"), format!("{victim}.{app}"));
+    let t = Duration::from_secs(5);
+
+    match direct.parse().map(|a| std::net::TcpStream::connect_timeout(&a, t)) {
+        Ok(Ok(_)) => line(format!("LEAK direct: connected to the broker at {direct}")),
+        Ok(Err(e)) => line(format!("DENIED direct: {e}")),
+        Err(e) => line(format!("DENIED direct: {e}")),
+    }
+    let config = |group: &str| {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &brokers).set("group.id", group).set("enable.auto.commit", "false");
+        c.set("socket.timeout.ms", "5000").set("message.timeout.ms", "5000");
+        c
+    };
+    let consumer: BaseConsumer = config(&group).create().unwrap();
+    match consumer.fetch_metadata(None, t) {
+        Ok(m) => {
+            let names: Vec<&str> = m.topics().iter().map(|t| t.name()).collect();
+            if names.iter().any(|n| !n.starts_with(&format!("{}.", env("MYSIMBDP_TENANT"))) && *n != "mysimbdp.metrics")
+            {
+                line(format!("LEAK list: {names:?}"));
+            } else if names.contains(&own_topic.as_str()) {
+                line(format!("OK list: {names:?}"));
+            } else {
+                line(format!("DENIED list own: {names:?}"));
+            }
+        }
+        Err(e) => line(format!("DENIED list own: {e}")),
+    }
+    match consumer.fetch_metadata(Some(&topic), t) {
+        Ok(m) => match m.topics().iter().find(|x| x.name() == topic).map(|t| (t.error(), t.partitions().len())) {
+            Some((None, n)) if n > 0 => line(format!("LEAK describe: {topic} has {n} partitions")),
+            other => line(format!("DENIED describe: {other:?}")),
+        },
+        Err(e) => line(format!("DENIED describe: {e}")),
+    }
+    let producer: BaseProducer<Delivered> = config("unused").create_with_context(Delivered::default()).unwrap();
+    let produce = |to: &str| {
+        producer.send(BaseRecord::<(), _>::to(to).payload("{\"forged\": true}")).map_err(|(e, _)| e.to_string())?;
+        producer.flush(t).map_err(|e| e.to_string())?;
+        producer.context().0.lock().unwrap().take().unwrap_or_else(|| Err("no delivery report".into()))
+    };
+    match produce(&topic) {
+        Ok(()) => line(format!("LEAK produce: wrote to {topic}")),
+        Err(e) => line(format!("DENIED produce: {e}")),
+    }
+    // Read the victim's topic as a member of the victim's group, and of its own.
+    let own_group = format!("{}.{app}", env("MYSIMBDP_TENANT"));
+    let itself: BaseConsumer = config(&own_group).create().unwrap();
+    for (what, reader) in [("read", &consumer), ("read as itself", &itself)] {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..4 {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+        }
+        if let Err(e) = reader.assign(&tpl) {
+            line(format!("DENIED {what}: {e}"));
+            continue;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(4);
+        let mut outcome = format!("DENIED {what}: nothing came");
+        while std::time::Instant::now() < deadline {
+            match reader.poll(Duration::from_millis(200)) {
+                Some(Ok(_)) => {
+                    outcome = format!("LEAK {what}: a message of {topic}");
+                    break;
+                }
+                Some(Err(e)) => {
+                    outcome = format!("DENIED {what}: {e}");
+                    break;
+                }
+                None => {}
+            }
+        }
+        line(outcome);
+    }
+    let mut ahead = TopicPartitionList::new();
+    for p in 0..4 {
+        ahead.add_partition_offset(&topic, p, Offset::Offset(400)).unwrap();
+    }
+    match consumer.commit(&ahead, CommitMode::Sync) {
+        Ok(()) => line(format!("LEAK commit: offsets of {topic} in {group}")),
+        Err(e) => line(format!("DENIED commit: {e}")),
+    }
+    match consumer.fetch_group_list(Some(&group), t) {
+        Ok(list) => match list.groups().first() {
+            Some(g) if !g.members().is_empty() || !g.state().is_empty() && g.state() != "Dead" => {
+                line(format!("LEAK group: {group} is {} with {} members", g.state(), g.members().len()))
+            }
+            other => line(format!("DENIED group: {:?}", other.map(|g| g.state()))),
+        },
+        Err(e) => line(format!("DENIED group: {e}")),
+    }
+    // The control: its own topic takes its writes.
+    match produce(&own_topic) {
+        Ok(()) => line(format!("OK produce own: {own_topic}")),
+        Err(e) => line(format!("DENIED produce own: {e}")),
+    }
+    line("DONE broker".into());
+}
+
+/// The outcome of the last message produced, as the broker acknowledged it (or not).
+#[derive(Default)]
+struct Delivered(std::sync::Mutex<Option<Result<(), String>>>);
+
+impl rdkafka::ClientContext for Delivered {}
+
+impl rdkafka::producer::ProducerContext for Delivered {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        *self.0.lock().unwrap() = Some(result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string()));
+    }
 }

@@ -1,0 +1,181 @@
+//! The broker gateway: the only way tenants' programs reach the Kafka-API broker.
+//!
+//! The local broker (tansu) has no authentication or authorization, so on it any client could read,
+//! describe, write and commit any topic or group. The gateway listens on loopback, learns who connected
+//! from the kernel (the uid owning the peer's socket: each tenant's programs run as the tenant's own
+//! uid in the sandbox, `peer`), and passes a request to the broker only if it stays within the
+//! tenant's own topics and groups (`policy`). A firewall rule keeps tenants' uids from reaching the
+//! broker itself (`firewall`). The platform's own clients (monitor, manager, topics) talk to the broker
+//! directly.
+//!
+//! One upstream connection per client connection; requests are checked in order and passed on,
+//! answers relayed in the same order (Kafka answers a connection's requests in order), with the
+//! gateway's own refusals slotted in where their requests were.
+
+pub mod firewall;
+pub mod peer;
+pub mod policy;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Db;
+use policy::{Decision, Reply, Scope};
+
+/// The largest request or answer relayed: above the agreements' largest message size with room for
+/// batching, below what would let one connection hold the platform's memory.
+const MAX_FRAME: usize = 64 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running gateway.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    /// `host:port` tenants' programs are given as `KAFKA_BROKERS`.
+    pub address: String,
+}
+
+/// Starts the gateway in front of `upstream` on a free loopback port, until `shutdown`.
+pub async fn start(db: Db, upstream: String, shutdown: CancellationToken) -> std::io::Result<Gateway> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let local = listener.local_addr()?;
+    let address = local.to_string();
+    tracing::info!(%address, %upstream, "broker gateway listening");
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let (client, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the broker gateway could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (db, upstream, shutdown) = (db.clone(), upstream.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let who = match identify(&db, peer, local).await {
+                    Ok(scope) => scope,
+                    Err(why) => {
+                        tracing::warn!(%peer, "broker gateway refused a connection: {why}");
+                        return;
+                    }
+                };
+                let tenant = who.tenant.clone();
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    r = relay(client, &upstream, who, local) => if let Err(e) = r {
+                        tracing::debug!(%tenant, %peer, error = %e, "broker gateway connection ended");
+                    }
+                }
+            });
+        }
+    });
+    Ok(Gateway { address })
+}
+
+/// The tenant whose program holds the other end of the connection.
+async fn identify(db: &Db, peer: SocketAddr, local: SocketAddr) -> Result<Scope, String> {
+    let uid = tokio::task::spawn_blocking(move || peer::uid(peer, local))
+        .await
+        .map_err(|e| format!("looking up the peer: {e}"))?
+        .map_err(|e| format!("reading the socket table: {e}"))?
+        .ok_or("the kernel lists no socket for the peer")?;
+    let tenant = crate::store::accounts::tenant_of(db, uid)
+        .await
+        .map_err(|e| format!("looking up uid {uid}: {e}"))?
+        .ok_or_else(|| format!("uid {uid} is no tenant's"))?;
+    Ok(Scope::new(tenant))
+}
+
+async fn read_frame(from: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Option<Bytes>> {
+    let len = match from.read_i32().await {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if len < 0 || len as usize > MAX_FRAME {
+        return Err(std::io::Error::other(format!("a {len}-byte frame (at most {MAX_FRAME})")));
+    }
+    let mut buf = vec![0u8; len as usize];
+    from.read_exact(&mut buf).await?;
+    Ok(Some(Bytes::from(buf)))
+}
+
+async fn write_frame(to: &mut (impl AsyncWriteExt + Unpin), frame: &[u8]) -> std::io::Result<()> {
+    to.write_all(&(frame.len() as i32).to_be_bytes()).await?;
+    to.write_all(frame).await
+}
+
+/// What the answering side does next, in request order.
+enum Next {
+    Broker { reply: Reply, api: kafka_protocol::messages::ApiKey, version: i16 },
+    Gateway(Bytes),
+}
+
+async fn relay(client: TcpStream, upstream: &str, scope: Scope, local: SocketAddr) -> std::io::Result<()> {
+    let broker = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream))
+        .await
+        .map_err(|_| std::io::Error::other(format!("connecting to the broker {upstream} timed out")))??;
+    client.set_nodelay(true)?;
+    broker.set_nodelay(true)?;
+    let (mut client_in, mut client_out) = client.into_split();
+    let (mut broker_in, mut broker_out) = broker.into_split();
+    let (next_tx, mut next_rx) = mpsc::unbounded_channel::<Next>();
+    let requests_scope = scope.clone();
+    let requests = async move {
+        while let Some(request) = read_frame(&mut client_in).await? {
+            let decision = policy::decide(&requests_scope, request);
+            tracing::debug!(tenant = %requests_scope.tenant, ?decision, "broker gateway request");
+            match decision {
+                Decision::Pass { frame, reply, api, version } => {
+                    write_frame(&mut broker_out, &frame).await?;
+                    if reply != Reply::None {
+                        let _ = next_tx.send(Next::Broker { reply, api, version });
+                    }
+                }
+                Decision::Answer(frame) => {
+                    tracing::info!(tenant = %requests_scope.tenant, "broker gateway refused a request");
+                    let _ = next_tx.send(Next::Gateway(frame));
+                }
+                Decision::Drop => tracing::info!(tenant = %requests_scope.tenant, "broker gateway dropped a produce"),
+                Decision::Close(why) => {
+                    tracing::warn!(tenant = %requests_scope.tenant, "broker gateway closed a connection: {why}");
+                    return Ok(());
+                }
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let host = local.ip().to_string();
+    let answers = async move {
+        while let Some(next) = next_rx.recv().await {
+            let frame = match next {
+                Next::Gateway(frame) => frame,
+                Next::Broker { reply, api, version } => {
+                    let Some(answer) = read_frame(&mut broker_in).await? else { return Ok(()) };
+                    match policy::rewrite(&scope, &reply, api, version, answer, (&host, local.port() as i32)) {
+                        Ok(Some(f)) => f,
+                        Ok(None) => continue,
+                        Err(e) => return Err(std::io::Error::other(format!("the broker's {api:?} answer: {e}"))),
+                    }
+                }
+            };
+            write_frame(&mut client_out, &frame).await?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    // Either side ending ends the connection (the client closed, or was refused for good).
+    tokio::select! {
+        r = requests => r,
+        r = answers => r,
+    }
+}
