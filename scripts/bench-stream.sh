@@ -3,7 +3,9 @@
 # platform, ~220-byte JSON readings, real broker (tansu) and coredms (PostgreSQL), all on this machine:
 #   1. throughput: N messages waiting in a 4-partition topic, one instance started: messages/s from
 #      the topic into coredms; beside it, in the same run, one plain librdkafka consumer reading the same
-#      messages and writing nothing (what reading alone allows here);
+#      messages and writing nothing (what reading alone allows here), straight to the broker and through
+#      the broker gateway, and the yardstick: a hand-written Python consumer (confluent-kafka, psycopg 3)
+#      writing the same documents, with the ratio of the app's rate to it;
 #   2. latency at 10,000 msg/s, the instance caught up: producer timestamp to the document's
 #      ingested_at (the start of the transaction that wrote it), p50 / p99 / max;
 #   3. reaction: a deliberately slow instance (2 ms per record); from the end of the report window that
@@ -117,7 +119,8 @@ t1=$(date +%s.%N)
 hz=$(getconf CLK_TCK)
 echo "   CPU seconds while it ran ($(python3 -c "print(round($t1 - $t0, 1))") s of 2 cores): broker $(python3 -c "print(round(($(cpu "$tansu") - $c_tansu) / $hz, 1))"), PostgreSQL $(python3 -c "print(round(($(cpu $(pg_pids)) - $c_pg) / $hz, 1))"), the app $(python3 -c "print(round(($(cpu "$app") - $c_app) / $hz, 1))"), the platform $(python3 -c "print(round(($(cpu $PLATFORM) - $c_platform) / $hz, 1))")"
 span=$(coredms "$FAST" "select extract(epoch from max(ingested_at) - min(ingested_at)) from readings")
-echo "   tortoise-stream under the platform: $N documents; first to last write $(printf %.2f "$span") s: $(python3 -c "print(round($N / max($span, 1e-9)))") msg/s; from the start request $(python3 -c "print(round($t1 - $t0, 2))") s: $(python3 -c "print(round($N / ($t1 - $t0)))") msg/s"
+app_rate=$(python3 -c "print(round($N / max($span, 1e-9)))")
+echo "   tortoise-stream under the platform: $N documents; first to last write $(printf %.2f "$span") s: $app_rate msg/s; from the start request $(python3 -c "print(round($t1 - $t0, 2))") s: $(python3 -c "print(round($N / ($t1 - $t0)))") msg/s"
 [ "$(count "$FAST")" = "$N" ] || { echo "$(count "$FAST") documents for $N messages" >&2; exit 1; }
 # What the broker gateway costs a reader: the plain consumer again, straight to the broker as the
 # platform's user and through the gateway as the tenant's own uid (the only way the tenant's programs
@@ -133,6 +136,14 @@ for i in $(seq $rounds); do
         --consume "$N" --group "$FAST.gateway-$i" --set fetch.wait.max.ms=10 | sed 's/^/   plain consumer, through the gateway: /'
 done
 rm -rf "$as_tenant"
+# The yardstick, on the same messages and machine: the consumer users would write by hand.
+python3 -c "import confluent_kafka, psycopg" 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check 'confluent-kafka==2.6.1' 'psycopg[binary]==3.2.3'
+yard=$(python3 scripts/yardstick-consumer.py --brokers "$MYSIMBDP_KAFKA_BROKERS" --topic "$FAST.readings" \
+    --group "yardstick-$RUN" --dsn "${ADMIN%/*}/coredms_${FAST//-/_}" --table readings_yardstick --messages "$N")
+echo "   yardstick, Python confluent-kafka + psycopg 3 (ON CONFLICT DO NOTHING, commit after write): $yard"
+yard_rate=$(echo "$yard" | sed -E 's/.*: ([0-9]+) msg\/s$/\1/')
+echo "   tortoise-stream / yardstick: $(python3 -c "print(round($app_rate / $yard_rate, 2))")x"
 
 step "2. latency at $RATE msg/s for $SECONDS_AT_RATE s, the instance caught up"
 MORE=$((RATE * SECONDS_AT_RATE))
