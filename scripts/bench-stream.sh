@@ -113,6 +113,9 @@ c_platform=$(cpu "$PLATFORM")
 t0=$(date +%s.%N)
 start_instance "$FAST"
 app=$(for i in $(seq 100); do p=$(store "select pid from stream_instances where tenant = '$FAST' and pid is not null"); [ -n "$p" ] && { echo "$p"; break; }; sleep 0.05; done)
+# The recorded pid is the instance's sandbox init; the app is its child (once the sandbox is built).
+for i in $(seq 100); do child=$(cat "/proc/$app/task/$app/children" 2>/dev/null | awk '{print $1}'); [ -n "$child" ] && break; sleep 0.05; done
+app=${child:-$app}
 c_app=$(cpu "$app")
 wait_count "$FAST" "$N" 600
 t1=$(date +%s.%N)

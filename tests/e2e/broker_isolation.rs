@@ -44,10 +44,15 @@ async fn a_tenants_app_cannot_see_write_read_or_commit_another_tenants_topics_an
     let log = log.into_inner();
     assert!(!log.contains("LEAK"), "the attack got through: {log}");
     eprintln!("{log}");
-    for attempt in ["direct", "describe", "produce", "read", "read as itself", "commit", "group"] {
+    for attempt in ["direct", "describe", "produce", "read", "read as itself", "commit", "group", "connections"] {
         assert!(log.contains(&format!("DENIED {attempt}:")), "{attempt} was not refused: {log}");
     }
     assert!(log.contains("OK list:") && log.contains("OK produce own:"), "the controls: {log}");
+    // At most the gateway's per-tenant limit, less what its own clients held at the time.
+    let answered: usize =
+        log.lines().find_map(|l| l.strip_prefix("DENIED connections: ")?.split(' ').next()?.parse().ok()).unwrap();
+    let limit = mysimbdp::messaging::gateway::MAX_CONNECTIONS_PER_TENANT;
+    assert!((limit - 16..=limit).contains(&answered), "{answered} of 300 answered: {log}");
 
     // The victim's app, restarted, resumes where it really was: nothing skipped, nothing doubled.
     let r = http.call("DELETE", &format!("/v1/tenants/{good}/instances/{victim}"), Some(&tg), None).await;

@@ -8,15 +8,18 @@
 //! broker itself (`firewall`). The platform's own clients (monitor, manager, topics) talk to the broker
 //! directly.
 //!
-//! One upstream connection per client connection; requests are checked in order and passed on,
-//! answers relayed in the same order (Kafka answers a connection's requests in order), with the
-//! gateway's own refusals slotted in where their requests were.
+//! One upstream broker (every broker an answer names becomes the gateway itself, which is right for
+//! the single local broker); one upstream connection per client connection. Requests are checked in
+//! order and passed on, answers relayed in the same order (Kafka answers a connection's requests in
+//! order), with the gateway's own refusals slotted in where their requests were.
 
 pub mod firewall;
 pub mod peer;
 pub mod policy;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,12 +29,47 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Db;
+use crate::tenant::TenantId;
 use policy::{Decision, Reply, Scope};
 
 /// The largest request or answer relayed: above the agreements' largest message size with room for
 /// batching, below what would let one connection hold the platform's memory.
 const MAX_FRAME: usize = 64 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections one tenant may hold open at once: each costs a connection to the broker too, so a
+/// tenant opening thousands would tie up the broker's for everyone. Ample for its instances' clients
+/// (a consumer holds two or three, a producer one or two).
+pub const MAX_CONNECTIONS_PER_TENANT: usize = 128;
+
+/// Open connections per tenant; a slot is given back when its guard drops.
+#[derive(Clone, Default)]
+struct Slots(Arc<Mutex<HashMap<TenantId, usize>>>);
+
+struct Slot(Slots, TenantId);
+
+impl Slots {
+    fn take(&self, tenant: &TenantId) -> Option<Slot> {
+        let mut open = self.0.lock().expect("slots lock");
+        let n = open.entry(tenant.clone()).or_default();
+        if *n >= MAX_CONNECTIONS_PER_TENANT {
+            return None;
+        }
+        *n += 1;
+        Some(Slot(self.clone(), tenant.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = (self.0).0.lock().expect("slots lock");
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
 
 /// A running gateway.
 #[derive(Clone, Debug)]
@@ -40,12 +78,15 @@ pub struct Gateway {
     pub address: String,
 }
 
-/// Starts the gateway in front of `upstream` on a free loopback port, until `shutdown`.
-pub async fn start(db: Db, upstream: String, shutdown: CancellationToken) -> std::io::Result<Gateway> {
+/// Starts the gateway in front of `brokers` (its first address: one upstream broker, see the module
+/// doc) on a free loopback port, until `shutdown`.
+pub async fn start(db: Db, brokers: String, shutdown: CancellationToken) -> std::io::Result<Gateway> {
+    let upstream = brokers.split(',').map(str::trim).find(|b| !b.is_empty()).unwrap_or_default().to_owned();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let local = listener.local_addr()?;
     let address = local.to_string();
     tracing::info!(%address, %upstream, "broker gateway listening");
+    let slots = Slots::default();
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -60,7 +101,7 @@ pub async fn start(db: Db, upstream: String, shutdown: CancellationToken) -> std
                     continue;
                 }
             };
-            let (db, upstream, shutdown) = (db.clone(), upstream.clone(), shutdown.clone());
+            let (db, upstream, shutdown, slots) = (db.clone(), upstream.clone(), shutdown.clone(), slots.clone());
             tokio::spawn(async move {
                 let who = match identify(&db, peer, local).await {
                     Ok(scope) => scope,
@@ -70,6 +111,10 @@ pub async fn start(db: Db, upstream: String, shutdown: CancellationToken) -> std
                     }
                 };
                 let tenant = who.tenant.clone();
+                let Some(_slot) = slots.take(&tenant) else {
+                    tracing::warn!(%tenant, %peer, "broker gateway refused a connection: the tenant holds {MAX_CONNECTIONS_PER_TENANT} already");
+                    return;
+                };
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     r = relay(client, &upstream, who, local) => if let Err(e) = r {
@@ -177,5 +222,21 @@ async fn relay(client: TcpStream, upstream: &str, scope: Scope, local: SocketAdd
     tokio::select! {
         r = requests => r,
         r = answers => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_holds_at_most_its_connections_and_gets_them_back() {
+        let (slots, a, b) = (Slots::default(), TenantId::parse("aa").unwrap(), TenantId::parse("bb").unwrap());
+        let held: Vec<Slot> = (0..MAX_CONNECTIONS_PER_TENANT).map(|_| slots.take(&a).unwrap()).collect();
+        assert!(slots.take(&a).is_none(), "one more than the limit");
+        assert!(slots.take(&b).is_some(), "another tenant is not affected");
+        drop(held);
+        assert!(slots.take(&a).is_some());
+        assert!(slots.0.lock().unwrap().get(&a).is_none_or(|n| *n <= 1));
     }
 }

@@ -369,6 +369,28 @@ fn broker(victim: &str, direct: &str) {
         },
         Err(e) => line(format!("DENIED group: {e}")),
     }
+    // A flood of connections to what it was given, each asking ApiVersions.
+    let gateway = brokers.split(',').next().unwrap_or_default().to_owned();
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        let Ok(mut c) =
+            gateway.parse().map_err(|_| ()).and_then(|a| std::net::TcpStream::connect_timeout(&a, t).map_err(|_| ()))
+        else {
+            continue;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+        // ApiVersions v0: length, api key 18, version 0, correlation 1, client id "x".
+        let request = [0u8, 0, 0, 11, 0, 18, 0, 0, 0, 0, 0, 1, 0, 1, b'x'];
+        let mut len = [0u8; 4];
+        if c.write_all(&request).is_ok() && c.read_exact(&mut len).is_ok() {
+            held.push(c);
+        }
+    }
+    match held.len() {
+        300 => line("LEAK connections: all 300 answered".into()),
+        n => line(format!("DENIED connections: {n} of 300 answered")),
+    }
+    drop(held);
     // The control: its own topic takes its writes.
     match produce(&own_topic) {
         Ok(()) => line(format!("OK produce own: {own_topic}")),
