@@ -39,6 +39,8 @@ const MAX_REPORT: usize = 16 << 10;
 /// `STALE_SLACK`) when read is stale.
 const SILENT_INTERVALS: u32 = 3;
 const STALE_SLACK: Duration = Duration::from_secs(5);
+/// How long a run may take to start before its silence counts.
+const START_GRACE: Duration = Duration::from_secs(10);
 
 /// The metrics report contract (DESIGN.md), as read: every field required, nothing else allowed.
 #[derive(Debug, serde::Deserialize)]
@@ -407,7 +409,15 @@ impl Monitor {
             let Ok(tenant) = TenantId::parse(&inst.tenant) else { continue };
             let Some(stream) = self.agreements.get(&tenant).and_then(|a| a.stream.clone()) else { continue };
             let now = Instant::now();
-            let seen = *self.last_seen.entry(inst.id).or_insert(now);
+            let mut seen = *self.last_seen.entry(inst.id).or_insert(now);
+            // A run's silence counts from its start plus a grace for the program to get going (an
+            // engine starting a container, the first connections): a report of the run before a
+            // restart says nothing of this one.
+            if let Some(started) = inst.started_at {
+                let ago = Utc::now().signed_duration_since(started).to_std().unwrap_or_default();
+                let expected = now.checked_sub(ago).unwrap_or(now) + START_GRACE;
+                seen = seen.max(expected);
+            }
             let limit = stream.report_interval * SILENT_INTERVALS;
             if now.duration_since(seen) > limit {
                 self.last_seen.insert(inst.id, now); // once per silent stretch
