@@ -6,6 +6,12 @@
 use std::net::ToSocketAddrs;
 use std::process::Command;
 
+/// Marks the platform's rules, so an operator can find them (`iptables -S OUTPUT | grep mysimbdp`).
+const COMMENT: &str = "mysimbdp: tenants reach the broker only through its gateway";
+
+/// Taken while the rules are checked and added.
+const LOCK: &str = "/run/mysimbdp-firewall.lock";
+
 /// The uids tenants' programs run as: from the sandbox's base, this many.
 pub const TENANT_UIDS: u32 = 1 << 24;
 
@@ -34,6 +40,10 @@ fn rule(port: u16, uid_base: u32) -> Vec<String> {
         "owner",
         "--uid-owner",
         &uids,
+        "-m",
+        "comment",
+        "--comment",
+        COMMENT,
         "-j",
         "REJECT",
         "--reject-with",
@@ -46,6 +56,13 @@ fn rule(port: u16, uid_base: u32) -> Vec<String> {
 /// Makes sure tenants' uids cannot connect to `brokers` themselves, over IPv4 and (where the kernel
 /// has it) IPv6.
 pub fn protect(brokers: &str, uid_base: u32) -> Result<(), String> {
+    // Platforms starting together would each find no rule and each add one: check and add under a
+    // lock all of them take.
+    let lock = std::fs::File::create(LOCK).map_err(|e| format!("opening {LOCK}: {e}"))?;
+    // SAFETY: an open file's descriptor; the lock goes with the file when it is dropped.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        return Err(format!("locking {LOCK}: {}", std::io::Error::last_os_error()));
+    }
     let ipv6 = std::path::Path::new("/proc/net/if_inet6").exists();
     for port in ports(brokers)? {
         for tool in ["iptables", "ip6tables"].into_iter().filter(|t| *t == "iptables" || ipv6) {
@@ -86,7 +103,7 @@ mod tests {
         let r = rule(59092, 2_000_000_000);
         assert_eq!(
             r.join(" "),
-            "-p tcp --dport 59092 -m owner --uid-owner 2000000000-2016777215 -j REJECT --reject-with tcp-reset"
+            "-p tcp --dport 59092 -m owner --uid-owner 2000000000-2016777215 -m comment --comment mysimbdp: tenants reach the broker only through its gateway -j REJECT --reject-with tcp-reset"
         );
         assert_eq!(ports("localhost:9092, 127.0.0.1:9092,127.0.0.1:9093").unwrap(), [9092, 9093]);
     }
