@@ -172,6 +172,22 @@ struct NotificationRow {
     at: DateTime<Utc>,
 }
 
+impl From<NotificationRow> for Notification {
+    fn from(r: NotificationRow) -> Self {
+        Notification {
+            version: 1,
+            id: r.id,
+            tenant: r.tenant,
+            app: r.app,
+            instance: r.instance,
+            kind: r.kind,
+            at: r.at,
+            action: r.action,
+            reasons: r.reasons.0,
+        }
+    }
+}
+
 pub async fn notifications(
     db: &Db,
     tenant: &TenantId,
@@ -187,37 +203,14 @@ pub async fn notifications(
     .bind(limit)
     .fetch_all(db)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Notification {
-            version: 1,
-            id: r.id,
-            tenant: r.tenant,
-            app: r.app,
-            instance: r.instance,
-            kind: r.kind,
-            at: r.at,
-            action: r.action,
-            reasons: r.reasons.0,
-        })
-        .collect())
+    Ok(rows.into_iter().map(Notification::from).collect())
 }
 
 /// The notification the monitor stored under `id`, if it did.
 pub async fn notification(db: &Db, id: Uuid) -> sqlx::Result<Option<Notification>> {
     let row: Option<NotificationRow> =
         sqlx::query_as("select * from notifications where id = $1").bind(id).fetch_optional(db).await?;
-    Ok(row.map(|r| Notification {
-        version: 1,
-        id: r.id,
-        tenant: r.tenant,
-        app: r.app,
-        instance: r.instance,
-        kind: r.kind,
-        at: r.at,
-        action: r.action,
-        reasons: r.reasons.0,
-    }))
+    Ok(row.map(Notification::from))
 }
 
 /// A message on the control topic the manager did not act on, and why.
