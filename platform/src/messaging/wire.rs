@@ -38,8 +38,30 @@ calls! {
     FetchRequest => FetchResponse as Fetch,
 }
 
-/// Answers larger than this are not a Kafka broker's answer to our small requests.
-const MAX_ANSWER: i32 = 64 << 20;
+/// The largest frame read, a request or an answer: above the agreements' largest message size with
+/// room for batching, below what would let one connection hold the platform's memory.
+const MAX_FRAME: usize = 64 << 20;
+
+/// One length-prefixed frame (without its length); None at a clean end of the stream.
+pub async fn read_frame(from: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Option<Bytes>> {
+    let len = match from.read_i32().await {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if len < 0 || len as usize > MAX_FRAME {
+        return Err(bad(format!("a {len}-byte frame (at most {MAX_FRAME}); not the Kafka protocol?")));
+    }
+    let mut buf = vec![0u8; len as usize];
+    from.read_exact(&mut buf).await?;
+    Ok(Some(Bytes::from(buf)))
+}
+
+/// `frame` with its length before it.
+pub async fn write_frame(to: &mut (impl AsyncWriteExt + Unpin), frame: &[u8]) -> std::io::Result<()> {
+    to.write_all(&(frame.len() as i32).to_be_bytes()).await?;
+    to.write_all(frame).await
+}
 
 pub struct Connection {
     stream: TcpStream,
@@ -90,13 +112,9 @@ impl Connection {
         frame[..4].copy_from_slice(&len.to_be_bytes());
         self.stream.write_all(&frame).await?;
 
-        let len = self.stream.read_i32().await?;
-        if !(4..=MAX_ANSWER).contains(&len) {
-            return Err(bad(format!("answered with a {len}-byte frame; not a Kafka broker?")));
-        }
-        let mut answer = vec![0u8; len as usize];
-        self.stream.read_exact(&mut answer).await?;
-        let mut answer = Bytes::from(answer);
+        let mut answer = read_frame(&mut self.stream).await?.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the broker closed the connection")
+        })?;
         let decode = |e: anyhow::Error| bad(format!("decoding the answer: {e}"));
         let header = ResponseHeader::decode(&mut answer, R::Answer::header_version(version)).map_err(decode)?;
         if header.correlation_id != self.correlation {

@@ -23,18 +23,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::messaging::wire::{read_frame, write_frame};
 use crate::store::Db;
 use crate::tenant::TenantId;
 use policy::{Decision, Reply, Scope};
 
-/// The largest request or answer relayed: above the agreements' largest message size with room for
-/// batching, below what would let one connection hold the platform's memory.
-const MAX_FRAME: usize = 64 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections one tenant may hold open at once: each costs a connection to the broker too, so a
 /// tenant opening thousands would tie up the broker's for everyone. Ample for its instances' clients
@@ -139,25 +136,6 @@ async fn identify(db: &Db, peer: SocketAddr, local: SocketAddr) -> Result<Scope,
         .map_err(|e| format!("looking up uid {uid}: {e}"))?
         .ok_or_else(|| format!("uid {uid} is no tenant's"))?;
     Ok(Scope::new(tenant))
-}
-
-async fn read_frame(from: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Option<Bytes>> {
-    let len = match from.read_i32().await {
-        Ok(n) => n,
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if len < 0 || len as usize > MAX_FRAME {
-        return Err(std::io::Error::other(format!("a {len}-byte frame (at most {MAX_FRAME})")));
-    }
-    let mut buf = vec![0u8; len as usize];
-    from.read_exact(&mut buf).await?;
-    Ok(Some(Bytes::from(buf)))
-}
-
-async fn write_frame(to: &mut (impl AsyncWriteExt + Unpin), frame: &[u8]) -> std::io::Result<()> {
-    to.write_all(&(frame.len() as i32).to_be_bytes()).await?;
-    to.write_all(frame).await
 }
 
 /// What the answering side does next, in request order.
