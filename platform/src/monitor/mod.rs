@@ -4,10 +4,13 @@
 //!
 //! A report is dropped (recorded with why, never judged) when its key is not
 //! `<tenant>/<app>/<instance>`, it does not parse as the contract's report, it names another tenant,
-//! app or instance than its key, its figures are impossible, or the instance it names is not a
-//! running instance of that tenant's app. The monitor measures lag itself (`lag`) and judges
-//! (`judge`); a notification is stored, then published. It also notices running instances that
-//! stopped reporting (no report for three intervals) and asks for their restart.
+//! app or instance than its key, the instance is not one of that tenant's app, it is not signed with
+//! that instance's own report key, or its figures cannot be true (against its window, and against
+//! what the broker held). The monitor observes each app's group at the broker itself (`lag`) and
+//! judges each instance on its own partitions (`judge`); a notification is stored, then published.
+//! The last report of an instance asked to stop is kept, not judged. It also notices running
+//! instances that stopped reporting (three intervals, counted from a run's start plus a grace) and
+//! asks for their restart.
 
 pub mod judge;
 pub mod lag;
@@ -229,26 +232,10 @@ impl Monitor {
                 "no agreement with a stream section is in force for this tenant",
             )));
         };
-        let inst = match instances::get(&self.db, &c.tenant, c.instance).await? {
-            Some(i) if i.app == c.report.app => i,
-            Some(i) => {
-                let what = format!("the instance runs `{}`, not `{}`", i.app, c.report.app);
-                return Ok(Err(dropped(t, "unknown_instance", what)));
-            }
-            None => return Ok(Err(dropped(t, "unknown_instance", "no instance of this tenant has that id"))),
+        let inst = match self.author(&c, payload, signature).await? {
+            Ok(i) => i,
+            Err(d) => return Ok(Err(d)),
         };
-        match signature {
-            None => {
-                let why =
-                    format!("no `{SIGNATURE_HEADER}` header (the report must be signed with MYSIMBDP_REPORT_KEY)");
-                return Ok(Err(dropped(t, "unsigned", why)));
-            }
-            Some(s) if !signed_by(&inst.report_key, payload, s) => {
-                let why = "the signature is not this instance's (HMAC-SHA256 of the payload with its report key)";
-                return Ok(Err(dropped(t, "bad_signature", why)));
-            }
-            Some(_) => {}
-        }
         let r = &c.report;
         if let Err(why) = plausible(r, inst.created_at) {
             return Ok(Err(dropped(t, "implausible", why)));
@@ -320,6 +307,36 @@ impl Monitor {
             self.notify(&c.tenant, &r.app, Some(c.instance), "below_threshold", action, reasons).await?;
         }
         Ok(Ok(()))
+    }
+
+    /// The instance the report is from: one of the tenant's app, whose own key signed it.
+    async fn author(
+        &self,
+        c: &Checked,
+        payload: &[u8],
+        signature: Option<&[u8]>,
+    ) -> anyhow::Result<Result<instances::Instance, Dropped>> {
+        let t = Some(c.tenant.as_str());
+        let inst = match instances::get(&self.db, &c.tenant, c.instance).await? {
+            Some(i) if i.app == c.report.app => i,
+            Some(i) => {
+                let what = format!("the instance runs `{}`, not `{}`", i.app, c.report.app);
+                return Ok(Err(dropped(t, "unknown_instance", what)));
+            }
+            None => return Ok(Err(dropped(t, "unknown_instance", "no instance of this tenant has that id"))),
+        };
+        Ok(match signature {
+            None => {
+                let why =
+                    format!("no `{SIGNATURE_HEADER}` header (the report must be signed with MYSIMBDP_REPORT_KEY)");
+                Err(dropped(t, "unsigned", why))
+            }
+            Some(s) if !signed_by(&inst.report_key, payload, s) => {
+                let why = "the signature is not this instance's (HMAC-SHA256 of the payload with its report key)";
+                Err(dropped(t, "bad_signature", why))
+            }
+            Some(_) => Ok(inst),
+        })
     }
 
     /// The app's group at the broker now, kept for bounding later reports; None if the broker did
