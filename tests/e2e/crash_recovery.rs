@@ -67,11 +67,12 @@ async fn kill_9_and_restart_lose_nothing_and_double_nothing() {
     assert_eq!(std::fs::read_dir(p.data_dir.join("work").join(&t)).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(p.data_dir.join("ingested").join(&t)).unwrap().count() as u64, FILES);
     // The interruptions are on record.
-    let (restarts,): (i64,) =
-        sqlx::query_as("select count(*) from job_events where message like 'platform restarted during attempt%'")
-            .fetch_one(&p.db)
-            .await
-            .unwrap();
+    let (restarts,): (i64,) = sqlx::query_as(
+        "select count(*) from job_events where message like 'its batch manager stopped during attempt%'",
+    )
+    .fetch_one(&p.db)
+    .await
+    .unwrap();
     assert!(restarts >= 1, "at least one running job was taken up again");
     p.cleanup().await;
 }
@@ -95,5 +96,54 @@ async fn a_claimed_file_whose_row_was_lost_is_adopted_at_start() {
     p.wait_moved(&job).await;
     assert_eq!(p.count_docs(&t, "readings").await, 300);
     assert_eq!(p.all_jobs(&t).await.len(), 1);
+    p.cleanup().await;
+}
+
+/// What a crash can leave that cannot be taken up (here: a claimed file whose quarantine folder is
+/// blocked, a tenant's work folder that is not a folder) is logged and left; every other job is
+/// recovered, the platform starts and serves, and the blocked file is moved once the fault clears.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_job_that_cannot_be_recovered_does_not_stop_the_others_or_the_start() {
+    let (t, other) = (unique("recover"), unique("blocked"));
+    let batch = "  routes: [{files: \"*.csv\", app: tortoise-csv, timeout: 1m, memory: 1GiB}]\n  formats: [csv]\n  max_file_size: 10MiB\n  max_files_per_hour: 100\n  max_bytes_per_day: 1GiB\n  max_concurrent_jobs: 1";
+    let mut p = TestPlatform::new(&[(&t, agreement(&t, batch)), (&other, agreement(&other, batch))]).await;
+    p.install(&t, "tortoise-csv", &bin("tortoise-csv")).await;
+    // A claim cut short before its check: its row `detected`, its file in the work area. It is not
+    // a format the agreement takes (`.txt`), so it is rejected, but its quarantine folder is a file, so the move fails.
+    let stuck = uuid::Uuid::now_v7();
+    let work = p.data_dir.join("work").join(&t).join(stuck.to_string());
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("stuck.txt"), "a\n1\n").unwrap();
+    sqlx::query(
+        "insert into jobs (id, tenant, file_name, staging_path, work_path, state) values ($1, $2, 'stuck.txt', $3, $4, 'detected')",
+    )
+    .bind(stuck)
+    .bind(&t)
+    .bind(p.staging_dir.join(&t).join("stuck.txt").to_string_lossy().as_ref())
+    .bind(work.join("stuck.txt").to_string_lossy().as_ref())
+    .execute(&p.db)
+    .await
+    .unwrap();
+    std::fs::create_dir_all(p.data_dir.join("quarantine")).unwrap();
+    std::fs::write(p.data_dir.join("quarantine").join(&t), "in the way").unwrap();
+    // Another tenant's work folder is a file.
+    std::fs::write(p.data_dir.join("work").join(&other), "not a folder").unwrap();
+    // And a file left in staging while the platform was down, which must still be ingested.
+    p.drop_file(&t, "waiting.csv", &gen_data("tortoise", 300, 0, 11));
+
+    p.start().await;
+    let waiting = p.wait_final(&t, "waiting.csv").await;
+    assert_eq!((waiting.state.as_str(), waiting.records_ingested), ("succeeded", Some(300)), "{waiting:?}");
+    let job = p.wait_final(&t, "stuck.txt").await;
+    assert_eq!((job.state.as_str(), job.reason.as_deref()), ("rejected", Some("format")), "{job:?}");
+    assert!(work.join("stuck.txt").exists(), "the file stays in the work area while it cannot be moved");
+
+    // The fault cleared, the next start moves the file where its job says.
+    p.stop().await;
+    std::fs::remove_file(p.data_dir.join("quarantine").join(&t)).unwrap();
+    p.start().await;
+    let moved = p.wait_moved(&job).await;
+    assert_eq!(std::fs::read(moved).unwrap(), b"a\n1\n");
+    assert_eq!(p.all_jobs(&t).await.len(), 2, "one job per file");
     p.cleanup().await;
 }

@@ -106,6 +106,7 @@ pub fn fast_batch_config() -> BatchConfig {
         log_limit: 16 << 10,
         kill_grace: Duration::from_millis(500),
         retry_backoff: Duration::from_millis(100),
+        lease: Duration::from_secs(6),
     }
 }
 
@@ -195,7 +196,7 @@ impl TestPlatform {
         keys.mint(role, tenant.map(|t| self.tenant(t)).as_ref(), Some("test"), Duration::from_secs(3600)).unwrap()
     }
 
-    async fn wait_api(&self) {
+    pub async fn wait_api(&self) {
         let file = self.data_dir.join("api.addr");
         eventually(Duration::from_secs(30), "the API to listen", async || file.exists()).await;
     }
@@ -236,6 +237,7 @@ impl TestPlatform {
             .env("MYSIMBDP_RESCAN_INTERVAL", "200ms")
             .env("MYSIMBDP_RETRY_BACKOFF", "100ms")
             .env("MYSIMBDP_KILL_GRACE", "500ms")
+            .env("MYSIMBDP_BATCH_LEASE", "6s")
             .env("MYSIMBDP_API_LISTEN", "127.0.0.1:0")
             .env("MYSIMBDP_JWT_SECRET", &self.jwt_secret)
             .env("MYSIMBDP_KAFKA_BROKERS", c.kafka_brokers.clone().unwrap_or_default())
@@ -277,7 +279,7 @@ impl TestPlatform {
         }
     }
 
-    async fn wait_provisioned(&self) {
+    pub async fn wait_provisioned(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut admin = connect_admin(&pg_url()).await;
         for t in &self.tenants {

@@ -15,28 +15,12 @@ use super::problem::{Problem, TenantScoped};
 use super::tenants::visible;
 use super::upload;
 use super::ApiState;
-use crate::batch::layout::is_ignored;
-
-const MAX_NAME_BYTES: usize = 255;
+use crate::batch::names;
 
 /// The staging rules for a name sent over HTTP: one plain file name the watcher will take.
 pub fn validate_file_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("the file name is empty".into());
-    }
-    if name.len() > MAX_NAME_BYTES {
-        return Err(format!("the file name is {} bytes; at most {MAX_NAME_BYTES} are allowed", name.len()));
-    }
-    if name.contains('/') || name.contains('\\') {
-        return Err(format!("`{name}` contains a path separator; give a plain file name"));
-    }
-    if name == "." || name == ".." {
-        return Err(format!("`{name}` is not a file name"));
-    }
-    if name.chars().any(char::is_control) {
-        return Err("the file name contains control characters".into());
-    }
-    if is_ignored(name) {
+    names::check(name.as_bytes())?;
+    if names::is_ignored(name) {
         return Err(format!(
             "`{name}` is hidden or temporary (leading `.`, or `.part`/`.tmp`): staging ignores such names"
         ));
@@ -160,9 +144,10 @@ pub async fn list(
         Err(e) => return Err(e.into()),
     };
     while let Some(entry) = entries.next_entry().await? {
-        let Ok(name) = entry.file_name().into_string() else { continue };
+        // A name that is not text is listed escaped, as its job will show it.
+        let name = names::escaped(entry.file_name().as_bytes());
         let Ok(meta) = entry.metadata().await else { continue }; // taken while we looked
-        if is_ignored(&name) || !meta.is_file() {
+        if names::is_ignored(&name) || !meta.is_file() {
             continue;
         }
         let modified = meta.modified().map(chrono::DateTime::<chrono::Utc>::from).unwrap_or_default();

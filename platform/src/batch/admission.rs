@@ -2,6 +2,7 @@
 //! the job row is written first, then the file is moved out of staging atomically, then it is
 //! checked; a restart finds the row in `detected` and finishes whichever step was cut short.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,38 +12,55 @@ use uuid::Uuid;
 use super::constraints::{self, Refusal};
 use super::frozen::freeze;
 use super::layout::move_file;
+use super::names;
 use super::sniff::sniff;
 use super::Ctx;
-use crate::store::jobs::{self, Admission, Job};
+use crate::store::jobs::{self, Admission, Claim, Job};
 use crate::tenant::TenantId;
 use crate::units::ByteSize;
 
 /// Claims `path` for `tenant`. Returns `Ok(None)` when the file was gone (taken by someone else).
 pub async fn claim(ctx: &Arc<Ctx>, tenant: &TenantId, path: &Path) -> anyhow::Result<Option<Uuid>> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| anyhow::anyhow!("file name is not UTF-8: {}", path.display()))?;
+    let raw = path.file_name().ok_or_else(|| anyhow::anyhow!("{} names no file", path.display()))?.as_bytes();
+    // A name that is not text is recorded escaped, its bytes kept beside it (see `names`).
+    let name = names::escaped(raw);
+    let bytes = (name.as_bytes() != raw).then_some(raw);
     let id = Uuid::now_v7();
-    let work = ctx.layout.work_file(tenant, id, name);
-    let job =
-        jobs::insert_detected(&ctx.db, tenant, id, name, &path.to_string_lossy(), &work.to_string_lossy()).await?;
-    if let Err(e) = move_file(path, &work) {
-        jobs::forget(&ctx.db, tenant, id).await?;
-        let _ = std::fs::remove_dir(ctx.layout.work_dir(tenant, id));
+    let work = ctx.layout.work_file(tenant, id, &name);
+    let (staging_path, work_path) = (path.to_string_lossy(), work.to_string_lossy());
+    let claim =
+        Claim { id, file_name: &name, file_name_bytes: bytes, staging_path: &staging_path, work_path: &work_path };
+    let job = jobs::insert_detected(&ctx.db, tenant, &claim, &ctx.leases.lease).await?;
+    ctx.leases.hold(id, job.fence, ctx.shutdown.child_token());
+    let claimed = claimed(ctx, tenant, path, &work, &job).await;
+    // On an error the lease runs out and the sweep takes the claim up again.
+    ctx.leases.release(id);
+    claimed.map(|moved| moved.then_some(id))
+}
+
+/// The claim's second step, its row written: the file out of staging, then judged. False if the
+/// file had gone meanwhile.
+async fn claimed(ctx: &Arc<Ctx>, tenant: &TenantId, path: &Path, work: &Path, job: &Job) -> anyhow::Result<bool> {
+    if let Err(e) = move_file(path, work) {
+        jobs::forget(&ctx.db, tenant, job.id, job.fence).await?;
+        let _ = std::fs::remove_dir(ctx.layout.work_dir(tenant, job.id));
         return match e.kind() {
-            std::io::ErrorKind::NotFound => Ok(None),
+            std::io::ErrorKind::NotFound => Ok(false),
             _ => Err(anyhow::anyhow!("moving {} out of staging: {e}", path.display())),
         };
     }
-    tracing::debug!(%tenant, job = %id, file = name, "claimed");
-    evaluate(ctx, tenant, &job).await?;
-    Ok(Some(id))
+    tracing::debug!(%tenant, job = %job.id, file = %job.file_name, "claimed");
+    evaluate(ctx, tenant, job).await?;
+    Ok(true)
 }
 
 /// Checks a claimed file against the agreement and queues or rejects it. Safe to repeat.
 pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::Result<()> {
     let work = PathBuf::from(&job.work_path);
+    if let Err(detail) = names::check(job.raw_name()) {
+        let refusal = Refusal { reason: "bad_name", detail };
+        return reject(ctx, tenant, job, Rejection { size: None, checksum: None, refusal, duplicate_of: None }).await;
+    }
     let frozen = {
         let work = work.clone();
         tokio::task::spawn_blocking(move || freeze(&work)).await??
@@ -103,7 +121,14 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
         return reject_in(ctx, admission, tenant, job, r).await;
     }
     let max_attempts = batch.retries as i32 + 1;
-    admission.queue(job.id, size as i64, &checksum, format.name(), &route.app, route.app_version, max_attempts).await?;
+    let app_version = route.app_version;
+    if !admission
+        .queue(job.id, size as i64, &checksum, format.name(), &route.app, app_version, max_attempts, job.fence)
+        .await?
+    {
+        tracing::warn!(%tenant, job = %job.id, "another batch manager took the claim over; its decision stands");
+        return Ok(());
+    }
     tracing::info!(%tenant, job = %job.id, file = %job.file_name, size = %ByteSize(size), app = %route.app, "queued");
     ctx.scheduler.push(tenant, job.id);
     Ok(())
@@ -146,7 +171,8 @@ async fn reject_in(
 ) -> anyhow::Result<()> {
     let target = ctx.layout.quarantine_file(tenant, job.id, &job.file_name);
     let Rejection { size, checksum, refusal, duplicate_of } = r;
-    let job = admission
+    let id = job.id;
+    let rejected = admission
         .reject(
             job.id,
             size.map(|s| s as i64),
@@ -155,8 +181,13 @@ async fn reject_in(
             &refusal.detail,
             duplicate_of,
             &target.to_string_lossy(),
+            job.fence,
         )
         .await?;
+    let Some(job) = rejected else {
+        tracing::warn!(%tenant, job = %id, "another batch manager took the claim over; its decision stands");
+        return Ok(());
+    };
     tracing::warn!(%tenant, job = %job.id, file = %job.file_name, reason = refusal.reason, detail = %refusal.detail, "rejected");
     super::finished(ctx, tenant, &job)?;
     Ok(())

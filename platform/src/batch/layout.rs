@@ -5,15 +5,19 @@
 //! staging/<tenant>/<name>                      dropped by the tenant
 //! <data>/work/<tenant>/<job>/<name>            claimed: moved here atomically before anything else
 //! <data>/work/<tenant>/<job>/run-<n>/          the app's fresh working folder for attempt n
-//! <data>/ingested/<tenant>/<job>-<name>        succeeded
-//! <data>/quarantine/<tenant>/<job>-<name>      rejected or failed, with <job>-<name>.reason.json
+//! <data>/ingested/<tenant>/<job>/<name>        succeeded
+//! <data>/quarantine/<tenant>/<job>/<name>      rejected or failed, beside <job>.reason.json
 //! ```
+//!
+//! A name is always a path component of its own (never joined to the job's id), so any name the
+//! file system took in staging fits in every later place.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
+use super::names::component;
 use crate::tenant::TenantId;
 
 #[derive(Clone, Debug)]
@@ -36,21 +40,25 @@ impl Layout {
     }
 
     pub fn work_file(&self, t: &TenantId, job: Uuid, name: &str) -> PathBuf {
-        self.work_dir(t, job).join(name)
+        self.work_dir(t, job).join(component(name))
     }
 
     pub fn ingested_file(&self, t: &TenantId, job: Uuid, name: &str) -> PathBuf {
-        self.data.join("ingested").join(t.as_str()).join(format!("{job}-{name}"))
+        self.data.join("ingested").join(t.as_str()).join(job.to_string()).join(component(name))
     }
 
     pub fn quarantine_file(&self, t: &TenantId, job: Uuid, name: &str) -> PathBuf {
-        self.data.join("quarantine").join(t.as_str()).join(format!("{job}-{name}"))
+        self.data.join("quarantine").join(t.as_str()).join(job.to_string()).join(component(name))
     }
 }
 
-/// The staging rules: hidden names and files still being written under a temporary name are not ours.
-pub fn is_ignored(name: &str) -> bool {
-    name.starts_with('.') || name.ends_with(".part") || name.ends_with(".tmp")
+/// Where the reason for a quarantined file is written: `<job>.reason.json` beside the job's folder,
+/// a name no staged file can take and that fits whatever the file's name.
+pub fn reason_file(final_path: &Path) -> PathBuf {
+    let dir = final_path.parent().unwrap_or(final_path);
+    let mut name = dir.as_os_str().to_owned();
+    name.push(".reason.json");
+    PathBuf::from(name)
 }
 
 /// Moves a file, atomically when source and target share a file system, by copy and delete otherwise.
@@ -63,7 +71,8 @@ pub fn move_file(from: &Path, to: &Path) -> io::Result<()> {
     match std::fs::rename(from, to) {
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
             use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-            let tmp = to.with_extension("moving");
+            // A short name of its own: `to` may already use all of NAME_MAX.
+            let tmp = to.with_file_name(format!(".{}.moving", Uuid::new_v4().simple()));
             let kind = std::fs::symlink_metadata(from)?.file_type();
             if kind.is_symlink() {
                 std::os::unix::fs::symlink(std::fs::read_link(from)?, &tmp)?;
@@ -88,20 +97,5 @@ pub fn move_file(from: &Path, to: &Path) -> io::Result<()> {
             std::fs::remove_file(from)
         }
         other => other,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn temporary_and_hidden_names_are_ignored() {
-        for name in [".hidden", "a.csv.part", "a.csv.tmp", ".a.csv"] {
-            assert!(is_ignored(name), "{name}");
-        }
-        for name in ["a.csv", "part.csv", "tmp"] {
-            assert!(!is_ignored(name), "{name}");
-        }
     }
 }

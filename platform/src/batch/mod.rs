@@ -10,6 +10,8 @@ pub mod admission;
 pub mod constraints;
 pub mod frozen;
 pub mod layout;
+pub mod leases;
+pub mod names;
 pub mod retry;
 pub mod runner;
 pub mod scheduler;
@@ -31,7 +33,8 @@ use crate::store::jobs::{self, Job, JobState};
 use crate::store::Db;
 use crate::tenant::TenantId;
 use crate::tenants::Tenants;
-use layout::{is_ignored, move_file, Layout};
+use layout::{move_file, Layout};
+use names::is_ignored;
 use scheduler::Scheduler;
 
 #[derive(Clone, Debug)]
@@ -46,6 +49,9 @@ pub struct BatchConfig {
     pub kill_grace: Duration,
     /// Delay before the first retry; doubled for each further one.
     pub retry_backoff: Duration,
+    /// How long a job being admitted or run stays with its manager without word from it (see
+    /// `leases`): how soon another manager takes over the work of one that hangs or is cut off.
+    pub lease: Duration,
 }
 
 impl Default for BatchConfig {
@@ -56,9 +62,12 @@ impl Default for BatchConfig {
             log_limit: 64 << 10,
             kill_grace: Duration::from_secs(5),
             retry_backoff: Duration::from_secs(1),
+            lease: Duration::from_secs(15),
         }
     }
 }
+
+const WORK_AREA_EVERY: Duration = Duration::from_secs(30);
 
 /// What every part of the batch manager shares.
 pub struct Ctx {
@@ -78,6 +87,8 @@ pub struct Ctx {
     /// Bounds the files being hashed and sniffed at once (I/O- and CPU-bound), so small files keep
     /// flowing past a huge one; claiming (a row and a rename) is not bounded by it.
     pub(crate) hashing: Semaphore,
+    /// The jobs this manager works on, leased from the store.
+    pub leases: leases::Leases,
     tasks: TaskTracker,
 }
 
@@ -103,15 +114,18 @@ pub async fn run(services: Services, config: BatchConfig, shutdown: Cancellation
         agreements,
         tenants,
         scheduler: Scheduler::default(),
-        config,
+        config: config.clone(),
         metrics,
         shutdown: shutdown.clone(),
         sandbox,
         claiming: Mutex::new(HashSet::new()),
         hashing: Semaphore::new(4),
+        leases: leases::Leases::new(config.lease),
         tasks: TaskTracker::new(),
     });
-    recover(&ctx).await?;
+    leases::register(&ctx).await?;
+    recover(&ctx).await;
+    let keeper = tokio::spawn(leases::keep(ctx.clone()));
 
     let (tx, mut candidates) = mpsc::unbounded_channel();
     let _watcher = watcher::watch(&ctx.layout.staging, tx.clone())?;
@@ -121,21 +135,18 @@ pub async fn run(services: Services, config: BatchConfig, shutdown: Cancellation
     // Work queued by others (an operator's retry, a manager that stopped) is found in the store.
     let mut sweep = tokio::time::interval(Duration::from_secs(2));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Files a failed move left in the work area (a full disk, say) are moved once it clears.
+    let mut work_area = tokio::time::interval_at(tokio::time::Instant::now() + WORK_AREA_EVERY, WORK_AREA_EVERY);
+    work_area.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(staging = %ctx.layout.staging.display(), workers = ctx.config.workers, "batch manager started");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(renamed) = candidates.recv() => consider(&ctx, renamed, true),
-            _ = sweep.tick() => match jobs::queued(&ctx.db).await {
-                // Pushing a job the scheduler holds already is a no-op, and a job that is started
-                // twice is refused by `start_attempt`, so the sweep cannot run anything twice.
-                Ok(queued) => for (id, tenant) in queued {
-                    if let Ok(tenant) = TenantId::parse(&tenant) {
-                        ctx.scheduler.push_if_idle(&tenant, id);
-                    }
-                },
-                Err(e) => tracing::warn!(error = %e, "sweeping queued jobs failed"),
-            },
+            _ = sweep.tick() => sweep_store(&ctx).await,
+            _ = work_area.tick() => {
+                recover_work_area(&ctx).await;
+            }
             _ = rescan.tick() => {
                 let snapshot = ctx.agreements.current();
                 for (tenant, agreement) in &snapshot.in_force {
@@ -153,13 +164,39 @@ pub async fn run(services: Services, config: BatchConfig, shutdown: Cancellation
     ctx.tasks.close();
     ctx.tasks.wait().await;
     dispatcher.abort();
+    keeper.abort();
+    if let Err(e) = crate::store::leases::unregister(&ctx.db, ctx.leases.lease.owner).await {
+        tracing::warn!(error = %e, "unregistering the batch manager failed");
+    }
     Ok(())
+}
+
+/// Work found in the store: jobs queued by others (an operator's retry, a manager that stopped) and
+/// jobs whose lease ran out (a manager that hangs, is cut off, or is gone).
+async fn sweep_store(ctx: &Arc<Ctx>) {
+    match jobs::queued(&ctx.db).await {
+        // Pushing a job the scheduler holds already is a no-op, and a job that is started twice is
+        // refused by `start_attempt`, so the sweep cannot run anything twice.
+        Ok(queued) => {
+            for (id, tenant) in queued {
+                if let Ok(tenant) = TenantId::parse(&tenant) {
+                    ctx.scheduler.push_if_idle(&tenant, id);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "sweeping queued jobs failed"),
+    }
+    match leases::take_over(ctx).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(jobs = n, "took over jobs whose batch manager stopped answering"),
+        Err(e) => tracing::warn!(error = %e, "looking for jobs whose lease ran out failed"),
+    }
 }
 
 /// Takes a candidate path through the staging rules and, if it is a tenant's complete file, admits it.
 fn consider(ctx: &Arc<Ctx>, path: PathBuf, renamed: bool) {
     let Some((tenant, name)) = tenant_file(&ctx.layout.staging, &path) else { return };
-    if is_ignored(&name) || ctx.shutdown.is_cancelled() {
+    if is_ignored(&name.to_string_lossy()) || ctx.shutdown.is_cancelled() {
         return;
     }
     let Some(agreement) = ctx.agreements.get(&tenant) else { return };
@@ -184,15 +221,16 @@ fn consider(ctx: &Arc<Ctx>, path: PathBuf, renamed: bool) {
 }
 
 /// `staging/<tenant>/<name>` -> (tenant, name); anything deeper or elsewhere is not a staged file.
-fn tenant_file(root: &Path, path: &Path) -> Option<(TenantId, String)> {
+/// The name is taken whatever its bytes (admission refuses a bad one with its reason).
+fn tenant_file(root: &Path, path: &Path) -> Option<(TenantId, std::ffi::OsString)> {
     let rel = path.strip_prefix(root).ok()?;
     let mut parts = rel.components();
     let tenant = parts.next()?.as_os_str().to_str()?;
-    let name = parts.next()?.as_os_str().to_str()?;
+    let name = parts.next()?.as_os_str().to_owned();
     if parts.next().is_some() {
         return None;
     }
-    Some((TenantId::parse(tenant).ok()?, name.to_owned()))
+    Some((TenantId::parse(tenant).ok()?, name))
 }
 
 /// Starts queued jobs whenever a slot is free.
@@ -207,11 +245,15 @@ async fn dispatch(ctx: Arc<Ctx>) {
                 if let Err(e) = runner::run(&ctx2, &tenant, id).await {
                     // The platform failed (store, coredms, file system), not the app: try again later.
                     tracing::error!(%tenant, job = %id, error = ?e, "running the job failed in the platform; retrying in 5s");
-                    match jobs::requeue_interrupted(&ctx2.db, &tenant, id, &format!("platform error, retrying: {e:#}")).await {
+                    // A job that did not start is still queued, whatever the fencing number.
+                    let fence = ctx2.leases.fence(id).unwrap_or(-1);
+                    let why = format!("platform error, retrying: {e:#}");
+                    match jobs::requeue_interrupted(&ctx2.db, &tenant, id, fence, &why).await {
                         Ok(()) => retry_after(&ctx2, &tenant, id, Duration::from_secs(5)),
-                        Err(e) => tracing::error!(%tenant, job = %id, error = %e, "requeue failed; recovery will take it up"),
+                        Err(e) => tracing::error!(%tenant, job = %id, error = %e, "requeue failed; its lease runs out and another manager takes it up"),
                     }
                 }
+                ctx2.leases.release(id);
                 ctx2.scheduler.done(&tenant, id);
             });
         }
@@ -251,10 +293,15 @@ async fn adopt_orphan(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid, dir: &Path) -
     };
     let staging = ctx.layout.staging_dir(tenant).join(name);
     let work = ctx.layout.work_file(tenant, id, name);
-    let job =
-        jobs::insert_detected(&ctx.db, tenant, id, name, &staging.to_string_lossy(), &work.to_string_lossy()).await?;
+    let (staging_path, work_path) = (staging.to_string_lossy(), work.to_string_lossy());
+    let claim =
+        jobs::Claim { id, file_name: name, file_name_bytes: None, staging_path: &staging_path, work_path: &work_path };
+    let job = jobs::insert_detected(&ctx.db, tenant, &claim, &ctx.leases.lease).await?;
     tracing::warn!(%tenant, job = %id, file = %name, "adopted a claimed file whose job row was lost");
-    admission::evaluate(ctx, tenant, &job).await
+    ctx.leases.hold(id, job.fence, ctx.shutdown.child_token());
+    let evaluated = admission::evaluate(ctx, tenant, &job).await;
+    ctx.leases.release(id);
+    evaluated
 }
 
 /// A job has just reached its final state: count it and bring the file system in line.
@@ -279,97 +326,96 @@ pub(crate) fn finalize(ctx: &Ctx, tenant: &TenantId, job: &Job) -> anyhow::Resul
                 "reason": job.reason, "detail": job.detail, "exit_code": job.exit_code, "signal": job.signal,
                 "log": job.log,
             });
-            let sidecar = PathBuf::from(format!("{}.reason.json", target.display()));
+            let sidecar = layout::reason_file(&target);
             if let Some(parent) = sidecar.parent() {
                 std::fs::create_dir_all(parent)?;
             }
             std::fs::write(&sidecar, serde_json::to_vec_pretty(&reason)?)?;
         }
-        move_file(&work, &target)?;
+        match move_file(&work, &target) {
+            // Moved meanwhile by another manager finishing the same job.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && target.exists() => {}
+            other => other?,
+        }
     }
     let dir = ctx.layout.work_dir(tenant, job.id);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
-/// Takes up what a previous run of the manager left: claims cut short, queued and waiting jobs, apps
-/// that were running (ended if they outlived the platform, then run again), and final jobs whose
-/// file was not yet moved.
-async fn recover(ctx: &Arc<Ctx>) -> anyhow::Result<()> {
-    let open = jobs::open_jobs(&ctx.db).await?;
-    let mut counts = [0usize; 4];
-    for job in open {
-        let Ok(tenant) = TenantId::parse(&job.tenant) else { continue };
-        match job.state() {
-            JobState::Detected => {
-                counts[0] += 1;
-                let work = PathBuf::from(&job.work_path);
-                if !work.exists() {
-                    if let Err(e) = move_file(Path::new(&job.staging_path), &work) {
-                        tracing::warn!(%tenant, job = %job.id, error = %e, "claimed file is gone from staging; forgetting the claim");
-                        jobs::forget(&ctx.db, &tenant, job.id).await?;
-                        let _ = std::fs::remove_dir(ctx.layout.work_dir(&tenant, job.id));
-                        continue;
+/// Takes up what earlier managers left: claims cut short and apps interrupted (`leases::take_over`:
+/// a lease of a manager that is gone is taken at once, a live manager's work is left to it), queued
+/// and waiting jobs, final jobs whose file was not yet moved, and claimed files whose row was lost.
+/// Job by job: one that fails is logged (and, if it keeps failing, failed with its reason); the
+/// manager always starts.
+async fn recover(ctx: &Arc<Ctx>) {
+    let taken = leases::take_over(ctx).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "taking over interrupted jobs failed; the sweep tries again");
+        0
+    });
+    let (mut queued, mut waiting) = (0, 0);
+    match jobs::open_jobs(&ctx.db).await {
+        Ok(open) => {
+            for job in open {
+                let Ok(tenant) = TenantId::parse(&job.tenant) else { continue };
+                match job.state() {
+                    JobState::Queued => {
+                        queued += 1;
+                        ctx.scheduler.push(&tenant, job.id);
                     }
-                }
-                admission::evaluate(ctx, &tenant, &job).await?;
-            }
-            JobState::Queued => {
-                counts[1] += 1;
-                ctx.scheduler.push(&tenant, job.id);
-            }
-            JobState::Running => {
-                counts[2] += 1;
-                if let (Some(pid), Some(ticks)) = (job.pid, job.pid_start_ticks) {
-                    if crate::runtime::process::kill_leftover(pid, ticks) {
-                        tracing::warn!(%tenant, job = %job.id, pid, "ended an app that outlived the previous platform process");
+                    JobState::RetryWait => {
+                        waiting += 1;
+                        let delay = job
+                            .not_before
+                            .map_or(Duration::ZERO, |t| (t - chrono::Utc::now()).to_std().unwrap_or_default());
+                        retry_after(ctx, &tenant, job.id, delay);
                     }
+                    _ => {}
                 }
-                let why = format!("platform restarted during attempt {}; running it again", job.attempts);
-                jobs::requeue_interrupted(&ctx.db, &tenant, job.id, &why).await?;
-                ctx.scheduler.push(&tenant, job.id);
             }
-            JobState::RetryWait => {
-                counts[3] += 1;
-                let delay =
-                    job.not_before.map_or(Duration::ZERO, |t| (t - chrono::Utc::now()).to_std().unwrap_or_default());
-                retry_after(ctx, &tenant, job.id, delay);
-            }
-            _ => {}
         }
+        Err(e) => tracing::error!(error = %e, "listing open jobs failed; the sweep finds queued ones"),
     }
-    // Final jobs whose file or work folder is still in the work area, and claimed files whose row a
-    // crash of the machine or of PostgreSQL lost (claims commit without waiting for the flush).
+    let (finalized, adopted) = recover_work_area(ctx).await;
+    if taken + queued + waiting + finalized + adopted > 0 {
+        tracing::info!(taken, queued, retry_wait = waiting, finalized, adopted, "recovered jobs left by earlier runs");
+    }
+}
+
+/// Final jobs whose file or work folder is still in the work area, and claimed files whose row a
+/// crash of the machine or of PostgreSQL lost (claims commit without waiting for the flush).
+async fn recover_work_area(ctx: &Arc<Ctx>) -> (usize, usize) {
     let (mut finalized, mut adopted) = (0, 0);
-    for tenant_dir in std::fs::read_dir(ctx.layout.work_root())?.filter_map(|e| e.ok()) {
+    let tenants = match std::fs::read_dir(ctx.layout.work_root()) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::error!(error = %e, dir = %ctx.layout.work_root().display(), "listing the work area failed");
+            return (0, 0);
+        }
+    };
+    for tenant_dir in tenants.filter_map(|e| e.ok()) {
         let Some(tenant) = tenant_dir.file_name().to_str().and_then(|t| TenantId::parse(t).ok()) else { continue };
-        for job_dir in std::fs::read_dir(tenant_dir.path())?.filter_map(|e| e.ok()) {
+        let job_dirs = match std::fs::read_dir(tenant_dir.path()) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::error!(%tenant, error = %e, dir = %tenant_dir.path().display(), "listing the tenant's work area failed; left alone");
+                continue;
+            }
+        };
+        for job_dir in job_dirs.filter_map(|e| e.ok()) {
             let Some(id) = job_dir.file_name().to_str().and_then(|s| Uuid::parse_str(s).ok()) else { continue };
-            match jobs::get(&ctx.db, &tenant, id).await? {
-                Some(job) if job.state().is_final() => {
-                    finalize(ctx, &tenant, &job)?;
-                    finalized += 1;
-                }
-                Some(_) => {}
-                None => {
-                    adopt_orphan(ctx, &tenant, id, &job_dir.path()).await?;
-                    adopted += 1;
-                }
+            let done = match jobs::get(&ctx.db, &tenant, id).await {
+                Ok(Some(job)) if job.state().is_final() => finalize(ctx, &tenant, &job).map(|()| finalized += 1),
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => adopt_orphan(ctx, &tenant, id, &job_dir.path()).await.map(|()| adopted += 1),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = done {
+                tracing::error!(%tenant, job = %id, error = %e, "recovering the job's files failed; left for the next start");
             }
         }
     }
-    if counts.iter().sum::<usize>() + finalized + adopted > 0 {
-        tracing::info!(
-            detected = counts[0],
-            queued = counts[1],
-            interrupted = counts[2],
-            retry_wait = counts[3],
-            finalized,
-            adopted,
-            "recovered jobs left by the previous run"
-        );
-    }
-    Ok(())
+    (finalized, adopted)
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::layout::move_file;
+use super::layout::{move_file, reason_file};
 use crate::store::jobs::{self, Job, RetryError};
 use crate::store::Db;
 use crate::tenant::TenantId;
@@ -33,7 +33,7 @@ pub async fn retry(db: &Db, tenant: &TenantId, job: &Job, allow_duplicate: bool)
         move_file(Path::new(&job.work_path), &from)?;
         return Err(e.into());
     }
-    let _ = std::fs::remove_file(format!("{}.reason.json", from.display()));
+    let _ = std::fs::remove_file(reason_file(&from));
     tracing::info!(%tenant, job = %job.id, file = %job.file_name, "queued again on request");
     Ok(())
 }

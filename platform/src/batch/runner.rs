@@ -87,9 +87,13 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
         .await;
     }
     let provisioned = ctx.tenants.ensure(tenant, &agreement.coredms).await?;
-    let Some(attempt) = jobs::start_attempt(&ctx.db, tenant, id, app.version).await? else {
+    let Some((attempt, fence)) = jobs::start_attempt(&ctx.db, tenant, id, app.version, &ctx.leases.lease).await? else {
         return Ok(()); // taken by another runner
     };
+    // Stopped on shutdown, and when the lease is lost to another manager (see `leases`).
+    let stop = ctx.shutdown.child_token();
+    ctx.leases.hold(id, fence, stop.clone());
+    let run = Attempt { job: &job, number: attempt, fence };
     let input = PathBuf::from(&job.work_path);
     let app_dir = PathBuf::from(&app.dir);
     // Where the app finds its program, input and working folder: the sandbox's own paths, or
@@ -155,10 +159,10 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
     tracing::info!(%tenant, job = %id, attempt, app = %app.name, version = app.version, "running");
     let db = ctx.db.clone();
     let owner = tenant.clone();
-    let spawned = process::run(spec, &ctx.shutdown, move |pid, ticks| {
+    let spawned = process::run(spec, &stop, move |pid, ticks| {
         if let Some(ticks) = ticks {
             tokio::spawn(async move {
-                if let Err(e) = jobs::set_process(&db, &owner, id, pid as i32, ticks).await {
+                if let Err(e) = jobs::set_process(&db, &owner, id, fence, pid as i32, ticks).await {
                     tracing::warn!(job = %id, error = %e, "recording the app's pid failed");
                 }
             });
@@ -173,8 +177,7 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
             return end_attempt(
                 ctx,
                 tenant,
-                &job,
-                attempt,
+                &run,
                 report,
                 "app_start",
                 format!("could not start `{}`: {e}", app.entrypoint),
@@ -211,9 +214,16 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
     }
 
     if outcome.stopped == Stopped::Cancelled {
-        // Not the app's fault: the platform is stopping. Run it again after the restart.
-        jobs::requeue_interrupted(&ctx.db, tenant, id, "platform shut down during the attempt; it will run again")
-            .await?;
+        // Not the app's fault: the platform is stopping (run it again after the restart), or the
+        // lease was lost (then the fencing number keeps this from changing anything).
+        jobs::requeue_interrupted(
+            &ctx.db,
+            tenant,
+            id,
+            fence,
+            "platform shut down during the attempt; it will run again",
+        )
+        .await?;
         return Ok(());
     }
     if let Stopped::OverMemory { resident, limit } = outcome.stopped {
@@ -222,37 +232,34 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
             "{}: its memory reached the route's memory limit of {limit}{peak} and the kernel ended it",
             outcome.exit
         );
-        return end_attempt(ctx, tenant, &job, attempt, report, "memory_limit", detail).await;
+        return end_attempt(ctx, tenant, &run, report, "memory_limit", detail).await;
     }
     if outcome.stopped == Stopped::Timeout {
         let detail = format!(
             "ran longer than the route's timeout of {}; process group terminated",
             format_duration(route.timeout)
         );
-        return end_attempt(ctx, tenant, &job, attempt, report, "timeout", detail).await;
+        return end_attempt(ctx, tenant, &run, report, "timeout", detail).await;
     }
     match outcome.exit {
         Exit::Code(0) => {
             let target = ctx.layout.ingested_file(tenant, id, &job.file_name);
-            let done = jobs::finish_attempt(
-                &ctx.db,
-                tenant,
-                id,
-                &report,
-                AttemptEnd::Succeeded { final_path: &target.to_string_lossy() },
-            )
-            .await?;
+            let end = AttemptEnd::Succeeded { final_path: &target.to_string_lossy() };
+            let Some(done) = jobs::finish_attempt(&ctx.db, tenant, id, fence, &report, end).await? else {
+                lost(tenant, &run);
+                return Ok(());
+            };
             tracing::info!(%tenant, job = %id, records = ?report.records_ingested, ms = report.run_ms, "succeeded");
             super::finished(ctx, tenant, &done)
         }
         Exit::Code(EXIT_TRY_LATER) => {
             let detail =
                 report.app_message.clone().unwrap_or_else(|| "the app asked to be run again later (exit 75)".into());
-            end_attempt(ctx, tenant, &job, attempt, report, "try_later", detail).await
+            end_attempt(ctx, tenant, &run, report, "try_later", detail).await
         }
         exit => {
             let (reason, detail) = classify_failure(exit, &report.log, &route);
-            end_attempt(ctx, tenant, &job, attempt, report, reason, detail).await
+            end_attempt(ctx, tenant, &run, report, reason, detail).await
         }
     }
 }
@@ -297,27 +304,37 @@ fn printable(text: &str, limit: usize) -> String {
     out
 }
 
+/// The attempt being run: its job as it was queued, its number, and the lease it runs under.
+struct Attempt<'a> {
+    job: &'a Job,
+    number: i32,
+    fence: i64,
+}
+
+/// The attempt's lease went to another manager: what happened here is not recorded (the app was
+/// stopped, or its outcome arrived too late), and the job is the other manager's.
+fn lost(tenant: &TenantId, run: &Attempt<'_>) {
+    tracing::warn!(%tenant, job = %run.job.id, attempt = run.number, fence = run.fence, "the attempt's lease was lost; its outcome is not recorded");
+}
+
 /// Ends a failed attempt: retry after a backoff while attempts remain, otherwise fail and quarantine.
 async fn end_attempt(
     ctx: &Arc<Ctx>,
     tenant: &TenantId,
-    job: &Job,
-    attempt: i32,
+    run: &Attempt<'_>,
     report: AttemptReport,
     reason: &str,
     detail: String,
 ) -> anyhow::Result<()> {
+    let (job, attempt) = (run.job, run.number);
     if attempt < job.max_attempts {
         let delay = ctx.config.retry_backoff * 2u32.saturating_pow(attempt as u32 - 1).min(64);
         let detail = format!("attempt {attempt} of {}: {detail}", job.max_attempts);
-        jobs::finish_attempt(
-            &ctx.db,
-            tenant,
-            job.id,
-            &report,
-            AttemptEnd::Retry { reason, detail: &detail, delay_ms: delay.as_millis() as i64 },
-        )
-        .await?;
+        let end = AttemptEnd::Retry { reason, detail: &detail, delay_ms: delay.as_millis() as i64 };
+        if jobs::finish_attempt(&ctx.db, tenant, job.id, run.fence, &report, end).await?.is_none() {
+            lost(tenant, run);
+            return Ok(());
+        }
         tracing::warn!(%tenant, job = %job.id, reason, %detail, "attempt failed; will retry");
         super::retry_after(ctx, tenant, job.id, delay);
         return Ok(());
@@ -325,22 +342,21 @@ async fn end_attempt(
     let detail =
         if job.max_attempts > 1 { format!("{detail} (attempt {attempt} of {})", job.max_attempts) } else { detail };
     let target = ctx.layout.quarantine_file(tenant, job.id, &job.file_name);
-    let done = jobs::finish_attempt(
-        &ctx.db,
-        tenant,
-        job.id,
-        &report,
-        AttemptEnd::Failed { reason, detail: &detail, final_path: &target.to_string_lossy() },
-    )
-    .await?;
+    let end = AttemptEnd::Failed { reason, detail: &detail, final_path: &target.to_string_lossy() };
+    let Some(done) = jobs::finish_attempt(&ctx.db, tenant, job.id, run.fence, &report, end).await? else {
+        lost(tenant, run);
+        return Ok(());
+    };
     tracing::warn!(%tenant, job = %job.id, reason, %detail, "failed");
     super::finished(ctx, tenant, &done)
 }
 
 async fn fail_early(ctx: &Ctx, tenant: &TenantId, job: &Job, reason: &str, detail: String) -> anyhow::Result<()> {
     let target = ctx.layout.quarantine_file(tenant, job.id, &job.file_name);
-    let done =
-        jobs::fail_without_run(&ctx.db, tenant, job.id, reason, &detail, Some(&target.to_string_lossy())).await?;
+    let failed =
+        jobs::fail_without_run(&ctx.db, tenant, job.id, job.fence, reason, &detail, Some(&target.to_string_lossy()))
+            .await?;
+    let Some(done) = failed else { return Ok(()) }; // started elsewhere meanwhile
     tracing::warn!(%tenant, job = %job.id, reason, %detail, "failed before running");
     super::finished(ctx, tenant, &done)
 }

@@ -145,6 +145,9 @@ struct ServeArgs {
     /// First retry delay of a failed job (doubles each retry).
     #[arg(long, env = "MYSIMBDP_RETRY_BACKOFF", default_value = "1s", value_parser = parse_duration)]
     retry_backoff: Duration,
+    /// How long a job stays with a batch manager that stops answering before another takes it over.
+    #[arg(long, env = "MYSIMBDP_BATCH_LEASE", default_value = "15s", value_parser = parse_duration)]
+    batch_lease: Duration,
 }
 
 #[derive(Subcommand)]
@@ -262,6 +265,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 log_limit,
                 kill_grace,
                 retry_backoff,
+                batch_lease,
             } = *args;
             let defaults = BatchConfig::default();
             let api = if roles.contains(&RoleArg::Api) {
@@ -288,6 +292,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     log_limit: log_limit.0 as usize,
                     kill_grace,
                     retry_backoff,
+                    lease: batch_lease,
                 },
                 api,
                 kafka_brokers,

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
 
+use super::leases::Lease;
 use super::Db;
 use crate::tenant::TenantId;
 
@@ -59,6 +60,9 @@ pub struct Job {
     #[sqlx(flatten)]
     #[serde(flatten)]
     pub summary: JobSummary,
+    /// The name's bytes, when they are not the text `file_name` shows (see `batch::names`).
+    #[serde(skip)]
+    pub file_name_bytes: Option<Vec<u8>>,
     pub staging_path: String,
     pub work_path: String,
     pub not_before: Option<DateTime<Utc>>,
@@ -69,6 +73,11 @@ pub struct Job {
     #[serde(skip)]
     pub pid_start_ticks: Option<i64>,
     pub final_path: Option<String>,
+    /// The batch manager working on it (see `leases`), and the fencing number of that lease.
+    #[serde(skip)]
+    pub lease_owner: Option<Uuid>,
+    #[serde(skip)]
+    pub fence: i64,
 }
 
 impl std::ops::Deref for Job {
@@ -81,6 +90,11 @@ impl std::ops::Deref for Job {
 impl Job {
     pub fn state(&self) -> JobState {
         self.summary.state
+    }
+
+    /// The name as it was in staging, byte for byte.
+    pub fn raw_name(&self) -> &[u8] {
+        self.file_name_bytes.as_deref().unwrap_or(self.file_name.as_bytes())
     }
 }
 
@@ -124,30 +138,38 @@ async fn without_flush(db: &Db) -> sqlx::Result<Transaction<'static, Postgres>> 
     Ok(tx)
 }
 
+/// A file being claimed: its job's id, its name (shown, and its bytes when they differ), where it
+/// was staged and where it goes.
+pub struct Claim<'a> {
+    pub id: Uuid,
+    pub file_name: &'a str,
+    pub file_name_bytes: Option<&'a [u8]>,
+    pub staging_path: &'a str,
+    pub work_path: &'a str,
+}
+
 /// Records a file the moment it is claimed, before it is moved out of staging, so that a crash at
 /// any later point finds the row (or, after a crash of the machine, the claimed file) and finishes
-/// the move.
-pub async fn insert_detected(
-    db: &Db,
-    tenant: &TenantId,
-    id: Uuid,
-    file_name: &str,
-    staging_path: &str,
-    work_path: &str,
-) -> sqlx::Result<Job> {
+/// the move. The claim is leased to its manager from the start.
+pub async fn insert_detected(db: &Db, tenant: &TenantId, claim: &Claim<'_>, lease: &Lease) -> sqlx::Result<Job> {
     let sql = with_event(
-        "insert into jobs (id, tenant, file_name, staging_path, work_path, state)
-         values ($1, $2, $3, $4, $5, 'detected') returning *",
+        "insert into jobs (id, tenant, file_name, file_name_bytes, staging_path, work_path, state,
+                           lease_owner, lease_until, fence)
+         values ($1, $2, $3, $7, $4, $5, 'detected', $8, now() + make_interval(secs => $9::bigint / 1000.0), 1)
+         returning *",
         6,
     );
     let mut tx = without_flush(db).await?;
     let job = sqlx::query_as(&sql)
-        .bind(id)
+        .bind(claim.id)
         .bind(tenant.as_str())
-        .bind(file_name)
-        .bind(staging_path)
-        .bind(work_path)
-        .bind(format!("detected {file_name}"))
+        .bind(claim.file_name)
+        .bind(claim.staging_path)
+        .bind(claim.work_path)
+        .bind(format!("detected {}", claim.file_name))
+        .bind(claim.file_name_bytes)
+        .bind(lease.owner)
+        .bind(lease.ttl_ms())
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -158,8 +180,19 @@ pub async fn insert_detected(
 /// and deleted again leaves the tenant's change stamp where it was before (see the migration that
 /// adds `jobs.changed`), which is right only because the rows are then as they were. Any other
 /// deletion (retention, say) must move the stamp itself.
-pub async fn forget(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<()> {
+pub async fn forget(db: &Db, tenant: &TenantId, id: Uuid, fence: i64) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
+    let mine: Option<i32> = sqlx::query_scalar(
+        "select 1 from jobs where id = $1 and tenant = $2 and state = 'detected' and fence = $3 for update",
+    )
+    .bind(id)
+    .bind(tenant.as_str())
+    .bind(fence)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if mine.is_none() {
+        return Ok(()); // another manager holds it now
+    }
     sqlx::query("delete from job_events where job_id = $1 and tenant = $2")
         .bind(id)
         .bind(tenant.as_str())
@@ -265,14 +298,15 @@ impl<'a> Admission<'a> {
         app: &str,
         app_version: Option<i32>,
         max_attempts: i32,
-    ) -> sqlx::Result<()> {
+        fence: i64,
+    ) -> sqlx::Result<bool> {
         let sql = with_event(
             "update jobs set state = 'queued', size_bytes = $3, checksum = $4, format = $5, route_app = $6,
                     app_version = $7, max_attempts = $8, admitted_at = now()
-             where tenant = $1 and id = $2 returning *",
+             where tenant = $1 and id = $2 and state = 'detected' and fence = $10 returning *",
             9,
         );
-        sqlx::query(&sql)
+        let changed = sqlx::query(&sql)
             .bind(self.tenant.as_str())
             .bind(id)
             .bind(size)
@@ -282,12 +316,18 @@ impl<'a> Admission<'a> {
             .bind(app_version)
             .bind(max_attempts)
             .bind(format!("admitted: {size} bytes of {format} for app {app}"))
+            .bind(fence)
             .execute(&mut *self.tx)
-            .await?;
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            return Ok(false); // another manager took the job over
+        }
         count_admission(&mut self.tx, &self.tenant, id).await?;
         // Queued, not final: see `without_flush`. (A rejection, final, keeps waiting for the flush.)
         sqlx::query("set local synchronous_commit = off").execute(&mut *self.tx).await?;
-        self.tx.commit().await
+        self.tx.commit().await?;
+        Ok(true)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -300,11 +340,12 @@ impl<'a> Admission<'a> {
         detail: &str,
         duplicate_of: Option<Uuid>,
         final_path: &str,
-    ) -> sqlx::Result<Job> {
+        fence: i64,
+    ) -> sqlx::Result<Option<Job>> {
         let sql = with_event(
             "update jobs set state = 'rejected', size_bytes = $3, checksum = $4, reason = $5, detail = $6,
                     duplicate_of = $7, final_path = $8, finished_at = now()
-             where tenant = $1 and id = $2 returning *",
+             where tenant = $1 and id = $2 and state = 'detected' and fence = $10 returning *",
             9,
         );
         let job = sqlx::query_as(&sql)
@@ -317,28 +358,39 @@ impl<'a> Admission<'a> {
             .bind(duplicate_of)
             .bind(final_path)
             .bind(format!("{reason}: {detail}"))
-            .fetch_one(&mut *self.tx)
+            .bind(fence)
+            .fetch_optional(&mut *self.tx)
             .await?;
         self.tx.commit().await?;
         Ok(job)
     }
 }
 
-/// Marks the start of an attempt and returns its number, or `None` if the job is no longer queued
-/// (another runner, in this process or another, took it): the conditional update is the claim.
-pub async fn start_attempt(db: &Db, tenant: &TenantId, id: Uuid, app_version: i32) -> sqlx::Result<Option<i32>> {
+/// Marks the start of an attempt under a new lease and returns its number and fencing number, or
+/// `None` if the job is no longer queued (another runner, in this process or another, took it): the
+/// conditional update is the claim.
+pub async fn start_attempt(
+    db: &Db,
+    tenant: &TenantId,
+    id: Uuid,
+    app_version: i32,
+    lease: &Lease,
+) -> sqlx::Result<Option<(i32, i64)>> {
     let mut tx = without_flush(db).await?;
-    let attempt = sqlx::query_scalar(
+    let attempt = sqlx::query_as(
         "with u as (update jobs set state = 'running', attempts = attempts + 1, started_at = now(), app_version = $3,
-                                not_before = null, pid = null, pid_start_ticks = null
-                    where tenant = $1 and id = $2 and state = 'queued' returning id, tenant, state, attempts),
+                                not_before = null, pid = null, pid_start_ticks = null, lease_owner = $4,
+                                lease_until = now() + make_interval(secs => $5::bigint / 1000.0), fence = fence + 1
+                    where tenant = $1 and id = $2 and state = 'queued' returning id, tenant, state, attempts, fence),
               e as (insert into job_events (job_id, tenant, state, message)
                     select id, tenant, state, 'attempt ' || attempts || ' started with app version ' || $3 from u)
-         select attempts from u",
+         select attempts, fence from u",
     )
     .bind(tenant.as_str())
     .bind(id)
     .bind(app_version)
+    .bind(lease.owner)
+    .bind(lease.ttl_ms())
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -420,12 +472,20 @@ async fn count_admission(tx: &mut sqlx::PgConnection, tenant: &TenantId, id: Uui
 }
 
 /// Remembers the app's process so that a manager restarted after a crash can end it.
-pub async fn set_process(db: &Db, tenant: &TenantId, id: Uuid, pid: i32, start_ticks: i64) -> sqlx::Result<()> {
-    sqlx::query("update jobs set pid = $3, pid_start_ticks = $4 where tenant = $1 and id = $2")
+pub async fn set_process(
+    db: &Db,
+    tenant: &TenantId,
+    id: Uuid,
+    fence: i64,
+    pid: i32,
+    start_ticks: i64,
+) -> sqlx::Result<()> {
+    sqlx::query("update jobs set pid = $3, pid_start_ticks = $4 where tenant = $1 and id = $2 and fence = $5")
         .bind(tenant.as_str())
         .bind(id)
         .bind(pid)
         .bind(start_ticks)
+        .bind(fence)
         .execute(db)
         .await?;
     Ok(())
@@ -452,13 +512,16 @@ pub enum AttemptEnd<'a> {
     Failed { reason: &'a str, detail: &'a str, final_path: &'a str },
 }
 
+/// Records how an attempt ended, if the attempt's lease (`fence`) still holds the job; `None` when
+/// another manager took it over meanwhile (its outcome is that manager's to record).
 pub async fn finish_attempt(
     db: &Db,
     tenant: &TenantId,
     id: Uuid,
+    fence: i64,
     report: &AttemptReport,
     end: AttemptEnd<'_>,
-) -> sqlx::Result<Job> {
+) -> sqlx::Result<Option<Job>> {
     let (state, reason, detail, final_path, delay_ms) = match &end {
         AttemptEnd::Succeeded { final_path } => (JobState::Succeeded, None, None, Some(*final_path), None),
         AttemptEnd::Retry { reason, detail, delay_ms } => {
@@ -485,7 +548,7 @@ pub async fn finish_attempt(
                 exit_code = $8, signal = $9, run_ms = $10, log = $11, log_dropped_bytes = $12,
                 records_ingested = $13, records_rejected = $14, bytes_read = $15, app_message = $16,
                 pid = null, pid_start_ticks = null
-         where tenant = $1 and id = $2 returning *",
+         where tenant = $1 and id = $2 and state = 'running' and fence = $18 returning *",
         17,
     );
     sqlx::query_as(&sql)
@@ -506,7 +569,8 @@ pub async fn finish_attempt(
         .bind(report.bytes_read)
         .bind(&report.app_message)
         .bind(message)
-        .fetch_one(db)
+        .bind(fence)
+        .fetch_optional(db)
         .await
 }
 
@@ -521,18 +585,20 @@ pub async fn requeue(db: &Db, tenant: &TenantId, id: Uuid, why: &str) -> sqlx::R
     Ok(())
 }
 
-/// Ends a job that cannot run at all (its app is missing, its input vanished) without an attempt.
+/// Ends a job that cannot run at all (its app is missing, its input vanished, its recovery keeps
+/// failing) without an attempt; `None` if the job moved on or another manager holds it (`fence`).
 pub async fn fail_without_run(
     db: &Db,
     tenant: &TenantId,
     id: Uuid,
+    fence: i64,
     reason: &str,
     detail: &str,
     final_path: Option<&str>,
-) -> sqlx::Result<Job> {
+) -> sqlx::Result<Option<Job>> {
     let sql = with_event(
         "update jobs set state = 'failed', reason = $3, detail = $4, final_path = $5, finished_at = now()
-         where tenant = $1 and id = $2 returning *",
+         where tenant = $1 and id = $2 and state in ('detected', 'queued') and fence = $7 returning *",
         6,
     );
     sqlx::query_as(&sql)
@@ -542,7 +608,8 @@ pub async fn fail_without_run(
         .bind(detail)
         .bind(final_path)
         .bind(format!("{reason}: {detail}"))
-        .fetch_one(db)
+        .bind(fence)
+        .fetch_optional(db)
         .await
 }
 
@@ -671,14 +738,15 @@ pub struct ListFilter {
 }
 
 /// Puts back a job whose attempt the platform itself interrupted (shutdown, crash, platform error);
-/// an attempt that had started does not count against the app.
-pub async fn requeue_interrupted(db: &Db, tenant: &TenantId, id: Uuid, why: &str) -> sqlx::Result<()> {
+/// an attempt that had started does not count against the app. A running job is put back only by
+/// the holder of its lease (`fence`).
+pub async fn requeue_interrupted(db: &Db, tenant: &TenantId, id: Uuid, fence: i64, why: &str) -> sqlx::Result<()> {
     let sql = with_event(
         "update jobs set state = 'queued', pid = null, pid_start_ticks = null,
                 attempts = case when state = 'running' then greatest(attempts - 1, 0) else attempts end
-         where tenant = $1 and id = $2 and state in ('queued', 'running') returning *",
+         where tenant = $1 and id = $2 and (state = 'queued' or (state = 'running' and fence = $4)) returning *",
         3,
     );
-    sqlx::query(&sql).bind(tenant.as_str()).bind(id).bind(why).execute(db).await?;
+    sqlx::query(&sql).bind(tenant.as_str()).bind(id).bind(why).bind(fence).execute(db).await?;
     Ok(())
 }

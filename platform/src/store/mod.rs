@@ -6,6 +6,7 @@ pub mod apps;
 pub mod coredms;
 pub mod instances;
 pub mod jobs;
+pub mod leases;
 pub mod stats;
 pub mod stream;
 

@@ -1,0 +1,136 @@
+//! Job leases: which batch manager works on a job, until when, under which fencing number.
+//!
+//! A job that is being admitted (`detected`) or run (`running`) carries its manager's id, an expiry
+//! the manager keeps pushing forward, and a fencing number that grows with every new lease. Every
+//! state change a manager makes names the fencing number it holds, so a manager that lost a lease
+//! (paused, cut off from the store) can change nothing once another took the job over.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::jobs::Job;
+use super::Db;
+
+/// The lease a manager takes on a job: its own id, for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Lease {
+    pub owner: Uuid,
+    pub ttl: Duration,
+}
+
+impl Lease {
+    pub fn ttl_ms(&self) -> i64 {
+        millis(self.ttl)
+    }
+}
+
+/// This process as a batch manager: how other managers on the same machine tell it is gone (its
+/// pid and start time), so they take its jobs at once instead of waiting out the leases.
+pub async fn register(db: &Db, id: Uuid, boot_id: &str, pid: i32, start_ticks: i64) -> sqlx::Result<()> {
+    sqlx::query("insert into batch_managers (id, boot_id, pid, start_ticks) values ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(boot_id)
+        .bind(pid)
+        .bind(start_ticks)
+        .execute(db)
+        .await?;
+    // Managers that hold no lease and have not been seen for a day are history.
+    sqlx::query(
+        "delete from batch_managers m where seen_at < now() - interval '1 day'
+           and not exists (select 1 from jobs where lease_owner = m.id and state in ('detected', 'running'))",
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn unregister(db: &Db, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("delete from batch_managers where id = $1").bind(id).execute(db).await?;
+    Ok(())
+}
+
+/// A manager other than `me` that holds unexpired leases.
+#[derive(sqlx::FromRow)]
+pub struct Holder {
+    pub id: Uuid,
+    pub boot_id: String,
+    pub pid: i32,
+    pub start_ticks: i64,
+}
+
+pub async fn holders(db: &Db, me: Uuid) -> sqlx::Result<Vec<Holder>> {
+    sqlx::query_as(
+        "select m.id, m.boot_id, m.pid, m.start_ticks from batch_managers m
+         where m.id <> $1 and exists (select 1 from jobs j where j.lease_owner = m.id
+                                        and j.state in ('detected', 'running') and j.lease_until >= now())",
+    )
+    .bind(me)
+    .fetch_all(db)
+    .await
+}
+
+/// The machine a manager ran on, if it is known.
+pub async fn boot_id(db: &Db, manager: Uuid) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("select boot_id from batch_managers where id = $1").bind(manager).fetch_optional(db).await
+}
+
+fn millis(d: Duration) -> i64 {
+    d.as_millis() as i64
+}
+
+/// Pushes the expiry of the leases `me` holds (job id, fencing number) forward; returns the jobs
+/// whose lease it still held.
+pub async fn renew(db: &Db, me: Uuid, held: &[(Uuid, i64)], ttl: Duration) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query("update batch_managers set seen_at = now() where id = $1").bind(me).execute(db).await?;
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ids, fences): (Vec<Uuid>, Vec<i64>) = held.iter().copied().unzip();
+    sqlx::query_scalar(
+        "update jobs j set lease_until = now() + make_interval(secs => $4::bigint / 1000.0)
+         from unnest($2::uuid[], $3::bigint[]) as h(id, fence)
+         where j.id = h.id and j.fence = h.fence and j.lease_owner = $1
+         returning j.id",
+    )
+    .bind(me)
+    .bind(ids)
+    .bind(fences)
+    .bind(millis(ttl))
+    .fetch_all(db)
+    .await
+}
+
+/// A job `me` took over, and the manager that held it before.
+#[derive(sqlx::FromRow)]
+pub struct TakenOver {
+    #[sqlx(flatten)]
+    pub job: Job,
+    pub old_owner: Option<Uuid>,
+}
+
+/// Takes over jobs being admitted or run whose lease ran out, or whose manager is known to be gone
+/// (`gone`): a new lease for `me` under the next fencing number, and an event saying so. Jobs `me`
+/// is working on (`held`) are left alone, whatever their expiry says: `me` renews those itself.
+pub async fn take_over(db: &Db, me: Uuid, ttl: Duration, gone: &[Uuid], held: &[Uuid]) -> sqlx::Result<Vec<TakenOver>> {
+    sqlx::query_as(
+        "with t as (select id, lease_owner as old_owner from jobs
+                    where state in ('detected', 'running')
+                      and (lease_until is null or lease_until < now() or lease_owner = any($3))
+                      and not (lease_owner = $1 and id = any($4))
+                    order by detected_at limit 200 for update skip locked),
+              u as (update jobs j set lease_owner = $1, fence = j.fence + 1,
+                                      lease_until = now() + make_interval(secs => $2::bigint / 1000.0)
+                    from t where j.id = t.id returning j.*, t.old_owner),
+              e as (insert into job_events (job_id, tenant, state, message)
+                    select id, tenant, state, 'taken up by batch manager ' || $1::text
+                           || coalesce(' from ' || old_owner::text, '') || ', whose lease ended' from u)
+         select * from u",
+    )
+    .bind(me)
+    .bind(millis(ttl))
+    .bind(gone)
+    .bind(held)
+    .fetch_all(db)
+    .await
+}
