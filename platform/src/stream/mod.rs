@@ -3,13 +3,14 @@
 //! The store holds what is wanted (`stream_instances.desired`); the manager reconciles it with what
 //! runs, the way a Kubernetes controller does: after every change (PostgreSQL NOTIFY from the
 //! control plane or the reaction) and every second. One supervisor task per wanted instance, and
-//! only in the one process that holds the manager's lock, so two platform processes never run an
-//! instance twice. After a crash, every wanted instance is started again (its previous process was
+//! only in the one process that holds the manager's lock, fenced so that two platform processes
+//! never run an instance twice (see `leader`). After a crash, every wanted instance is started again (its previous process was
 //! ended by the parent-death signal, or here by `end_leftover`); its consumer group's committed
 //! offsets and idempotent writes make the restart lose and duplicate nothing.
 //!
 //! `reaction` applies the monitor's notifications from `mysimbdp.control`.
 
+pub mod leader;
 pub mod members;
 pub mod reaction;
 pub mod supervisor;
@@ -31,8 +32,6 @@ use crate::tenant::TenantId;
 use crate::tenants::Tenants;
 use supervisor::Control;
 
-/// Key of the session lock that makes one process the manager.
-const MANAGER_LOCK: i64 = 0x6d79_7369_6d62_6470; // "mysimbdp"
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
 pub struct StreamCtx {
@@ -85,6 +84,7 @@ pub fn group_instance_id(group: &str, inst_id: Uuid, member: Option<i32>) -> Str
 
 struct Supervised {
     control: Arc<Control>,
+    runtime: String,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -123,9 +123,10 @@ impl Manager {
                     continue;
                 }
                 let (id, control) = (inst.id, Arc::new(Control::new(shutdown.child_token())));
+                let runtime = inst.runtime.clone();
                 let task =
                     tokio::spawn(supervisor::supervise(self.ctx.clone(), inst, control.clone(), shutdown.clone()));
-                supervised.insert(id, Supervised { control, task });
+                supervised.insert(id, Supervised { control, runtime, task });
             }
             supervised.keys().copied().collect()
         };
@@ -140,62 +141,83 @@ impl Manager {
     }
 }
 
-/// Waits to become the one manager (a PostgreSQL session lock); returns the connection holding it.
-async fn lead(
-    db: &Db,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Option<sqlx::pool::PoolConnection<sqlx::Postgres>>> {
-    let mut announced = false;
-    loop {
-        let mut conn = db.acquire().await?;
-        let (got,): (bool,) =
-            sqlx::query_as("select pg_try_advisory_lock($1)").bind(MANAGER_LOCK).fetch_one(&mut *conn).await?;
-        if got {
-            return Ok(Some(conn));
-        }
-        drop(conn);
-        if !announced {
-            tracing::info!("another process is the stream manager; standing by");
-            announced = true;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+impl Manager {
+    /// Ends every supervised instance's program now, without grace: this process is no longer the
+    /// manager and another may be starting them.
+    async fn kill_all(&self) {
+        let running: Vec<(String, Started)> = self
+            .supervised
+            .lock()
+            .expect("supervised lock")
+            .values()
+            .filter_map(|s| Some((s.runtime.clone(), s.control.started.lock().expect("started lock").clone()?)))
+            .collect();
+        for (runtime, started) in running {
+            if let Ok(runtime) = self.ctx.runtime(&runtime) {
+                runtime.end_leftover(&started).await;
+            }
         }
     }
 }
 
-/// Runs the stream manager (and its reaction to notifications) until `shutdown`; then stops every
-/// instance (they stay wanted and start again with the platform).
+/// Runs the stream manager (and its reaction to notifications) until `shutdown`, whenever this
+/// process holds the manager's lock; then stops every instance (they stay wanted and start again
+/// with the platform, or under the next manager).
 pub async fn run(ctx: StreamCtx, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Some(lock) = lead(&ctx.db, &shutdown).await? else { return Ok(()) };
-    // The lock lives as long as this connection; it must never go back to the pool.
-    let lock = lock.detach();
     let ctx = Arc::new(ctx);
+    loop {
+        let Some(lock) = leader::acquire(&ctx.db, &shutdown).await? else { return Ok(()) };
+        lead(&ctx, lock, &shutdown).await?;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        tracing::error!("the stream manager's lock was lost; its instances were killed; standing by");
+    }
+}
+
+/// Manages instances while `lock` holds the manager's lock, until shutdown or the lock is lost.
+async fn lead(ctx: &Arc<StreamCtx>, mut lock: sqlx::PgConnection, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let wait = leader::take_over(&mut lock).await?;
+    if !wait.is_zero() {
+        tracing::info!(?wait, "became the stream manager; waiting for the previous one to stop its instances");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
     for inst in instances::wanted(&ctx.db).await?.iter().chain(instances::stopping(&ctx.db).await?.iter()) {
         if let Ok(runtime) = ctx.runtime(&inst.runtime) {
             runtime.end_leftover(&leftover(inst)).await;
         }
     }
+    // Everything below stops with the leadership: on shutdown, or when the lock is lost.
+    let leading = shutdown.child_token();
     let manager = Manager { ctx: ctx.clone(), supervised: Arc::default() };
-    let reaction = tokio::spawn(reaction::run(ctx.clone(), manager.clone(), shutdown.clone()));
-    let members = tokio::spawn(members::run(ctx.clone(), shutdown.clone()));
+    let reaction = tokio::spawn(reaction::run(ctx.clone(), manager.clone(), leading.clone()));
+    let members = tokio::spawn(members::run(ctx.clone(), leading.clone()));
     let mut listener = PgListener::connect_with(&ctx.db).await?;
     listener.listen("mysimbdp_instances").await?;
+    let mut check = tokio::time::interval(RECONCILE_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(containers = ctx.containers.is_some(), "stream manager running");
     loop {
-        if let Err(e) = manager.reconcile(&shutdown).await {
+        if let Err(e) = manager.reconcile(&leading).await {
             tracing::error!(error = %e, "reconciling instances failed; retrying");
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            // Every second: the lock checked, then a reconcile pass.
+            _ = check.tick() => if !leader::still_held(&mut lock).await {
+                manager.kill_all().await;
+                break;
+            },
             n = listener.recv() => if let Err(e) = n {
                 tracing::warn!(error = %e, "listening for instance changes failed; polling");
                 tokio::time::sleep(RECONCILE_EVERY).await;
             },
-            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
         }
     }
+    leading.cancel();
     let tasks: Vec<_> = manager.supervised.lock().expect("supervised lock").drain().map(|(_, s)| s.task).collect();
     for task in tasks {
         let _ = task.await;

@@ -34,12 +34,14 @@ pub struct Control {
     pub stop: CancellationToken,
     /// The current run; cancelling it alone restarts the instance.
     current: Mutex<CancellationToken>,
+    /// The current run's program, for a manager that must end it at once (see `super::leader`).
+    pub started: Mutex<Option<Started>>,
 }
 
 impl Control {
     pub fn new(stop: CancellationToken) -> Self {
         let current = Mutex::new(stop.child_token());
-        Control { stop, current }
+        Control { stop, current, started: Mutex::default() }
     }
 
     /// Ends the current run (SIGTERM, then SIGKILL after the grace period) and starts a new one at
@@ -94,7 +96,7 @@ enum Next {
 
 pub async fn supervise(ctx: Arc<StreamCtx>, inst: Instance, control: Arc<Control>, shutdown: CancellationToken) {
     let id = inst.id;
-    if let Err(e) = supervise_inner(&ctx, &inst, &control, &shutdown).await {
+    if let Err(e) = supervise_inner(&ctx, &inst, control, &shutdown).await {
         // The store is unreachable or similar; the manager's next pass starts a new supervisor.
         tracing::error!(instance = %id, error = %e, "supervising the instance failed");
     }
@@ -103,7 +105,7 @@ pub async fn supervise(ctx: Arc<StreamCtx>, inst: Instance, control: Arc<Control
 async fn supervise_inner(
     ctx: &StreamCtx,
     inst: &Instance,
-    control: &Control,
+    control: Arc<Control>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let id = inst.id;
@@ -154,8 +156,9 @@ async fn supervise_inner(
         let run = control.next_run();
         let recorded: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
         let on_start = {
-            let (db, recorded) = (ctx.db.clone(), recorded.clone());
+            let (db, recorded, control) = (ctx.db.clone(), recorded.clone(), control.clone());
             move |s: Started| {
+                *control.started.lock().expect("started lock") = Some(s.clone());
                 let task = tokio::spawn(async move {
                     let pid = s.pid.map(|p| p as i32);
                     if let Err(e) = instances::started(&db, id, pid, s.start_ticks, s.container.as_deref()).await {
@@ -168,6 +171,7 @@ async fn supervise_inner(
         let output = move |bytes: &[u8]| log.push(bytes);
         tracing::info!(tenant = %tenant, instance = %id, app = %app.name, version = app.version, "starting instance");
         let outcome = runtime.run(spec, &run, on_start, output).await;
+        control.started.lock().expect("started lock").take();
         let recording = recorded.lock().expect("recorded lock").take();
         if let Some(task) = recording {
             let _ = task.await; // the start is recorded before the end
@@ -178,7 +182,7 @@ async fn supervise_inner(
                 after_failure(ctx, inst, &stream, &mut restarts, None, Duration::ZERO, &why).await?
             }
             Ok(ended) if ended.stopped == Stopped::Cancelled => {
-                stopped_by_platform(ctx, inst, &stream, control, shutdown, &mut restarts, ended).await?
+                stopped_by_platform(ctx, inst, &stream, &control, shutdown, &mut restarts, ended).await?
             }
             Ok(ended) => {
                 let why = ended.stopped.limit_passed().unwrap_or_else(|| ended.exit.to_string());

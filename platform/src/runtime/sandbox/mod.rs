@@ -199,8 +199,9 @@ impl Sandbox {
                 init.display()
             )));
         }
-        let home = crate::config::private_dir(&data_dir.join("sandbox"))
+        let base = crate::config::private_dir(&data_dir.join("sandbox"))
             .map_err(|e| fail(format!("its folder under {}: {e}", data_dir.display())))?;
+        let home = own_home(&base).map_err(|e| fail(format!("its folder under {}: {e}", base.display())))?;
         let (root, system) = make_root(&home.join("root")).map_err(|e| fail(format!("its root folder: {e}")))?;
         let dev = make_dev(&home.join("dev")).map_err(|e| fail(format!("its /dev: {e}")))?;
         // Made afresh at each start, so changes to the host's /etc reach programs after a restart.
@@ -410,6 +411,27 @@ fn make_dev(dir: &Path) -> io::Result<PathBuf> {
 /// The root every run pivots into, made afresh at each start: a folder per mount point, and the
 /// host's top-level links into `/usr` (on a merged `/usr`) reproduced. Returns it with the binds of
 /// the host's system folders that are folders of their own.
+/// This process's own folder under `base` (`run-<pid>-<start ticks>`): several platform processes
+/// may share one data folder, and each remakes its root, /dev and /etc at start. Folders of
+/// processes that are gone are removed.
+fn own_home(base: &Path) -> io::Result<PathBuf> {
+    let pid = std::process::id();
+    let ticks = crate::runtime::process::start_ticks(pid).unwrap_or_default();
+    for entry in std::fs::read_dir(base)?.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let alive = name
+            .strip_prefix("run-")
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(p, t)| Some((p.parse::<u32>().ok()?, t.parse::<i64>().ok()?)))
+            .is_some_and(|(p, t)| crate::runtime::process::start_ticks(p) == Some(t));
+        if !alive {
+            // Gone, or the single folder of an earlier version.
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    crate::config::private_dir(&base.join(format!("run-{pid}-{ticks}")))
+}
+
 fn make_root(root: &Path) -> io::Result<(PathBuf, Vec<Mount>)> {
     if root.exists() {
         std::fs::remove_dir_all(root)?;
