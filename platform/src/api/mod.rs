@@ -7,6 +7,8 @@
 
 pub mod apps;
 pub mod auth;
+pub mod concurrency;
+pub mod connections;
 pub mod extract;
 pub mod health;
 pub mod ingestions;
@@ -65,6 +67,7 @@ impl FromRef<ApiState> for Keys {
 
 pub fn router(state: ApiState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
+    let per_tenant = concurrency::TenantRequests::new(state.keys.clone());
     // Uploads stream their bodies under the agreement's size limits and may take as long as the
     // client needs to send them; everything else is small and bounded in time.
     let uploads = Router::new()
@@ -105,6 +108,7 @@ pub fn router(state: ApiState) -> Router {
             Problem::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this endpoint does not take that method")
         })
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(per_tenant, concurrency::limit))
         .layer(axum::middleware::from_fn(refuse_nul))
         .layer(axum::middleware::from_fn(upload::drain_refused))
         .layer(
@@ -151,5 +155,5 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "API listening");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    connections::serve(listener, router(state), shutdown).await
 }

@@ -25,6 +25,10 @@ pub struct Written {
 /// How long an upload may send nothing before it is given up (a stalled or malicious client must
 /// not hold a connection and a half-written file forever).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The slowest an upload may be on average, after `MIN_RATE_GRACE`: a sender trickling a byte now
+/// and then holds a connection and a file as long as a stalled one.
+pub const MIN_RATE: f64 = 16.0 * 1024.0;
+pub const MIN_RATE_GRACE: Duration = Duration::from_secs(30);
 
 /// Removes a half-written file unless the upload completed, also when the request future is
 /// dropped because the client went away.
@@ -59,13 +63,22 @@ pub async fn to_file(
     let mut partial = Partial(path, false);
     let mut stream = body.into_data_stream();
     let (mut bytes, mut hasher) = (0u64, Sha256::new());
+    let started = tokio::time::Instant::now();
     loop {
-        let next = tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await.map_err(|_| {
-            Problem::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "upload-stalled",
-                format!("{what} sent nothing for {}s; start it again", IDLE_TIMEOUT.as_secs()),
-            )
+        // By when the upload must have sent more to stay above the minimum rate.
+        let behind = started + MIN_RATE_GRACE + Duration::from_secs_f64(bytes as f64 / MIN_RATE);
+        let idle = tokio::time::Instant::now() + IDLE_TIMEOUT;
+        let next = tokio::time::timeout_at(idle.min(behind), stream.next()).await.map_err(|_| {
+            let detail = if behind < idle {
+                format!(
+                    "{what} came slower than the minimum of {} KiB/s ({bytes} bytes in {}s); send it again faster",
+                    MIN_RATE as u64 / 1024,
+                    started.elapsed().as_secs()
+                )
+            } else {
+                format!("{what} sent nothing for {}s; start it again", IDLE_TIMEOUT.as_secs())
+            };
+            Problem::new(StatusCode::REQUEST_TIMEOUT, "upload-stalled", detail)
         })?;
         let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| Problem::bad_request(format!("the upload was cut off: {e}")))?;
