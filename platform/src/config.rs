@@ -33,6 +33,9 @@ pub struct Config {
     /// The sandbox tenants' programs run in; absent (`--sandbox off`): they run as the platform's
     /// own user, for development on hosts where the platform cannot run as root.
     pub sandbox: Option<crate::runtime::sandbox::SandboxConfig>,
+    /// How long finished work (jobs and their files, reports, notifications, stopped instances) is
+    /// kept; absent: for ever.
+    pub retention: Option<std::time::Duration>,
 }
 
 /// The control plane; absent when this process runs no API.

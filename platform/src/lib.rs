@@ -18,6 +18,7 @@ pub mod apps;
 pub mod batch;
 pub mod config;
 pub mod coredms;
+pub mod janitor;
 pub mod messaging;
 pub mod metrics;
 pub mod monitor;
@@ -125,6 +126,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 Ok(())
             }));
         }
+    }
+    if let (Some(keep), true) = (config.retention, needs_tenants) {
+        let (db, data, shutdown) = (db.clone(), config.data_dir.clone(), shutdown.clone());
+        background.push(tokio::spawn(async move {
+            janitor::run(db, data, keep, shutdown).await;
+            Ok(())
+        }));
     }
     if config.stream_role {
         let brokers = brokers.clone().expect("checked above");

@@ -19,6 +19,7 @@ mod loop_judgement;
 mod misbehaving_apps;
 mod names;
 mod report_forgery;
+mod retention;
 mod sandbox;
 mod several_managers;
 mod staging_rules;

@@ -1020,3 +1020,25 @@ async fn a_business_key_stores_an_event_produced_twice_once() {
     assert_eq!((doc["amount_cents"].as_i64(), doc["status"].as_str()), (Some(1250), Some("delivered")));
     p.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_whose_agreement_is_withdrawn_has_its_instances_stopped() {
+    let zoo = unique("zoo");
+    let (p, http, token, _topic) = zoo_with_tortoise_stream(&zoo, stream_agreement(&zoo, &Stream::default())).await;
+    let id = start(&http, &token, &zoo, "tortoise-stream", 1).await[0]["id"].as_str().unwrap().to_owned();
+    wait_state(&http, &token, &zoo, &id, "running", Duration::from_secs(30)).await;
+    assert_eq!(running_instance_ids(&zoo), vec![id.clone()]);
+
+    std::fs::remove_file(p.tenants_dir.join(format!("{zoo}.yaml"))).unwrap();
+    eventually(Duration::from_secs(30), "the withdrawn tenant's instance to end", async || {
+        running_instance_ids(&zoo).is_empty()
+    })
+    .await;
+    let (db, tenant, id) = (p.db.clone(), p.tenant(&zoo), id.parse().unwrap());
+    eventually(Duration::from_secs(10), "the instance recorded as stopped", async || {
+        let inst = mysimbdp::store::instances::get(&db, &tenant, id).await.unwrap().unwrap();
+        (inst.desired.as_str(), inst.state.as_str()) == ("stopped", "exited")
+    })
+    .await;
+    p.cleanup().await;
+}

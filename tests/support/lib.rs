@@ -94,6 +94,8 @@ pub struct TestPlatform {
     pub cluster: String,
     /// `start` runs the monitor in this process too (false: the test runs it as its own process).
     pub monitor_in_process: bool,
+    /// How long finished work is kept (`--retention`); absent: for ever.
+    pub retention: Option<Duration>,
     tenants: Vec<TenantId>,
     running: Option<(CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)>,
     process: Option<Child>,
@@ -150,6 +152,7 @@ impl TestPlatform {
             jwt_secret: uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string(),
             cluster: unique("mysimbdp-test"),
             monitor_in_process: true,
+            retention: None,
             tenants: ids,
             running: None,
             process: None,
@@ -179,6 +182,7 @@ impl TestPlatform {
                 init: Some(bin("mysimbdp-sandbox")),
                 uid_base: mysimbdp::runtime::sandbox::DEFAULT_UID_BASE,
             }),
+            retention: self.retention,
         }
     }
 

@@ -17,6 +17,12 @@ pub enum TenantScoped {
         content_type = "application/problem+json"
     )]
     NotFound(Problem),
+    #[response(
+        status = 429,
+        description = "the tenant has the most requests in progress it may have (see `concurrency`)",
+        content_type = "application/problem+json"
+    )]
+    TooManyRequests(Problem),
 }
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]

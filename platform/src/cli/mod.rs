@@ -145,6 +145,10 @@ struct ServeArgs {
     /// First retry delay of a failed job (doubles each retry).
     #[arg(long, env = "MYSIMBDP_RETRY_BACKOFF", default_value = "1s", value_parser = parse_duration)]
     retry_backoff: Duration,
+    /// How long finished work is kept: jobs and their files, reports, notifications, stopped
+    /// instances and their logs (0s: for ever).
+    #[arg(long, env = "MYSIMBDP_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    retention: Duration,
     /// How long a job stays with a batch manager that stops answering before another takes it over.
     #[arg(long, env = "MYSIMBDP_BATCH_LEASE", default_value = "15s", value_parser = parse_duration)]
     batch_lease: Duration,
@@ -266,6 +270,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 kill_grace,
                 retry_backoff,
                 batch_lease,
+                retention,
             } = *args;
             let defaults = BatchConfig::default();
             let api = if roles.contains(&RoleArg::Api) {
@@ -302,6 +307,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 cluster,
                 container_socket,
                 sandbox,
+                retention: (!retention.is_zero()).then_some(retention),
             };
             mysimbdp::config::harden_process();
             let shutdown = CancellationToken::new();

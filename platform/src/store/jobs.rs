@@ -176,10 +176,10 @@ pub async fn insert_detected(db: &Db, tenant: &TenantId, claim: &Claim<'_>, leas
     Ok(job)
 }
 
-/// Deletes a claim whose file went away before it was moved. The only delete of jobs: a row written
-/// and deleted again leaves the tenant's change stamp where it was before (see the migration that
-/// adds `jobs.changed`), which is right only because the rows are then as they were. Any other
-/// deletion (retention, say) must move the stamp itself.
+/// Deletes a claim whose file went away before it was moved. A row written and deleted again
+/// leaves the tenant's change stamp where it was before (see the migration that adds
+/// `jobs.changed`), which is right only because the rows are then as they were; retention, which
+/// deletes rows that were there, moves the stamp itself (`retention::forget_jobs`).
 pub async fn forget(db: &Db, tenant: &TenantId, id: Uuid, fence: i64) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
     let mine: Option<i32> = sqlx::query_scalar(
@@ -713,10 +713,14 @@ where
 
 /// The tenant's latest change stamp: it moves whenever any of the tenant's jobs is written.
 pub async fn generation(db: &Db, tenant: &TenantId) -> sqlx::Result<i64> {
-    sqlx::query_scalar("select coalesce(max(changed), 0) from jobs where tenant = $1")
-        .bind(tenant.as_str())
-        .fetch_one(db)
-        .await
+    // Retention's deletions move the stamp through `job_deletions` (see `retention`).
+    sqlx::query_scalar(
+        "select greatest((select coalesce(max(changed), 0) from jobs where tenant = $1),
+                         (select coalesce(max(changed), 0) from job_deletions where tenant = $1))",
+    )
+    .bind(tenant.as_str())
+    .fetch_one(db)
+    .await
 }
 
 pub async fn summary(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Option<JobSummary>> {

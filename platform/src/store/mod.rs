@@ -7,6 +7,7 @@ pub mod coredms;
 pub mod instances;
 pub mod jobs;
 pub mod leases;
+pub mod retention;
 pub mod stats;
 pub mod stream;
 

@@ -108,7 +108,25 @@ impl Manager {
     }
 
     async fn reconcile(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let wanted = instances::wanted(&self.ctx.db).await?;
+        let mut wanted = instances::wanted(&self.ctx.db).await?;
+        // A tenant whose agreement was withdrawn (its file removed, or no stream section left) has
+        // its instances stopped: nothing runs for a tenant the platform no longer serves.
+        let (withdrawn, kept): (Vec<Instance>, Vec<Instance>) = wanted.into_iter().partition(|i| {
+            TenantId::parse(&i.tenant).ok().and_then(|t| self.ctx.agreements.get(&t)).is_none_or(|a| a.stream.is_none())
+        });
+        wanted = kept;
+        for inst in withdrawn {
+            let Ok(tenant) = TenantId::parse(&inst.tenant) else { continue };
+            tracing::warn!(%tenant, instance = %inst.id, "the tenant's agreement was withdrawn; stopping its instance");
+            instances::request_stop(&self.ctx.db, &tenant, Some(inst.id), None).await?;
+            instances::set_state(
+                &self.ctx.db,
+                inst.id,
+                "stopping",
+                "the tenant's service agreement no longer serves streams; stopping",
+            )
+            .await?;
+        }
         let wanted_ids: std::collections::HashSet<Uuid> = wanted.iter().map(|i| i.id).collect();
         let running: Vec<Uuid> = {
             let mut supervised = self.supervised.lock().expect("supervised lock");

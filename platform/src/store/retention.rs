@@ -1,0 +1,64 @@
+//! What the platform forgets, and when: rows of finished work older than the operator's retention.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::Db;
+
+/// A final job that was deleted: its tenant and where its file was kept.
+#[derive(sqlx::FromRow)]
+pub struct Forgotten {
+    pub id: Uuid,
+    pub tenant: String,
+    pub final_path: Option<String>,
+}
+
+/// Deletes up to `limit` final jobs that finished before `cutoff`, with their events, and moves the
+/// change stamp of each tenant they belonged to (so no page cached before still passes for current).
+pub async fn forget_jobs(db: &Db, cutoff: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<Forgotten>> {
+    let mut tx = db.begin().await?;
+    let gone: Vec<Forgotten> = sqlx::query_as(
+        "with old as (select id from jobs where state in ('succeeded', 'rejected', 'failed') and finished_at < $1
+                      order by finished_at limit $2 for update skip locked),
+              e as (delete from job_events where job_id in (select id from old)),
+              d as (delete from jobs where id in (select id from old) returning id, tenant, final_path),
+              s as (insert into job_deletions (tenant, changed)
+                    select tenant, nextval('jobs_change_seq') from (select distinct tenant from d) t
+                    on conflict (tenant) do update set changed = excluded.changed)
+         select id, tenant, final_path from d",
+    )
+    .bind(cutoff)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(gone)
+}
+
+/// Stream records older than `cutoff`: trusted and dropped reports, notifications and the actions
+/// taken on them, control messages not acted on. Returns how many rows went.
+pub async fn forget_stream_records(db: &Db, cutoff: DateTime<Utc>) -> sqlx::Result<u64> {
+    let mut n = 0;
+    for sql in [
+        "delete from metrics_reports where received_at < $1",
+        "delete from dropped_reports where received_at < $1",
+        "delete from stream_actions where at < $1",
+        "delete from notifications where at < $1",
+        "delete from control_dropped where at < $1",
+    ] {
+        n += sqlx::query(sql).bind(cutoff).execute(db).await?.rows_affected();
+    }
+    Ok(n)
+}
+
+/// Instances stopped for good before `cutoff`: deleted; returns (tenant, id) to remove their folders.
+pub async fn forget_instances(db: &Db, cutoff: DateTime<Utc>) -> sqlx::Result<Vec<(String, Uuid)>> {
+    sqlx::query_as(
+        "delete from stream_instances
+         where desired = 'stopped' and state in ('exited', 'failed') and coalesce(ended_at, updated_at) < $1
+         returning tenant, id",
+    )
+    .bind(cutoff)
+    .fetch_all(db)
+    .await
+}
