@@ -1,7 +1,9 @@
 //! Every constraint violation is rejected before any app runs, quarantined, and logged with a reason
 //! naming the limit and the value.
 
-use mysimbdp_e2e::{agreement, unique, TestPlatform};
+use std::time::Duration;
+
+use mysimbdp_e2e::{agreement, eventually, unique, TestPlatform};
 
 fn batch(limits: &str) -> String {
     format!("  routes: [{{files: \"*.csv\", app: ok, timeout: 1m, memory: 256MiB}}]\n  formats: [csv]\n{limits}\n  max_concurrent_jobs: 1")
@@ -77,5 +79,43 @@ async fn each_violation_is_rejected_before_the_app_runs() {
     assert_eq!(second.reason.as_deref(), Some("max_bytes_per_day"), "{second:?}");
     assert!(second.detail.as_deref().unwrap().ends_with("over max_bytes_per_day 1000B"), "{second:?}");
     assert_eq!(second.attempts, 0);
+    p.cleanup().await;
+}
+
+/// A retry is admitted again: it counts against the hourly file and daily byte limits like a new file,
+/// and one over them is refused with the figures, so retrying cannot get around the agreement.
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_count_against_the_rate_limits() {
+    let t = unique("retries");
+    let batch = "  routes: [{files: \"*.csv\", app: fails, timeout: 1m, memory: 256MiB}]\n  formats: [csv]\n  max_file_size: 1MiB\n  max_files_per_hour: 2\n  max_bytes_per_day: 1GiB\n  max_concurrent_jobs: 1";
+    let mut p = TestPlatform::new(&[(&t, agreement(&t, batch))]).await;
+    p.start().await;
+    p.install_script(&t, "fails", "exit 1").await;
+    p.drop_file(&t, "once.csv", b"a\n1\n");
+    let failed = p.wait_final(&t, "once.csv").await;
+    assert_eq!(failed.state, "failed", "{failed:?}");
+    let (http, token) = (p.http(), p.token(Some(&t)));
+    let retry = format!("/v1/tenants/{t}/ingestions/{}/retry", failed.id);
+
+    // The second admission in the hour: allowed, and it runs (and fails) again.
+    assert_eq!(http.call("POST", &retry, Some(&token), None).await.status, 202);
+    let db = p.db.clone();
+    eventually(Duration::from_secs(30), "the retried job failed again", async || {
+        let job = mysimbdp::store::jobs::get(&db, &p.tenant(&t), failed.id).await.unwrap().unwrap();
+        job.state().is_final() && job.finished_at > failed.finished_at
+    })
+    .await;
+    // The third: over max_files_per_hour, refused with the figures, the job left as it was.
+    let r = http.call("POST", &retry, Some(&token), None).await;
+    let detail = r.problem(429);
+    assert!(detail.contains("2 files admitted in the last hour, max_files_per_hour is 2"), "{detail}");
+    let job = p.wait_final(&t, "once.csv").await;
+    assert_eq!(job.state, "failed", "{job:?}");
+    let (files,): (i64,) = sqlx::query_as("select coalesce(sum(files), 0)::bigint from tenant_usage where tenant = $1")
+        .bind(&t)
+        .fetch_one(&p.db)
+        .await
+        .unwrap();
+    assert_eq!(files, 2, "the first admission and the retry");
     p.cleanup().await;
 }

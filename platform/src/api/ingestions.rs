@@ -187,10 +187,16 @@ pub async fn retry(
     let (t, summary) = job(&state, &caller, &tenant, &id).await?;
     let request: RetryRequest = super::extract::optional_json(&headers, body).await?;
     let full = jobs::get(&state.db, &t, summary.id).await?.ok_or_else(|| Problem::not_found("the job went away"))?;
-    match crate::batch::retry::retry(&state.db, &t, &full, request.allow_duplicate).await {
+    let agreement = state.agreements.get(&t);
+    let batch = agreement.as_ref().and_then(|a| a.batch.as_ref());
+    match crate::batch::retry::retry(&state.db, &t, &full, request.allow_duplicate, batch).await {
         Ok(()) => {}
         Err(RetryFailure::Io(e)) => return Err(e.into()),
         Err(RetryFailure::Refused(jobs::RetryError::Store(e))) => return Err(e.into()),
+        Err(RetryFailure::Refused(jobs::RetryError::OverLimit(limit, detail))) => {
+            let detail = format!("a retry is admitted like a new file and {detail} ({limit})");
+            return Err(Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", detail));
+        }
         Err(e) => return Err(Problem::conflict(e.to_string())),
     }
     let after =

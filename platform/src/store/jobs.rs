@@ -411,6 +411,9 @@ pub enum RetryError {
         "job {0} is {1}; only failed jobs (and, with allow_duplicate, jobs rejected as duplicates) can be retried"
     )]
     NotRetryable(Uuid, String),
+    /// Over a rate limit of the agreement: a retry is admitted again and counts like a new file.
+    #[error("{1}")]
+    OverLimit(&'static str, String),
     #[error(transparent)]
     Store(#[from] sqlx::Error),
 }
@@ -428,33 +431,39 @@ pub fn retryable(job: &Job, allow_duplicate: bool) -> Result<(), RetryError> {
     Err(RetryError::NotRetryable(job.id, state))
 }
 
-/// Queues a final job again as asked by an operator. The caller moves the file back to the work area
-/// first; `fresh_attempts` is how many attempts the job gets now.
+/// Queues a final job again as asked by an operator or the tenant. The caller moves the file back to
+/// the work area first; `fresh_attempts` is how many attempts the job gets now. A retry is admitted
+/// again: `within_limits` judges it against the tenant's usage (under the admission lock, like any
+/// admission) and it counts in the rolling windows like a new file.
 pub async fn retry(
     db: &Db,
     tenant: &TenantId,
     job: &Job,
     allow_duplicate: bool,
     fresh_attempts: i32,
+    within_limits: impl FnOnce(&Usage) -> Result<(), (&'static str, String)>,
 ) -> Result<(), RetryError> {
     retryable(job, allow_duplicate)?;
     let sql = with_event(
         "update jobs set state = 'queued', reason = null, detail = null, attempts = 0, max_attempts = $3,
-                final_path = null, finished_at = null, admitted_at = coalesce(admitted_at, now())
+                final_path = null, finished_at = null, admitted_at = now()
          where tenant = $1 and id = $2 and state in ('failed', 'rejected') returning *",
         4,
     );
     let why = if job.state() == JobState::Rejected { "retry asked, duplicate content allowed" } else { "retry asked" };
-    let mut tx = db.begin().await?;
-    sqlx::query(&sql).bind(tenant.as_str()).bind(job.id).bind(fresh_attempts).bind(why).execute(&mut *tx).await?;
-    count_admission(&mut tx, tenant, job.id).await?;
-    tx.commit().await?;
+    let mut admission = Admission::begin(db, tenant).await?;
+    let (files, bytes): (i64, i64) = sqlx::query_as(USAGE).bind(tenant.as_str()).fetch_one(&mut *admission.tx).await?;
+    within_limits(&Usage { files_last_hour: files, bytes_last_day: bytes })
+        .map_err(|(limit, detail)| RetryError::OverLimit(limit, detail))?;
+    let tx = &mut admission.tx;
+    sqlx::query(&sql).bind(tenant.as_str()).bind(job.id).bind(fresh_attempts).bind(why).execute(&mut **tx).await?;
+    count_admission(tx, tenant, job.id).await?;
+    admission.tx.commit().await?;
     Ok(())
 }
 
 /// Adds a job admitted by this transaction (its `admitted_at` is the transaction's `now()`) to its
-/// tenant's usage, and drops minutes no window reaches any more. A job admitted before (a retried
-/// failure) was counted then and is not counted again.
+/// tenant's usage, and drops minutes no window reaches any more.
 async fn count_admission(tx: &mut sqlx::PgConnection, tenant: &TenantId, id: Uuid) -> sqlx::Result<()> {
     sqlx::query(
         "with pruned as (delete from tenant_usage where tenant = $1 and minute < now() - interval '1 day 1 hour')
