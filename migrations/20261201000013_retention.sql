@@ -8,3 +8,9 @@ create table job_deletions (
 create index jobs_finished on jobs (finished_at) where state in ('succeeded', 'rejected', 'failed');
 create index metrics_reports_received on metrics_reports (received_at);
 create index dropped_reports_received on dropped_reports (received_at);
+
+-- The bytes a tenant's files take on the platform's disk (its disk_quota): files on their way and
+-- quarantined files, summed from this index alone at each admission.
+create index jobs_kept_bytes on jobs (tenant) include (size_bytes)
+    where state in ('detected', 'queued', 'running', 'retry_wait')
+       or (state in ('rejected', 'failed') and final_path is not null);

@@ -119,3 +119,50 @@ async fn retries_count_against_the_rate_limits() {
     assert_eq!(files, 2, "the first admission and the retry");
     p.cleanup().await;
 }
+
+/// The disk quota covers what the tenant's files take on the platform: a file that would pass it is
+/// refused with the figures and not kept, an upload that says it would pass it is refused before a
+/// byte is written, and an app's old versions beyond `max_versions` go.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_over_its_disk_quota_gets_disk_quota_with_the_figures() {
+    let t = unique("quota");
+    let text = agreement(&t, "  routes: [{files: \"*.csv\", app: fails, timeout: 1m, memory: 256MiB}]\n  formats: [csv]\n  max_file_size: 1MiB\n  max_files_per_hour: 100\n  max_bytes_per_day: 1GiB\n  max_concurrent_jobs: 1")
+        .replace("apps:\n", "disk_quota: 2KiB\napps:\n  max_versions: 2\n");
+    let mut p = TestPlatform::new(&[(&t, text)]).await;
+    p.start().await;
+    for round in 1..=3 {
+        p.install_script(&t, "fails", &format!("# version {round}\nexit 1")).await;
+    }
+    let versions: Vec<(i32, String)> =
+        sqlx::query_as("select version, dir from apps where tenant = $1 order by version")
+            .bind(&t)
+            .fetch_all(&p.db)
+            .await
+            .unwrap();
+    assert_eq!(versions.iter().map(|v| v.0).collect::<Vec<_>>(), vec![2, 3], "max_versions keeps the newest two");
+    assert!(!p.data_dir.join("apps").join(&t).join("fails").join("1").exists(), "the oldest version's folder went");
+
+    let row = |n: usize| format!("{n:0>63}\n");
+    let content: String = (0..20).map(row).collect(); // 1,280 bytes
+    p.drop_file(&t, "kept.csv", content.as_bytes());
+    let kept = p.wait_final(&t, "kept.csv").await;
+    assert_eq!(kept.state, "failed", "{kept:?}");
+    p.wait_moved(&kept).await; // quarantined: it counts
+
+    let other: String = (20..40).map(row).collect();
+    p.drop_file(&t, "over.csv", other.as_bytes());
+    let over = p.wait_final(&t, "over.csv").await;
+    assert_eq!((over.state.as_str(), over.reason.as_deref()), ("rejected", Some("disk_quota")), "{over:?}");
+    let detail = over.detail.clone().unwrap();
+    assert!(detail.contains("this file's 1.25KiB") && detail.contains("over disk_quota 2KiB"), "{detail}");
+    assert!(over.final_path.is_none(), "a file over the quota is not kept: {over:?}");
+    let work = p.data_dir.join("work").join(&t).join(over.id.to_string());
+    eventually(Duration::from_secs(10), "the refused file gone", async || !work.exists()).await;
+
+    let (http, token) = (p.http(), p.token(Some(&t)));
+    let r = http
+        .call("PUT", &format!("/v1/tenants/{t}/staging/more.csv"), Some(&token), Some(("text/csv", other.into_bytes())))
+        .await;
+    assert!(r.problem(507).contains("over disk_quota 2KiB"), "{}", r.text());
+    p.cleanup().await;
+}

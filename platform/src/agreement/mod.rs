@@ -33,7 +33,13 @@ pub struct ServiceAgreement {
     pub apps: AppsAgreement,
     /// What the tenant's coredms login may take of the shared server.
     pub coredms: CoreDmsAgreement,
+    /// What the tenant's files may take of the platform's disk: files being ingested, quarantined
+    /// files and installed app versions.
+    pub disk_quota: ByteSize,
 }
+
+/// The disk quota of an agreement that does not set one.
+pub const DEFAULT_DISK_QUOTA: ByteSize = ByteSize(10 << 30);
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct CoreDmsAgreement {
@@ -219,6 +225,8 @@ pub enum BreachAction {
 pub struct AppsAgreement {
     pub max_apps: u64,
     pub max_app_size: ByteSize,
+    /// Versions kept of one app: installing one more removes the oldest that nothing uses.
+    pub max_versions: u64,
 }
 
 /// Every error found in one agreement file.
@@ -277,7 +285,13 @@ impl ServiceAgreement {
 }
 
 fn parse(value: &Value, errors: &mut Errors) -> Option<ServiceAgreement> {
-    let root = Section::new(value, "", &["version", "tenant", "name", "batch", "stream", "apps", "coredms"], errors)?;
+    let root = Section::new(
+        value,
+        "",
+        &["version", "tenant", "name", "batch", "stream", "apps", "coredms", "disk_quota"],
+        errors,
+    )?;
+    let disk_quota = root.optional("disk_quota", DEFAULT_DISK_QUOTA, errors, size);
     let version = root.required("version", errors, |v| match v.as_u64() {
         Some(SCHEMA_VERSION) => Ok(SCHEMA_VERSION),
         _ => Err(format!("unsupported agreement version (this platform reads version {SCHEMA_VERSION})")),
@@ -294,7 +308,7 @@ fn parse(value: &Value, errors: &mut Errors) -> Option<ServiceAgreement> {
     };
     let apps = match root.get("apps") {
         Some(v) => parse_apps(v, &root.field("apps"), errors),
-        None => Some(AppsAgreement { max_apps: 10, max_app_size: ByteSize(50 << 20) }),
+        None => Some(AppsAgreement { max_apps: 10, max_app_size: ByteSize(50 << 20), max_versions: 5 }),
     };
     let coredms = match root.get("coredms") {
         Some(v) => parse_coredms(v, &root.field("coredms"), errors),
@@ -308,6 +322,7 @@ fn parse(value: &Value, errors: &mut Errors) -> Option<ServiceAgreement> {
         stream: stream?,
         apps: apps?,
         coredms: coredms?,
+        disk_quota: disk_quota?,
     })
 }
 
@@ -601,10 +616,11 @@ fn parse_coredms(value: &Value, path: &str, errors: &mut Errors) -> Option<CoreD
 }
 
 fn parse_apps(value: &Value, path: &str, errors: &mut Errors) -> Option<AppsAgreement> {
-    let s = Section::new(value, path, &["max_apps", "max_app_size"], errors)?;
+    let s = Section::new(value, path, &["max_apps", "max_app_size", "max_versions"], errors)?;
     let max_apps = s.optional("max_apps", 10, errors, integer(1, 10_000));
     let max_app_size = s.optional("max_app_size", ByteSize(50 << 20), errors, size);
-    Some(AppsAgreement { max_apps: max_apps?, max_app_size: max_app_size? })
+    let max_versions = s.optional("max_versions", 5, errors, integer(1, 1_000));
+    Some(AppsAgreement { max_apps: max_apps?, max_app_size: max_app_size?, max_versions: max_versions? })
 }
 
 /// `*` matches any run of characters, `?` one character; everything else literally.

@@ -57,6 +57,9 @@ fn app_problem(e: AppError) -> Problem {
             Problem::unprocessable(e.to_string())
         }
         AppError::TooManyApps { .. } => Problem::conflict(e.to_string()),
+        AppError::DiskQuota(detail) => {
+            Problem::new(axum::http::StatusCode::INSUFFICIENT_STORAGE, "disk-quota", detail.clone())
+        }
         AppError::Io(e) => e.into(),
         AppError::Store(e) => e.into(),
     }
@@ -72,6 +75,7 @@ fn app_problem(e: AppError) -> Problem {
         (status = 409, body = Problem, content_type = "application/problem+json", description = "no agreement in force, or max_apps reached"),
         (status = 408, body = Problem, content_type = "application/problem+json", description = "the upload stalled"),
         (status = 413, body = Problem, content_type = "application/problem+json", description = "over max_app_size"),
+        (status = 507, body = Problem, content_type = "application/problem+json", description = "over the tenant's disk_quota"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "unsafe or invalid archive, app.yaml missing or invalid"), TenantScoped))]
 pub async fn upload(
     State(state): State<ApiState>,

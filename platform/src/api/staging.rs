@@ -46,7 +46,8 @@ pub struct Staged {
         (status = 400, body = Problem, content_type = "application/problem+json", description = "invalid file name"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "a file of that name is waiting, or the tenant has no batch ingestion"),
         (status = 408, body = Problem, content_type = "application/problem+json", description = "the upload stalled"),
-        (status = 413, body = Problem, content_type = "application/problem+json", description = "over max_file_size"), TenantScoped))]
+        (status = 413, body = Problem, content_type = "application/problem+json", description = "over max_file_size"),
+        (status = 507, body = Problem, content_type = "application/problem+json", description = "over the tenant's disk_quota"), TenantScoped))]
 pub async fn put(
     State(state): State<ApiState>,
     caller: Caller,
@@ -61,6 +62,19 @@ pub async fn put(
         .as_ref()
         .and_then(|a| a.batch.as_ref())
         .ok_or_else(|| Problem::conflict(format!("tenant `{t}` has no batch ingestion in its agreement in force")))?;
+    // The quota is checked again at admission, with the file's real size; here an upload that says
+    // it would not fit is refused before a byte is written.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let used = crate::store::jobs::disk_usage(&state.db, &t).await?;
+    if let Err(r) =
+        crate::batch::constraints::disk(agreement.as_ref().expect("checked above").disk_quota, used, declared)
+    {
+        return Err(Problem::new(StatusCode::INSUFFICIENT_STORAGE, "disk-quota", r.detail));
+    }
     let dir = state.layout.staging_dir(&t);
     tokio::fs::create_dir_all(&dir).await?;
     let target = dir.join(&file);

@@ -33,6 +33,8 @@ pub enum AppError {
     Invalid(String),
     #[error("the agreement allows at most {limit} apps and all are in use")]
     TooManyApps { limit: u64 },
+    #[error("{0}")]
+    DiskQuota(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("platform store: {0}")]
@@ -177,6 +179,9 @@ impl Registry {
             (name.clone(), req.kind, name)
         };
         let size_bytes = fs::metadata(source)?.len() as i64;
+        let used = store::jobs::disk_usage(&self.db, tenant).await?;
+        crate::batch::constraints::disk(agreement.disk_quota, used, size_bytes as u64)
+            .map_err(|r| AppError::DiskQuota(r.detail))?;
         if let Some(newest) = store::apps::resolve(&self.db, tenant, &name, None).await? {
             if newest.sha256 == sha256 && newest.kind == kind.as_str() {
                 tracing::info!(%tenant, app = %name, version = newest.version, "same content as the newest version; nothing installed");
@@ -210,8 +215,24 @@ impl Registry {
             created_at: chrono::Utc::now(),
         };
         store::apps::insert(&mut tx, &app).await?;
+        // Versions beyond `max_versions` go, oldest first, unless something uses them: a route pinned
+        // to one, a job running it, an instance of it wanted running.
+        let pinned: Vec<i32> = agreement
+            .batch
+            .iter()
+            .flat_map(|b| &b.routes)
+            .filter(|r| r.app == app.name)
+            .filter_map(|r| r.app_version)
+            .collect();
+        let keep = agreement.apps.max_versions as i32;
+        let pruned = store::apps::prune_versions(&mut tx, tenant, &app.name, version - keep, &pinned).await?;
         tx.commit().await?;
-        tracing::info!(%tenant, app = %app.name, version = app.version, kind = %app.kind, "app installed");
+        for (old, dir) in &pruned {
+            if let Err(e) = fs::remove_dir_all(dir) {
+                tracing::warn!(%tenant, app = %app.name, version = old, error = %e, "removing an old version's folder failed");
+            }
+        }
+        tracing::info!(%tenant, app = %app.name, version = app.version, kind = %app.kind, removed = ?pruned.iter().map(|p| p.0).collect::<Vec<_>>(), "app installed");
         Ok(app)
     }
 

@@ -120,6 +120,11 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
         let r = Rejection { size: Some(size), checksum: Some(&checksum), refusal, duplicate_of: None };
         return reject_in(ctx, admission, tenant, job, r).await;
     }
+    let used = admission.disk_usage().await?;
+    if let Err(refusal) = constraints::disk(agreement.disk_quota, used, size) {
+        let r = Rejection { size: Some(size), checksum: Some(&checksum), refusal, duplicate_of: None };
+        return reject_in(ctx, admission, tenant, job, r).await;
+    }
     let max_attempts = batch.retries as i32 + 1;
     let app_version = route.app_version;
     if !admission
@@ -169,7 +174,9 @@ async fn reject_in(
     job: &Job,
     r: Rejection<'_>,
 ) -> anyhow::Result<()> {
-    let target = ctx.layout.quarantine_file(tenant, job.id, &job.file_name);
+    // A file over the disk quota is not kept (keeping it would take the disk the quota protects):
+    // its job records what it was, and the file goes with the work folder.
+    let target = (r.refusal.reason != "disk_quota").then(|| ctx.layout.quarantine_file(tenant, job.id, &job.file_name));
     let Rejection { size, checksum, refusal, duplicate_of } = r;
     let id = job.id;
     let rejected = admission
@@ -180,7 +187,7 @@ async fn reject_in(
             refusal.reason,
             &refusal.detail,
             duplicate_of,
-            &target.to_string_lossy(),
+            target.as_ref().map(|t| t.to_string_lossy()).as_deref(),
             job.fence,
         )
         .await?;

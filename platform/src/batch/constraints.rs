@@ -57,6 +57,24 @@ pub fn precheck<'a>(
 }
 
 /// The rolling-window limits, given what was admitted already.
+/// The tenant's disk quota: what its files take on the platform (`used`) plus this file.
+pub fn disk(quota: ByteSize, used: i64, size: u64) -> Result<(), Refusal> {
+    let after = used.max(0) as u64 + size;
+    if after > quota.0 {
+        return Err(refuse(
+            "disk_quota",
+            format!(
+                "the tenant's files on the platform (on their way, quarantined, app versions) take {}; this file's {} would make {}, over disk_quota {}",
+                ByteSize(used.max(0) as u64),
+                ByteSize(size),
+                ByteSize(after),
+                quota
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub fn rates(batch: &BatchAgreement, size: u64, files_last_hour: i64, bytes_last_day: i64) -> Result<(), Refusal> {
     if files_last_hour as u64 + 1 > batch.max_files_per_hour {
         return Err(refuse(

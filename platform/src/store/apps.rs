@@ -60,6 +60,31 @@ pub async fn insert(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, app: &App) -
     Ok(())
 }
 
+/// Deletes the app's versions up to `up_to` that nothing uses (not `pinned` by a route, not run by
+/// an open job, not run by an instance wanted running); returns (version, folder) of each.
+pub async fn prune_versions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: &TenantId,
+    name: &str,
+    up_to: i32,
+    pinned: &[i32],
+) -> sqlx::Result<Vec<(i32, String)>> {
+    sqlx::query_as(
+        "delete from apps a where tenant = $1 and name = $2 and version <= $3 and version <> all($4)
+           and not exists (select 1 from jobs j where j.tenant = $1 and j.route_app = $2 and j.app_version = a.version
+                             and j.state in ('queued', 'running', 'retry_wait'))
+           and not exists (select 1 from stream_instances s where s.tenant = $1 and s.app = $2
+                             and s.app_version = a.version and s.desired = 'running')
+         returning version, dir",
+    )
+    .bind(tenant.as_str())
+    .bind(name)
+    .bind(up_to)
+    .bind(pinned)
+    .fetch_all(&mut **tx)
+    .await
+}
+
 /// Distinct app names a tenant has, for the `max_apps` limit.
 pub async fn count_names(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, tenant: &TenantId) -> sqlx::Result<i64> {
     let (n,): (i64,) = sqlx::query_as("select count(distinct name) from apps where tenant = $1")

@@ -247,6 +247,19 @@ const USAGE: &str =
             coalesce(sum(bytes), 0)::bigint as bytes
      from tenant_usage where tenant = $1 and minute > now() - interval '1441 minutes'";
 
+/// Bytes the tenant's files take on the platform's disk, for its `disk_quota`: files on their way
+/// (claimed, queued, running), quarantined files (rejected or failed, kept until retention), and its
+/// installed app versions. (`$1` is the tenant; see the `jobs_kept_bytes` index.)
+const DISK_USAGE: &str = "select (select coalesce(sum(size_bytes), 0) from jobs where tenant = $1
+                                 and (state in ('detected', 'queued', 'running', 'retry_wait')
+                                      or (state in ('rejected', 'failed') and final_path is not null)))::bigint
+                              + (select coalesce(sum(size_bytes), 0) from apps where tenant = $1)::bigint";
+
+/// What the tenant's files take on the platform's disk (see `DISK_USAGE`).
+pub async fn disk_usage(db: &Db, tenant: &TenantId) -> sqlx::Result<i64> {
+    sqlx::query_scalar(DISK_USAGE).bind(tenant.as_str()).fetch_one(db).await
+}
+
 /// What the tenant used of its rate limits, as admission sees it.
 pub async fn usage(db: &Db, tenant: &TenantId) -> sqlx::Result<Usage> {
     let (files, bytes): (i64, i64) = sqlx::query_as(USAGE).bind(tenant.as_str()).fetch_one(db).await?;
@@ -266,6 +279,11 @@ impl<'a> Admission<'a> {
             .execute(&mut *tx)
             .await?;
         Ok(Admission { tx, tenant: tenant.clone() })
+    }
+
+    /// What the tenant's files take on the platform's disk, under the admission lock.
+    pub async fn disk_usage(&mut self) -> sqlx::Result<i64> {
+        sqlx::query_scalar(DISK_USAGE).bind(self.tenant.as_str()).fetch_one(&mut *self.tx).await
     }
 
     /// Another job with the same content that succeeded or is still on its way, and what was admitted
@@ -339,7 +357,7 @@ impl<'a> Admission<'a> {
         reason: &str,
         detail: &str,
         duplicate_of: Option<Uuid>,
-        final_path: &str,
+        final_path: Option<&str>,
         fence: i64,
     ) -> sqlx::Result<Option<Job>> {
         let sql = with_event(
