@@ -11,6 +11,7 @@ mod control_forgery;
 mod coredms_conformance;
 mod crash_recovery;
 mod fairness;
+mod faults;
 mod hostile_apps;
 mod hostile_files;
 mod http_limits;

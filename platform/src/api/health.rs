@@ -36,7 +36,7 @@ pub struct Check {
 }
 
 /// Whether the platform can serve: the platform store answers within a second, and so does the
-/// Kafka-API broker when one is configured.
+/// Kafka-API broker when one is configured; the disks of the data and staging folders have room.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Readiness>) {
@@ -58,10 +58,43 @@ pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Readines
             detail: "no broker configured (MYSIMBDP_KAFKA_BROKERS); stream ingestion is off".into(),
         },
     };
-    let checks = vec![store, broker];
+    let checks = vec![
+        store,
+        broker,
+        disk_room("data_disk", &state.layout.data),
+        disk_room("staging_disk", &state.layout.staging),
+    ];
     let ok = checks.iter().all(|c| c.ok);
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(Readiness { status: if ok { "ready" } else { "not ready" }.into(), checks }))
+}
+
+/// Below this much free space (a tenth of a smaller disk; 2% of a disk where that is more) a disk
+/// is reported full: claimed
+/// files, kept files and logs may not fit any more. Ingestion goes on where it can and every file
+/// still gets its one outcome once there is room (moves that failed are retried).
+const LOW_DISK: u64 = 256 << 20;
+
+fn disk_room(name: &str, dir: &std::path::Path) -> Check {
+    let name = name.to_owned();
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return Check { name, ok: false, detail: format!("{} is not a path", dir.display()) };
+    };
+    // SAFETY: statvfs fills the struct it is given from a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Check { name, ok: false, detail: format!("{}: {e}", dir.display()) };
+    }
+    let (free, size) = (st.f_bavail as u64 * st.f_frsize as u64, st.f_blocks as u64 * st.f_frsize as u64);
+    let floor = LOW_DISK.min(size / 10).max(size / 50);
+    let (free_s, size_s) = (crate::units::ByteSize(free), crate::units::ByteSize(size));
+    if free < floor {
+        let detail = format!("{}: {free_s} free of {size_s}, below {}", dir.display(), crate::units::ByteSize(floor));
+        Check { name, ok: false, detail }
+    } else {
+        Check { name, ok: true, detail: format!("{}: {free_s} free of {size_s}", dir.display()) }
+    }
 }
 
 /// Prometheus metrics (text exposition format); operators only.

@@ -70,32 +70,41 @@ pub fn move_file(from: &Path, to: &Path) -> io::Result<()> {
     }
     match std::fs::rename(from, to) {
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
             // A short name of its own: `to` may already use all of NAME_MAX.
             let tmp = to.with_file_name(format!(".{}.moving", Uuid::new_v4().simple()));
             let kind = std::fs::symlink_metadata(from)?.file_type();
-            if kind.is_symlink() {
-                std::os::unix::fs::symlink(std::fs::read_link(from)?, &tmp)?;
-            } else if kind.is_fifo() {
-                let path = std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
-                // SAFETY: a NUL-terminated path.
-                if unsafe { libc::mkfifo(path.as_ptr(), 0o600) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if kind.is_file() {
-                let mut source = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                    .open(from)?;
-                let mut copy = std::fs::File::create(&tmp)?;
-                io::copy(&mut source, &mut copy)?;
-                copy.sync_all()?;
-            } else {
-                return Err(io::Error::other(format!("{} is not a file that can be moved", from.display())));
+            // A copy cut short (a full disk) leaves nothing behind: the source is still whole.
+            let copied = copy_as(from, &tmp, kind);
+            if let Err(e) = copied {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
             }
             std::fs::rename(&tmp, to)?;
             std::fs::remove_file(from)
         }
         other => other,
+    }
+}
+
+/// A copy of `from` at `tmp` as what it is: a link as a link, a FIFO as a FIFO, a file's bytes.
+fn copy_as(from: &Path, tmp: &Path, kind: std::fs::FileType) -> io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    if kind.is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(from)?, tmp)
+    } else if kind.is_fifo() {
+        let path = std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+        // SAFETY: a NUL-terminated path.
+        if unsafe { libc::mkfifo(path.as_ptr(), 0o600) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    } else if kind.is_file() {
+        let mut source =
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(from)?;
+        let mut copy = std::fs::File::create(tmp)?;
+        io::copy(&mut source, &mut copy)?;
+        copy.sync_all()
+    } else {
+        Err(io::Error::other(format!("{} is not a file that can be moved", from.display())))
     }
 }

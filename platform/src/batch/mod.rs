@@ -286,6 +286,8 @@ async fn adopt_orphan(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid, dir: &Path) -
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .filter_map(|e| e.file_name().into_string().ok())
+        // A staged name never starts with a dot: such a file is a copy a failed move left.
+        .filter(|n| !n.starts_with('.'))
         .collect();
     let [name] = files.as_slice() else {
         tracing::warn!(%tenant, job = %id, dir = %dir.display(), files = files.len(), "work folder without a job row is not one claimed file; left alone");

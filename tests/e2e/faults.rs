@@ -1,0 +1,106 @@
+//! Faults of what the platform runs on. A full data disk: readiness says so, files wait in staging
+//! (a claim that cannot be copied leaves nothing behind), and once there is room every file is
+//! ingested with exactly one outcome.
+
+use std::process::Command;
+use std::time::Duration;
+
+use mysimbdp_e2e::{agreement, eventually, unique, TestPlatform};
+
+const BATCH: &str = "  routes: [{files: \"*.csv\", app: count, timeout: 1m, memory: 256MiB}]\n  formats: [csv]\n  max_file_size: 8MiB\n  max_files_per_hour: 100\n  max_bytes_per_day: 1GiB\n  max_concurrent_jobs: 2";
+
+/// A small tmpfs mounted over `dir`, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(ok.success(), "mounting a tmpfs on {} (the tests run as root)", dir.display());
+        SmallDisk(dir.to_owned())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_data_disk_is_reported_and_every_file_is_ingested_once_there_is_room() {
+    let t = unique("full");
+    let mut p = TestPlatform::new(&[(&t, agreement(&t, BATCH))]).await;
+    let disk = SmallDisk::mount(&p.data_dir, "16m");
+    p.start().await;
+    p.install_script(&t, "count", "wc -l < \"$1\"").await;
+    let http = p.http();
+    let ready = http.call("GET", "/readyz", None, None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+
+    // Fill the disk to the last block.
+    let filler = p.data_dir.join("filler");
+    let out =
+        Command::new("dd").arg("if=/dev/zero").arg(format!("of={}", filler.display())).arg("bs=64k").output().unwrap();
+    assert!(!out.status.success(), "dd stops at a full disk");
+    let full = http.call("GET", "/readyz", None, None).await;
+    assert_eq!(full.status, 503, "{}", full.text());
+    let data_disk =
+        full.json()["checks"].as_array().unwrap().iter().find(|c| c["name"] == "data_disk").cloned().unwrap();
+    assert_eq!(data_disk["ok"], false, "{data_disk}");
+    assert!(data_disk["detail"].as_str().unwrap().contains("free of 16MiB"), "{data_disk}");
+
+    // Files dropped now cannot be claimed into the work area: they wait in staging, with no job.
+    for f in 0..5 {
+        let content: String = (0..20_000).map(|i| format!("{i},{f}\n")).collect();
+        p.drop_file(&t, &format!("wait-{f}.csv"), content.as_bytes());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let staged = std::fs::read_dir(p.staging_dir.join(&t)).unwrap().count();
+    assert_eq!(staged, 5, "the files wait where they were dropped");
+    assert!(
+        p.all_jobs(&t).await.iter().all(|j| !j.state().is_final()),
+        "no file has an outcome while it cannot be taken"
+    );
+
+    // Room again: every file ingested, once.
+    std::fs::remove_file(&filler).unwrap();
+    let db = p.db.clone();
+    let tenant = p.tenant(&t);
+    eventually(Duration::from_secs(60), "every file succeeded", async || {
+        let jobs = mysimbdp::store::jobs::list(
+            &db,
+            &tenant,
+            &mysimbdp::store::jobs::ListFilter { limit: 100, ..Default::default() },
+        )
+        .await
+        .unwrap();
+        jobs.len() == 5 && jobs.iter().all(|j| j.state() == mysimbdp::store::jobs::JobState::Succeeded)
+    })
+    .await;
+    for job in p.all_jobs(&t).await {
+        assert_eq!(job.log.as_deref(), Some("20000\n"), "{job:?}");
+        p.wait_moved(&job).await;
+    }
+    assert_eq!(http.call("GET", "/readyz", None, None).await.status, 200);
+    let leftovers: Vec<_> = walk(&p.data_dir.join("work")).into_iter().filter(|f| f.contains(".moving")).collect();
+    assert!(leftovers.is_empty(), "a copy cut short left {leftovers:?}");
+    p.stop().await;
+    drop(disk);
+    p.cleanup().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path().display().to_string());
+        }
+    }
+    out
+}
