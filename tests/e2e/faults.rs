@@ -104,3 +104,52 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// PostgreSQL (the platform store and the coredms) stopped as by a crash while files are claimed and
+/// apps run, and started again: readiness says so meanwhile, the platform keeps running, and every
+/// file ends with exactly one outcome and its records once each.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_restarted_during_ingestion_leaves_every_file_one_outcome() {
+    let pg = mysimbdp_e2e::PrivatePg::start();
+    let t = unique("pgdown");
+    let batch = "  routes: [{files: \"*.csv\", app: tortoise-csv, timeout: 1m, memory: 1GiB}]\n  formats: [csv]\n  max_file_size: 10MiB\n  max_files_per_hour: 1000\n  max_bytes_per_day: 1GiB\n  max_concurrent_jobs: 3\n  retries: 8";
+    let mut p = TestPlatform::on(&pg.admin_url(), &pg.store_url(), &[(&t, agreement(&t, batch))]).await;
+    p.install(&t, "tortoise-csv", &mysimbdp_e2e::bin("tortoise-csv")).await;
+    p.start().await;
+
+    const FILES: u64 = 60;
+    const ROWS: u64 = 2_000;
+    for i in 0..FILES {
+        p.drop_file(&t, &format!("part-{i:02}.csv"), &mysimbdp_e2e::gen_data("tortoise", ROWS, 0, 500 + i));
+        if i == FILES / 3 {
+            pg.stop();
+        }
+    }
+    let http = p.http();
+    let down = http.call("GET", "/readyz", None, None).await;
+    assert_eq!(down.status, 503, "{}", down.text());
+    assert_eq!(down.json()["checks"][0]["ok"], false, "{}", down.text());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pg.start_again();
+
+    let db = p.db.clone();
+    eventually(Duration::from_secs(180), "every file in a final state", async || {
+        let row: Result<(i64, i64), _> = sqlx::query_as(
+            "select count(*) filter (where state in ('succeeded', 'rejected', 'failed')), count(*) from jobs",
+        )
+        .fetch_one(&db)
+        .await;
+        matches!(row, Ok((done, total)) if done == total && total == FILES as i64)
+    })
+    .await;
+    let jobs = p.all_jobs(&t).await;
+    assert_eq!(jobs.len() as u64, FILES, "one job per file");
+    for job in &jobs {
+        assert_eq!((job.state.as_str(), job.records_ingested), ("succeeded", Some(ROWS as i64)), "{job:?}");
+        p.wait_moved(job).await;
+    }
+    assert_eq!(p.count_docs(&t, "readings").await, (FILES * ROWS) as i64, "each record once");
+    assert_eq!(http.call("GET", "/readyz", None, None).await.status, 200);
+    p.cleanup().await;
+    drop(pg);
+}

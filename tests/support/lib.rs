@@ -94,6 +94,8 @@ pub struct TestPlatform {
     pub cluster: String,
     /// `start` runs the monitor in this process too (false: the test runs it as its own process).
     pub monitor_in_process: bool,
+    /// The PostgreSQL server's superuser URL: the coredms admin, and where test databases are made.
+    pub admin_url: String,
     /// How long finished work is kept (`--retention`); absent: for ever.
     pub retention: Option<Duration>,
     tenants: Vec<TenantId>,
@@ -115,13 +117,19 @@ pub fn fast_batch_config() -> BatchConfig {
 impl TestPlatform {
     /// Fresh folders and a fresh platform database; tenants are given as (id, agreement text).
     pub async fn new(tenants: &[(&str, String)]) -> Self {
+        Self::on(&pg_url(), &store_url(), tenants).await
+    }
+
+    /// As `new`, on the PostgreSQL server of `admin` (its superuser URL) and `store` (the store's
+    /// login on it): a server of the test's own that it may stop and start.
+    pub async fn on(admin: &str, store: &str, tenants: &[(&str, String)]) -> Self {
         init_test_logging();
-        let admin = pg_url();
+        let admin = admin.to_owned();
         let database = format!("mysimbdp_test_{}", uuid::Uuid::new_v4().simple());
         let mut conn = connect_admin(&admin).await;
         // Owned by the store's own login, as on a real installation: the platform never runs its
         // store as a superuser.
-        let store = store_url();
+        let store = store.to_owned();
         let owner = store.split("://").nth(1).and_then(|r| r.split(':').next()).expect("a login in the store URL");
         sqlx::Executor::execute(&mut conn, format!("create database {database} owner {owner}").as_str())
             .await
@@ -152,6 +160,7 @@ impl TestPlatform {
             jwt_secret: uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string(),
             cluster: unique("mysimbdp-test"),
             monitor_in_process: true,
+            admin_url: admin.clone(),
             retention: None,
             tenants: ids,
             running: None,
@@ -162,7 +171,7 @@ impl TestPlatform {
     pub fn config(&self) -> mysimbdp::Config {
         mysimbdp::Config {
             database_url: self.database_url.clone(),
-            coredms_url: pg_url(),
+            coredms_url: self.admin_url.clone(),
             tenants_dir: self.tenants_dir.clone(),
             staging_dir: self.staging_dir.clone(),
             data_dir: self.data_dir.clone(),
@@ -285,7 +294,7 @@ impl TestPlatform {
 
     pub async fn wait_provisioned(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let mut admin = connect_admin(&pg_url()).await;
+        let mut admin = connect_admin(&self.admin_url).await;
         for t in &self.tenants {
             loop {
                 // The credentials are stored before the database is made, closed to others and opened
@@ -411,7 +420,7 @@ impl TestPlatform {
 
     /// The tenant's coredms database, opened with the platform's admin login.
     pub async fn coredms_admin(&self, tenant: &str) -> sqlx::PgConnection {
-        connect_admin(&with_database(&pg_url(), &self.tenant(tenant).coredms_name())).await
+        connect_admin(&with_database(&self.admin_url, &self.tenant(tenant).coredms_name())).await
     }
 
     /// Documents in a tenant's collection (0 if the collection does not exist).
@@ -438,7 +447,7 @@ impl TestPlatform {
     /// The tenant's coredms view as apps get it.
     pub async fn tenant_coredms_url(&self, tenant: &str) -> String {
         let creds = store::coredms::get(&self.db, &self.tenant(tenant)).await.unwrap().expect("tenant provisioned");
-        let base = pg_url();
+        let base = self.admin_url.clone();
         let hostpart = base.split('@').nth(1).expect("url with host").rsplit_once('/').unwrap().0.to_owned();
         format!("postgres://{}:{}@{hostpart}/{}", creds.username, creds.password, creds.database)
     }
@@ -451,7 +460,7 @@ impl TestPlatform {
             let _ = child.wait();
         }
         self.db.close().await;
-        let mut conn = connect_admin(&pg_url()).await;
+        let mut conn = connect_admin(&self.admin_url).await;
         for t in &self.tenants {
             let n = t.coredms_name();
             let _ =
@@ -653,4 +662,114 @@ pub fn tar_gz(members: &[Member<'_>]) -> Vec<u8> {
         b.append(&h, data).unwrap();
     }
     b.into_inner().unwrap().finish().unwrap()
+}
+
+/// A PostgreSQL server of the test's own, on a free loopback port, that the test may stop and start
+/// (the shared one serves every other test). Run as the `postgres` user, as `scripts/services.sh`
+/// runs the shared one; removed when dropped.
+pub struct PrivatePg {
+    dir: PathBuf,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+impl PrivatePg {
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server binaries (scripts/services.sh installs them)")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("an initdb under /usr/lib/postgresql/*/bin");
+        let dir = std::env::temp_dir().join(format!("mysimbdp-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let pg = PrivatePg { dir, bin, port };
+        let owned = Command::new("chown").arg("-R").arg("postgres:").arg(&pg.dir).status().unwrap();
+        assert!(owned.success(), "chown {} to postgres", pg.dir.display());
+        pg.run("initdb", &["-D", &pg.data(), "-U", "postgres", "--auth=trust", "-E", "UTF8"]);
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nmax_connections = 200\nfsync = off\n",
+            pg.dir.display()
+        );
+        let conf_path = pg.dir.join("data").join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path).unwrap();
+        text.push_str(&conf);
+        std::fs::write(&conf_path, text).unwrap();
+        pg.start_again();
+        let psql = pg.bin.join("psql");
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(psql).current_dir("/");
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ]);
+        for sql in [
+            "create role mysimbdp superuser login password 'test'",
+            "create role mysimbdp_store login password 'test'",
+            "create database mysimbdp owner mysimbdp_store",
+            "revoke connect on database postgres from public",
+        ] {
+            cmd.args(["-c", sql]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "setting up the private PostgreSQL: {}", String::from_utf8_lossy(&out.stderr));
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join(program))
+            .args(args)
+            .current_dir("/")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The superuser URL (the coredms admin) and the store login's URL.
+    pub fn admin_url(&self) -> String {
+        format!("postgres://mysimbdp:test@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn store_url(&self) -> String {
+        format!("postgres://mysimbdp_store:test@127.0.0.1:{}/mysimbdp", self.port)
+    }
+
+    /// Stops the server at once (`immediate`: as a crash would; connections are cut).
+    pub fn stop(&self) {
+        let log = self.dir.join("server.log").display().to_string();
+        self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-m", "immediate", "-w", "stop"]);
+    }
+
+    pub fn start_again(&self) {
+        let log = self.dir.join("server.log").display().to_string();
+        self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-w", "-t", "60", "start"]);
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .current_dir("/")
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -184,12 +184,21 @@ impl Manager {
 pub async fn run(ctx: StreamCtx, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ctx = Arc::new(ctx);
     loop {
-        let Some(lock) = leader::acquire(&ctx.db, &shutdown).await? else { return Ok(()) };
-        lead(&ctx, lock, &shutdown).await?;
-        if shutdown.is_cancelled() {
-            return Ok(());
+        // The store out of reach (restarting, cut off) stops nothing for good: this process stands
+        // by and takes the lead again once it answers.
+        match leader::acquire(&ctx.db, &shutdown).await {
+            Ok(Some(lock)) => match lead(&ctx, lock, &shutdown).await {
+                Ok(()) if shutdown.is_cancelled() => return Ok(()),
+                Ok(()) => tracing::error!("the stream manager's lock was lost; its instances were killed; standing by"),
+                Err(e) => tracing::error!(error = %e, "leading the stream manager failed; standing by"),
+            },
+            Ok(None) => return Ok(()),
+            Err(e) => tracing::warn!(error = %e, "the store does not answer; the stream manager stands by"),
         }
-        tracing::error!("the stream manager's lock was lost; its instances were killed; standing by");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 
@@ -208,13 +217,13 @@ async fn lead(ctx: &Arc<StreamCtx>, mut lock: sqlx::PgConnection, shutdown: &Can
             runtime.end_leftover(&leftover(inst)).await;
         }
     }
+    let mut listener = PgListener::connect_with(&ctx.db).await?;
+    listener.listen("mysimbdp_instances").await?;
     // Everything below stops with the leadership: on shutdown, or when the lock is lost.
     let leading = shutdown.child_token();
     let manager = Manager { ctx: ctx.clone(), supervised: Arc::default() };
     let reaction = tokio::spawn(reaction::run(ctx.clone(), manager.clone(), leading.clone()));
     let members = tokio::spawn(members::run(ctx.clone(), leading.clone()));
-    let mut listener = PgListener::connect_with(&ctx.db).await?;
-    listener.listen("mysimbdp_instances").await?;
     let mut check = tokio::time::interval(RECONCILE_EVERY);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(containers = ctx.containers.is_some(), "stream manager running");
