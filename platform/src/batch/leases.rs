@@ -40,7 +40,7 @@ struct Held {
 
 impl Leases {
     pub fn new(ttl: Duration) -> Self {
-        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_owned();
+        let boot_id = crate::runtime::process::boot_id();
         Leases { lease: Lease { owner: Uuid::now_v7(), ttl }, boot_id, held: Mutex::default() }
     }
 
@@ -116,9 +116,7 @@ pub async fn take_over(ctx: &Arc<Ctx>) -> anyhow::Result<usize> {
     let gone: Vec<Uuid> = leases::holders(&ctx.db, ctx.leases.lease.owner)
         .await?
         .into_iter()
-        .filter(|h| {
-            h.boot_id == ctx.leases.boot_id && crate::runtime::process::start_ticks(h.pid as u32) != Some(h.start_ticks)
-        })
+        .filter(|h| h.boot_id == ctx.leases.boot_id && !crate::runtime::process::alive(h.pid as u32, h.start_ticks))
         .map(|h| h.id)
         .collect();
     let held: Vec<Uuid> = ctx.leases.snapshot().into_iter().map(|(id, _)| id).collect();

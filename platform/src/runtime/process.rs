@@ -136,10 +136,21 @@ pub fn start_ticks(pid: u32) -> Option<i64> {
     proc_stat(pid, |fields| fields.get(22 - 3)?.parse().ok())
 }
 
+/// Whether the process `pid` that started at `ticks` still runs (a pid alone may have been reused).
+pub fn alive(pid: u32, ticks: i64) -> bool {
+    start_ticks(pid) == Some(ticks)
+}
+
+/// This machine's boot: with a pid and its start time, which process of which machine (and boot) a
+/// platform process was, so another on the same machine can tell it is gone.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_owned()
+}
+
 /// Kills the process group led by `pid` if that process is still the one that started at `ticks`.
 /// Used after a platform crash to end programs that outlived it.
 pub fn kill_leftover(pid: i32, ticks: i64) -> bool {
-    if pid <= 1 || start_ticks(pid as u32) != Some(ticks) {
+    if pid <= 1 || !alive(pid as u32, ticks) {
         return false;
     }
     // SAFETY: plain syscall on a process group we created.

@@ -15,7 +15,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres};
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::process::start_ticks;
+use crate::runtime::process::{alive, boot_id, start_ticks};
 use crate::store::Db;
 
 /// Key of the session lock that makes one process the manager.
@@ -58,7 +58,7 @@ pub async fn still_held(lock: &mut PgConnection) -> bool {
 /// process or is a process of this machine that is gone; `HANDOVER` otherwise. Records this process
 /// as the leader.
 pub async fn take_over(lock: &mut PgConnection) -> anyhow::Result<Duration> {
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_owned();
+    let boot_id = boot_id();
     let pid = std::process::id();
     let ticks = start_ticks(pid).unwrap_or_default();
     let previous: Option<(String, i32, i64)> =
@@ -66,7 +66,7 @@ pub async fn take_over(lock: &mut PgConnection) -> anyhow::Result<Duration> {
     let wait = match previous {
         None => Duration::ZERO,
         Some((boot, p, t)) if boot == boot_id && (p as u32 == pid && t == ticks) => Duration::ZERO,
-        Some((boot, p, t)) if boot == boot_id && start_ticks(p as u32) != Some(t) => Duration::ZERO,
+        Some((boot, p, t)) if boot == boot_id && !alive(p as u32, t) => Duration::ZERO,
         Some(_) => HANDOVER,
     };
     sqlx::query(

@@ -423,7 +423,7 @@ fn own_home(base: &Path) -> io::Result<PathBuf> {
             .strip_prefix("run-")
             .and_then(|r| r.split_once('-'))
             .and_then(|(p, t)| Some((p.parse::<u32>().ok()?, t.parse::<i64>().ok()?)))
-            .is_some_and(|(p, t)| crate::runtime::process::start_ticks(p) == Some(t));
+            .is_some_and(|(p, t)| crate::runtime::process::alive(p, t));
         if !alive {
             // Gone, or the single folder of an earlier version.
             let _ = std::fs::remove_dir_all(entry.path());
