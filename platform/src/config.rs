@@ -46,6 +46,8 @@ pub struct ApiConfig {
     pub jwt_secret: Vec<u8>,
     /// Bytes of ingestion-log answers kept for repeat requests (0: none).
     pub page_cache: usize,
+    /// The slowest an upload may be (the default: 16 KiB/s on average after 30 s).
+    pub min_upload_rate: crate::api::upload::MinRate,
 }
 
 impl std::fmt::Debug for ApiConfig {

@@ -66,6 +66,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 keys: api::Keys::new(&api.jwt_secret)?,
                 metrics: metrics.clone(),
                 pages: Arc::new(api::page_cache::PageCache::new(api.page_cache)),
+                min_upload_rate: api.min_upload_rate,
                 kafka_brokers: config.kafka_brokers.clone(),
             };
             let listener = tokio::net::TcpListener::bind(api.listen)

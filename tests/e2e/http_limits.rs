@@ -103,3 +103,56 @@ async fn one_tenants_stalled_uploads_take_only_its_own_share_of_requests() {
     assert!(left.is_empty(), "{left:?}");
     p.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_slower_than_the_minimum_rate_is_given_up_and_leaves_nothing() {
+    let t = unique("trickle");
+    let mut p = TestPlatform::new(&[(&t, agreement(&t, BATCH))]).await;
+    p.min_upload_rate = mysimbdp::api::upload::MinRate { bytes_per_s: 4096.0, grace: Duration::from_secs(1) };
+    p.start().await;
+    let token = p.token(Some(&t));
+
+    // Bytes keep coming (never idle), but far slower than 4 KiB/s.
+    let mut c = TcpStream::connect(api_addr(&p)).await.unwrap();
+    let head = format!(
+        "PUT /v1/tenants/{t}/staging/slow.csv HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: text/csv\r\nContent-Length: 100000\r\n\r\na,b\n"
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = c.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            if writer.write_all(b"1").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(8), async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("}") {
+            let n = reader.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    trickle.abort();
+    assert!(read.is_ok(), "the slow upload was answered: {}", String::from_utf8_lossy(&answer));
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("slower than the minimum of 4 KiB/s"), "{answer}");
+    let left: Vec<_> = std::fs::read_dir(p.staging_dir.join(&t)).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "nothing half-written is left: {left:?}");
+
+    // A client sending at its own pace is not bothered.
+    let body: Vec<u8> = (0..20_000).flat_map(|i| format!("{i},x\n").into_bytes()).collect();
+    let r = p
+        .http()
+        .call("PUT", &format!("/v1/tenants/{t}/staging/fast.csv"), Some(&token), Some(("text/csv", body)))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    p.cleanup().await;
+}

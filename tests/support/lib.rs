@@ -96,6 +96,8 @@ pub struct TestPlatform {
     pub monitor_in_process: bool,
     /// The PostgreSQL server's superuser URL: the coredms admin, and where test databases are made.
     pub admin_url: String,
+    /// The slowest an upload may be (the platform's default unless a test sets it).
+    pub min_upload_rate: mysimbdp::api::upload::MinRate,
     /// How long finished work is kept (`--retention`); absent: for ever.
     pub retention: Option<Duration>,
     tenants: Vec<TenantId>,
@@ -161,6 +163,7 @@ impl TestPlatform {
             cluster: unique("mysimbdp-test"),
             monitor_in_process: true,
             admin_url: admin.clone(),
+            min_upload_rate: Default::default(),
             retention: None,
             tenants: ids,
             running: None,
@@ -180,6 +183,7 @@ impl TestPlatform {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 jwt_secret: self.jwt_secret.clone().into_bytes(),
                 page_cache: 4 << 20,
+                min_upload_rate: self.min_upload_rate,
             }),
             kafka_brokers: Some(kafka_brokers()),
             batch_role: true,

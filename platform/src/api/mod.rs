@@ -56,6 +56,8 @@ pub struct ApiState {
     pub keys: Keys,
     pub metrics: Arc<Metrics>,
     pub pages: Arc<page_cache::PageCache>,
+    /// The slowest an upload may be.
+    pub min_upload_rate: upload::MinRate,
     pub kafka_brokers: Option<String>,
 }
 

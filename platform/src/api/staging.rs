@@ -82,7 +82,15 @@ pub async fn put(
         return Err(waiting(&file));
     }
     let part = dir.join(format!(".{}.part", uuid::Uuid::new_v4()));
-    let written = upload::to_file(&headers, body, &part, ("max_file_size", batch.max_file_size), "the file").await?;
+    let written = upload::to_file(
+        &headers,
+        body,
+        &part,
+        ("max_file_size", batch.max_file_size),
+        "the file",
+        state.min_upload_rate,
+    )
+    .await?;
     if let Err(e) = rename_no_replace(&part, &target) {
         let _ = tokio::fs::remove_file(&part).await;
         return Err(if e.kind() == std::io::ErrorKind::AlreadyExists { waiting(&file) } else { e.into() });

@@ -25,10 +25,20 @@ pub struct Written {
 /// How long an upload may send nothing before it is given up (a stalled or malicious client must
 /// not hold a connection and a half-written file forever).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// The slowest an upload may be on average, after `MIN_RATE_GRACE`: a sender trickling a byte now
-/// and then holds a connection and a file as long as a stalled one.
-pub const MIN_RATE: f64 = 16.0 * 1024.0;
-pub const MIN_RATE_GRACE: Duration = Duration::from_secs(30);
+
+/// The slowest an upload may be: on average `min_rate` bytes a second once `grace` has passed. A
+/// sender trickling a byte now and then holds a connection and a file as long as a stalled one.
+#[derive(Clone, Copy, Debug)]
+pub struct MinRate {
+    pub bytes_per_s: f64,
+    pub grace: Duration,
+}
+
+impl Default for MinRate {
+    fn default() -> Self {
+        MinRate { bytes_per_s: 16.0 * 1024.0, grace: Duration::from_secs(30) }
+    }
+}
 
 /// Removes a half-written file unless the upload completed, also when the request future is
 /// dropped because the client went away.
@@ -50,6 +60,7 @@ pub async fn to_file(
     path: &Path,
     (limit_name, limit): (&str, ByteSize),
     what: &str,
+    min: MinRate,
 ) -> Result<Written, Problem> {
     let too_large = || Problem::too_large(format!("{what} is over the agreement's {limit_name} of {limit}"));
     let declared = headers
@@ -66,13 +77,13 @@ pub async fn to_file(
     let started = tokio::time::Instant::now();
     loop {
         // By when the upload must have sent more to stay above the minimum rate.
-        let behind = started + MIN_RATE_GRACE + Duration::from_secs_f64(bytes as f64 / MIN_RATE);
+        let behind = started + min.grace + Duration::from_secs_f64(bytes as f64 / min.bytes_per_s);
         let idle = tokio::time::Instant::now() + IDLE_TIMEOUT;
         let next = tokio::time::timeout_at(idle.min(behind), stream.next()).await.map_err(|_| {
             let detail = if behind < idle {
                 format!(
                     "{what} came slower than the minimum of {} KiB/s ({bytes} bytes in {}s); send it again faster",
-                    MIN_RATE as u64 / 1024,
+                    min.bytes_per_s as u64 / 1024,
                     started.elapsed().as_secs()
                 )
             } else {

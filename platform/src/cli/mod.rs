@@ -275,7 +275,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let defaults = BatchConfig::default();
             let api = if roles.contains(&RoleArg::Api) {
                 let jwt_secret = mysimbdp::config::jwt_secret_from(secret.jwt_secret, secret.jwt_secret_file)?;
-                Some(mysimbdp::config::ApiConfig { listen, jwt_secret, page_cache: page_cache.0 as usize })
+                Some(mysimbdp::config::ApiConfig {
+                    listen,
+                    jwt_secret,
+                    page_cache: page_cache.0 as usize,
+                    min_upload_rate: Default::default(),
+                })
             } else {
                 None
             };
