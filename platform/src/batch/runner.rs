@@ -87,8 +87,12 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
         .await;
     }
     let provisioned = ctx.tenants.ensure(tenant, &agreement.coredms).await?;
-    let Some((attempt, fence)) = jobs::start_attempt(&ctx.db, tenant, id, app.version, &ctx.leases.lease).await? else {
-        return Ok(()); // taken by another runner
+    let max_running = agreement.batch.as_ref().map_or(1, |b| b.max_concurrent_jobs) as i64;
+    let started = jobs::start_attempt(&ctx.db, tenant, id, app.version, &ctx.leases.lease, max_running).await?;
+    let Some((attempt, fence)) = started else {
+        // Taken by another runner, or the tenant runs its most on other managers: it stays queued
+        // and the sweep offers it again.
+        return Ok(());
     };
     // Stopped on shutdown, and when the lease is lost to another manager (see `leases`).
     let stop = ctx.shutdown.child_token();

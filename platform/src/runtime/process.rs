@@ -141,6 +141,24 @@ pub fn alive(pid: u32, ticks: i64) -> bool {
     start_ticks(pid) == Some(ticks)
 }
 
+/// Waits (up to `within`) until the process `pid` that started at `ticks` has exited: gone, or a
+/// zombie. A sandboxed run's init exits only after every process of its namespace did, so once it is
+/// gone nothing of the run is left. Returns whether it is.
+pub async fn wait_gone(pid: u32, ticks: i64, within: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let running = proc_stat(pid, |f| Some((f.get(22 - 3)?.parse::<i64>().ok()? == ticks, f.first()? != &"Z")))
+            .is_some_and(|(same, not_zombie)| same && not_zombie);
+        if !running {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// This machine's boot: with a pid and its start time, which process of which machine (and boot) a
 /// platform process was, so another on the same machine can tell it is gone.
 pub fn boot_id() -> String {

@@ -385,21 +385,29 @@ impl<'a> Admission<'a> {
 }
 
 /// Marks the start of an attempt under a new lease and returns its number and fencing number, or
-/// `None` if the job is no longer queued (another runner, in this process or another, took it): the
-/// conditional update is the claim.
+/// `None` if the job is no longer queued (another runner, in this process or another, took it) or
+/// the tenant already has `max_running` jobs running on any manager: the conditional update is the
+/// claim, taken under a per-tenant lock so that managers together keep to the agreement.
 pub async fn start_attempt(
     db: &Db,
     tenant: &TenantId,
     id: Uuid,
     app_version: i32,
     lease: &Lease,
+    max_running: i64,
 ) -> sqlx::Result<Option<(i32, i64)>> {
     let mut tx = without_flush(db).await?;
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended('running/' || $1, 0))")
+        .bind(tenant.as_str())
+        .execute(&mut *tx)
+        .await?;
     let attempt = sqlx::query_as(
         "with u as (update jobs set state = 'running', attempts = attempts + 1, started_at = now(), app_version = $3,
                                 not_before = null, pid = null, pid_start_ticks = null, lease_owner = $4,
                                 lease_until = now() + make_interval(secs => $5::bigint / 1000.0), fence = fence + 1
-                    where tenant = $1 and id = $2 and state = 'queued' returning id, tenant, state, attempts, fence),
+                    where tenant = $1 and id = $2 and state = 'queued'
+                      and (select count(*) from jobs where tenant = $1 and state = 'running') < $6
+                    returning id, tenant, state, attempts, fence),
               e as (insert into job_events (job_id, tenant, state, message)
                     select id, tenant, state, 'attempt ' || attempts || ' started with app version ' || $3 from u)
          select attempts, fence from u",
@@ -409,6 +417,7 @@ pub async fn start_attempt(
     .bind(app_version)
     .bind(lease.owner)
     .bind(lease.ttl_ms())
+    .bind(max_running)
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -216,6 +216,12 @@ async fn lead(ctx: &Arc<StreamCtx>, mut lock: sqlx::PgConnection, shutdown: &Can
         if let Ok(runtime) = ctx.runtime(&inst.runtime) {
             runtime.end_leftover(&leftover(inst)).await;
         }
+        // Killed is not yet gone: nothing starts the instance again until its old run has exited.
+        if let (Some(pid), Some(ticks)) = (inst.pid, inst.start_ticks) {
+            if !crate::runtime::process::wait_gone(pid as u32, ticks, Duration::from_secs(5)).await {
+                tracing::warn!(instance = %inst.id, pid, "a previous run of the instance did not exit within 5s of SIGKILL");
+            }
+        }
     }
     let mut listener = PgListener::connect_with(&ctx.db).await?;
     listener.listen("mysimbdp_instances").await?;
