@@ -159,6 +159,26 @@ pub async fn wait_gone(pid: u32, ticks: i64, within: std::time::Duration) -> boo
     }
 }
 
+/// Processes of user `uid` whose environment holds `var` (`NAME=value`), with their start times:
+/// the programs of one stream instance, however they came to outlive the process that ran them.
+pub fn with_environment(uid: u32, var: &str) -> Vec<(u32, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let wanted = var.as_bytes();
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            if e.metadata().ok()?.uid() != uid {
+                return None;
+            }
+            let env = std::fs::read(e.path().join("environ")).ok()?;
+            env.split(|b| *b == 0).any(|v| v == wanted).then_some(())?;
+            Some((pid, start_ticks(pid)?))
+        })
+        .collect()
+}
+
 /// This machine's boot: with a pid and its start time, which process of which machine (and boot) a
 /// platform process was, so another on the same machine can tell it is gone.
 pub fn boot_id() -> String {

@@ -88,6 +88,25 @@ fn environment(
     ]
 }
 
+/// Ends the processes of user `uid` carrying this instance's id in their environment, and waits for
+/// them to exit. Only the instance's own user's processes are looked at: a tenant that copies another
+/// instance's id into its programs' environment has only its own programs ended.
+async fn end_earlier_runs(inst: &Instance, uid: u32, confined: bool) {
+    use crate::runtime::process::{wait_gone, with_environment};
+    // Unconfined, programs run as the platform's own user.
+    // SAFETY: geteuid cannot fail.
+    let uid = if confined { uid } else { unsafe { libc::geteuid() } };
+    let var = format!("MYSIMBDP_INSTANCE_ID={}", inst.id);
+    for (pid, ticks) in with_environment(uid, &var) {
+        tracing::warn!(instance = %inst.id, pid, "a program of an earlier run of the instance still runs; ending it first");
+        // SAFETY: plain syscall on a process of the instance's user, checked just above.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        if !wait_gone(pid, ticks, Duration::from_secs(5)).await {
+            tracing::error!(instance = %inst.id, pid, "a program of an earlier run did not exit within 5s of SIGKILL");
+        }
+    }
+}
+
 /// What the supervisor does after a run ended.
 enum Next {
     Again { after: Duration },
@@ -153,6 +172,9 @@ async fn supervise_inner(
             pids: stream.max_processes,
             grace: stream.stop_grace,
         };
+        // Whatever still runs of this instance on this machine (a run its previous manager left
+        // while dying, however it escaped) ends before the new run starts: an instance runs once.
+        end_earlier_runs(inst, spec.account.uid, ctx.sandbox.is_some()).await;
         let run = control.next_run();
         let recorded: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
         let on_start = {
