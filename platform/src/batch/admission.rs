@@ -31,10 +31,8 @@ pub async fn claim(ctx: &Arc<Ctx>, tenant: &TenantId, path: &Path) -> anyhow::Re
     let claim =
         Claim { id, file_name: &name, file_name_bytes: bytes, staging_path: &staging_path, work_path: &work_path };
     let job = jobs::insert_detected(&ctx.db, tenant, &claim, &ctx.leases.lease).await?;
-    ctx.leases.hold(id, job.fence, ctx.shutdown.child_token());
-    let claimed = claimed(ctx, tenant, path, &work, &job).await;
     // On an error the lease runs out and the sweep takes the claim up again.
-    ctx.leases.release(id);
+    let claimed = ctx.leases.holding(id, job.fence, claimed(ctx, tenant, path, &work, &job)).await;
     claimed.map(|moved| moved.then_some(id))
 }
 

@@ -50,6 +50,15 @@ impl Leases {
         self.held.lock().expect("leases lock").insert(id, Held { fence, lost });
     }
 
+    /// Does `work` on `id` holding its lease (`fence`), and lets the lease go after: kept alive while
+    /// the work lasts, left to run out if the work failed, so the sweep takes the job up again.
+    pub async fn holding<T>(&self, id: Uuid, fence: i64, work: impl std::future::Future<Output = T>) -> T {
+        self.hold(id, fence, CancellationToken::new());
+        let out = work.await;
+        self.release(id);
+        out
+    }
+
     pub fn release(&self, id: Uuid) {
         self.held.lock().expect("leases lock").remove(&id);
     }
@@ -125,15 +134,13 @@ pub async fn take_over(ctx: &Arc<Ctx>) -> anyhow::Result<usize> {
     for t in taken {
         let (id, fence) = (t.job.id, t.job.fence);
         let Ok(tenant) = TenantId::parse(&t.job.tenant) else { continue };
-        ctx.leases.hold(id, fence, ctx.shutdown.child_token());
         let state = t.job.state();
-        if let Err(e) = carry_on(ctx, &tenant, &t).await {
+        if let Err(e) = ctx.leases.holding(id, fence, carry_on(ctx, &tenant, &t)).await {
             tracing::error!(%tenant, job = %id, fence, error = %e, "taking up the job failed; its lease will run out and it is tried again");
             if state == JobState::Detected && fence >= RECOVERY_TRIES {
                 give_up_job(ctx, &tenant, &t, &format!("{e:#}")).await;
             }
         }
-        ctx.leases.release(id);
     }
     Ok(n)
 }

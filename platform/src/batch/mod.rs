@@ -300,10 +300,7 @@ async fn adopt_orphan(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid, dir: &Path) -
         jobs::Claim { id, file_name: name, file_name_bytes: None, staging_path: &staging_path, work_path: &work_path };
     let job = jobs::insert_detected(&ctx.db, tenant, &claim, &ctx.leases.lease).await?;
     tracing::warn!(%tenant, job = %id, file = %name, "adopted a claimed file whose job row was lost");
-    ctx.leases.hold(id, job.fence, ctx.shutdown.child_token());
-    let evaluated = admission::evaluate(ctx, tenant, &job).await;
-    ctx.leases.release(id);
-    evaluated
+    ctx.leases.holding(id, job.fence, admission::evaluate(ctx, tenant, &job)).await
 }
 
 /// A job has just reached its final state: count it and bring the file system in line.
