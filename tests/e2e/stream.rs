@@ -1027,7 +1027,11 @@ async fn a_tenant_whose_agreement_is_withdrawn_has_its_instances_stopped() {
     let (p, http, token, _topic) = zoo_with_tortoise_stream(&zoo, stream_agreement(&zoo, &Stream::default())).await;
     let id = start(&http, &token, &zoo, "tortoise-stream", 1).await[0]["id"].as_str().unwrap().to_owned();
     wait_state(&http, &token, &zoo, &id, "running", Duration::from_secs(30)).await;
-    assert_eq!(running_instance_ids(&zoo), vec![id.clone()]);
+    // The start is recorded as the program is spawned, a moment before it has its environment.
+    eventually(Duration::from_secs(10), "the instance's program running", async || {
+        running_instance_ids(&zoo) == vec![id.clone()]
+    })
+    .await;
 
     std::fs::remove_file(p.tenants_dir.join(format!("{zoo}.yaml"))).unwrap();
     eventually(Duration::from_secs(30), "the withdrawn tenant's instance to end", async || {
