@@ -1,9 +1,9 @@
 //! Platform configuration: flags or `MYSIMBDP_*` environment variables (see `mysimbdp serve --help`).
 //! Secrets (database passwords) come only from the environment or flags, never from defaults.
+//! It depends on nothing else of the crate: every part takes its settings from here.
 
 use std::path::{Path, PathBuf};
-
-use crate::batch::BatchConfig;
+use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -32,10 +32,75 @@ pub struct Config {
     pub container_socket: Option<String>,
     /// The sandbox tenants' programs run in; absent (`--sandbox off`): they run as the platform's
     /// own user, for development on hosts where the platform cannot run as root.
-    pub sandbox: Option<crate::runtime::sandbox::SandboxConfig>,
+    pub sandbox: Option<SandboxConfig>,
     /// How long finished work (jobs and their files, reports, notifications, stopped instances) is
     /// kept; absent: for ever.
     pub retention: Option<std::time::Duration>,
+}
+
+/// The shortest JWT key taken: HS256 with less is guessable offline from one token.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Clone, Debug)]
+pub struct BatchConfig {
+    /// Apps running at once across all tenants.
+    pub workers: usize,
+    /// How often every tenant's folder is listed (files written in place, missed events).
+    pub rescan_interval: Duration,
+    /// Bytes of an app's output kept in its job's log (first half and last half).
+    pub log_limit: usize,
+    /// Between SIGTERM and SIGKILL when an app must stop.
+    pub kill_grace: Duration,
+    /// Delay before the first retry; doubled for each further one.
+    pub retry_backoff: Duration,
+    /// How long a job being admitted or run stays with its manager without word from it (see
+    /// `leases`): how soon another manager takes over the work of one that hangs or is cut off.
+    pub lease: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
+            rescan_interval: Duration::from_millis(500),
+            log_limit: 64 << 10,
+            kill_grace: Duration::from_secs(5),
+            retry_backoff: Duration::from_secs(1),
+            lease: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The sandbox's settings, from the platform's configuration.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// The fork server's binary (`mysimbdp-sandbox`); default: beside the running `mysimbdp`.
+    pub init: Option<PathBuf>,
+    /// Tenants' uids are allocated from here upwards (gid = uid).
+    pub uid_base: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig { init: None, uid_base: DEFAULT_UID_BASE }
+    }
+}
+
+/// Far above the uids of a host's users and of the usual subordinate-uid ranges (`/etc/subuid`).
+pub const DEFAULT_UID_BASE: u32 = 2_000_000_000;
+
+/// The slowest an upload may be: on average `min_rate` bytes a second once `grace` has passed. A
+/// sender trickling a byte now and then holds a connection and a file as long as a stalled one.
+#[derive(Clone, Copy, Debug)]
+pub struct MinRate {
+    pub bytes_per_s: f64,
+    pub grace: Duration,
+}
+
+impl Default for MinRate {
+    fn default() -> Self {
+        MinRate { bytes_per_s: 16.0 * 1024.0, grace: Duration::from_secs(30) }
+    }
 }
 
 /// The control plane; absent when this process runs no API.
@@ -47,7 +112,7 @@ pub struct ApiConfig {
     /// Bytes of ingestion-log answers kept for repeat requests (0: none).
     pub page_cache: usize,
     /// The slowest an upload may be (the default: 16 KiB/s on average after 30 s).
-    pub min_upload_rate: crate::api::upload::MinRate,
+    pub min_upload_rate: MinRate,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -74,10 +139,14 @@ pub fn jwt_secret_from(value: Option<String>, file: Option<PathBuf>) -> anyhow::
         }
         (None, None) => anyhow::bail!(
             "no JWT secret: set MYSIMBDP_JWT_SECRET or MYSIMBDP_JWT_SECRET_FILE (at least {} bytes; e.g. `openssl rand -hex 32`)",
-            crate::api::auth::MIN_SECRET_BYTES
+            MIN_SECRET_BYTES
         ),
     };
-    crate::api::Keys::new(&secret)?;
+    anyhow::ensure!(
+        secret.len() >= MIN_SECRET_BYTES,
+        "the JWT secret is {} bytes; at least {MIN_SECRET_BYTES} are needed",
+        secret.len()
+    );
     Ok(secret)
 }
 

@@ -4,6 +4,7 @@
 //! (file, field, reason). `registry` keeps the agreements in force and hot-reloads them.
 
 mod fields;
+pub mod limits;
 pub mod registry;
 
 use std::fmt;
@@ -417,7 +418,7 @@ fn parse_route(value: &Value, path: &str, errors: &mut Errors) -> Option<Route> 
             }
             None => (text.clone(), None),
         };
-        crate::apps::validate_app_name(&name)?;
+        validate_app_name(&name)?;
         Ok((name, version))
     });
     let timeout = s.required("timeout", errors, duration);
@@ -644,6 +645,19 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
         }
     }
     p[pi..].iter().all(|c| *c == '*')
+}
+
+/// `[a-z0-9][a-z0-9._-]{0,63}`, safe as a folder name.
+pub fn validate_app_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{name}` is not a valid app name (1-64 characters of a-z, 0-9, `.`, `_`, `-`)"))
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use super::problem::Problem;
 use crate::tenant::TenantId;
 
 /// Shortest secret accepted: HS256's key should be at least as long as its 256-bit output.
-pub const MIN_SECRET_BYTES: usize = 32;
+pub use crate::config::MIN_SECRET_BYTES;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -71,7 +71,7 @@ pub async fn put(
         .unwrap_or(0);
     let used = crate::store::jobs::disk_usage(&state.db, &t).await?;
     if let Err(r) =
-        crate::batch::constraints::disk(agreement.as_ref().expect("checked above").disk_quota, used, declared)
+        crate::agreement::limits::disk(agreement.as_ref().expect("checked above").disk_quota, used, declared)
     {
         return Err(Problem::new(StatusCode::INSUFFICIENT_STORAGE, "disk-quota", r.detail));
     }

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::problem::Problem;
+pub use crate::config::MinRate;
 use crate::units::ByteSize;
 
 pub struct Written {
@@ -25,20 +26,6 @@ pub struct Written {
 /// How long an upload may send nothing before it is given up (a stalled or malicious client must
 /// not hold a connection and a half-written file forever).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The slowest an upload may be: on average `min_rate` bytes a second once `grace` has passed. A
-/// sender trickling a byte now and then holds a connection and a file as long as a stalled one.
-#[derive(Clone, Copy, Debug)]
-pub struct MinRate {
-    pub bytes_per_s: f64,
-    pub grace: Duration,
-}
-
-impl Default for MinRate {
-    fn default() -> Self {
-        MinRate { bytes_per_s: 16.0 * 1024.0, grace: Duration::from_secs(30) }
-    }
-}
 
 /// Removes a half-written file unless the upload completed, also when the request future is
 /// dropped because the client went away.

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+pub use crate::agreement::validate_app_name;
 use crate::agreement::ServiceAgreement;
 use crate::store::{self, apps::App, Db};
 use crate::tenant::TenantId;
@@ -67,19 +68,6 @@ pub struct Manifest {
     pub entrypoint: String,
     /// The tenant's own version label, kept for display; the platform numbers versions itself.
     pub version: String,
-}
-
-/// `[a-z0-9][a-z0-9._-]{0,63}`, safe as a folder name.
-pub fn validate_app_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("`{name}` is not a valid app name (1-64 characters of a-z, 0-9, `.`, `_`, `-`)"))
-    }
 }
 
 /// How an install names the app when the upload is a bare executable (archives name themselves).
@@ -180,7 +168,7 @@ impl Registry {
         };
         let size_bytes = fs::metadata(source)?.len() as i64;
         let used = store::jobs::disk_usage(&self.db, tenant).await?;
-        crate::batch::constraints::disk(agreement.disk_quota, used, size_bytes as u64)
+        crate::agreement::limits::disk(agreement.disk_quota, used, size_bytes as u64)
             .map_err(|r| AppError::DiskQuota(r.detail))?;
         if let Some(newest) = store::apps::resolve(&self.db, tenant, &name, None).await? {
             if newest.sha256 == sha256 && newest.kind == kind.as_str() {

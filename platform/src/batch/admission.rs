@@ -9,12 +9,12 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::constraints::{self, Refusal};
 use super::frozen::freeze;
 use super::layout::move_file;
 use super::names;
 use super::sniff::sniff;
 use super::Ctx;
+use crate::agreement::limits::{self, Refusal};
 use crate::store::jobs::{self, Admission, Claim, Job};
 use crate::tenant::TenantId;
 use crate::units::ByteSize;
@@ -76,7 +76,7 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
         return reject(ctx, tenant, job, Rejection { size: Some(size), checksum: None, refusal, duplicate_of: None })
             .await;
     };
-    let (batch, route, format) = match constraints::precheck(&agreement, &job.file_name, size) {
+    let (batch, route, format) = match limits::precheck(&agreement, &job.file_name, size) {
         Ok(ok) => ok,
         Err(refusal) => {
             return reject(
@@ -114,12 +114,12 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
         let r = Rejection { size: Some(size), checksum: Some(&checksum), refusal, duplicate_of: Some(original) };
         return reject_in(ctx, admission, tenant, job, r).await;
     }
-    if let Err(refusal) = constraints::rates(batch, size, usage.files_last_hour, usage.bytes_last_day) {
+    if let Err(refusal) = limits::rates(batch, size, usage.files_last_hour, usage.bytes_last_day) {
         let r = Rejection { size: Some(size), checksum: Some(&checksum), refusal, duplicate_of: None };
         return reject_in(ctx, admission, tenant, job, r).await;
     }
     let used = admission.disk_usage().await?;
-    if let Err(refusal) = constraints::disk(agreement.disk_quota, used, size) {
+    if let Err(refusal) = limits::disk(agreement.disk_quota, used, size) {
         let r = Rejection { size: Some(size), checksum: Some(&checksum), refusal, duplicate_of: None };
         return reject_in(ctx, admission, tenant, job, r).await;
     }

@@ -18,7 +18,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use super::constraints::Refusal;
+use crate::agreement::limits::Refusal;
 use crate::runtime::sandbox::init::describe;
 
 /// Opens the claimed file at `path` and makes it the platform's, or says why it is refused.

@@ -7,7 +7,6 @@
 //! them at start, so a platform killed at any point loses no file and ingests none twice.
 
 pub mod admission;
-pub mod constraints;
 pub mod frozen;
 pub mod layout;
 pub mod leases;
@@ -37,35 +36,7 @@ use layout::{move_file, Layout};
 use names::is_ignored;
 use scheduler::Scheduler;
 
-#[derive(Clone, Debug)]
-pub struct BatchConfig {
-    /// Apps running at once across all tenants.
-    pub workers: usize,
-    /// How often every tenant's folder is listed (files written in place, missed events).
-    pub rescan_interval: Duration,
-    /// Bytes of an app's output kept in its job's log (first half and last half).
-    pub log_limit: usize,
-    /// Between SIGTERM and SIGKILL when an app must stop.
-    pub kill_grace: Duration,
-    /// Delay before the first retry; doubled for each further one.
-    pub retry_backoff: Duration,
-    /// How long a job being admitted or run stays with its manager without word from it (see
-    /// `leases`): how soon another manager takes over the work of one that hangs or is cut off.
-    pub lease: Duration,
-}
-
-impl Default for BatchConfig {
-    fn default() -> Self {
-        BatchConfig {
-            workers: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
-            rescan_interval: Duration::from_millis(500),
-            log_limit: 64 << 10,
-            kill_grace: Duration::from_secs(5),
-            retry_backoff: Duration::from_secs(1),
-            lease: Duration::from_secs(15),
-        }
-    }
-}
+pub use crate::config::BatchConfig;
 
 const WORK_AREA_EVERY: Duration = Duration::from_secs(30);
 

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::constraints;
 use super::layout::{move_file, reason_file};
+use crate::agreement::limits;
 use crate::agreement::BatchAgreement;
 use crate::store::jobs::{self, Job, RetryError};
 use crate::store::Db;
@@ -44,7 +44,7 @@ pub async fn retry(
     move_file(&from, Path::new(&job.work_path))?;
     let size = job.size_bytes.unwrap_or(0).max(0) as u64;
     let within = |u: &jobs::Usage| {
-        constraints::rates(batch, size, u.files_last_hour, u.bytes_last_day).map_err(|r| (r.reason, r.detail))
+        limits::rates(batch, size, u.files_last_hour, u.bytes_last_day).map_err(|r| (r.reason, r.detail))
     };
     if let Err(e) = jobs::retry(db, tenant, job, allow_duplicate, job.max_attempts.max(1), within).await {
         move_file(Path::new(&job.work_path), &from)?;

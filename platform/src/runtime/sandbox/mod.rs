@@ -37,6 +37,8 @@ use std::path::{Path, PathBuf};
 
 use spec::{InitReport, InitSpec, Mount};
 
+pub use crate::config::{SandboxConfig, DEFAULT_UID_BASE};
+
 /// Where things are inside the sandbox.
 pub mod paths {
     /// The installed app version, read-only.
@@ -51,24 +53,6 @@ pub mod paths {
 
 /// The largest result file taken from an app.
 pub const RESULT_LIMIT: u64 = 1 << 20;
-
-/// The sandbox's settings, from the platform's configuration.
-#[derive(Clone, Debug)]
-pub struct SandboxConfig {
-    /// The fork server's binary (`mysimbdp-sandbox`); default: beside the running `mysimbdp`.
-    pub init: Option<PathBuf>,
-    /// Tenants' uids are allocated from here upwards (gid = uid).
-    pub uid_base: u32,
-}
-
-impl Default for SandboxConfig {
-    fn default() -> Self {
-        SandboxConfig { init: None, uid_base: DEFAULT_UID_BASE }
-    }
-}
-
-/// Far above the uids of a host's users and of the usual subordinate-uid ranges (`/etc/subuid`).
-pub const DEFAULT_UID_BASE: u32 = 2_000_000_000;
 
 /// The host's top-level folders a program needs to run (all read-only); links among them (a merged
 /// `/usr`) are reproduced as links.

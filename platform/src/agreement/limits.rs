@@ -1,7 +1,8 @@
-//! The agreement's limits on files, checked before any app runs. Each refusal names the limit and the
-//! value that broke it, and carries a stable machine-readable reason.
+//! The agreement's limits on files and on the disk a tenant uses, checked before any app runs or any
+//! upload is kept. Each refusal names the limit and the value that broke it, and carries a stable
+//! machine-readable reason.
 
-use crate::agreement::{BatchAgreement, Format, Route, ServiceAgreement};
+use super::{BatchAgreement, Format, Route, ServiceAgreement};
 use crate::units::ByteSize;
 
 #[derive(Debug, PartialEq, Eq)]
