@@ -18,6 +18,7 @@ pub mod apps;
 pub mod batch;
 pub mod config;
 pub mod coredms;
+pub mod domain;
 pub mod janitor;
 pub mod messaging;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! Agreements are picked up while running; an invalid edit is reported precisely and the previous
 //! version stays in force.
 
+use mysimbdp::domain::JobState;
 use std::time::Duration;
 
 use mysimbdp_e2e::{agreement, bin, unique, TestPlatform};
@@ -40,7 +41,7 @@ async fn an_invalid_edit_keeps_the_previous_agreement_in_force() {
     std::fs::write(&file, agreement(&t, &batch("1MiB"))).unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     p.drop_file(&t, "b.csv", &two_kib(2));
-    assert_eq!(p.wait_final(&t, "b.csv").await.state, "succeeded");
+    assert_eq!(p.wait_final(&t, "b.csv").await.state, JobState::Succeeded);
 
     // A tenant added while running is provisioned and served.
     let new = unique("added");
@@ -51,7 +52,7 @@ async fn an_invalid_edit_keeps_the_previous_agreement_in_force() {
     .await;
     p.install_script(&new, "ok", "exit 0").await;
     p.drop_file(&new, "c.csv", b"a\n1\n");
-    assert_eq!(p.wait_final(&new, "c.csv").await.state, "succeeded");
+    assert_eq!(p.wait_final(&new, "c.csv").await.state, JobState::Succeeded);
     p.cleanup().await;
     let name = mysimbdp::tenant::TenantId::parse(&new).unwrap().coredms_name();
     let mut admin = mysimbdp_e2e::connect_admin(&mysimbdp_e2e::pg_url()).await;

@@ -1,6 +1,7 @@
 //! The control plane over real HTTP: a tenant with nothing but a token does everything; tenants never
 //! see each other; bad input gets a precise problem document and changes nothing.
 
+use mysimbdp::domain::JobState;
 use std::time::Duration;
 
 use mysimbdp_e2e::{agreement, bin, eventually, gen_data, tar_gz, unique, Member, Reply, TestPlatform};
@@ -117,7 +118,7 @@ async fn another_tenants_resources_look_absent_and_stay_unchanged() {
         .await;
     assert_eq!(put.status, 202, "{}", put.text());
     let failed = p.wait_final(&a, "o.jsonl").await;
-    assert_eq!(failed.state, "failed", "{failed:?}");
+    assert_eq!(failed.state, JobState::Failed, "{failed:?}");
     p.wait_moved(&failed).await;
     std::fs::write(p.staging_dir.join(&a).join("waiting.csv"), b"x").unwrap();
     let id = failed.id.to_string();

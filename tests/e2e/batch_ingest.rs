@@ -1,5 +1,6 @@
 //! A CSV and a JSONL file for two tenants end as documents in each tenant's own coredms database.
 
+use mysimbdp::domain::JobState;
 use mysimbdp_e2e::{agreement, bin, gen_data, unique, TestPlatform};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -17,7 +18,7 @@ async fn csv_and_jsonl_of_two_tenants_land_in_their_own_coredms() {
     p.drop_file(&food, "orders-1.jsonl", &gen_data("orders", 900, 30, 2));
 
     let job = p.wait_final(&zoo, "readings.csv").await;
-    assert_eq!(job.state, "succeeded", "{job:?}");
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     assert_eq!((job.records_ingested, job.records_rejected), (Some(4900), Some(100)));
     assert!(
         job.log
@@ -28,7 +29,7 @@ async fn csv_and_jsonl_of_two_tenants_land_in_their_own_coredms() {
         job.log
     );
     let job = p.wait_final(&food, "orders-1.jsonl").await;
-    assert_eq!(job.state, "succeeded", "{job:?}");
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     assert_eq!((job.records_ingested, job.records_rejected), (Some(870), Some(30)));
     let events: Vec<String> = p.events(&food, &job).await.into_iter().map(|(s, _)| s).collect();
     assert_eq!(events, ["detected", "queued", "running", "succeeded"]);

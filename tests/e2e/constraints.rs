@@ -1,6 +1,7 @@
 //! Every constraint violation is rejected before any app runs, quarantined, and logged with a reason
 //! naming the limit and the value.
 
+use mysimbdp::domain::JobState;
 use std::time::Duration;
 
 use mysimbdp_e2e::{agreement, eventually, unique, TestPlatform};
@@ -58,7 +59,7 @@ async fn each_violation_is_rejected_before_the_app_runs() {
         assert_eq!(sidecar["reason"], reason);
         assert!(!p.staging_dir.join(&small).join(file).exists());
     }
-    assert_eq!(p.wait_final(&small, "fine.csv").await.state, "succeeded");
+    assert_eq!(p.wait_final(&small, "fine.csv").await.state, JobState::Succeeded);
 
     // Files per hour: two admitted, the third refused.
     for i in 0..3 {
@@ -73,7 +74,7 @@ async fn each_violation_is_rejected_before_the_app_runs() {
     // Bytes per day: 600 + 600 > 1000.
     let body = |i: usize| format!("a,b\n{}", format!("{i},2\n").repeat(148)).into_bytes();
     p.drop_file(&volume, "v0.csv", &body(0));
-    assert_eq!(p.wait_final(&volume, "v0.csv").await.state, "succeeded");
+    assert_eq!(p.wait_final(&volume, "v0.csv").await.state, JobState::Succeeded);
     p.drop_file(&volume, "v1.csv", &body(1));
     let second = p.wait_final(&volume, "v1.csv").await;
     assert_eq!(second.reason.as_deref(), Some("max_bytes_per_day"), "{second:?}");
@@ -93,7 +94,7 @@ async fn retries_count_against_the_rate_limits() {
     p.install_script(&t, "fails", "exit 1").await;
     p.drop_file(&t, "once.csv", b"a\n1\n");
     let failed = p.wait_final(&t, "once.csv").await;
-    assert_eq!(failed.state, "failed", "{failed:?}");
+    assert_eq!(failed.state, JobState::Failed, "{failed:?}");
     let (http, token) = (p.http(), p.token(Some(&t)));
     let retry = format!("/v1/tenants/{t}/ingestions/{}/retry", failed.id);
 
@@ -110,7 +111,7 @@ async fn retries_count_against_the_rate_limits() {
     let detail = r.problem(429);
     assert!(detail.contains("2 files admitted in the last hour, max_files_per_hour is 2"), "{detail}");
     let job = p.wait_final(&t, "once.csv").await;
-    assert_eq!(job.state, "failed", "{job:?}");
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
     let (files,): (i64,) = sqlx::query_as("select coalesce(sum(files), 0)::bigint from tenant_usage where tenant = $1")
         .bind(&t)
         .fetch_one(&p.db)
@@ -146,7 +147,7 @@ async fn a_tenant_over_its_disk_quota_gets_disk_quota_with_the_figures() {
     let content: String = (0..20).map(row).collect(); // 1,280 bytes
     p.drop_file(&t, "kept.csv", content.as_bytes());
     let kept = p.wait_final(&t, "kept.csv").await;
-    assert_eq!(kept.state, "failed", "{kept:?}");
+    assert_eq!(kept.state, JobState::Failed, "{kept:?}");
     p.wait_moved(&kept).await; // quarantined: it counts
 
     let other: String = (20..40).map(row).collect();

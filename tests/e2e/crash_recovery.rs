@@ -1,6 +1,7 @@
 //! kill -9 of the platform while files are being claimed and apps are running, then restart: every
 //! file ends with exactly one outcome and the coredms holds exactly one copy of each record.
 
+use mysimbdp::domain::JobState;
 use std::time::Duration;
 
 use mysimbdp_e2e::{agreement, bin, eventually, gen_data, unique, TestPlatform};
@@ -55,7 +56,7 @@ async fn kill_9_and_restart_lose_nothing_and_double_nothing() {
         jobs.iter().map(|j| &j.file_name).collect::<Vec<_>>()
     );
     for job in &jobs {
-        assert_eq!(job.state, "succeeded", "{job:?}");
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
         assert_eq!(job.records_ingested, Some(ROWS as i64), "{job:?}");
     }
     assert_eq!(p.count_docs(&t, "readings").await, (FILES * ROWS) as i64, "exactly one copy of each record");

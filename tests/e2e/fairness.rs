@@ -1,6 +1,7 @@
 //! One tenant's flood of files does not starve another tenant: each tenant has its own queue and the
 //! tenants take turns for the platform's workers.
 
+use mysimbdp::domain::JobState;
 use mysimbdp_e2e::{agreement, unique, TestPlatform};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -22,12 +23,12 @@ async fn a_flood_from_one_tenant_does_not_hold_up_another() {
     }
     // Let the flood be admitted and start, then the other tenant drops one file.
     mysimbdp_e2e::eventually(std::time::Duration::from_secs(10), "the flood queued", async || {
-        p.all_jobs(&flood).await.iter().filter(|j| j.state == "queued").count() >= FLOOD - 4
+        p.all_jobs(&flood).await.iter().filter(|j| j.state == JobState::Queued).count() >= FLOOD - 4
     })
     .await;
     p.drop_file(&quiet, "q.csv", b"a\n1\n");
     let q = p.wait_final(&quiet, "q.csv").await;
-    assert_eq!(q.state, "succeeded");
+    assert_eq!(q.state, JobState::Succeeded);
     let flood_jobs = p.all_jobs(&flood).await;
     let flood_done_before =
         flood_jobs.iter().filter(|j| j.finished_at.is_some_and(|f| f < q.started_at.unwrap())).count();

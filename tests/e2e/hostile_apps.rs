@@ -3,6 +3,7 @@
 //! test asserts that the attack failed, that the controls beside it worked (so the attempts really
 //! ran), and that another tenant's job running at the same time succeeded.
 
+use mysimbdp::domain::JobState;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -92,7 +93,7 @@ fn assert_overlapped(attack: &Job, good: &[Job]) {
     let overlapping: Vec<&Job> = during.collect();
     assert!(!overlapping.is_empty(), "no job of the other tenant ran during {}", attack.file_name);
     for g in overlapping {
-        assert_eq!(g.state, "succeeded", "{g:?}");
+        assert_eq!(g.state, JobState::Succeeded, "{g:?}");
         assert!(g.records_ingested.unwrap_or(0) > 0, "{g:?}");
     }
 }
@@ -205,7 +206,7 @@ async fn a_batch_app_reads_and_writes_nothing_of_the_platform_or_another_tenant(
     a.attack("pg", &pg).await;
 
     let read = a.run("read", 0).await;
-    assert_eq!(read.state, "succeeded", "{read:?}");
+    assert_eq!(read.state, JobState::Succeeded, "{read:?}");
     assert_denied(&read, &a.good_files, &["processes seen", "own status readable"]);
     // The only processes it sees are its own sandbox's: the init (whose environment is empty or
     // closed to it) and the app's shell and program.
@@ -216,14 +217,14 @@ async fn a_batch_app_reads_and_writes_nothing_of_the_platform_or_another_tenant(
     }
 
     let write = a.run("write", 1).await;
-    assert_eq!(write.state, "succeeded", "{write:?}");
+    assert_eq!(write.state, JobState::Succeeded, "{write:?}");
     assert_denied(&write, &writes, &["wrote /work/mine", "wrote /tmp/mine"]);
     for w in &writes[7..] {
         assert!(!Path::new(w).exists(), "{w} was planted on the host");
     }
 
     let pg = a.run("pg", 2).await;
-    assert_eq!(pg.state, "succeeded", "{pg:?}");
+    assert_eq!(pg.state, JobState::Succeeded, "{pg:?}");
     let log = log(&pg);
     assert!(!log.contains("LEAK") && log.contains("OK connected as its own role"), "{log}");
     for role in ["postgres", &admin_role, &store_role, &good_role] {
@@ -255,7 +256,7 @@ async fn a_batch_app_cannot_outgrow_its_run_or_poison_its_result() {
 
     // A fork bomb stops at the route's 48 processes, and the run ends with the app.
     let bomb = a.run("bomb", 0).await;
-    assert_eq!(bomb.state, "succeeded", "{bomb:?}");
+    assert_eq!(bomb.state, JobState::Succeeded, "{bomb:?}");
     let stopped_at: u32 = log(&bomb)
         .lines()
         .find_map(|l| l.strip_prefix("DENIED fork after ")?.split(' ').next()?.parse().ok())
@@ -264,7 +265,7 @@ async fn a_batch_app_cannot_outgrow_its_run_or_poison_its_result() {
 
     // A child in its own session, holding the output: killed with the run, and the job ends.
     let orphan = a.run("orphan", 1).await;
-    assert_eq!(orphan.state, "succeeded", "{orphan:?}");
+    assert_eq!(orphan.state, JobState::Succeeded, "{orphan:?}");
     assert!(orphan.run_ms.unwrap() < 10_000, "the job waited for the orphan: {orphan:?}");
     let left = std::process::Command::new("pgrep").args(["-f", &marker]).output().unwrap();
     assert!(left.stdout.is_empty(), "the orphan outlived its run: {}", String::from_utf8_lossy(&left.stdout));
@@ -281,7 +282,7 @@ async fn a_batch_app_cannot_outgrow_its_run_or_poison_its_result() {
         [("fifo", "is a FIFO"), ("zero", "symbolic link"), ("binary", "not the result JSON")].into_iter().enumerate()
     {
         let job = a.run(attack, 3 + n).await;
-        assert_eq!(job.state, "succeeded", "{job:?}");
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
         assert!(
             log(&job).contains("[mysimbdp] result file ignored") && log(&job).contains(why),
             "{attack}: {}",
@@ -305,7 +306,7 @@ async fn a_tenant_is_held_to_its_coredms_connections_and_statement_timeout() {
     let job_started = async {
         for _ in 0..600 {
             let jobs = a.p.jobs_for(&a.evil, "conn-1.csv").await;
-            if jobs.iter().any(|j| j.state == "running") {
+            if jobs.iter().any(|j| j.state == JobState::Running) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -318,7 +319,7 @@ async fn a_tenant_is_held_to_its_coredms_connections_and_statement_timeout() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(t.elapsed() < Duration::from_secs(2), "the API took {:?}", t.elapsed());
     let conn = a.outcome("conn").await;
-    assert_eq!(conn.state, "succeeded", "{conn:?}");
+    assert_eq!(conn.state, JobState::Succeeded, "{conn:?}");
     let opened: usize = log(&conn)
         .lines()
         .find_map(|l| l.strip_prefix("RESULT opened ")?.split(' ').next()?.parse().ok())

@@ -2,6 +2,7 @@
 //! things renamed into staging that are not plain files. Each is refused with its reason, nothing is
 //! written anywhere, nothing is followed, and valid work beside them carries on.
 
+use mysimbdp::domain::JobState;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -101,7 +102,7 @@ async fn hostile_archives_are_refused_with_the_entry_named_and_write_nothing() {
     let r = http.call("POST", &format!("/v1/tenants/{t}/apps"), Some(&token), Some(("application/gzip", ok))).await;
     assert_eq!(r.status, 201, "{}", r.text());
     p.drop_file(&t, "a.csv", b"a\n1\n");
-    assert_eq!(p.wait_final(&t, "a.csv").await.state, "succeeded");
+    assert_eq!(p.wait_final(&t, "a.csv").await.state, JobState::Succeeded);
     p.cleanup().await;
 }
 
@@ -172,7 +173,7 @@ async fn staging_takes_only_plain_files_nobody_else_holds() {
         assert!(!log.contains("secret") && !log.contains(&p.jwt_secret), "{job:?}");
     }
     let plain = p.wait_final(&t, "plain.csv").await;
-    assert_eq!(plain.state, "succeeded", "{plain:?}");
+    assert_eq!(plain.state, JobState::Succeeded, "{plain:?}");
     assert_eq!(plain.log.as_deref(), Some("a\nplain\n"), "the app read exactly the admitted bytes");
     p.cleanup().await;
 }

@@ -1,6 +1,7 @@
 //! Tenant isolation: an app's environment holds only the contract's variables and its own tenant's
 //! coredms credentials, and those credentials reach no other tenant's database nor the platform store.
 
+use mysimbdp::domain::JobState;
 use std::collections::BTreeMap;
 
 use sqlx::{Connection, PgConnection};
@@ -16,7 +17,7 @@ async fn apps_see_only_their_own_tenant() {
     p.install_bundle(&a, "env", "exec \"$APP/misbehave\" env", &["misbehave"]).await;
     p.drop_file(&a, "x.csv", b"a\n1\n");
     let job = p.wait_final(&a, "x.csv").await;
-    assert_eq!(job.state, "succeeded", "{job:?}");
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
 
     let env: BTreeMap<String, String> = job
         .log

@@ -1,6 +1,7 @@
 //! Apps that crash, hang, exhaust their memory or flood their output are each recorded as failed with
 //! a bounded log, and the platform keeps ingesting other files.
 
+use mysimbdp::domain::JobState;
 use std::time::Duration;
 
 use mysimbdp_e2e::{agreement, unique, TestPlatform};
@@ -55,7 +56,7 @@ async fn failures_are_recorded_and_the_platform_keeps_going() {
     assert!(mem.detail.as_deref().unwrap().contains("memory limit of 256MiB"), "{mem:?}");
 
     let flood = p.wait_final(&t, "flood-1.csv").await;
-    assert_eq!(flood.state, "failed");
+    assert_eq!(flood.state, JobState::Failed);
     let log = flood.log.as_deref().unwrap();
     assert!(flood.log_dropped_bytes > 19_000_000, "{}", flood.log_dropped_bytes);
     assert!(log.len() < 17 << 10, "log is bounded by the configured 16KiB: {}", log.len());
@@ -72,7 +73,7 @@ async fn failures_are_recorded_and_the_platform_keeps_going() {
     // The platform keeps going.
     p.drop_file(&t, "good.csv", b"a,b\n1,2\n");
     let good = p.wait_final(&t, "good.csv").await;
-    assert_eq!(good.state, "succeeded");
+    assert_eq!(good.state, JobState::Succeeded);
     assert_eq!(good.log.as_deref(), Some("ingested\n"));
     p.cleanup().await;
 }

@@ -1,6 +1,7 @@
 //! Names a tenant can give a file, down to what the file system allows: each file ends with exactly
 //! one outcome, whatever its name, and the platform starts again afterwards.
 
+use mysimbdp::domain::JobState;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -70,7 +71,7 @@ async fn long_undecodable_and_control_character_names_each_end_once_and_the_plat
     let longest = format!("{}.csv", "u".repeat(251));
     assert_eq!(put(&longest).await.status, 202, "255 bytes fit");
     let job = p.wait_final(&t, &longest).await;
-    assert_eq!(job.state, "succeeded", "{job:?}");
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
 
     // The platform starts again after all of it, and every file still has its one outcome.
     p.stop().await;

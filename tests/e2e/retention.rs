@@ -1,6 +1,7 @@
 //! Retention: finished work older than the setting is forgotten, rows and files alike, and the API
 //! stops showing it at once (no cached page outlives it); work still in progress is never touched.
 
+use mysimbdp::domain::JobState;
 use std::time::Duration;
 
 use mysimbdp_e2e::{agreement, eventually, unique, TestPlatform};
@@ -61,7 +62,7 @@ async fn finished_work_past_retention_is_forgotten_and_work_in_progress_is_kept(
 
     // The slow job finishes with its outcome and is kept for the retention from then.
     let slow = p.wait_final(&t, "slow.csv").await;
-    assert_eq!(slow.state, "succeeded", "{slow:?}");
+    assert_eq!(slow.state, JobState::Succeeded, "{slow:?}");
     assert!(p.wait_moved(&slow).await.exists());
     p.cleanup().await;
 }

@@ -4,6 +4,7 @@
 //! exact, no instance ever runs twice (seen from the processes themselves), and no manager takes
 //! over the work of one that is alive.
 
+use mysimbdp::domain::JobState;
 use std::collections::{HashMap, HashSet};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -198,7 +199,7 @@ async fn managers_killed_at_random_do_every_file_once_and_never_run_an_instance_
     let jobs = p.all_jobs(&files).await;
     assert_eq!(jobs.len() as u64, FILES + 1, "one job per file");
     for job in &jobs {
-        assert_eq!(job.state, "succeeded", "{job:?}");
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     }
     assert_eq!(p.count_docs(&files, "readings").await, (FILES * ROWS + LARGE_ROWS) as i64);
     for job in &jobs {

@@ -1,5 +1,6 @@
 //! A half-written file is not picked up until complete; a `.part` file renamed into place is, at once.
 
+use mysimbdp::domain::JobState;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -45,7 +46,7 @@ async fn files_are_taken_only_when_complete() {
     let renamed = Instant::now();
     std::fs::rename(dir.join("fresh.csv.part"), dir.join("fresh.csv")).unwrap();
     let job = p.wait_final(&t, "fresh.csv").await;
-    assert_eq!(job.state, "succeeded");
+    assert_eq!(job.state, JobState::Succeeded);
     assert!(
         renamed.elapsed() < Duration::from_millis(1500),
         "a renamed file is taken without waiting for min_file_age: {:?}",

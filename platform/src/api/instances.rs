@@ -9,6 +9,7 @@ use super::extract::{Json, Path, Query};
 use super::problem::{Problem, TenantScoped};
 use super::tenants::{owned, visible};
 use super::ApiState;
+use crate::domain::InstanceState;
 use crate::runtime::log::RotatingLog;
 use crate::store::instances::{self, Instance, NewInstances, StartError};
 use crate::tenant::TenantId;
@@ -92,13 +93,11 @@ pub struct ListParams {
     /// Only instances of this app.
     pub app: Option<String>,
     /// Only instances in this state (starting, running, stopping, exited, failed, restarting).
-    pub state: Option<String>,
+    pub state: Option<InstanceState>,
     /// At most this many, newest first (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
-
-const STATES: [&str; 6] = ["starting", "running", "stopping", "exited", "failed", "restarting"];
 
 /// The tenant's instances, newest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/instances", tag = "instances", security(("bearer" = [])),
@@ -111,13 +110,8 @@ pub async fn list(
     Query(params): Query<ListParams>,
 ) -> Result<Json<Vec<Instance>>, Problem> {
     let t = visible(&state, &caller, &tenant).await?;
-    if let Some(s) = &params.state {
-        if !STATES.contains(&s.as_str()) {
-            return Err(Problem::bad_request(format!("state `{s}` is not one of {}", STATES.join(", "))));
-        }
-    }
     let limit = super::extract::limit(params.limit, 100, 1000)?;
-    Ok(Json(instances::list(&state.db, &t, params.app.as_deref(), params.state.as_deref(), limit).await?))
+    Ok(Json(instances::list(&state.db, &t, params.app.as_deref(), params.state, limit).await?))
 }
 
 async fn instance(state: &ApiState, caller: &Caller, tenant: &str, id: &str) -> Result<(TenantId, Instance), Problem> {

@@ -11,7 +11,7 @@ use super::Ctx;
 use crate::agreement::Route;
 use crate::runtime::process::{self, Exit, ProcessSpec, Stopped};
 use crate::runtime::sandbox::{cgroup, paths, Confined};
-use crate::store::jobs::{self, AttemptEnd, AttemptReport, Job};
+use crate::store::jobs::{self, AttemptEnd, AttemptReport, Job, JobState};
 use crate::store::{self};
 use crate::tenant::TenantId;
 use crate::units::format_duration;
@@ -42,7 +42,7 @@ const OUT_OF_MEMORY: [&str; 7] = [
 
 pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<()> {
     let Some(job) = jobs::get(&ctx.db, tenant, id).await? else { return Ok(()) };
-    if job.state != "queued" {
+    if job.state != JobState::Queued {
         return Ok(()); // already taken up (a duplicate push after recovery)
     }
     let Some(agreement) = ctx.agreements.get(tenant) else {

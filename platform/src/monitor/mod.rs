@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use crate::agreement::registry::Agreements;
 use crate::agreement::{BreachAction, StreamAgreement};
+use crate::domain::{Desired, InstanceState};
 use crate::messaging::topics::{tenant_topic, CONTROL_TOPIC, METRICS_TOPIC};
 use crate::store::instances;
 use crate::store::stream::{self as stream_store, Notification, Reason, StoredReport};
@@ -241,7 +242,8 @@ impl Monitor {
             return Ok(Err(dropped(t, "implausible", why)));
         }
         // Asked to stop (or no longer running): its last report is its own but nothing is left to judge.
-        let live = inst.desired == "running" && matches!(inst.state.as_str(), "running" | "starting");
+        let live =
+            inst.desired == Desired::Running && matches!(inst.state, InstanceState::Running | InstanceState::Starting);
         // A report read long after it was sent (the monitor was down, or read its topic from the start)
         // is kept but not judged: the lag measured now says nothing about that window.
         let age = Utc::now().signed_duration_since(r.window_end).to_std().unwrap_or_default();
@@ -418,7 +420,7 @@ impl Monitor {
     /// Running instances that have not reported for three intervals: ask for their restart.
     async fn find_silent(&mut self) -> anyhow::Result<()> {
         let running: Vec<instances::Instance> =
-            instances::wanted(&self.db).await?.into_iter().filter(|i| i.state == "running").collect();
+            instances::wanted(&self.db).await?.into_iter().filter(|i| i.state == InstanceState::Running).collect();
         let ids: std::collections::HashSet<Uuid> = running.iter().map(|i| i.id).collect();
         self.last_seen.retain(|id, _| ids.contains(id));
         self.judge.retain(&ids);

@@ -7,6 +7,7 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::Db;
+use crate::domain::{Desired, InstanceState};
 use crate::tenant::TenantId;
 
 #[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
@@ -17,10 +18,10 @@ pub struct Instance {
     pub app_version: i32,
     #[schema(example = "process")]
     pub runtime: String,
-    /// `running` or `stopped`: what was asked.
-    pub desired: String,
-    /// starting, running, stopping, exited, failed or restarting: what the manager last saw.
-    pub state: String,
+    /// What was asked.
+    pub desired: Desired,
+    /// What the manager last saw.
+    pub state: InstanceState,
     /// Restarts since the instance last ran stably (the agreement's `max_restarts` caps these).
     pub restarts: i32,
     pub restarts_total: i32,
@@ -48,8 +49,6 @@ pub struct Instance {
     #[serde(skip)]
     pub report_key: String,
 }
-
-pub const FINAL_STATES: [&str; 2] = ["exited", "failed"];
 
 /// Why new instances were refused.
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +151,7 @@ pub async fn list(
     db: &Db,
     tenant: &TenantId,
     app: Option<&str>,
-    state: Option<&str>,
+    state: Option<InstanceState>,
     limit: i64,
 ) -> sqlx::Result<Vec<Instance>> {
     sqlx::query_as(
@@ -235,8 +234,8 @@ pub async fn started(
 
 /// How a run of an instance ended and what the manager does next.
 pub struct RunEnd<'a> {
-    /// restarting, exited or failed.
-    pub state: &'a str,
+    /// Restarting, or final.
+    pub state: InstanceState,
     pub exit_code: Option<i32>,
     pub exit_signal: Option<i32>,
     pub restarts: i32,
@@ -246,7 +245,7 @@ pub struct RunEnd<'a> {
 }
 
 pub async fn ended(db: &Db, id: Uuid, end: &RunEnd<'_>) -> sqlx::Result<()> {
-    let last = FINAL_STATES.contains(&end.state);
+    let last = end.state.is_final();
     sqlx::query(
         "update stream_instances
             set state = $2, exit_code = $3, exit_signal = $4, restarts = $5,
@@ -269,8 +268,8 @@ pub async fn ended(db: &Db, id: Uuid, end: &RunEnd<'_>) -> sqlx::Result<()> {
 }
 
 /// A state change with no exit (starting, stopping, or a failure to start at all).
-pub async fn set_state(db: &Db, id: Uuid, state: &str, detail: &str) -> sqlx::Result<()> {
-    let last = FINAL_STATES.contains(&state);
+pub async fn set_state(db: &Db, id: Uuid, state: InstanceState, detail: &str) -> sqlx::Result<()> {
+    let last = state.is_final();
     sqlx::query(
         "update stream_instances
             set state = $2, detail = $3, updated_at = now(),

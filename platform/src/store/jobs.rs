@@ -6,52 +6,8 @@ use uuid::Uuid;
 
 use super::leases::Lease;
 use super::Db;
+pub use crate::domain::JobState;
 use crate::tenant::TenantId;
-
-/// Where a job is in its life. The last three are final: each file ends in exactly one of them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Detected,
-    Queued,
-    Running,
-    RetryWait,
-    Succeeded,
-    Rejected,
-    Failed,
-}
-
-impl JobState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Detected => "detected",
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::RetryWait => "retry_wait",
-            JobState::Succeeded => "succeeded",
-            JobState::Rejected => "rejected",
-            JobState::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            JobState::Detected,
-            JobState::Queued,
-            JobState::Running,
-            JobState::RetryWait,
-            JobState::Succeeded,
-            JobState::Rejected,
-            JobState::Failed,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Rejected | JobState::Failed)
-    }
-}
 
 /// A job row in full: what tenants see (`JobSummary`, reached through `Deref`) and what only the
 /// platform needs (its paths, the app's process, the log).
@@ -95,18 +51,6 @@ impl Job {
     /// The name as it was in staging, byte for byte.
     pub fn raw_name(&self) -> &[u8] {
         self.file_name_bytes.as_deref().unwrap_or(self.file_name.as_bytes())
-    }
-}
-
-impl PartialEq<&str> for JobState {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-impl std::fmt::Display for JobState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -686,19 +630,6 @@ pub struct JobSummary {
 const SUMMARY_COLUMNS: &str = "id, tenant, file_name, state, reason, detail, size_bytes, checksum, format, route_app,
     app_version, attempts, max_attempts, records_ingested, records_rejected, bytes_read, app_message, exit_code,
     signal, duplicate_of, log_dropped_bytes, detected_at, admitted_at, started_at, finished_at, run_ms";
-
-impl sqlx::Type<Postgres> for JobState {
-    fn type_info() -> sqlx::postgres::PgTypeInfo {
-        <String as sqlx::Type<Postgres>>::type_info()
-    }
-}
-
-impl<'r> sqlx::Decode<'r, Postgres> for JobState {
-    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
-        let s = <&str as sqlx::Decode<Postgres>>::decode(value)?;
-        JobState::parse(s).ok_or_else(|| format!("unknown job state `{s}`").into())
-    }
-}
 
 /// Where a page of jobs ends: the next page starts after this (newest first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

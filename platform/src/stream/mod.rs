@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::agreement::registry::Agreements;
+use crate::domain::InstanceState;
 use crate::runtime::instance::{Runtime, Started};
 use crate::store::instances::{self, Instance};
 use crate::store::Db;
@@ -122,7 +123,7 @@ impl Manager {
             instances::set_state(
                 &self.ctx.db,
                 inst.id,
-                "stopping",
+                InstanceState::Stopping,
                 "the tenant's service agreement no longer serves streams; stopping",
             )
             .await?;
@@ -151,8 +152,13 @@ impl Manager {
         // Asked to stop while no supervisor ran it (the platform was down): nothing runs it now.
         for inst in instances::stopping(&self.ctx.db).await? {
             if !running.contains(&inst.id) {
-                instances::set_state(&self.ctx.db, inst.id, "exited", "stopped while the platform was not running")
-                    .await?;
+                instances::set_state(
+                    &self.ctx.db,
+                    inst.id,
+                    InstanceState::Exited,
+                    "stopped while the platform was not running",
+                )
+                .await?;
             }
         }
         Ok(())

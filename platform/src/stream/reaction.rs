@@ -20,6 +20,7 @@ use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::{Manager, StreamCtx};
+use crate::domain::Desired;
 use crate::messaging::topics::CONTROL_TOPIC;
 use crate::store::instances::{self, NewInstances};
 use crate::store::stream::{self as stream_store, DroppedControl, NewAction, Notification};
@@ -220,14 +221,14 @@ async fn wanted_state(
     n: &Notification,
 ) -> anyhow::Result<Option<String>> {
     if let Some(id) = n.instance {
-        let row: Option<(String, String, String)> =
+        let row: Option<(String, String, Desired)> =
             sqlx::query_as("select tenant, app, desired from stream_instances where id = $1")
                 .bind(id)
                 .fetch_optional(&mut **tx)
                 .await?;
         match row {
             Some((t, a, desired)) if t == tenant.as_str() && a == n.app => {
-                if n.action == "restart" && desired != "running" {
+                if n.action == "restart" && desired != Desired::Running {
                     return Ok(Some(format!("instance {id} was stopped; a stop wins over any notification")));
                 }
             }

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::StreamCtx;
 use crate::agreement::{RestartMode, StreamAgreement};
+use crate::domain::InstanceState;
 use crate::messaging::topics::{tenant_topic, METRICS_TOPIC};
 use crate::runtime::instance::{InstanceSpec, Started};
 use crate::runtime::log::RotatingLog;
@@ -133,18 +134,19 @@ async fn supervise_inner(
     loop {
         let agreement = ctx.agreements.get(&tenant);
         let Some(stream) = agreement.as_ref().and_then(|a| a.stream.clone()) else {
-            instances::set_state(&ctx.db, id, "failed", "the tenant's agreement has no stream section").await?;
+            instances::set_state(&ctx.db, id, InstanceState::Failed, "the tenant's agreement has no stream section")
+                .await?;
             return Ok(());
         };
         let Some(app) = store::apps::resolve(&ctx.db, &tenant, &inst.app, Some(inst.app_version)).await? else {
             let detail = format!("app `{}` version {} is no longer installed", inst.app, inst.app_version);
-            instances::set_state(&ctx.db, id, "failed", &detail).await?;
+            instances::set_state(&ctx.db, id, InstanceState::Failed, &detail).await?;
             return Ok(());
         };
         let runtime = match ctx.runtime(&inst.runtime) {
             Ok(r) => r,
             Err(why) => {
-                instances::set_state(&ctx.db, id, "failed", &why).await?;
+                instances::set_state(&ctx.db, id, InstanceState::Failed, &why).await?;
                 return Ok(());
             }
         };
@@ -217,7 +219,7 @@ async fn supervise_inner(
                 if restart {
                     after_failure(ctx, inst, &stream, &mut restarts, Some(ended.exit), ended.elapsed, &why).await?
                 } else {
-                    let state = if clean { "exited" } else { "failed" };
+                    let state = if clean { InstanceState::Exited } else { InstanceState::Failed };
                     let detail = format!("{why}; the restart policy is {:?}", stream.restart.policy);
                     end(ctx, inst, state, Some(ended.exit), restarts, false, &detail).await?;
                     Next::Done
@@ -233,7 +235,7 @@ async fn supervise_inner(
                         if shutdown.is_cancelled() {
                             return Ok(()); // stays wanted; the next start of the platform runs it
                         }
-                        instances::set_state(&ctx.db, id, "exited", "stopped on request while waiting to restart").await?;
+                        instances::set_state(&ctx.db, id, InstanceState::Exited, "stopped on request while waiting to restart").await?;
                         return Ok(());
                     }
                 }
@@ -258,11 +260,20 @@ async fn stopped_by_platform(
     };
     if shutdown.is_cancelled() {
         let detail = format!("the platform is stopping ({how}); started again when it is back");
-        end(ctx, inst, "restarting", Some(ended.exit), *restarts, false, &detail).await?;
+        end(ctx, inst, InstanceState::Restarting, Some(ended.exit), *restarts, false, &detail).await?;
         return Ok(Next::Done);
     }
     if control.stop.is_cancelled() {
-        end(ctx, inst, "exited", Some(ended.exit), *restarts, false, &format!("stopped on request ({how})")).await?;
+        end(
+            ctx,
+            inst,
+            InstanceState::Exited,
+            Some(ended.exit),
+            *restarts,
+            false,
+            &format!("stopped on request ({how})"),
+        )
+        .await?;
         return Ok(Next::Done);
     }
     if ended.elapsed >= STABLE_RUN {
@@ -273,12 +284,12 @@ async fn stopped_by_platform(
         let detail = format!(
             "restarted by the stream manager ({how}); not started again: {restarts} restarts in a row reached the agreement's max_restarts of {max}"
         );
-        end(ctx, inst, "failed", Some(ended.exit), *restarts, false, &detail).await?;
+        end(ctx, inst, InstanceState::Failed, Some(ended.exit), *restarts, false, &detail).await?;
         return Ok(Next::Done);
     }
     *restarts += 1;
     let detail = format!("restarted by the stream manager ({how}); restart {restarts} of {max}");
-    end(ctx, inst, "restarting", Some(ended.exit), *restarts, true, &detail).await?;
+    end(ctx, inst, InstanceState::Restarting, Some(ended.exit), *restarts, true, &detail).await?;
     Ok(Next::Again { after: Duration::ZERO })
 }
 
@@ -297,7 +308,8 @@ async fn after_failure(
     }
     let policy = &stream.restart;
     if policy.policy == RestartMode::Never {
-        end(ctx, inst, "failed", exit, *restarts, false, &format!("{why}; the restart policy is never")).await?;
+        end(ctx, inst, InstanceState::Failed, exit, *restarts, false, &format!("{why}; the restart policy is never"))
+            .await?;
         return Ok(Next::Done);
     }
     if *restarts >= policy.max_restarts {
@@ -305,14 +317,14 @@ async fn after_failure(
             "{why}; not restarted: {} restarts in a row reached the agreement's max_restarts of {}",
             restarts, policy.max_restarts
         );
-        end(ctx, inst, "failed", exit, *restarts, false, &detail).await?;
+        end(ctx, inst, InstanceState::Failed, exit, *restarts, false, &detail).await?;
         tracing::warn!(instance = %inst.id, %detail, "instance failed");
         return Ok(Next::Done);
     }
     *restarts += 1;
     let after = policy.backoff.saturating_mul(1 << (*restarts - 1).min(16)).min(MAX_BACKOFF);
     let detail = format!("{why}; restart {} of {} in {}", restarts, policy.max_restarts, format_duration(after));
-    end(ctx, inst, "restarting", exit, *restarts, true, &detail).await?;
+    end(ctx, inst, InstanceState::Restarting, exit, *restarts, true, &detail).await?;
     tracing::info!(instance = %inst.id, %detail, "instance restarting");
     Ok(Next::Again { after })
 }
@@ -320,7 +332,7 @@ async fn after_failure(
 async fn end(
     ctx: &StreamCtx,
     inst: &Instance,
-    state: &str,
+    state: InstanceState,
     exit: Option<Exit>,
     restarts: u64,
     counted: bool,

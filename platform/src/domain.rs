@@ -1,0 +1,150 @@
+//! The platform's vocabulary, shared by every layer: the states of jobs and instances, as types.
+//! Each is stored as text (the store's columns stay readable in `psql`) and shown as the same word in
+//! the API, so the word is spelled once, here; everything else compares the enum. Depends on nothing
+//! else of the crate.
+
+use sqlx::encode::IsNull;
+use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo, PgValueRef};
+use sqlx::Postgres;
+
+/// An enum stored and shown as one word per variant: `as_str`, `parse`, `Display`, serde, the OpenAPI
+/// schema, and sqlx's text encoding (also in arrays, for `state = any($1)`).
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+
+            /// Every word, for messages naming what is accepted.
+            pub fn words() -> String {
+                Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl sqlx::Type<Postgres> for $name {
+            fn type_info() -> PgTypeInfo {
+                <String as sqlx::Type<Postgres>>::type_info()
+            }
+            fn compatible(ty: &PgTypeInfo) -> bool {
+                <String as sqlx::Type<Postgres>>::compatible(ty)
+            }
+        }
+
+        impl PgHasArrayType for $name {
+            fn array_type_info() -> PgTypeInfo {
+                <String as PgHasArrayType>::array_type_info()
+            }
+        }
+
+        impl<'q> sqlx::Encode<'q, Postgres> for $name {
+            fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<'q, Postgres>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, Postgres> for $name {
+            fn decode(value: PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let s = <&str as sqlx::Decode<Postgres>>::decode(value)?;
+                $name::parse(s).ok_or_else(|| format!("`{s}` is not a {}", stringify!($name)).into())
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// Where a job is in its life. The last three are final: each file ends in exactly one of them.
+    JobState {
+        Detected = "detected",
+        Queued = "queued",
+        Running = "running",
+        RetryWait = "retry_wait",
+        Succeeded = "succeeded",
+        Rejected = "rejected",
+        Failed = "failed",
+    }
+}
+
+impl JobState {
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Rejected | JobState::Failed)
+    }
+}
+
+text_enum! {
+    /// What the stream manager last saw of an instance. `Exited` and `Failed` are final: the instance
+    /// is not wanted any more and its program no longer runs.
+    InstanceState {
+        Starting = "starting",
+        Running = "running",
+        Stopping = "stopping",
+        Restarting = "restarting",
+        Exited = "exited",
+        Failed = "failed",
+    }
+}
+
+impl InstanceState {
+    pub const FINAL: [InstanceState; 2] = [InstanceState::Exited, InstanceState::Failed];
+
+    pub fn is_final(self) -> bool {
+        Self::FINAL.contains(&self)
+    }
+}
+
+text_enum! {
+    /// What was asked of an instance: by the API, or by the manager's reaction to a notification.
+    Desired {
+        Running = "running",
+        Stopped = "stopped",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_word_parses_back_to_its_variant() {
+        for s in JobState::ALL {
+            assert_eq!(JobState::parse(s.as_str()), Some(*s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for s in InstanceState::ALL {
+            assert_eq!(InstanceState::parse(&s.to_string()), Some(*s));
+        }
+        assert_eq!(JobState::parse("retry-wait"), None);
+        assert_eq!(Desired::words(), "running, stopped");
+    }
+
+    #[test]
+    fn final_states() {
+        let final_jobs: Vec<_> = JobState::ALL.iter().filter(|s| s.is_final()).map(|s| s.as_str()).collect();
+        assert_eq!(final_jobs, ["succeeded", "rejected", "failed"]);
+        let final_instances: Vec<_> = InstanceState::ALL.iter().filter(|s| s.is_final()).collect();
+        assert_eq!(final_instances, [&InstanceState::Exited, &InstanceState::Failed]);
+    }
+}
