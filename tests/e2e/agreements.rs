@@ -4,7 +4,7 @@
 use mysimbdp::domain::JobState;
 use std::time::Duration;
 
-use mysimbdp_e2e::{agreement, bin, unique, TestPlatform};
+use mysimbdp_e2e::{agreement, bin, eventually, unique, TestPlatform};
 
 fn batch(max_file_size: &str) -> String {
     format!("  routes: [{{files: \"*.csv\", app: ok, timeout: 1m, memory: 256MiB}}]\n  formats: [csv]\n  max_file_size: {max_file_size}\n  max_files_per_hour: 100\n  max_bytes_per_day: 1GiB\n  max_concurrent_jobs: 1")
@@ -31,7 +31,22 @@ async fn an_invalid_edit_keeps_the_previous_agreement_in_force() {
     assert!(report.contains(&format!("{}: 2 errors", file.display())), "{report}");
     assert!(report.contains("batch.max_file_size: `lots` is not a size"), "{report}");
     assert!(report.contains("batch.colour: unknown field"), "{report}");
-    tokio::time::sleep(Duration::from_millis(2500)).await; // past a reload
+    // The platform read the edit: the tenant sees both mistakes, and the agreement in force is the
+    // previous one.
+    let (http, token) = (p.http(), p.token(Some(&t)));
+    let shown = async || http.get(&format!("/v1/tenants/{t}"), &token).await.json();
+    eventually(Duration::from_secs(10), "the edit's errors shown to the tenant", async || {
+        shown().await["agreement_errors"].as_array().is_some_and(|e| e.len() == 2)
+    })
+    .await;
+    let detail = shown().await;
+    let errors = detail["agreement_errors"].to_string();
+    assert!(
+        errors.contains("\"field\":\"batch.max_file_size\"") && errors.contains("`lots` is not a size"),
+        "{errors}"
+    );
+    assert!(errors.contains("\"field\":\"batch.colour\""), "{errors}");
+    assert_eq!(detail["agreement"]["batch"]["max_file_size"], "1KiB", "{detail}");
     p.drop_file(&t, "a.csv", &two_kib(1));
     let job = p.wait_final(&t, "a.csv").await;
     assert_eq!(job.reason.as_deref(), Some("max_file_size"), "{job:?}");
@@ -39,17 +54,19 @@ async fn an_invalid_edit_keeps_the_previous_agreement_in_force() {
 
     // A valid edit takes effect while running.
     std::fs::write(&file, agreement(&t, &batch("1MiB"))).unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    eventually(Duration::from_secs(10), "the valid edit in force, its errors gone", async || {
+        let d = shown().await;
+        d["agreement"]["batch"]["max_file_size"] == "1MiB" && d["agreement_errors"] == serde_json::json!([])
+    })
+    .await;
     p.drop_file(&t, "b.csv", &two_kib(2));
     assert_eq!(p.wait_final(&t, "b.csv").await.state, JobState::Succeeded);
 
     // A tenant added while running is provisioned and served.
     let new = unique("added");
     std::fs::write(p.tenants_dir.join(format!("{new}.yaml")), agreement(&new, &batch("1MiB"))).unwrap();
-    mysimbdp_e2e::eventually(Duration::from_secs(10), "the new tenant's staging folder", async || {
-        p.staging_dir.join(&new).is_dir()
-    })
-    .await;
+    eventually(Duration::from_secs(10), "the new tenant's staging folder", async || p.staging_dir.join(&new).is_dir())
+        .await;
     p.install_script(&new, "ok", "exit 0").await;
     p.drop_file(&new, "c.csv", b"a\n1\n");
     assert_eq!(p.wait_final(&new, "c.csv").await.state, JobState::Succeeded);

@@ -7,7 +7,7 @@ use serde_yaml::{Mapping, Value};
 use crate::units::{parse_duration, ByteSize};
 
 /// One problem in a document: which field and what is wrong with it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,

@@ -27,6 +27,16 @@ impl Snapshot {
     pub fn get(&self, tenant: &TenantId) -> Option<&Arc<ServiceAgreement>> {
         self.in_force.get(tenant)
     }
+
+    /// The mistakes in the tenant's agreement file (`<tenant>.yaml`) as last read; none when it is
+    /// valid. While there are some, the version in force (if any) is the last valid one.
+    pub fn errors_of(&self, tenant: &TenantId) -> Vec<FieldError> {
+        self.invalid
+            .iter()
+            .filter(|(file, _)| file.file_stem().and_then(|s| s.to_str()) == Some(tenant.as_str()))
+            .flat_map(|(_, errors)| errors.iter().cloned())
+            .collect()
+    }
 }
 
 /// A handle on the agreements in force; cheap to clone, always current.

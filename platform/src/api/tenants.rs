@@ -116,6 +116,9 @@ pub struct TenantDetail {
     /// as in agreements: `200MiB`, `10m`); absent when none is.
     #[schema(value_type = Option<Object>)]
     pub agreement: Option<serde_json::Value>,
+    /// What is wrong with the tenant's agreement file as last read (each mistake with its field);
+    /// empty when it is valid. While it is not, the previous valid version stays in force.
+    pub agreement_errors: Vec<crate::agreement::FieldError>,
     pub usage: Usage,
 }
 
@@ -129,7 +132,8 @@ pub async fn show(
     Path(tenant): Path<String>,
 ) -> Result<Json<TenantDetail>, Problem> {
     let t = visible(&state, &caller, &tenant).await?;
-    let a = state.agreements.get(&t);
+    let snapshot = state.agreements.current();
+    let (a, agreement_errors) = (snapshot.get(&t).cloned(), snapshot.errors_of(&t));
     let used = crate::store::jobs::usage(&state.db, &t).await?;
     let (queued, running, apps): (i64, i64, i64) = sqlx::query_as(
         "select (select count(*) from jobs where tenant = $1 and state in ('detected', 'queued', 'retry_wait')),
@@ -152,5 +156,5 @@ pub async fn show(
         max_apps: a.as_ref().map(|a| a.apps.max_apps),
     };
     let agreement = a.map(|a| serde_json::to_value(&*a)).transpose().map_err(Problem::internal)?;
-    Ok(Json(TenantDetail { tenant: t.to_string(), agreement, usage }))
+    Ok(Json(TenantDetail { tenant: t.to_string(), agreement, agreement_errors, usage }))
 }

@@ -263,6 +263,9 @@ pub async fn run(remote: Remote, command: RemoteCommand, data_dir: PathBuf) -> a
                         cell(u, "apps"),
                         cell(u, "max_apps")
                     );
+                    for e in v["agreement_errors"].as_array().into_iter().flatten() {
+                        println!("agreement file error: {}: {}", cell(e, "field"), cell(e, "message"));
+                    }
                 });
             }
             let v = c.get("/v1/tenants", &[]).await?;
