@@ -170,6 +170,9 @@ pub async fn log(
 ) -> Result<([(header::HeaderName, &'static str); 1], String), Problem> {
     let (t, inst) = instance(&state, &caller, &tenant, &id).await?;
     let path = crate::stream::instance_dir(&state.layout.data, &t, inst.id).join("log");
-    let text = RotatingLog::tail(&path, crate::stream::supervisor::LOG_LIMIT)?;
+    // Up to a MiB read from disk: off the runtime's workers, which serve every other request.
+    let text = tokio::task::spawn_blocking(move || RotatingLog::tail(&path, crate::stream::supervisor::LOG_LIMIT))
+        .await
+        .map_err(Problem::internal)??;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
 }

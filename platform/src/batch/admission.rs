@@ -194,6 +194,6 @@ async fn reject_in(
         return Ok(());
     };
     tracing::warn!(%tenant, job = %job.id, file = %job.file_name, reason = refusal.reason, detail = %refusal.detail, "rejected");
-    super::finished(ctx, tenant, &job)?;
+    super::finished(ctx, tenant, &job).await?;
     Ok(())
 }

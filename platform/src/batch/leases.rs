@@ -202,7 +202,7 @@ async fn give_up_job(ctx: &Arc<Ctx>, tenant: &TenantId, t: &TakenOver, error: &s
     match failed {
         Ok(Some(done)) => {
             tracing::error!(%tenant, job = %job.id, %detail, "failed");
-            if let Err(e) = finished(ctx, tenant, &done) {
+            if let Err(e) = finished(ctx, tenant, &done).await {
                 tracing::error!(%tenant, job = %job.id, error = %e, "moving the failed file to quarantine failed; recovery moves it later");
             }
         }

@@ -275,18 +275,24 @@ async fn adopt_orphan(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid, dir: &Path) -
 }
 
 /// A job has just reached its final state: count it and bring the file system in line.
-pub(crate) fn finished(ctx: &Ctx, tenant: &TenantId, job: &Job) -> anyhow::Result<()> {
+pub(crate) async fn finished(ctx: &Ctx, tenant: &TenantId, job: &Job) -> anyhow::Result<()> {
     ctx.metrics.job_finished(job);
-    finalize(ctx, tenant, job)
+    finalize(ctx, tenant, job).await
 }
 
 /// Brings the file system in line with a final job: its file moved to `final_path` (plus a reason
 /// file beside a quarantined one) and its work folder gone. Repeatable; recovery calls it for jobs
-/// whose move a crash cut short.
-pub(crate) fn finalize(ctx: &Ctx, tenant: &TenantId, job: &Job) -> anyhow::Result<()> {
+/// whose move a crash cut short. The move may be a copy of gigabytes to another disk: it runs off the
+/// runtime's workers.
+pub(crate) async fn finalize(ctx: &Ctx, tenant: &TenantId, job: &Job) -> anyhow::Result<()> {
     if !job.state().is_final() {
         return Ok(());
     }
+    let (job, dir) = (job.clone(), ctx.layout.work_dir(tenant, job.id));
+    tokio::task::spawn_blocking(move || finalize_files(&job, &dir)).await?
+}
+
+fn finalize_files(job: &Job, dir: &Path) -> anyhow::Result<()> {
     let work = PathBuf::from(&job.work_path);
     if let (Some(target), true) = (&job.final_path, work.exists()) {
         let target = PathBuf::from(target);
@@ -308,8 +314,7 @@ pub(crate) fn finalize(ctx: &Ctx, tenant: &TenantId, job: &Job) -> anyhow::Resul
             other => other?,
         }
     }
-    let dir = ctx.layout.work_dir(tenant, job.id);
-    match std::fs::remove_dir_all(&dir) {
+    match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
         _ => Ok(()),
     }
@@ -377,7 +382,7 @@ async fn recover_work_area(ctx: &Arc<Ctx>) -> (usize, usize) {
         for job_dir in job_dirs.filter_map(|e| e.ok()) {
             let Some(id) = job_dir.file_name().to_str().and_then(|s| Uuid::parse_str(s).ok()) else { continue };
             let done = match jobs::get(&ctx.db, &tenant, id).await {
-                Ok(Some(job)) if job.state().is_final() => finalize(ctx, &tenant, &job).map(|()| finalized += 1),
+                Ok(Some(job)) if job.state().is_final() => finalize(ctx, &tenant, &job).await.map(|()| finalized += 1),
                 Ok(Some(_)) => Ok(()),
                 Ok(None) => adopt_orphan(ctx, &tenant, id, &job_dir.path()).await.map(|()| adopted += 1),
                 Err(e) => Err(e.into()),

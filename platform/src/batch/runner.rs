@@ -254,7 +254,7 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
                 return Ok(());
             };
             tracing::info!(%tenant, job = %id, records = ?report.records_ingested, ms = report.run_ms, "succeeded");
-            super::finished(ctx, tenant, &done)
+            super::finished(ctx, tenant, &done).await
         }
         Exit::Code(EXIT_TRY_LATER) => {
             let detail =
@@ -352,7 +352,7 @@ async fn end_attempt(
         return Ok(());
     };
     tracing::warn!(%tenant, job = %job.id, reason, %detail, "failed");
-    super::finished(ctx, tenant, &done)
+    super::finished(ctx, tenant, &done).await
 }
 
 async fn fail_early(ctx: &Ctx, tenant: &TenantId, job: &Job, reason: &str, detail: String) -> anyhow::Result<()> {
@@ -362,5 +362,5 @@ async fn fail_early(ctx: &Ctx, tenant: &TenantId, job: &Job, reason: &str, detai
             .await?;
     let Some(done) = failed else { return Ok(()) }; // started elsewhere meanwhile
     tracing::warn!(%tenant, job = %job.id, reason, %detail, "failed before running");
-    super::finished(ctx, tenant, &done)
+    super::finished(ctx, tenant, &done).await
 }
