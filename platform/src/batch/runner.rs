@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::Ctx;
 use crate::agreement::Route;
+use crate::apps::AppKind;
 use crate::runtime::process::{self, Exit, ProcessSpec, Stopped};
 use crate::runtime::sandbox::{cgroup, paths, Confined};
 use crate::store::jobs::{self, AttemptEnd, AttemptReport, Job, JobState};
@@ -40,55 +41,20 @@ const OUT_OF_MEMORY: [&str; 7] = [
     "failed to allocate",
 ];
 
+/// Runs the queued job `id` once: resolve what to run, claim the attempt, prepare the program's
+/// place, execute it, classify how it ended, record that.
 pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<()> {
     let Some(job) = jobs::get(&ctx.db, tenant, id).await? else { return Ok(()) };
     if job.state != JobState::Queued {
         return Ok(()); // already taken up (a duplicate push after recovery)
     }
-    let Some(agreement) = ctx.agreements.get(tenant) else {
-        return fail_early(
-            ctx,
-            tenant,
-            &job,
-            "no_agreement",
-            format!("tenant {tenant} has no service agreement in force"),
-        )
-        .await;
+    let target = match resolve(ctx, tenant, &job).await? {
+        Ok(target) => target,
+        Err((reason, detail)) => return fail_early(ctx, tenant, &job, reason, detail).await,
     };
-    let Some(route) = agreement.route_for(&job.file_name).cloned() else {
-        return fail_early(
-            ctx,
-            tenant,
-            &job,
-            "no_route",
-            format!("no route of the current agreement matches `{}`", job.file_name),
-        )
-        .await;
-    };
-    let Some(app) = store::apps::resolve(&ctx.db, tenant, &route.app, route.app_version).await? else {
-        let which = route.app_version.map_or(String::new(), |v| format!(" version {v}"));
-        return fail_early(
-            ctx,
-            tenant,
-            &job,
-            "app_not_found",
-            format!("batch app `{}`{which} is not installed", route.app),
-        )
-        .await;
-    };
-    if app.kind != "batch" {
-        return fail_early(
-            ctx,
-            tenant,
-            &job,
-            "app_not_found",
-            format!("app `{}` is a {} app, not a batch app", app.name, app.kind),
-        )
-        .await;
-    }
-    let provisioned = ctx.tenants.ensure(tenant, &agreement.coredms).await?;
-    let max_running = agreement.batch.as_ref().map_or(1, |b| b.max_concurrent_jobs) as i64;
-    let started = jobs::start_attempt(&ctx.db, tenant, id, app.version, &ctx.leases.lease, max_running).await?;
+    let provisioned = ctx.tenants.ensure(tenant, &target.agreement.coredms).await?;
+    let max_running = target.agreement.batch.as_ref().map_or(1, |b| b.max_concurrent_jobs) as i64;
+    let started = jobs::start_attempt(&ctx.db, tenant, id, target.app.version, &ctx.leases.lease, max_running).await?;
     let Some((attempt, fence)) = started else {
         // Taken by another runner, or the tenant runs its most on other managers: it stays queued
         // and the sweep offers it again.
@@ -98,26 +64,85 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
     let stop = ctx.shutdown.child_token();
     ctx.leases.hold(id, fence, stop.clone());
     let run = Attempt { job: &job, number: attempt, fence };
+    let (spec, unconfined_dir) = prepare(ctx, tenant, &run, &target, &provisioned).await?;
+    tracing::info!(%tenant, job = %id, attempt, app = %target.app.name, version = target.app.version, "running");
+    let executed = execute(ctx, tenant, &run, spec, &stop).await;
+    if let Some(dir) = unconfined_dir {
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+    }
+    let (report, verdict) = match executed {
+        Ok(outcome) => {
+            let (stopped, exit) = (outcome.stopped, outcome.exit);
+            let report = report_of(outcome);
+            let verdict = classify(stopped, exit, &report, &target.route);
+            (report, verdict)
+        }
+        Err(e) => (
+            AttemptReport { log: format!("the platform could not start the app: {e}"), ..Default::default() },
+            Verdict::Failed {
+                reason: "app_start",
+                detail: format!("could not start `{}`: {e}", target.app.entrypoint),
+            },
+        ),
+    };
+    record(ctx, tenant, &run, report, verdict).await
+}
+
+/// What a job runs under: the agreement in force, the route its file takes, and that route's app.
+struct Target {
+    agreement: Arc<crate::agreement::ServiceAgreement>,
+    route: Route,
+    app: store::apps::App,
+}
+
+/// The agreement, route and app for `job`, or why there is none (a reason and its detail).
+async fn resolve(ctx: &Ctx, tenant: &TenantId, job: &Job) -> anyhow::Result<Result<Target, (&'static str, String)>> {
+    let Some(agreement) = ctx.agreements.get(tenant) else {
+        return Ok(Err(("no_agreement", format!("tenant {tenant} has no service agreement in force"))));
+    };
+    let Some(route) = agreement.route_for(&job.file_name).cloned() else {
+        return Ok(Err(("no_route", format!("no route of the current agreement matches `{}`", job.file_name))));
+    };
+    let Some(app) = store::apps::resolve(&ctx.db, tenant, &route.app, route.app_version).await? else {
+        let which = route.app_version.map_or(String::new(), |v| format!(" version {v}"));
+        return Ok(Err(("app_not_found", format!("batch app `{}`{which} is not installed", route.app))));
+    };
+    if app.kind != AppKind::Batch.as_str() {
+        let detail = format!("app `{}` is a {} app, not a batch app", app.name, app.kind);
+        return Ok(Err(("app_not_found", detail)));
+    }
+    Ok(Ok(Target { agreement, route, app }))
+}
+
+/// The program as it is to run: where it finds its program, input and working folder (the sandbox's
+/// own paths, or unconfined the host's with a fresh folder per attempt, returned to be removed), its
+/// environment (the app contract) and its limits.
+async fn prepare(
+    ctx: &Ctx,
+    tenant: &TenantId,
+    run: &Attempt<'_>,
+    target: &Target,
+    provisioned: &crate::tenants::Provisioned,
+) -> anyhow::Result<(ProcessSpec, Option<PathBuf>)> {
+    let (job, route, app) = (run.job, &target.route, &target.app);
     let input = PathBuf::from(&job.work_path);
     let app_dir = PathBuf::from(&app.dir);
-    // Where the app finds its program, input and working folder: the sandbox's own paths, or
-    // (unconfined) the host's, with a fresh folder per attempt.
     let (program, input_seen, work, unconfined_dir) = match &ctx.sandbox {
         Some(_) => {
             let name = input.file_name().map(PathBuf::from).unwrap_or_default();
-            (
-                Path::new(paths::APP).join(&app.entrypoint),
-                Path::new(paths::INPUT).join(name),
-                PathBuf::from(paths::WORK),
-                None,
-            )
+            let (app_path, input_path) = (Path::new(paths::APP), Path::new(paths::INPUT));
+            (app_path.join(&app.entrypoint), input_path.join(name), PathBuf::from(paths::WORK), None)
         }
         None => {
-            let run_dir = ctx.layout.work_dir(tenant, id).join(format!("run-{attempt}"));
-            if run_dir.exists() {
-                std::fs::remove_dir_all(&run_dir)?;
-            }
-            std::fs::create_dir_all(&run_dir)?;
+            let run_dir = ctx.layout.work_dir(tenant, job.id).join(format!("run-{}", run.number));
+            let fresh = run_dir.clone();
+            tokio::task::spawn_blocking(move || {
+                if fresh.exists() {
+                    std::fs::remove_dir_all(&fresh)?;
+                }
+                std::fs::create_dir_all(&fresh)
+            })
+            .await??;
             (app_dir.join(&app.entrypoint), input.clone(), run_dir.clone(), Some(run_dir))
         }
     };
@@ -127,7 +152,7 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
         ("HOME".to_owned(), work.to_string_lossy().into_owned()),
         ("LANG".to_owned(), "C.UTF-8".to_owned()),
         ("MYSIMBDP_TENANT".to_owned(), tenant.to_string()),
-        ("MYSIMBDP_JOB_ID".to_owned(), id.to_string()),
+        ("MYSIMBDP_JOB_ID".to_owned(), job.id.to_string()),
         ("MYSIMBDP_INPUT_FILE".to_owned(), input_seen.to_string_lossy().into_owned()),
         ("MYSIMBDP_COREDMS_URL".to_owned(), provisioned.coredms.url.clone()),
         ("MYSIMBDP_COREDMS_DB".to_owned(), provisioned.coredms.database.clone()),
@@ -135,15 +160,8 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
     ];
     let confined = ctx.sandbox.clone().map(|sandbox| {
         let limits = cgroup::Limits { memory: route.memory.0, pids: route.max_processes, cpus: route.cpus };
-        (
-            sandbox,
-            Confined {
-                account: provisioned.account.clone(),
-                app_dir: app_dir.clone(),
-                input: Some(input.clone()),
-                limits,
-            },
-        )
+        let account = provisioned.account.clone();
+        (sandbox, Confined { account, app_dir: app_dir.clone(), input: Some(input.clone()), limits })
     });
     let spec = ProcessSpec {
         program,
@@ -160,10 +178,19 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
         result_file: Some(result_file),
         confined,
     };
-    tracing::info!(%tenant, job = %id, attempt, app = %app.name, version = app.version, "running");
-    let db = ctx.db.clone();
-    let owner = tenant.clone();
-    let spawned = process::run(spec, &stop, move |pid, ticks| {
+    Ok((spec, unconfined_dir))
+}
+
+/// Runs the program to its end, recording its pid (for recovery after a crash) once it runs.
+async fn execute(
+    ctx: &Ctx,
+    tenant: &TenantId,
+    run: &Attempt<'_>,
+    spec: ProcessSpec,
+    stop: &tokio_util::sync::CancellationToken,
+) -> std::io::Result<process::ProcessOutcome> {
+    let (db, owner, id, fence) = (ctx.db.clone(), tenant.clone(), run.job.id, run.fence);
+    process::run(spec, stop, move |pid, ticks| {
         if let Some(ticks) = ticks {
             tokio::spawn(async move {
                 if let Err(e) = jobs::set_process(&db, &owner, id, fence, pid as i32, ticks).await {
@@ -172,39 +199,25 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
             });
         }
     })
-    .await;
-    let outcome = match spawned {
-        Ok(o) => o,
-        Err(e) => {
-            let report =
-                AttemptReport { log: format!("the platform could not start the app: {e}"), ..Default::default() };
-            return end_attempt(
-                ctx,
-                tenant,
-                &run,
-                report,
-                "app_start",
-                format!("could not start `{}`: {e}", app.entrypoint),
-            )
-            .await;
-        }
+    .await
+}
+
+/// What the run left, as the job records it: exit, time, log, and the result file's figures (or, in
+/// the log, why the result file was not used).
+fn report_of(outcome: process::ProcessOutcome) -> AttemptReport {
+    let (exit_code, signal) = match outcome.exit {
+        Exit::Code(c) => (Some(c), None),
+        Exit::Signal(s) => (None, Some(s)),
     };
-    let result = parse_result(outcome.result);
     let mut report = AttemptReport {
-        exit_code: match outcome.exit {
-            Exit::Code(c) => Some(c),
-            Exit::Signal(_) => None,
-        },
-        signal: match outcome.exit {
-            Exit::Signal(s) => Some(s),
-            Exit::Code(_) => None,
-        },
+        exit_code,
+        signal,
         run_ms: outcome.elapsed.as_millis() as i64,
         log: outcome.log,
         log_dropped_bytes: outcome.log_dropped as i64,
         ..Default::default()
     };
-    match result {
+    match parse_result(outcome.result) {
         Ok(r) => {
             report.records_ingested = r.records_ingested;
             report.records_rejected = r.records_rejected;
@@ -213,58 +226,84 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
         }
         Err(why) => report.log.push_str(&format!("\n[mysimbdp] result file ignored: {why}\n")),
     }
-    if let Some(dir) = unconfined_dir {
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
-    }
+    report
+}
 
-    if outcome.stopped == Stopped::Cancelled {
-        // Not the app's fault: the platform is stopping (run it again after the restart), or the
-        // lease was lost (then the fencing number keeps this from changing anything).
-        jobs::requeue_interrupted(
-            &ctx.db,
-            tenant,
-            id,
-            fence,
-            "platform shut down during the attempt; it will run again",
-        )
-        .await?;
-        return Ok(());
+/// What an attempt's end means for its job.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Stopped by the platform, not the app's fault: shutting down (run it again after the restart),
+    /// or its lease lost (the fencing number then keeps this from changing anything).
+    Interrupted,
+    Succeeded,
+    /// Failed for `reason` (stable, for filters and statistics); retried while attempts remain.
+    Failed {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+/// How the run ended, judged: the platform's stops first (they explain any exit status), then the
+/// exit status, then what the log says of memory.
+fn classify(stopped: Stopped, exit: Exit, report: &AttemptReport, route: &Route) -> Verdict {
+    let failed = |reason, detail| Verdict::Failed { reason, detail };
+    match stopped {
+        Stopped::Cancelled => return Verdict::Interrupted,
+        Stopped::OverMemory { resident, limit } => {
+            let peak = resident.map_or(String::new(), |r| format!(" (peak {r})"));
+            let detail =
+                format!("{exit}: its memory reached the route's memory limit of {limit}{peak} and the kernel ended it");
+            return failed("memory_limit", detail);
+        }
+        Stopped::Timeout => {
+            let timeout = format_duration(route.timeout);
+            return failed(
+                "timeout",
+                format!("ran longer than the route's timeout of {timeout}; process group terminated"),
+            );
+        }
+        Stopped::No => {}
     }
-    if let Stopped::OverMemory { resident, limit } = outcome.stopped {
-        let peak = resident.map_or(String::new(), |r| format!(" (peak {r})"));
-        let detail = format!(
-            "{}: its memory reached the route's memory limit of {limit}{peak} and the kernel ended it",
-            outcome.exit
-        );
-        return end_attempt(ctx, tenant, &run, report, "memory_limit", detail).await;
+    match exit {
+        Exit::Code(0) => Verdict::Succeeded,
+        Exit::Code(EXIT_TRY_LATER) => {
+            let asked = "the app asked to be run again later (exit 75)";
+            failed("try_later", report.app_message.clone().unwrap_or_else(|| asked.into()))
+        }
+        exit => {
+            let (reason, detail) = classify_failure(exit, &report.log, route);
+            failed(reason, detail)
+        }
     }
-    if outcome.stopped == Stopped::Timeout {
-        let detail = format!(
-            "ran longer than the route's timeout of {}; process group terminated",
-            format_duration(route.timeout)
-        );
-        return end_attempt(ctx, tenant, &run, report, "timeout", detail).await;
-    }
-    match outcome.exit {
-        Exit::Code(0) => {
-            let target = ctx.layout.ingested_file(tenant, id, &job.file_name);
+}
+
+/// Records the verdict: requeued, succeeded (and the file moved to `ingested/`), or failed (retried
+/// or quarantined).
+async fn record(
+    ctx: &Arc<Ctx>,
+    tenant: &TenantId,
+    run: &Attempt<'_>,
+    report: AttemptReport,
+    verdict: Verdict,
+) -> anyhow::Result<()> {
+    let id = run.job.id;
+    match verdict {
+        Verdict::Interrupted => {
+            let why = "platform shut down during the attempt; it will run again";
+            jobs::requeue_interrupted(&ctx.db, tenant, id, run.fence, why).await?;
+            Ok(())
+        }
+        Verdict::Succeeded => {
+            let target = ctx.layout.ingested_file(tenant, id, &run.job.file_name);
             let end = AttemptEnd::Succeeded { final_path: &target.to_string_lossy() };
-            let Some(done) = jobs::finish_attempt(&ctx.db, tenant, id, fence, &report, end).await? else {
-                lost(tenant, &run);
+            let Some(done) = jobs::finish_attempt(&ctx.db, tenant, id, run.fence, &report, end).await? else {
+                lost(tenant, run);
                 return Ok(());
             };
             tracing::info!(%tenant, job = %id, records = ?report.records_ingested, ms = report.run_ms, "succeeded");
             super::finished(ctx, tenant, &done).await
         }
-        Exit::Code(EXIT_TRY_LATER) => {
-            let detail =
-                report.app_message.clone().unwrap_or_else(|| "the app asked to be run again later (exit 75)".into());
-            end_attempt(ctx, tenant, &run, report, "try_later", detail).await
-        }
-        exit => {
-            let (reason, detail) = classify_failure(exit, &report.log, &route);
-            end_attempt(ctx, tenant, &run, report, reason, detail).await
-        }
+        Verdict::Failed { reason, detail } => end_attempt(ctx, tenant, run, report, reason, detail).await,
     }
 }
 
@@ -363,4 +402,89 @@ async fn fail_early(ctx: &Ctx, tenant: &TenantId, job: &Job, reason: &str, detai
     let Some(done) = failed else { return Ok(()) }; // started elsewhere meanwhile
     tracing::warn!(%tenant, job = %job.id, reason, %detail, "failed before running");
     super::finished(ctx, tenant, &done).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::ByteSize;
+    use std::time::Duration;
+
+    fn route() -> Route {
+        Route {
+            files: "*.csv".into(),
+            app: "count".into(),
+            app_version: None,
+            timeout: Duration::from_secs(90),
+            memory: ByteSize(256 << 20),
+            cpu_time: None,
+            cpus: None,
+            max_processes: 64,
+        }
+    }
+
+    fn reason(v: Verdict) -> &'static str {
+        match v {
+            Verdict::Failed { reason, .. } => reason,
+            other => panic!("not a failure: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_clean_exit_succeeds_and_the_platforms_stops_come_before_any_exit_status() {
+        let ok = AttemptReport::default();
+        assert_eq!(classify(Stopped::No, Exit::Code(0), &ok, &route()), Verdict::Succeeded);
+        // Killed by the platform: the exit status (a signal, or even 0) says nothing of the app.
+        assert_eq!(classify(Stopped::Cancelled, Exit::Signal(9), &ok, &route()), Verdict::Interrupted);
+        assert_eq!(classify(Stopped::Cancelled, Exit::Code(0), &ok, &route()), Verdict::Interrupted);
+        let Verdict::Failed { reason, detail } = classify(Stopped::Timeout, Exit::Code(0), &ok, &route()) else {
+            panic!("a timeout is a failure")
+        };
+        assert_eq!(
+            (reason, detail.as_str()),
+            ("timeout", "ran longer than the route's timeout of 90s; process group terminated")
+        );
+        let over = Stopped::OverMemory { resident: Some(ByteSize(300 << 20)), limit: ByteSize(256 << 20) };
+        let Verdict::Failed { reason, detail } = classify(over, Exit::Signal(9), &ok, &route()) else { panic!() };
+        assert_eq!(reason, "memory_limit");
+        assert!(detail.contains("memory limit of 256MiB (peak 300MiB)"), "{detail}");
+    }
+
+    #[test]
+    fn exit_statuses_and_the_log_name_the_failure() {
+        let plain = AttemptReport::default();
+        assert_eq!(reason(classify(Stopped::No, Exit::Code(1), &plain, &route())), "app_error");
+        assert_eq!(reason(classify(Stopped::No, Exit::Signal(11), &plain, &route())), "app_error");
+        let asked = AttemptReport { app_message: Some("coredms busy".into()), ..Default::default() };
+        assert_eq!(
+            classify(Stopped::No, Exit::Code(EXIT_TRY_LATER), &asked, &route()),
+            Verdict::Failed { reason: "try_later", detail: "coredms busy".into() }
+        );
+        let oom = AttemptReport { log: "Traceback ...\nMemoryError\n".into(), ..Default::default() };
+        assert_eq!(reason(classify(Stopped::No, Exit::Code(1), &oom, &route())), "memory_limit");
+        // A log that mentions memory does not make a clean exit a failure.
+        assert_eq!(classify(Stopped::No, Exit::Code(0), &oom, &route()), Verdict::Succeeded);
+    }
+
+    #[test]
+    fn the_report_takes_the_result_files_figures_or_says_why_not() {
+        let outcome = |result| process::ProcessOutcome {
+            exit: Exit::Signal(15),
+            stopped: Stopped::No,
+            elapsed: Duration::from_millis(1234),
+            log: "out\n".into(),
+            log_dropped: 7,
+            result,
+        };
+        let good = br#"{"records_ingested": 10, "records_rejected": 2, "message": "bad\u0000row", "extra": 1}"#;
+        let r = report_of(outcome(Some(Ok(good.to_vec()))));
+        assert_eq!((r.exit_code, r.signal, r.run_ms, r.log_dropped_bytes), (None, Some(15), 1234, 7));
+        assert_eq!((r.records_ingested, r.records_rejected), (Some(10), Some(2)));
+        assert_eq!(r.app_message.as_deref(), Some("bad\u{FFFD}row"), "no NUL reaches the store");
+        let r = report_of(outcome(Some(Ok(b"[1, 2]".to_vec()))));
+        assert_eq!(r.records_ingested, None);
+        assert!(r.log.starts_with("out\n") && r.log.contains("result file ignored: not the result JSON"), "{}", r.log);
+        let r = report_of(outcome(Some(Err("a FIFO, not a file".into()))));
+        assert!(r.log.contains("result file ignored: a FIFO, not a file"), "{}", r.log);
+    }
 }
