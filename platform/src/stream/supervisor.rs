@@ -8,12 +8,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::StreamCtx;
-use crate::agreement::{RestartMode, StreamAgreement};
+use crate::agreement::{RestartMode, RestartPolicy, StreamAgreement};
 use crate::domain::InstanceState;
 use crate::messaging::topics::{tenant_topic, METRICS_TOPIC};
-use crate::runtime::instance::{InstanceSpec, Started};
+use crate::runtime::instance::{InstanceSpec, Runtime, Started};
 use crate::runtime::log::RotatingLog;
-use crate::runtime::process::{Ended, Exit, Stopped};
+use crate::runtime::process::{Exit, Stopped};
 use crate::store::instances::{self, Instance, RunEnd};
 use crate::store::{self};
 use crate::tenant::TenantId;
@@ -108,7 +108,89 @@ async fn end_earlier_runs(inst: &Instance, uid: u32, confined: bool) {
     }
 }
 
+/// Runs the instance's program once. Its start is recorded (pid, start time) before its end is.
+async fn run_once(
+    ctx: &StreamCtx,
+    id: uuid::Uuid,
+    control: &Arc<Control>,
+    runtime: &Runtime,
+    spec: InstanceSpec,
+    mut log: RotatingLog,
+) -> std::io::Result<crate::runtime::process::Ended> {
+    let run = control.next_run();
+    let recorded: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let on_start = {
+        let (db, recorded, control) = (ctx.db.clone(), recorded.clone(), control.clone());
+        move |s: Started| {
+            *control.started.lock().expect("started lock") = Some(s.clone());
+            let task = tokio::spawn(async move {
+                let pid = s.pid.map(|p| p as i32);
+                if let Err(e) = instances::started(&db, id, pid, s.start_ticks, s.container.as_deref()).await {
+                    tracing::warn!(instance = %id, error = %e, "recording the instance's start failed");
+                }
+            });
+            *recorded.lock().expect("recorded lock") = Some(task);
+        }
+    };
+    let output = move |bytes: &[u8]| log.push(bytes);
+    let outcome = runtime.run(spec, &run, on_start, output).await;
+    control.started.lock().expect("started lock").take();
+    let recording = recorded.lock().expect("recorded lock").take();
+    if let Some(task) = recording {
+        let _ = task.await;
+    }
+    outcome
+}
+
+/// What one run of an instance needs.
+struct Prepared {
+    stream: StreamAgreement,
+    runtime: Runtime,
+    spec: InstanceSpec,
+    log: RotatingLog,
+    app: store::apps::App,
+}
+
+/// Resolves what the instance runs under (the agreement's stream section, its app version, its
+/// runtime) and prepares its folder, log and spec; `Err` says why it cannot run at all.
+async fn prepare(ctx: &StreamCtx, inst: &Instance, tenant: &TenantId) -> anyhow::Result<Result<Prepared, String>> {
+    let agreement = ctx.agreements.get(tenant);
+    let Some(stream) = agreement.as_ref().and_then(|a| a.stream.clone()) else {
+        return Ok(Err("the tenant's agreement has no stream section".into()));
+    };
+    let Some(app) = store::apps::resolve(&ctx.db, tenant, &inst.app, Some(inst.app_version)).await? else {
+        return Ok(Err(format!("app `{}` version {} is no longer installed", inst.app, inst.app_version)));
+    };
+    let runtime = match ctx.runtime(&inst.runtime) {
+        Ok(r) => r,
+        Err(why) => return Ok(Err(why)),
+    };
+    let limits = agreement.map(|a| a.coredms.clone()).unwrap_or_default();
+    let provisioned = ctx.tenants.ensure(tenant, &limits).await?;
+    let dir = ctx.instance_dir(tenant, inst.id);
+    let work = dir.join("work");
+    // A confined instance's working folder is a tmpfs of the sandbox's own.
+    let made = if ctx.sandbox.is_none() { work.clone() } else { dir.clone() };
+    tokio::task::spawn_blocking(move || std::fs::create_dir_all(made)).await??;
+    let log = RotatingLog::open(&dir.join("log"), LOG_LIMIT)?;
+    let spec = InstanceSpec {
+        name: format!("mysimbdp-{}", inst.id),
+        image: crate::runtime::container::image_repository(tenant, app.id),
+        app_dir: app.dir.clone().into(),
+        entrypoint: app.entrypoint.clone(),
+        env: environment(ctx, inst, tenant, &stream, &provisioned.coredms),
+        work_dir: work,
+        account: provisioned.account.clone(),
+        memory: stream.memory,
+        cpus: stream.cpus,
+        pids: stream.max_processes,
+        grace: stream.stop_grace,
+    };
+    Ok(Ok(Prepared { stream, runtime, spec, log, app }))
+}
+
 /// What the supervisor does after a run ended.
+#[derive(Debug, PartialEq, Eq)]
 enum Next {
     Again { after: Duration },
     Done,
@@ -132,100 +214,39 @@ async fn supervise_inner(
     let tenant = TenantId::parse(&inst.tenant).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut restarts = inst.restarts.max(0) as u64;
     loop {
-        let agreement = ctx.agreements.get(&tenant);
-        let Some(stream) = agreement.as_ref().and_then(|a| a.stream.clone()) else {
-            instances::set_state(&ctx.db, id, InstanceState::Failed, "the tenant's agreement has no stream section")
-                .await?;
-            return Ok(());
-        };
-        let Some(app) = store::apps::resolve(&ctx.db, &tenant, &inst.app, Some(inst.app_version)).await? else {
-            let detail = format!("app `{}` version {} is no longer installed", inst.app, inst.app_version);
-            instances::set_state(&ctx.db, id, InstanceState::Failed, &detail).await?;
-            return Ok(());
-        };
-        let runtime = match ctx.runtime(&inst.runtime) {
-            Ok(r) => r,
+        let Prepared { stream, runtime, spec, mut log, app } = match prepare(ctx, inst, &tenant).await? {
+            Ok(prepared) => prepared,
             Err(why) => {
                 instances::set_state(&ctx.db, id, InstanceState::Failed, &why).await?;
                 return Ok(());
             }
         };
-        let limits = agreement.map(|a| a.coredms.clone()).unwrap_or_default();
-        let provisioned = ctx.tenants.ensure(&tenant, &limits).await?;
-        let dir = ctx.instance_dir(&tenant, id);
-        let work = dir.join("work");
-        if ctx.sandbox.is_none() {
-            std::fs::create_dir_all(&work)?; // a confined instance's working folder is a tmpfs
-        } else {
-            std::fs::create_dir_all(&dir)?;
-        }
-        let mut log = RotatingLog::open(&dir.join("log"), LOG_LIMIT)?;
         log.push(format!("[mysimbdp] starting {} version {} ({})\n", app.name, app.version, runtime.kind()).as_bytes());
-        let spec = InstanceSpec {
-            name: format!("mysimbdp-{id}"),
-            image: crate::runtime::container::image_repository(&tenant, app.id),
-            app_dir: app.dir.clone().into(),
-            entrypoint: app.entrypoint.clone(),
-            env: environment(ctx, inst, &tenant, &stream, &provisioned.coredms),
-            work_dir: work,
-            account: provisioned.account.clone(),
-            memory: stream.memory,
-            cpus: stream.cpus,
-            pids: stream.max_processes,
-            grace: stream.stop_grace,
-        };
         // Whatever still runs of this instance on this machine (a run its previous manager left
         // while dying, however it escaped) ends before the new run starts: an instance runs once.
         end_earlier_runs(inst, spec.account.uid, ctx.sandbox.is_some()).await;
-        let run = control.next_run();
-        let recorded: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let on_start = {
-            let (db, recorded, control) = (ctx.db.clone(), recorded.clone(), control.clone());
-            move |s: Started| {
-                *control.started.lock().expect("started lock") = Some(s.clone());
-                let task = tokio::spawn(async move {
-                    let pid = s.pid.map(|p| p as i32);
-                    if let Err(e) = instances::started(&db, id, pid, s.start_ticks, s.container.as_deref()).await {
-                        tracing::warn!(instance = %id, error = %e, "recording the instance's start failed");
-                    }
-                });
-                *recorded.lock().expect("recorded lock") = Some(task);
-            }
-        };
-        let output = move |bytes: &[u8]| log.push(bytes);
         tracing::info!(tenant = %tenant, instance = %id, app = %app.name, version = app.version, "starting instance");
-        let outcome = runtime.run(spec, &run, on_start, output).await;
-        control.started.lock().expect("started lock").take();
-        let recording = recorded.lock().expect("recorded lock").take();
-        if let Some(task) = recording {
-            let _ = task.await; // the start is recorded before the end
-        }
-        let next = match outcome {
-            Err(e) => {
-                let why = format!("could not start: {e}");
-                after_failure(ctx, inst, &stream, &mut restarts, None, Duration::ZERO, &why).await?
-            }
-            Ok(ended) if ended.stopped == Stopped::Cancelled => {
-                stopped_by_platform(ctx, inst, &stream, &control, shutdown, &mut restarts, ended).await?
-            }
-            Ok(ended) => {
-                let why = ended.stopped.limit_passed().unwrap_or_else(|| ended.exit.to_string());
-                let clean = ended.exit == Exit::Code(0) && ended.stopped == Stopped::No;
-                let restart = match stream.restart.policy {
-                    RestartMode::Never => false,
-                    RestartMode::OnFailure => !clean,
-                    RestartMode::Always => true,
-                };
-                if restart {
-                    after_failure(ctx, inst, &stream, &mut restarts, Some(ended.exit), ended.elapsed, &why).await?
-                } else {
-                    let state = if clean { InstanceState::Exited } else { InstanceState::Failed };
-                    let detail = format!("{why}; the restart policy is {:?}", stream.restart.policy);
-                    end(ctx, inst, state, Some(ended.exit), restarts, false, &detail).await?;
-                    Next::Done
-                }
-            }
+        let outcome = run_once(ctx, id, &control, &runtime, spec, log).await;
+        let ended = match &outcome {
+            Err(e) => RunEnded::NotStarted { why: format!("could not start: {e}") },
+            Ok(e) if e.stopped == Stopped::Cancelled => RunEnded::ByPlatform {
+                exit: e.exit,
+                elapsed: e.elapsed,
+                shutdown: shutdown.is_cancelled(),
+                stop: control.stop.is_cancelled(),
+            },
+            Ok(e) => RunEnded::Own { exit: e.exit, stopped: e.stopped, elapsed: e.elapsed },
         };
+        let step = next_step(&stream.restart, &ended, restarts);
+        restarts = step.restarts;
+        let exit = outcome.as_ref().ok().map(|e| e.exit);
+        end(ctx, inst, step.state, exit, restarts, step.counted, &step.detail).await?;
+        match step.state {
+            InstanceState::Failed => tracing::warn!(instance = %id, detail = %step.detail, "instance failed"),
+            InstanceState::Restarting => tracing::info!(instance = %id, detail = %step.detail, "instance restarting"),
+            _ => tracing::info!(instance = %id, detail = %step.detail, "instance ended"),
+        }
+        let next = step.next;
         match next {
             Next::Done => return Ok(()),
             Next::Again { after } => {
@@ -244,89 +265,89 @@ async fn supervise_inner(
     }
 }
 
-/// The run was ended by the platform: a stop, a shutdown, or a restart the manager asked for.
-async fn stopped_by_platform(
-    ctx: &StreamCtx,
-    inst: &Instance,
-    stream: &StreamAgreement,
-    control: &Control,
-    shutdown: &CancellationToken,
-    restarts: &mut u64,
-    ended: Ended,
-) -> anyhow::Result<Next> {
-    let how = match ended.exit {
-        Exit::Signal(libc::SIGKILL) => "killed after the grace period".to_owned(),
-        e => e.to_string(),
-    };
-    if shutdown.is_cancelled() {
-        let detail = format!("the platform is stopping ({how}); started again when it is back");
-        end(ctx, inst, InstanceState::Restarting, Some(ended.exit), *restarts, false, &detail).await?;
-        return Ok(Next::Done);
-    }
-    if control.stop.is_cancelled() {
-        end(
-            ctx,
-            inst,
-            InstanceState::Exited,
-            Some(ended.exit),
-            *restarts,
-            false,
-            &format!("stopped on request ({how})"),
-        )
-        .await?;
-        return Ok(Next::Done);
-    }
-    if ended.elapsed >= STABLE_RUN {
-        *restarts = 0; // as after a crash: a run this long was a good one
-    }
-    let max = stream.restart.max_restarts;
-    if *restarts >= max {
-        let detail = format!(
-            "restarted by the stream manager ({how}); not started again: {restarts} restarts in a row reached the agreement's max_restarts of {max}"
-        );
-        end(ctx, inst, InstanceState::Failed, Some(ended.exit), *restarts, false, &detail).await?;
-        return Ok(Next::Done);
-    }
-    *restarts += 1;
-    let detail = format!("restarted by the stream manager ({how}); restart {restarts} of {max}");
-    end(ctx, inst, InstanceState::Restarting, Some(ended.exit), *restarts, true, &detail).await?;
-    Ok(Next::Again { after: Duration::ZERO })
+/// How a run ended, as the restart choice sees it.
+#[derive(Debug)]
+enum RunEnded {
+    /// The program could not be started at all.
+    NotStarted { why: String },
+    /// The platform ended it: the platform is stopping (`shutdown`), the instance was asked to stop
+    /// (`stop`), or else the manager asked for a restart.
+    ByPlatform { exit: Exit, elapsed: Duration, shutdown: bool, stop: bool },
+    /// It ended by itself, or for passing a limit.
+    Own { exit: Exit, stopped: Stopped, elapsed: Duration },
 }
 
-/// The program failed (or ended under `always`): restart after a backoff unless the cap is reached.
-async fn after_failure(
-    ctx: &StreamCtx,
-    inst: &Instance,
-    stream: &StreamAgreement,
-    restarts: &mut u64,
-    exit: Option<Exit>,
-    ran: Duration,
-    why: &str,
-) -> anyhow::Result<Next> {
-    if ran >= STABLE_RUN {
-        *restarts = 0;
+/// What the supervisor records and does after a run: the state, the restarts in a row (`counted`:
+/// this run adds one to the total), the detail in words, and whether and when it runs again.
+#[derive(Debug, PartialEq)]
+struct Step {
+    state: InstanceState,
+    restarts: u64,
+    counted: bool,
+    detail: String,
+    next: Next,
+}
+
+/// The restart choice, from the agreement's policy, how the run ended and the restarts in a row so
+/// far. A run of `STABLE_RUN` or more was a good one: the count starts again from zero.
+fn next_step(policy: &RestartPolicy, ended: &RunEnded, restarts: u64) -> Step {
+    let step = |state, restarts, counted, detail: String, next| Step { state, restarts, counted, detail, next };
+    let max = policy.max_restarts;
+    let (why, elapsed, by_manager) = match ended {
+        RunEnded::NotStarted { why } => (why.clone(), Duration::ZERO, false),
+        RunEnded::ByPlatform { exit, shutdown, stop, elapsed } => {
+            let how = match exit {
+                Exit::Signal(libc::SIGKILL) => "killed after the grace period".to_owned(),
+                e => e.to_string(),
+            };
+            if *shutdown {
+                let detail = format!("the platform is stopping ({how}); started again when it is back");
+                return step(InstanceState::Restarting, restarts, false, detail, Next::Done);
+            }
+            if *stop {
+                return step(InstanceState::Exited, restarts, false, format!("stopped on request ({how})"), Next::Done);
+            }
+            (format!("restarted by the stream manager ({how})"), *elapsed, true)
+        }
+        RunEnded::Own { exit, stopped, elapsed } => {
+            let why = stopped.limit_passed().unwrap_or_else(|| exit.to_string());
+            let clean = *exit == Exit::Code(0) && *stopped == Stopped::No;
+            let restart = match policy.policy {
+                RestartMode::Never => false,
+                RestartMode::OnFailure => !clean,
+                RestartMode::Always => true,
+            };
+            if !restart {
+                let state = if clean { InstanceState::Exited } else { InstanceState::Failed };
+                let detail = format!("{why}; the restart policy is {:?}", policy.policy);
+                return step(state, restarts, false, detail, Next::Done);
+            }
+            (why, *elapsed, false)
+        }
+    };
+    let restarts = if elapsed >= STABLE_RUN { 0 } else { restarts };
+    // A restart the manager asked for is done whatever the policy says; the cap holds for both.
+    if !by_manager && policy.policy == RestartMode::Never {
+        return step(InstanceState::Failed, restarts, false, format!("{why}; the restart policy is never"), Next::Done);
     }
-    let policy = &stream.restart;
-    if policy.policy == RestartMode::Never {
-        end(ctx, inst, InstanceState::Failed, exit, *restarts, false, &format!("{why}; the restart policy is never"))
-            .await?;
-        return Ok(Next::Done);
+    if restarts >= max {
+        let detail = if by_manager {
+            format!(
+                "{why}; not started again: {restarts} restarts in a row reached the agreement's max_restarts of {max}"
+            )
+        } else {
+            format!("{why}; not restarted: {restarts} restarts in a row reached the agreement's max_restarts of {max}")
+        };
+        return step(InstanceState::Failed, restarts, false, detail, Next::Done);
     }
-    if *restarts >= policy.max_restarts {
-        let detail = format!(
-            "{why}; not restarted: {} restarts in a row reached the agreement's max_restarts of {}",
-            restarts, policy.max_restarts
-        );
-        end(ctx, inst, InstanceState::Failed, exit, *restarts, false, &detail).await?;
-        tracing::warn!(instance = %inst.id, %detail, "instance failed");
-        return Ok(Next::Done);
+    let restarts = restarts + 1;
+    if by_manager {
+        let detail = format!("{why}; restart {restarts} of {max}");
+        return step(InstanceState::Restarting, restarts, true, detail, Next::Again { after: Duration::ZERO });
     }
-    *restarts += 1;
-    let after = policy.backoff.saturating_mul(1 << (*restarts - 1).min(16)).min(MAX_BACKOFF);
-    let detail = format!("{why}; restart {} of {} in {}", restarts, policy.max_restarts, format_duration(after));
-    end(ctx, inst, InstanceState::Restarting, exit, *restarts, true, &detail).await?;
-    tracing::info!(instance = %inst.id, %detail, "instance restarting");
-    Ok(Next::Again { after })
+    let after = policy.backoff.saturating_mul(1 << (restarts - 1).min(16)).min(MAX_BACKOFF);
+    let detail = format!("{why}; restart {restarts} of {max} in {}", format_duration(after));
+    step(InstanceState::Restarting, restarts, true, detail, Next::Again { after })
 }
 
 async fn end(
@@ -345,4 +366,110 @@ async fn end(
     };
     let end = RunEnd { state, exit_code, exit_signal, restarts: restarts as i32, counted, detail };
     instances::ended(&ctx.db, inst.id, &end).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(policy: RestartMode, max_restarts: u64) -> RestartPolicy {
+        RestartPolicy { policy, max_restarts, backoff: Duration::from_millis(100) }
+    }
+
+    fn own(exit: Exit, secs: u64) -> RunEnded {
+        RunEnded::Own { exit, stopped: Stopped::No, elapsed: Duration::from_secs(secs) }
+    }
+
+    #[test]
+    fn a_crash_restarts_with_a_doubling_backoff_up_to_the_cap() {
+        let p = policy(RestartMode::OnFailure, 3);
+        let mut restarts = 0;
+        let mut waits = Vec::new();
+        loop {
+            let step = next_step(&p, &own(Exit::Code(1), 1), restarts);
+            restarts = step.restarts;
+            match step.next {
+                Next::Again { after } => {
+                    assert!(step.counted && step.state == InstanceState::Restarting, "{step:?}");
+                    waits.push(after.as_millis());
+                }
+                Next::Done => {
+                    assert_eq!(step.state, InstanceState::Failed);
+                    assert!(!step.counted);
+                    assert_eq!(
+                        step.detail,
+                        "exited with status 1; not restarted: 3 restarts in a row reached the agreement's max_restarts of 3"
+                    );
+                    break;
+                }
+            }
+        }
+        assert_eq!(waits, [100, 200, 400]);
+        assert_eq!(restarts, 3);
+        let backoff_capped = next_step(&policy(RestartMode::Always, 40), &own(Exit::Code(1), 1), 30);
+        assert_eq!(backoff_capped.next, Next::Again { after: MAX_BACKOFF });
+    }
+
+    #[test]
+    fn a_stable_run_starts_the_count_again() {
+        let step = next_step(&policy(RestartMode::OnFailure, 3), &own(Exit::Code(1), 30), 3);
+        assert_eq!((step.state, step.restarts), (InstanceState::Restarting, 1), "{step:?}");
+        assert_eq!(step.detail, "exited with status 1; restart 1 of 3 in 100ms");
+    }
+
+    #[test]
+    fn the_policy_decides_what_a_clean_exit_and_a_crash_mean() {
+        let on_failure = policy(RestartMode::OnFailure, 3);
+        let clean = next_step(&on_failure, &own(Exit::Code(0), 1), 2);
+        assert_eq!((clean.state, clean.restarts, clean.next), (InstanceState::Exited, 2, Next::Done));
+        let always = next_step(&policy(RestartMode::Always, 3), &own(Exit::Code(0), 1), 0);
+        assert_eq!(always.state, InstanceState::Restarting);
+        let never = next_step(&policy(RestartMode::Never, 3), &own(Exit::Signal(9), 1), 0);
+        assert_eq!((never.state, never.next), (InstanceState::Failed, Next::Done));
+        let over = RunEnded::Own {
+            exit: Exit::Signal(9),
+            stopped: Stopped::OverMemory { resident: None, limit: crate::units::ByteSize(256 << 20) },
+            elapsed: Duration::from_secs(1),
+        };
+        let killed = next_step(&on_failure, &over, 0);
+        assert!(
+            killed.detail.starts_with("killed by the kernel for passing the agreement's memory of 256MiB"),
+            "{killed:?}"
+        );
+        let not_started =
+            next_step(&policy(RestartMode::Never, 3), &RunEnded::NotStarted { why: "no such file".into() }, 0);
+        assert_eq!(not_started.detail, "no such file; the restart policy is never");
+    }
+
+    #[test]
+    fn the_platforms_own_stops_are_not_the_apps_failures() {
+        let p = policy(RestartMode::Never, 2);
+        let by = |shutdown, stop, restarts| {
+            let ended = RunEnded::ByPlatform {
+                exit: Exit::Signal(libc::SIGKILL),
+                elapsed: Duration::from_secs(1),
+                shutdown,
+                stop,
+            };
+            next_step(&p, &ended, restarts)
+        };
+        let shutdown = by(true, true, 1);
+        assert_eq!((shutdown.state, shutdown.restarts, shutdown.counted), (InstanceState::Restarting, 1, false));
+        assert!(shutdown.detail.contains("started again when it is back"), "{shutdown:?}");
+        let stopped = by(false, true, 1);
+        assert_eq!(
+            (stopped.state, stopped.detail.as_str()),
+            (InstanceState::Exited, "stopped on request (killed after the grace period)")
+        );
+        // A restart the manager asked for runs even under `never`, and counts against the cap.
+        let restarted = by(false, false, 1);
+        assert_eq!((restarted.state, restarted.restarts, restarted.counted), (InstanceState::Restarting, 2, true));
+        assert_eq!(restarted.next, Next::Again { after: Duration::ZERO });
+        let capped = by(false, false, 2);
+        assert_eq!(capped.state, InstanceState::Failed);
+        assert!(
+            capped.detail.ends_with("not started again: 2 restarts in a row reached the agreement's max_restarts of 2"),
+            "{capped:?}"
+        );
+    }
 }
