@@ -9,8 +9,9 @@
 #
 # Services, each a <name>_up / <name>_down / <name>_status triple: PostgreSQL (platform store and
 # coredms), the Kafka-API broker `tansu` (built once from crates.io into ~/.cache/mysimbdp/tools,
-# about ten minutes; in-memory storage, so topics start empty at each `up`), and Podman's
-# Docker-compatible API service for the stream manager's container runtime.
+# 15 to 25 minutes; in-memory storage, so topics start empty at each `up`; built with its SQLite
+# storage too, for the tests that restart a broker of their own and need it to keep what it had),
+# and Podman's Docker-compatible API service for the stream manager's container runtime.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,6 +21,7 @@ PG_DIR=$LOCAL/pg
 BROKER_PORT=${MYSIMBDP_BROKER_PORT:-59092}
 TOOLS=${MYSIMBDP_TOOLS_DIR:-$HOME/.cache/mysimbdp/tools}
 TANSU_VERSION=0.6.0
+TANSU_FEATURES=dynostore,libsql
 SERVICES=(pg broker containers)
 
 # PostgreSQL refuses to run as root, so as root it runs as the `postgres` user, which must be able to
@@ -146,12 +148,13 @@ pid_stop() { # name what
 broker_status() { pid_running broker; }
 
 broker_up() {
-    if [ ! -x "$(tansu_bin)" ] || [ ! -f "$TOOLS/.tansu-$TANSU_VERSION" ]; then
+    local built=$TOOLS/.tansu-$TANSU_VERSION-${TANSU_FEATURES//,/-}
+    if [ ! -x "$(tansu_bin)" ] || [ ! -f "$built" ]; then
         ensure_debs build-essential pkg-config
-        log "building the Kafka-API broker tansu $TANSU_VERSION from crates.io into $TOOLS (once; about ten minutes)"
-        cargo install --quiet --locked tansu --version "$TANSU_VERSION" --features dynostore --root "$TOOLS" \
+        log "building the Kafka-API broker tansu $TANSU_VERSION ($TANSU_FEATURES) from crates.io into $TOOLS (once; 15 to 25 minutes)"
+        cargo install --quiet --locked --force tansu --version "$TANSU_VERSION" --features "$TANSU_FEATURES" --root "$TOOLS" \
             || die "building tansu failed"
-        touch "$TOOLS/.tansu-$TANSU_VERSION"
+        touch "$built"
     fi
     if ! broker_status; then
         log "starting the Kafka-API broker (tansu) on 127.0.0.1:$BROKER_PORT"
@@ -167,7 +170,8 @@ broker_up() {
         done
         (exec 3<>"/dev/tcp/127.0.0.1/$BROKER_PORT") 2>/dev/null || die "tansu does not listen on $BROKER_PORT (see $LOCAL/broker.log)"
     fi
-    echo "MYSIMBDP_KAFKA_BROKERS=127.0.0.1:$BROKER_PORT" > "$LOCAL/env.broker"
+    # The binary, for tests that run a broker of their own (see tests/support: PrivateBroker).
+    printf 'MYSIMBDP_KAFKA_BROKERS=127.0.0.1:%s\nMYSIMBDP_TEST_BROKER_BIN=%s\n' "$BROKER_PORT" "$(tansu_bin)" > "$LOCAL/env.broker"
 }
 
 broker_down() { pid_stop broker "the Kafka-API broker"; }

@@ -153,3 +153,62 @@ async fn the_store_restarted_during_ingestion_leaves_every_file_one_outcome() {
     p.cleanup().await;
     drop(pg);
 }
+
+/// The broker killed (`kill -9`) while two instances consume, and started again: readiness says so
+/// meanwhile, the instances carry on once it is back (no restart of theirs is needed), and every
+/// message produced before and after is in the coredms exactly once. The broker is the test's own,
+/// with storage that outlives it, as a production broker's does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_broker_restarted_during_streaming_loses_and_doubles_nothing() {
+    use crate::stream::{produce_to, reading, start, stream_agreement, stream_app, upload, wait_docs, wait_state};
+    let mut broker = mysimbdp_e2e::PrivateBroker::start();
+    let zoo = unique("brokerdown");
+    let mut p = TestPlatform::new(&[(&zoo, stream_agreement(&zoo, &Default::default()))]).await;
+    p.brokers = broker.addr();
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(&zoo)));
+    upload(&http, &token, &zoo, stream_app("tortoise-stream", "")).await;
+    let topic = format!("{zoo}.readings");
+    crate::stream::wait_topic_on(&broker.addr(), &topic).await;
+    let started = start(&http, &token, &zoo, "tortoise-stream", 2).await;
+    let ids: Vec<String> = started.iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect();
+    for id in &ids {
+        wait_state(&http, &token, &zoo, id, "running", Duration::from_secs(30)).await;
+    }
+
+    const HALF: u64 = 20_000;
+    produce_to(&broker.addr(), &topic, (0..HALF).map(reading).collect()).await;
+    eventually(Duration::from_secs(60), "the apps ingesting", async || p.count_docs(&zoo, "readings").await >= 2_000)
+        .await;
+    broker.kill9();
+    let at_kill = p.count_docs(&zoo, "readings").await;
+    assert!(at_kill < HALF as i64, "the broker is killed mid-stream: {at_kill} of {HALF} documents");
+    let broker_check = async || {
+        let r = http.call("GET", "/readyz", None, None).await;
+        let check = r.json()["checks"].as_array().unwrap().iter().find(|c| c["name"] == "broker").cloned().unwrap();
+        (r.status, check["ok"].as_bool().unwrap())
+    };
+    eventually(Duration::from_secs(15), "readiness saying the broker is down", async || {
+        broker_check().await == (503, false)
+    })
+    .await;
+    broker.start_again();
+    produce_to(&broker.addr(), &topic, (HALF..2 * HALF).map(reading).collect()).await;
+    wait_docs(&p, &zoo, 2 * HALF as i64, Duration::from_secs(180)).await;
+    eventually(Duration::from_secs(15), "readiness back", async || broker_check().await == (200, true)).await;
+    // The monitor reads the apps' reports again: their count grows.
+    let reports = async || {
+        let r = http.get(&format!("/v1/tenants/{zoo}/reports?limit=1000"), &token).await.json();
+        r["items"].as_array().unwrap().len()
+    };
+    let before = reports().await;
+    eventually(Duration::from_secs(15), "reports read after the restart", async || reports().await > before).await;
+    for id in &ids {
+        let i = wait_state(&http, &token, &zoo, id, "running", Duration::from_secs(30)).await;
+        let log = http.get(&format!("/v1/tenants/{zoo}/instances/{id}/log"), &token).await.text();
+        // The app waited for the broker: no run of it ended.
+        assert_eq!((&i["desired"], &i["restarts_total"]), (&"running".into(), &0.into()), "{i}\n{log}");
+        assert!(log.contains("the broker is out of reach"), "{log}");
+    }
+    p.cleanup().await;
+}

@@ -107,10 +107,15 @@ pub use test_apps::tortoise_reading as reading;
 /// have every one. The producer batches, so an app killed mid-stream resumes inside a record batch:
 /// the case tansu 0.6 gets wrong and the SDK's resume check puts right.
 pub async fn produce(topic: &str, payloads: Vec<String>) {
-    let topic = topic.to_owned();
+    produce_to(&kafka_brokers(), topic, payloads).await
+}
+
+/// As `produce`, on the broker at `brokers`.
+pub async fn produce_to(brokers: &str, topic: &str, payloads: Vec<String>) {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-            .set("bootstrap.servers", kafka_brokers())
+            .set("bootstrap.servers", brokers)
             .set("linger.ms", "5")
             .set("queue.buffering.max.messages", "1000000")
             .create()
@@ -137,12 +142,17 @@ pub async fn produce(topic: &str, payloads: Vec<String>) {
 
 /// Waits until the broker lists `topic` (the platform creates it from the agreement).
 pub async fn wait_topic(topic: &str) {
+    wait_topic_on(&kafka_brokers(), topic).await
+}
+
+/// As `wait_topic`, on the broker at `brokers`.
+pub async fn wait_topic_on(brokers: &str, topic: &str) {
     let t = topic.to_owned();
     eventually(Duration::from_secs(30), &format!("topic {topic} on the broker"), async || {
-        let t = t.clone();
+        let (t, brokers) = (t.clone(), brokers.to_owned());
         tokio::task::spawn_blocking(move || {
             use rdkafka::consumer::{BaseConsumer, Consumer};
-            let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
+            let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
             c.fetch_metadata(Some(&t), Duration::from_secs(5))
                 .map(|m| m.topics().iter().any(|x| x.name() == t && !x.partitions().is_empty()))
                 .unwrap_or(false)

@@ -100,6 +100,8 @@ pub struct TestPlatform {
     pub min_upload_rate: mysimbdp::api::upload::MinRate,
     /// How long finished work is kept (`--retention`); absent: for ever.
     pub retention: Option<Duration>,
+    /// The broker the platform uses: the shared test broker unless a test brings its own.
+    pub brokers: String,
     tenants: Vec<TenantId>,
     running: Option<(CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)>,
     process: Option<Child>,
@@ -165,6 +167,7 @@ impl TestPlatform {
             admin_url: admin.clone(),
             min_upload_rate: Default::default(),
             retention: None,
+            brokers: kafka_brokers(),
             tenants: ids,
             running: None,
             process: None,
@@ -185,7 +188,7 @@ impl TestPlatform {
                 page_cache: 4 << 20,
                 min_upload_rate: self.min_upload_rate,
             }),
-            kafka_brokers: Some(kafka_brokers()),
+            kafka_brokers: Some(self.brokers.clone()),
             batch_role: true,
             stream_role: true,
             monitor_role: self.monitor_in_process,
@@ -775,5 +778,70 @@ impl Drop for PrivatePg {
             .current_dir("/")
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Kafka-API broker of the test's own (tansu with its SQLite storage, on a free loopback port) that
+/// the test may kill and start again: unlike the shared broker (in memory), it keeps its topics,
+/// messages and committed offsets across a restart, as a production broker does. Killed when dropped.
+pub struct PrivateBroker {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    process: Option<Child>,
+}
+
+impl PrivateBroker {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut broker = PrivateBroker { dir, port, process: None };
+        broker.start_again();
+        broker
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker on its port and storage, and waits until it listens.
+    pub fn start_again(&mut self) {
+        assert!(self.process.is_none(), "the broker runs already");
+        let bin = service_setting(&["MYSIMBDP_TEST_BROKER_BIN"]);
+        let url = format!("tcp://{}", self.addr());
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("broker.log")).unwrap();
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            // A path relative to the broker's working folder: tansu reads `sqlite://<path>` so.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the broker {bin}: {e}"));
+        self.process = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(self.addr()).is_err() {
+            let log = std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default();
+            assert!(Instant::now() < deadline, "the private broker does not listen on {}: {log}", self.addr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9: the broker ends as by a crash, mid-request.
+    pub fn kill9(&mut self) {
+        let mut child = self.process.take().expect("the broker runs");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

@@ -216,6 +216,7 @@ fn run(
     let mut next_report = Instant::now() + env.report_interval;
     let mut rejected_total = 0u64;
     let mut writer_error = None;
+    let mut out_of_reach_said = None;
     while !TERMINATE.load(Ordering::SeqCst) {
         if Instant::now() >= next_report {
             publish(&producer, &env, &window, &consumer);
@@ -228,7 +229,19 @@ fn run(
             }
         }
         if let Some(result) = consumer.poll(Duration::from_millis(10)) {
-            let m = result.context("reading from the broker")?;
+            let m = match result {
+                // librdkafka reconnects by itself: a broker out of reach (restarting, cut off) is
+                // waited for, not a reason to exit and spend one of the instance's restarts.
+                Err(e) if broker_out_of_reach(&e) => {
+                    if out_of_reach_said.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(10)) {
+                        eprintln!("{app}: the broker is out of reach ({e}); waiting for it");
+                        out_of_reach_said = Some(Instant::now());
+                    }
+                    continue;
+                }
+                other => other.context("reading from the broker")?,
+            };
+            out_of_reach_said = None;
             if resume.check(&consumer, app, m.topic(), m.partition(), m.offset()) == Verdict::Drop {
                 continue;
             }
@@ -337,4 +350,13 @@ fn publish(
     if let Err((e, _)) = producer.send(record) {
         eprintln!("{}: publishing the metrics report failed: {e}", env.app);
     }
+}
+
+/// Errors by which librdkafka says it cannot reach the broker for now; it keeps trying by itself.
+fn broker_out_of_reach(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(Code::AllBrokersDown | Code::BrokerTransportFailure | Code::BrokerNotAvailable | Code::NetworkException)
+    )
 }
