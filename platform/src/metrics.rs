@@ -25,6 +25,11 @@ pub struct TenantLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub check: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub tenant: String,
     pub state: String,
@@ -43,6 +48,7 @@ pub struct Metrics {
     records_rejected: Family<TenantLabels, Counter>,
     run_seconds: Family<TenantLabels, Histogram, fn() -> Histogram>,
     jobs_open: Family<StateLabels, Gauge>,
+    dependency_up: Family<CheckLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -74,7 +80,22 @@ impl Default for Metrics {
             "Jobs not yet final, by state: detected, queued and retry_wait are the queue, running are apps running now",
             jobs_open.clone(),
         );
-        Metrics { registry, jobs_finished, bytes_ingested, records_ingested, records_rejected, run_seconds, jobs_open }
+        let dependency_up = Family::<CheckLabels, Gauge>::default();
+        registry.register(
+            "dependency_up",
+            "Whether each readiness check passed at this scrape (1) or not (0): platform_store, broker, data_disk, staging_disk",
+            dependency_up.clone(),
+        );
+        Metrics {
+            registry,
+            jobs_finished,
+            bytes_ingested,
+            records_ingested,
+            records_rejected,
+            run_seconds,
+            jobs_open,
+            dependency_up,
+        }
     }
 }
 
@@ -99,17 +120,27 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format, with the open-job gauges read from the store now.
-    pub async fn render(&self, db: &Db) -> anyhow::Result<String> {
-        let open: Vec<(String, String, i64)> = sqlx::query_as(
+    /// The text exposition format, with the readiness checks' results (`checks`: name, passed) and
+    /// the open-job gauges read from the store now. A store out of reach leaves those gauges out
+    /// (rather than stale) and the rest is still served: a scrape must work most when something fails.
+    pub async fn render(&self, db: &Db, checks: &[(&str, bool)]) -> anyhow::Result<String> {
+        for (check, ok) in checks {
+            self.dependency_up.get_or_create(&CheckLabels { check: (*check).to_owned() }).set(i64::from(*ok));
+        }
+        let open: sqlx::Result<Vec<(String, JobState, i64)>> = sqlx::query_as(
             "select tenant, state, count(*) from jobs
              where state in ('detected', 'queued', 'running', 'retry_wait') group by 1, 2",
         )
         .fetch_all(db)
-        .await?;
+        .await;
         self.jobs_open.clear();
-        for (tenant, state, n) in open {
-            self.jobs_open.get_or_create(&StateLabels { tenant, state }).set(n);
+        match open {
+            Ok(open) => {
+                for (tenant, state, n) in open {
+                    self.jobs_open.get_or_create(&StateLabels { tenant, state: state.to_string() }).set(n);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics: the open-job gauges could not be read from the store"),
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;

@@ -129,6 +129,10 @@ async fn the_store_restarted_during_ingestion_leaves_every_file_one_outcome() {
     let down = http.call("GET", "/readyz", None, None).await;
     assert_eq!(down.status, 503, "{}", down.text());
     assert_eq!(down.json()["checks"][0]["ok"], false, "{}", down.text());
+    // The metrics still answer, and say the same.
+    let metrics = http.get("/metrics", &p.token(None)).await;
+    assert_eq!(metrics.status, 200, "{}", metrics.text());
+    assert!(metrics.text().contains("mysimbdp_dependency_up{check=\"platform_store\"} 0"), "{}", metrics.text());
     tokio::time::sleep(Duration::from_secs(4)).await;
     pg.start_again();
 
@@ -192,6 +196,9 @@ async fn the_broker_restarted_during_streaming_loses_and_doubles_nothing() {
         broker_check().await == (503, false)
     })
     .await;
+    let metrics = http.get("/metrics", &p.token(None)).await.text();
+    assert!(metrics.contains("mysimbdp_dependency_up{check=\"broker\"} 0"), "{metrics}");
+    assert!(metrics.contains("mysimbdp_dependency_up{check=\"platform_store\"} 1"), "{metrics}");
     broker.start_again();
     produce_to(&broker.addr(), &topic, (HALF..2 * HALF).map(reading).collect()).await;
     wait_docs(&p, &zoo, 2 * HALF as i64, Duration::from_secs(180)).await;

@@ -40,6 +40,14 @@ pub struct Check {
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Readiness>) {
+    let checks = checks(&state).await;
+    let ok = checks.iter().all(|c| c.ok);
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(Readiness { status: if ok { "ready" } else { "not ready" }.into(), checks }))
+}
+
+/// Every readiness check, each within a second.
+async fn checks(state: &ApiState) -> Vec<Check> {
     let store = match tokio::time::timeout(Duration::from_secs(1), sqlx::query("select 1").execute(&state.db)).await {
         Ok(Ok(_)) => Check { name: "platform_store".into(), ok: true, detail: "PostgreSQL answered".into() },
         Ok(Err(e)) => Check { name: "platform_store".into(), ok: false, detail: format!("PostgreSQL: {e}") },
@@ -58,15 +66,7 @@ pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Readines
             detail: "no broker configured (MYSIMBDP_KAFKA_BROKERS); stream ingestion is off".into(),
         },
     };
-    let checks = vec![
-        store,
-        broker,
-        disk_room("data_disk", &state.layout.data),
-        disk_room("staging_disk", &state.layout.staging),
-    ];
-    let ok = checks.iter().all(|c| c.ok);
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(Readiness { status: if ok { "ready" } else { "not ready" }.into(), checks }))
+    vec![store, broker, disk_room("data_disk", &state.layout.data), disk_room("staging_disk", &state.layout.staging)]
 }
 
 /// Below this much free space (a tenth of a smaller disk; 2% of a disk where that is more) a disk
@@ -97,7 +97,8 @@ fn disk_room(name: &str, dir: &std::path::Path) -> Check {
     }
 }
 
-/// Prometheus metrics (text exposition format); operators only.
+/// Prometheus metrics (text exposition format), with the readiness checks as `mysimbdp_dependency_up`;
+/// operators only.
 #[utoipa::path(get, path = "/metrics", tag = "health", security(("bearer" = [])),
     responses((status = 200, body = String, content_type = "text/plain"), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json")))]
@@ -106,6 +107,8 @@ pub async fn metrics(
     caller: Caller,
 ) -> Result<([(header::HeaderName, &'static str); 1], String), Problem> {
     caller.require_operator()?;
-    let text = state.metrics.render(&state.db).await.map_err(Problem::internal)?;
+    let checks = checks(&state).await;
+    let passed: Vec<(&str, bool)> = checks.iter().map(|c| (c.name.as_str(), c.ok)).collect();
+    let text = state.metrics.render(&state.db, &passed).await.map_err(Problem::internal)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }
