@@ -167,3 +167,27 @@ async fn a_tenant_over_its_disk_quota_gets_disk_quota_with_the_figures() {
     assert!(r.problem(507).contains("over disk_quota 2KiB"), "{}", r.text());
     p.cleanup().await;
 }
+
+/// Files waiting in the tenant's staging folder (an upload under way, a file written in place) count
+/// against the quota at upload: a tenant cannot fill the disk with files the platform has not yet
+/// claimed. Once they go, uploads are taken again.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_waiting_in_staging_count_against_the_disk_quota() {
+    let t = unique("quota");
+    let text = agreement(&t, "  routes: [{files: \"*.csv\", app: ok, timeout: 1m, memory: 256MiB}]\n  formats: [csv]\n  max_file_size: 1MiB\n  max_files_per_hour: 100\n  max_bytes_per_day: 1GiB\n  max_concurrent_jobs: 1")
+        .replace("apps:\n", "disk_quota: 64KiB\napps:\n");
+    let mut p = TestPlatform::new(&[(&t, text)]).await;
+    p.start().await;
+    // Never claimed: `.part` files are still being written.
+    let waiting = p.drop_file(&t, "big.csv.part", &vec![b'1'; 60 << 10]);
+    let (http, token) = (p.http(), p.token(Some(&t)));
+    let put = async |name: &str| {
+        let body = format!("a\n{}", "2\n".repeat(4 << 10)).into_bytes(); // 8 KiB
+        http.call("PUT", &format!("/v1/tenants/{t}/staging/{name}"), Some(&token), Some(("text/csv", body))).await
+    };
+    let refused = put("one.csv").await.problem(507);
+    assert!(refused.contains("take 60KiB") && refused.contains("over disk_quota 64KiB"), "{refused}");
+    std::fs::remove_file(waiting).unwrap();
+    assert_eq!(put("one.csv").await.status, 202);
+    p.cleanup().await;
+}

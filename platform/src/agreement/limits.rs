@@ -65,7 +65,7 @@ pub fn disk(quota: ByteSize, used: i64, size: u64) -> Result<(), Refusal> {
         return Err(refuse(
             "disk_quota",
             format!(
-                "the tenant's files on the platform (on their way, quarantined, app versions) take {}; this file's {} would make {}, over disk_quota {}",
+                "the tenant's files on the platform (uploads waiting in staging, files on their way, quarantined, app versions) take {}; this file's {} would make {}, over disk_quota {}",
                 ByteSize(used.max(0) as u64),
                 ByteSize(size),
                 ByteSize(after),

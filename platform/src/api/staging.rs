@@ -16,6 +16,8 @@ use super::tenants::visible;
 use super::upload;
 use super::ApiState;
 use crate::batch::names;
+use crate::tenant::TenantId;
+use crate::units::ByteSize;
 
 /// The staging rules for a name sent over HTTP: one plain file name the watcher will take.
 pub fn validate_file_name(name: &str) -> Result<(), String> {
@@ -58,56 +60,66 @@ pub async fn put(
     let t = visible(&state, &caller, &tenant).await?;
     validate_file_name(&file).map_err(Problem::bad_request)?;
     let agreement = state.agreements.get(&t);
-    let batch = agreement
+    let (agreement, batch) = agreement
         .as_ref()
-        .and_then(|a| a.batch.as_ref())
+        .and_then(|a| Some((a, a.batch.as_ref()?)))
         .ok_or_else(|| Problem::conflict(format!("tenant `{t}` has no batch ingestion in its agreement in force")))?;
-    // The quota is checked again at admission, with the file's real size; here an upload that says
-    // it would not fit is refused before a byte is written.
+    check_quota(&state, &t, agreement.disk_quota, &headers).await?;
+    let limit = ("max_file_size", batch.max_file_size);
+    let written = receive(&state, &t, &file, &headers, body, limit).await?;
+    let follow = format!("/v1/tenants/{t}/ingestions?file={}", urlencode(&file));
+    tracing::info!(tenant = %t, file, bytes = written.bytes, "staged over HTTP");
+    let (size_bytes, sha256, tenant) = (written.bytes, written.sha256, t.to_string());
+    let staged = Staged { tenant, file, size_bytes, sha256, ingestions: follow.clone() };
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, follow)], Json(staged)))
+}
+
+/// Refuses an upload that says (by its length) it would take the tenant over its disk quota: what
+/// the platform keeps of the tenant's (see `jobs::disk_usage`) plus what waits in its staging folder
+/// unclaimed. Checked again at admission with the file's real size.
+async fn check_quota(state: &ApiState, t: &TenantId, quota: ByteSize, headers: &HeaderMap) -> Result<(), Problem> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    let used = crate::store::jobs::disk_usage(&state.db, &t).await?;
-    if let Err(r) =
-        crate::agreement::limits::disk(agreement.as_ref().expect("checked above").disk_quota, used, declared)
-    {
-        return Err(Problem::new(StatusCode::INSUFFICIENT_STORAGE, "disk-quota", r.detail));
-    }
-    let dir = state.layout.staging_dir(&t);
+    let kept = crate::store::jobs::disk_usage(&state.db, t).await?;
+    let dir = state.layout.staging_dir(t);
+    let waiting = tokio::task::spawn_blocking(move || folder_bytes(&dir)).await.map_err(Problem::internal)?;
+    let used = kept.saturating_add(waiting.min(i64::MAX as u64) as i64);
+    crate::agreement::limits::disk(quota, used, declared)
+        .map_err(|r| Problem::new(StatusCode::INSUFFICIENT_STORAGE, "disk-quota", r.detail))
+}
+
+/// Bytes of the regular files directly in `dir` (files waiting to be claimed, uploads under way).
+fn folder_bytes(dir: &std::path::Path) -> u64 {
+    let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
+    entries.filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+}
+
+/// Writes the body under a hidden temporary name and renames it into place, never over a file of
+/// the same name still waiting there.
+async fn receive(
+    state: &ApiState,
+    t: &TenantId,
+    file: &str,
+    headers: &HeaderMap,
+    body: Body,
+    limit: (&str, ByteSize),
+) -> Result<upload::Written, Problem> {
+    let dir = state.layout.staging_dir(t);
     tokio::fs::create_dir_all(&dir).await?;
-    let target = dir.join(&file);
+    let target = dir.join(file);
     if tokio::fs::try_exists(&target).await? {
-        return Err(waiting(&file));
+        return Err(waiting(file));
     }
     let part = dir.join(format!(".{}.part", uuid::Uuid::new_v4()));
-    let written = upload::to_file(
-        &headers,
-        body,
-        &part,
-        ("max_file_size", batch.max_file_size),
-        "the file",
-        state.min_upload_rate,
-    )
-    .await?;
+    let written = upload::to_file(headers, body, &part, limit, "the file", state.min_upload_rate).await?;
     if let Err(e) = rename_no_replace(&part, &target) {
         let _ = tokio::fs::remove_file(&part).await;
-        return Err(if e.kind() == std::io::ErrorKind::AlreadyExists { waiting(&file) } else { e.into() });
+        return Err(if e.kind() == std::io::ErrorKind::AlreadyExists { waiting(file) } else { e.into() });
     }
-    let follow = format!("/v1/tenants/{t}/ingestions?file={}", urlencode(&file));
-    tracing::info!(tenant = %t, file, bytes = written.bytes, "staged over HTTP");
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, follow.clone())],
-        Json(Staged {
-            tenant: t.to_string(),
-            file,
-            size_bytes: written.bytes,
-            sha256: written.sha256,
-            ingestions: follow,
-        }),
-    ))
+    Ok(written)
 }
 
 /// `PUT .../staging/` with no name at all.
