@@ -188,6 +188,10 @@ struct Monitor {
     judge: Judge,
     /// When each running instance last reported (or was first seen running).
     last_seen: HashMap<Uuid, Instant>,
+    /// When the monitor last found the broker out of reach (a read failed, or it did not answer a
+    /// probe). No instance can report through a broker that is down, and its client takes a while to
+    /// reconnect once the broker is back: silence is counted from then.
+    broker_failed_at: Option<Instant>,
     /// Recent observations of each app's group, oldest first.
     history: HashMap<String, VecDeque<(chrono::DateTime<Utc>, lag::Observation)>>,
     /// What each member of each group last said it reads, and when.
@@ -417,7 +421,17 @@ impl Monitor {
         Ok(())
     }
 
-    /// Running instances that have not reported for three intervals: ask for their restart.
+    /// Whether the broker is out of reach now (remembered: see `broker_failed_at`).
+    async fn broker_down(&mut self) -> bool {
+        let down = crate::messaging::probe(&self.brokers, Duration::from_secs(1)).await.is_err();
+        if down {
+            self.broker_failed_at = Some(Instant::now());
+        }
+        down
+    }
+
+    /// Running instances that have not reported for three intervals, with the broker in reach all the
+    /// while: ask for their restart.
     async fn find_silent(&mut self) -> anyhow::Result<()> {
         let running: Vec<instances::Instance> =
             instances::wanted(&self.db).await?.into_iter().filter(|i| i.state == InstanceState::Running).collect();
@@ -437,8 +451,11 @@ impl Monitor {
                 let expected = now.checked_sub(ago).unwrap_or(now) + START_GRACE;
                 seen = seen.max(expected);
             }
+            if let Some(failed) = self.broker_failed_at {
+                seen = seen.max(failed + START_GRACE);
+            }
             let limit = stream.report_interval * SILENT_INTERVALS;
-            if now.duration_since(seen) > limit {
+            if now.duration_since(seen) > limit && !self.broker_down().await {
                 self.last_seen.insert(inst.id, now); // once per silent stretch
                 self.judge.forget(inst.id);
                 let silent = now.duration_since(seen).as_secs_f64();
@@ -485,6 +502,7 @@ pub async fn run(
         brokers: brokers.clone(),
         judge: Judge::default(),
         last_seen: HashMap::new(),
+        broker_failed_at: None,
         history: HashMap::new(),
         claims: HashMap::new(),
     };
@@ -509,6 +527,7 @@ pub async fn run(
                     }
                 }
                 Err(e) => {
+                    monitor.broker_failed_at = Some(Instant::now());
                     tracing::warn!(error = %e, "reading {METRICS_TOPIC} failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
