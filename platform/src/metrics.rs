@@ -127,12 +127,7 @@ impl Metrics {
         for (check, ok) in checks {
             self.dependency_up.get_or_create(&CheckLabels { check: (*check).to_owned() }).set(i64::from(*ok));
         }
-        let open: sqlx::Result<Vec<(String, JobState, i64)>> = sqlx::query_as(
-            "select tenant, state, count(*) from jobs
-             where state in ('detected', 'queued', 'running', 'retry_wait') group by 1, 2",
-        )
-        .fetch_all(db)
-        .await;
+        let open = crate::store::jobs::open_by_tenant(db).await;
         self.jobs_open.clear();
         match open {
             Ok(open) => {

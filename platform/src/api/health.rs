@@ -48,7 +48,7 @@ pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Readines
 
 /// Every readiness check, each within a second.
 async fn checks(state: &ApiState) -> Vec<Check> {
-    let store = match tokio::time::timeout(Duration::from_secs(1), sqlx::query("select 1").execute(&state.db)).await {
+    let store = match tokio::time::timeout(Duration::from_secs(1), crate::store::ping(&state.db)).await {
         Ok(Ok(_)) => Check { name: "platform_store".into(), ok: true, detail: "PostgreSQL answered".into() },
         Ok(Err(e)) => Check { name: "platform_store".into(), ok: false, detail: format!("PostgreSQL: {e}") },
         Err(_) => {

@@ -47,3 +47,8 @@ pub async fn get(db: &Db, tenant: &TenantId) -> sqlx::Result<Option<Credentials>
         .fetch_optional(db)
         .await
 }
+
+/// Every tenant ever provisioned (its history stays readable after its agreement is withdrawn).
+pub async fn provisioned_tenants(db: &Db) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("select tenant from tenant_coredms").fetch_all(db).await
+}

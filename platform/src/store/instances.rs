@@ -341,3 +341,47 @@ pub async fn members_released(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, id
         .await?;
     Ok(())
 }
+
+/// An instance's tenant, app and what is asked of it, read inside `tx`.
+pub async fn owner(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: Uuid,
+) -> sqlx::Result<Option<(String, String, Desired)>> {
+    sqlx::query_as("select tenant, app, desired from stream_instances where id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+/// Instances of the tenant's app that are wanted running, inside `tx`.
+pub async fn count_wanted_of(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: &TenantId,
+    app: &str,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar("select count(*) from stream_instances where tenant = $1 and app = $2 and desired = $3")
+        .bind(tenant.as_str())
+        .bind(app)
+        .bind(Desired::Running)
+        .fetch_one(&mut **tx)
+        .await
+}
+
+/// The app version and runtime a new instance of the app copies: those of instance `like` when it is
+/// one of the app's, else of the app's newest instance.
+pub async fn version_to_copy(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: &TenantId,
+    app: &str,
+    like: Option<Uuid>,
+) -> sqlx::Result<Option<(i32, String)>> {
+    sqlx::query_as(
+        "select app_version, runtime from stream_instances where tenant = $1 and app = $2
+         order by (id = $3) desc, created_at desc limit 1",
+    )
+    .bind(tenant.as_str())
+    .bind(app)
+    .bind(like)
+    .fetch_optional(&mut **tx)
+    .await
+}

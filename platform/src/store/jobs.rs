@@ -721,3 +721,36 @@ pub async fn requeue_interrupted(db: &Db, tenant: &TenantId, id: Uuid, fence: i6
     sqlx::query(&sql).bind(tenant.as_str()).bind(id).bind(why).bind(fence).execute(db).await?;
     Ok(())
 }
+
+/// The app's log of a job (bounded when it was kept), if it has one.
+pub async fn log(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Option<String>> {
+    let log: Option<Option<String>> = sqlx::query_scalar("select log from jobs where tenant = $1 and id = $2")
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    Ok(log.flatten())
+}
+
+/// A tenant's work in progress: jobs waiting (detected, queued, retry_wait) and running, and the
+/// names of its apps.
+pub async fn in_progress(db: &Db, tenant: &TenantId) -> sqlx::Result<(i64, i64, i64)> {
+    sqlx::query_as(
+        "select (select count(*) from jobs where tenant = $1 and state = any($2)),
+                (select count(*) from jobs where tenant = $1 and state = $3),
+                (select count(distinct name) from apps where tenant = $1)",
+    )
+    .bind(tenant.as_str())
+    .bind([JobState::Detected, JobState::Queued, JobState::RetryWait])
+    .bind(JobState::Running)
+    .fetch_one(db)
+    .await
+}
+
+/// Jobs not yet final, counted by tenant and state, across every tenant (the metrics' gauges).
+pub async fn open_by_tenant(db: &Db) -> sqlx::Result<Vec<(String, JobState, i64)>> {
+    sqlx::query_as("select tenant, state, count(*) from jobs where state = any($1) group by 1, 2")
+        .bind([JobState::Detected, JobState::Queued, JobState::Running, JobState::RetryWait])
+        .fetch_all(db)
+        .await
+}

@@ -6,6 +6,7 @@ pub mod apps;
 pub mod coredms;
 pub mod instances;
 pub mod jobs;
+pub mod leader;
 pub mod leases;
 pub mod retention;
 pub mod stats;
@@ -27,6 +28,11 @@ pub async fn connect(url: &str) -> anyhow::Result<Db> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to the platform store: {e}"))?;
     Ok(pool)
+}
+
+/// Whether the store answers a trivial query.
+pub async fn ping(db: &Db) -> sqlx::Result<()> {
+    sqlx::query("select 1").execute(db).await.map(drop)
 }
 
 pub async fn migrate(db: &Db) -> anyhow::Result<()> {

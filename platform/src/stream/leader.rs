@@ -16,10 +16,8 @@ use sqlx::{PgConnection, Postgres};
 use tokio_util::sync::CancellationToken;
 
 use crate::runtime::process::{alive, boot_id, start_ticks};
-use crate::store::Db;
+use crate::store::{self, Db};
 
-/// Key of the session lock that makes one process the manager.
-const MANAGER_LOCK: i64 = 0x6d79_7369_6d62_6470; // "mysimbdp"
 /// How long a check that the leader still holds the lock may take (it checks every second).
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a new leader waits for a previous one that may be alive: longer than that one takes to
@@ -32,9 +30,7 @@ pub async fn acquire(db: &Db, shutdown: &CancellationToken) -> anyhow::Result<Op
     let mut announced = false;
     loop {
         let mut conn: PoolConnection<Postgres> = db.acquire().await?;
-        let (got,): (bool,) =
-            sqlx::query_as("select pg_try_advisory_lock($1)").bind(MANAGER_LOCK).fetch_one(&mut *conn).await?;
-        if got {
+        if store::leader::try_lock(&mut conn).await? {
             return Ok(Some(conn.detach()));
         }
         drop(conn);
@@ -51,7 +47,7 @@ pub async fn acquire(db: &Db, shutdown: &CancellationToken) -> anyhow::Result<Op
 
 /// Whether the lock's session still answers (and so still holds the lock).
 pub async fn still_held(lock: &mut PgConnection) -> bool {
-    matches!(tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("select 1").execute(lock)).await, Ok(Ok(_)))
+    matches!(tokio::time::timeout(CHECK_TIMEOUT, store::leader::ping(lock)).await, Ok(Ok(())))
 }
 
 /// What a new leader must wait before starting instances: nothing when the previous leader was this
@@ -61,22 +57,13 @@ pub async fn take_over(lock: &mut PgConnection) -> anyhow::Result<Duration> {
     let boot_id = boot_id();
     let pid = std::process::id();
     let ticks = start_ticks(pid).unwrap_or_default();
-    let previous: Option<(String, i32, i64)> =
-        sqlx::query_as("select boot_id, pid, start_ticks from stream_leader").fetch_optional(&mut *lock).await?;
+    let previous = store::leader::last(lock).await?;
     let wait = match previous {
         None => Duration::ZERO,
         Some((boot, p, t)) if boot == boot_id && (p as u32 == pid && t == ticks) => Duration::ZERO,
         Some((boot, p, t)) if boot == boot_id && !alive(p as u32, t) => Duration::ZERO,
         Some(_) => HANDOVER,
     };
-    sqlx::query(
-        "insert into stream_leader (singleton, boot_id, pid, start_ticks, since) values (true, $1, $2, $3, now())
-         on conflict (singleton) do update set boot_id = $1, pid = $2, start_ticks = $3, since = now()",
-    )
-    .bind(&boot_id)
-    .bind(pid as i32)
-    .bind(ticks)
-    .execute(&mut *lock)
-    .await?;
+    store::leader::record(lock, &boot_id, pid as i32, ticks).await?;
     Ok(wait)
 }

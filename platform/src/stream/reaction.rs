@@ -221,12 +221,7 @@ async fn wanted_state(
     n: &Notification,
 ) -> anyhow::Result<Option<String>> {
     if let Some(id) = n.instance {
-        let row: Option<(String, String, Desired)> =
-            sqlx::query_as("select tenant, app, desired from stream_instances where id = $1")
-                .bind(id)
-                .fetch_optional(&mut **tx)
-                .await?;
-        match row {
+        match instances::owner(tx, id).await? {
             Some((t, a, desired)) if t == tenant.as_str() && a == n.app => {
                 if n.action == "restart" && desired != Desired::Running {
                     return Ok(Some(format!("instance {id} was stopped; a stop wins over any notification")));
@@ -235,12 +230,7 @@ async fn wanted_state(
             _ => return Ok(Some(format!("instance {id} is not an instance of `{}`", n.app))),
         }
     }
-    let (running,): (i64,) =
-        sqlx::query_as("select count(*) from stream_instances where tenant = $1 and app = $2 and desired = 'running'")
-            .bind(tenant.as_str())
-            .bind(&n.app)
-            .fetch_one(&mut **tx)
-            .await?;
+    let running = instances::count_wanted_of(tx, tenant, &n.app).await?;
     if running == 0 && n.action != "notify" {
         return Ok(Some(format!("`{}` was stopped by its tenant; a stop wins over any notification", n.app)));
     }
@@ -258,16 +248,7 @@ async fn scale_out(
         return Ok(("skipped", before, format!("already at the agreement's max_instances of {max}")));
     }
     // The new instance runs what the breaching one runs.
-    let version: Option<(i32, String)> = sqlx::query_as(
-        "select app_version, runtime from stream_instances where tenant = $1 and app = $2
-         order by (id = $3) desc, created_at desc limit 1",
-    )
-    .bind(tenant.as_str())
-    .bind(&n.app)
-    .bind(n.instance)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some((app_version, runtime)) = version else {
+    let Some((app_version, runtime)) = instances::version_to_copy(tx, tenant, &n.app, n.instance).await? else {
         return Ok(("skipped", before, format!("no instance of `{}` to copy", n.app)));
     };
     let cause = format!("scale_out: notification {}", n.id);
