@@ -5,10 +5,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 
-use super::auth::Caller;
 use super::extract::{Json, Path, Query};
 use super::problem::{Problem, TenantScoped};
-use super::tenants::visible;
+use super::scope::Scoped;
 use super::upload;
 use super::ApiState;
 use crate::apps::{AppError, AppKind, InstallRequest};
@@ -79,13 +78,11 @@ fn app_problem(e: AppError) -> Problem {
         (status = 422, body = Problem, content_type = "application/problem+json", description = "unsafe or invalid archive, app.yaml missing or invalid"), TenantScoped))]
 pub async fn upload(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
+    Scoped { tenant: t, .. }: Scoped,
     Query(params): Query<UploadParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<AppVersion>), Problem> {
-    let t = visible(&state, &caller, &tenant).await?;
     let agreement = state.agreements.get(&t).ok_or_else(|| {
         Problem::conflict(format!("tenant `{t}` has no service agreement in force; apps cannot be installed"))
     })?;
@@ -124,10 +121,8 @@ pub struct AppSummary {
     responses((status = 200, body = [AppSummary]), TenantScoped))]
 pub async fn list(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
+    Scoped { tenant: t, .. }: Scoped,
 ) -> Result<Json<Vec<AppSummary>>, Problem> {
-    let t = visible(&state, &caller, &tenant).await?;
     let mut out: Vec<AppSummary> = Vec::new();
     // Newest version first within each name.
     for a in crate::store::apps::list(&state.db, &t).await? {
@@ -145,18 +140,13 @@ pub async fn list(
     Ok(Json(out))
 }
 
-async fn versions(
-    state: &ApiState,
-    caller: &Caller,
-    tenant: &str,
-    app: &str,
-) -> Result<(crate::tenant::TenantId, Vec<App>), Problem> {
-    let t = visible(state, caller, tenant).await?;
-    let all: Vec<App> = crate::store::apps::list(&state.db, &t).await?.into_iter().filter(|a| a.name == app).collect();
+/// Every version of the tenant's app `app`, or 404.
+async fn versions(state: &ApiState, t: &crate::tenant::TenantId, app: &str) -> Result<Vec<App>, Problem> {
+    let all: Vec<App> = crate::store::apps::list(&state.db, t).await?.into_iter().filter(|a| a.name == app).collect();
     if all.is_empty() {
         return Err(Problem::not_found(format!("tenant `{t}` has no app `{app}`")));
     }
-    Ok((t, all))
+    Ok(all)
 }
 
 /// Every version of one app, newest first.
@@ -165,10 +155,10 @@ async fn versions(
     responses((status = 200, body = [AppVersion]), TenantScoped))]
 pub async fn show(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path((tenant, app)): Path<(String, String)>,
+    Scoped { tenant: t, .. }: Scoped,
+    Path((_, app)): Path<(String, String)>,
 ) -> Result<Json<Vec<AppVersion>>, Problem> {
-    let (_, all) = versions(&state, &caller, &tenant, &app).await?;
+    let all = versions(&state, &t, &app).await?;
     Ok(Json(all.into_iter().map(Into::into).collect()))
 }
 
@@ -179,10 +169,10 @@ pub async fn show(
         (status = 409, body = Problem, content_type = "application/problem+json", description = "jobs are using the app"), TenantScoped))]
 pub async fn delete(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path((tenant, app)): Path<(String, String)>,
+    Scoped { tenant: t, .. }: Scoped,
+    Path((_, app)): Path<(String, String)>,
 ) -> Result<StatusCode, Problem> {
-    let (t, _) = versions(&state, &caller, &tenant, &app).await?;
+    versions(&state, &t, &app).await?;
     match state.apps.delete(&t, &app).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
         Err(crate::apps::DeleteError::InUse(n)) => Err(Problem::conflict(format!(

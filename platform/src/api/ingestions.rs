@@ -7,14 +7,12 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::auth::Caller;
-use super::extract::{Json, Path, Query};
+use super::extract::{Json, Query};
 use super::problem::{Problem, TenantScoped};
-use super::tenants::{owned, visible};
+use super::scope::{Owned, Scoped};
 use super::ApiState;
 use crate::batch::retry::RetryFailure;
 use crate::store::jobs::{self, JobEvent, JobState, JobSummary, ListFilter, PageKey};
-use crate::tenant::TenantId;
 
 pub const DEFAULT_PAGE: u32 = 100;
 pub const MAX_PAGE: u32 = 1000;
@@ -62,11 +60,9 @@ fn decode_cursor(s: &str) -> Option<PageKey> {
     responses((status = 200, body = JobPage), (status = 400, body = Problem, content_type = "application/problem+json"), TenantScoped))]
 pub async fn list(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
+    Scoped { tenant: t, .. }: Scoped,
     Query(p): Query<ListParams>,
 ) -> Result<axum::response::Response, Problem> {
-    let t = visible(&state, &caller, &tenant).await?;
     let limit = super::extract::limit(p.limit, DEFAULT_PAGE, MAX_PAGE)? as u32;
     if let (Some(since), Some(until)) = (p.since, p.until) {
         if since > until {
@@ -123,20 +119,14 @@ pub struct JobDetail {
     pub events: Vec<JobEvent>,
 }
 
-async fn job(state: &ApiState, caller: &Caller, tenant: &str, id: &str) -> Result<(TenantId, JobSummary), Problem> {
-    owned(state, caller, tenant, id, "ingestion", |t, id| async move { jobs::summary(&state.db, &t, id).await }).await
-}
-
 /// One ingestion with its history.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/ingestions/{id}", tag = "ingestions", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant id"), ("id" = String, Path, description = "job id")),
     responses((status = 200, body = JobDetail), TenantScoped))]
 pub async fn show(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path((tenant, id)): Path<(String, String)>,
+    Owned { tenant: t, record: job }: Owned<JobSummary>,
 ) -> Result<Json<JobDetail>, Problem> {
-    let (t, job) = job(&state, &caller, &tenant, &id).await?;
     let events = jobs::events(&state.db, &t, job.id).await?;
     Ok(Json(JobDetail { job, events }))
 }
@@ -148,15 +138,9 @@ pub async fn show(
     responses((status = 200, body = String, content_type = "text/plain"), TenantScoped))]
 pub async fn log(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path((tenant, id)): Path<(String, String)>,
+    Owned { tenant: t, record: job }: Owned<JobSummary>,
 ) -> Result<([(header::HeaderName, &'static str); 1], String), Problem> {
-    let (t, job) = job(&state, &caller, &tenant, &id).await?;
-    let log: Option<String> = sqlx::query_scalar("select log from jobs where tenant = $1 and id = $2")
-        .bind(t.as_str())
-        .bind(job.id)
-        .fetch_one(&state.db)
-        .await?;
+    let log = jobs::log(&state.db, &t, job.id).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], log.unwrap_or_default()))
 }
 
@@ -179,12 +163,10 @@ pub struct RetryRequest {
         (status = 422, body = Problem, content_type = "application/problem+json"), TenantScoped))]
 pub async fn retry(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path((tenant, id)): Path<(String, String)>,
+    Owned { tenant: t, record: summary }: Owned<JobSummary>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<JobSummary>), Problem> {
-    let (t, summary) = job(&state, &caller, &tenant, &id).await?;
     let request: RetryRequest = super::extract::optional_json(&headers, body).await?;
     let full = jobs::get(&state.db, &t, summary.id).await?.ok_or_else(|| Problem::not_found("the job went away"))?;
     let agreement = state.agreements.get(&t);

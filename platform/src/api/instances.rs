@@ -4,15 +4,13 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 
-use super::auth::Caller;
 use super::extract::{Json, Path, Query};
 use super::problem::{Problem, TenantScoped};
-use super::tenants::{owned, visible};
+use super::scope::{Owned, Scoped};
 use super::ApiState;
 use crate::domain::InstanceState;
 use crate::runtime::log::RotatingLog;
 use crate::store::instances::{self, Instance, NewInstances, StartError};
-use crate::tenant::TenantId;
 
 #[derive(Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -36,12 +34,11 @@ pub struct StartRequest {
         (status = 422, body = Problem, content_type = "application/problem+json", description = "not a stream app, or a bad count"), TenantScoped))]
 pub async fn start(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path((tenant, app)): Path<(String, String)>,
+    Scoped { tenant: t, .. }: Scoped,
+    Path((_, app)): Path<(String, String)>,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Vec<Instance>>), Problem> {
-    let t = visible(&state, &caller, &tenant).await?;
     let request: StartRequest = super::extract::optional_json(&headers, body).await?;
     let agreement =
         state.agreements.get(&t).ok_or_else(|| Problem::conflict(format!("tenant `{t}` has no agreement in force")))?;
@@ -105,29 +102,19 @@ pub struct ListParams {
     responses((status = 200, body = Vec<Instance>), (status = 400, body = Problem, content_type = "application/problem+json"), TenantScoped))]
 pub async fn list(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
+    Scoped { tenant: t, .. }: Scoped,
     Query(params): Query<ListParams>,
 ) -> Result<Json<Vec<Instance>>, Problem> {
-    let t = visible(&state, &caller, &tenant).await?;
     let limit = super::extract::limit(params.limit, 100, 1000)?;
     Ok(Json(instances::list(&state.db, &t, params.app.as_deref(), params.state, limit).await?))
-}
-
-async fn instance(state: &ApiState, caller: &Caller, tenant: &str, id: &str) -> Result<(TenantId, Instance), Problem> {
-    owned(state, caller, tenant, id, "instance", |t, id| async move { instances::get(&state.db, &t, id).await }).await
 }
 
 /// One instance.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/instances/{id}", tag = "instances", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant id"), ("id" = String, Path, description = "instance id")),
     responses((status = 200, body = Instance), TenantScoped))]
-pub async fn show(
-    State(state): State<ApiState>,
-    caller: Caller,
-    Path((tenant, id)): Path<(String, String)>,
-) -> Result<Json<Instance>, Problem> {
-    Ok(Json(instance(&state, &caller, &tenant, &id).await?.1))
+pub async fn show(Owned { record, .. }: Owned<Instance>) -> Result<Json<Instance>, Problem> {
+    Ok(Json(record))
 }
 
 /// Stops an instance: SIGTERM, then SIGKILL after the agreement's `stop_grace`. Answers at once
@@ -137,10 +124,8 @@ pub async fn show(
     responses((status = 202, body = Instance), TenantScoped))]
 pub async fn stop(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path((tenant, id)): Path<(String, String)>,
+    Owned { tenant: t, record: inst }: Owned<Instance>,
 ) -> Result<(StatusCode, Json<Instance>), Problem> {
-    let (t, inst) = instance(&state, &caller, &tenant, &id).await?;
     let changed = instances::request_stop(&state.db, &t, Some(inst.id), None).await?;
     Ok((StatusCode::ACCEPTED, Json(changed.into_iter().next().unwrap_or(inst))))
 }
@@ -151,10 +136,9 @@ pub async fn stop(
     responses((status = 202, body = Vec<Instance>), TenantScoped))]
 pub async fn stop_app(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path((tenant, app)): Path<(String, String)>,
+    Scoped { tenant: t, .. }: Scoped,
+    Path((_, app)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<Vec<Instance>>), Problem> {
-    let t = visible(&state, &caller, &tenant).await?;
     Ok((StatusCode::ACCEPTED, Json(instances::request_stop(&state.db, &t, None, Some(&app)).await?)))
 }
 
@@ -165,10 +149,8 @@ pub async fn stop_app(
     responses((status = 200, body = String, content_type = "text/plain"), TenantScoped))]
 pub async fn log(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path((tenant, id)): Path<(String, String)>,
+    Owned { tenant: t, record: inst }: Owned<Instance>,
 ) -> Result<([(header::HeaderName, &'static str); 1], String), Problem> {
-    let (t, inst) = instance(&state, &caller, &tenant, &id).await?;
     let path = crate::stream::instance_dir(&state.layout.data, &t, inst.id).join("log");
     // Up to a MiB read from disk: off the runtime's workers, which serve every other request.
     let text = tokio::task::spawn_blocking(move || RotatingLog::tail(&path, crate::stream::supervisor::LOG_LIMIT))

@@ -16,6 +16,7 @@ pub mod instances;
 pub mod openapi;
 pub mod page_cache;
 pub mod problem;
+pub mod scope;
 pub mod staging;
 pub mod stats;
 pub mod stream;

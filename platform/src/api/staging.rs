@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use super::auth::Caller;
 use super::extract::{Json, Path};
 use super::problem::{Problem, TenantScoped};
-use super::tenants::visible;
+use super::scope::Scoped;
 use super::upload;
 use super::ApiState;
 use crate::batch::names;
@@ -52,12 +52,11 @@ pub struct Staged {
         (status = 507, body = Problem, content_type = "application/problem+json", description = "over the tenant's disk_quota"), TenantScoped))]
 pub async fn put(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path((tenant, file)): Path<(String, String)>,
+    Scoped { tenant: t, .. }: Scoped,
+    Path((_, file)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, [(header::HeaderName, String); 1], Json<Staged>), Problem> {
-    let t = visible(&state, &caller, &tenant).await?;
     validate_file_name(&file).map_err(Problem::bad_request)?;
     let agreement = state.agreements.get(&t);
     let (agreement, batch) = agreement
@@ -166,10 +165,8 @@ pub struct StagedFile {
     responses((status = 200, body = [StagedFile]), TenantScoped))]
 pub async fn list(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
+    Scoped { tenant: t, .. }: Scoped,
 ) -> Result<Json<Vec<StagedFile>>, Problem> {
-    let t = visible(&state, &caller, &tenant).await?;
     let dir = state.layout.staging_dir(&t);
     let mut out = Vec::new();
     let mut entries = match tokio::fs::read_dir(&dir).await {

@@ -6,9 +6,9 @@ use axum::extract::State;
 use chrono::{DateTime, Duration, Utc};
 
 use super::auth::Caller;
-use super::extract::{Json, Path, Query};
+use super::extract::{Json, Query};
 use super::problem::{Problem, TenantScoped};
-use super::tenants::visible;
+use super::scope::Scoped;
 use super::ApiState;
 use crate::store::stats::{self, DayStats, ReasonCount};
 use crate::tenant::TenantId;
@@ -71,11 +71,9 @@ async fn compute(state: &ApiState, tenant: Option<&TenantId>, p: &StatsParams) -
     responses((status = 200, body = Stats), (status = 400, body = Problem, content_type = "application/problem+json"), TenantScoped))]
 pub async fn tenant(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
+    Scoped { tenant: t, .. }: Scoped,
     Query(p): Query<StatsParams>,
 ) -> Result<Json<Stats>, Problem> {
-    let t = visible(&state, &caller, &tenant).await?;
     Ok(Json(compute(&state, Some(&t), &p).await?))
 }
 

@@ -7,10 +7,9 @@ use axum::extract::State;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::auth::Caller;
-use super::extract::{Json, Path, Query};
+use super::extract::{Json, Query};
 use super::problem::{Problem, TenantScoped};
-use super::tenants::visible;
+use super::scope::Scoped;
 use super::ApiState;
 use crate::store::stream::{self as stream_store, Action, DroppedCount, Notification, ReportFilter, StoredReport};
 
@@ -43,11 +42,9 @@ pub struct Reports {
     responses((status = 200, body = Reports), (status = 400, body = Problem, content_type = "application/problem+json"), TenantScoped))]
 pub async fn reports(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
+    Scoped { tenant: t, .. }: Scoped,
     Query(p): Query<ReportParams>,
 ) -> Result<Json<Reports>, Problem> {
-    let t = visible(&state, &caller, &tenant).await?;
     let limit = super::extract::limit(p.limit, 100, 1000)?;
     let filter = ReportFilter { app: p.app.as_deref(), instance: p.instance, since: p.since, limit };
     let items = stream_store::reports(&state.db, &t, &filter).await?;
@@ -72,11 +69,9 @@ pub struct SinceParams {
     responses((status = 200, body = Vec<Notification>), (status = 400, body = Problem, content_type = "application/problem+json"), TenantScoped))]
 pub async fn notifications(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
+    Scoped { tenant: t, .. }: Scoped,
     Query(p): Query<SinceParams>,
 ) -> Result<Json<Vec<Notification>>, Problem> {
-    let t = visible(&state, &caller, &tenant).await?;
     let limit = super::extract::limit(p.limit, 100, 1000)?;
     Ok(Json(stream_store::notifications(&state.db, &t, p.since, limit).await?))
 }
@@ -87,11 +82,9 @@ pub async fn notifications(
     responses((status = 200, body = Vec<Action>), (status = 400, body = Problem, content_type = "application/problem+json"), TenantScoped))]
 pub async fn actions(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
+    Scoped { tenant: t, .. }: Scoped,
     Query(p): Query<SinceParams>,
 ) -> Result<Json<Vec<Action>>, Problem> {
-    let t = visible(&state, &caller, &tenant).await?;
     let limit = super::extract::limit(p.limit, 100, 1000)?;
     Ok(Json(stream_store::actions(&state.db, &t, p.since, limit).await?))
 }

@@ -4,42 +4,11 @@
 use axum::extract::State;
 
 use super::auth::{Caller, Role};
-use super::extract::{Json, Path};
+use super::extract::Json;
 use super::problem::{Problem, TenantScoped};
+use super::scope::Scoped;
 use super::ApiState;
 use crate::tenant::TenantId;
-use uuid::Uuid;
-
-/// A tenant the caller may see and that exists: it has an agreement in force or has been provisioned
-/// (so its history stays readable after its agreement is withdrawn). Anything else is not found.
-pub async fn visible(state: &ApiState, caller: &Caller, tenant: &str) -> Result<TenantId, Problem> {
-    let t = caller.scope(tenant)?;
-    if state.agreements.get(&t).is_some() || crate::store::coredms::get(&state.db, &t).await?.is_some() {
-        Ok(t)
-    } else {
-        Err(Problem::not_found(format!("there is no tenant `{tenant}`")))
-    }
-}
-
-/// A record of a visible tenant by the id in its path (`what` names its kind, as in "instance"), or
-/// 404 naming it; an id that is no UUID names nothing either. `find` looks it up among the tenant's.
-pub async fn owned<T, Fut>(
-    state: &ApiState,
-    caller: &Caller,
-    tenant: &str,
-    id: &str,
-    what: &str,
-    find: impl FnOnce(TenantId, Uuid) -> Fut,
-) -> Result<(TenantId, T), Problem>
-where
-    Fut: std::future::Future<Output = sqlx::Result<Option<T>>>,
-{
-    let t = visible(state, caller, tenant).await?;
-    let missing = || Problem::not_found(format!("tenant `{t}` has no {what} `{id}`"));
-    let uuid = Uuid::parse_str(id).map_err(|_| missing())?;
-    let found = find(t.clone(), uuid).await?.ok_or_else(missing)?;
-    Ok((t, found))
-}
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct WhoAmI {
@@ -74,7 +43,7 @@ pub struct TenantSummary {
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("bearer" = [])),
     responses((status = 200, body = [TenantSummary]), (status = 401, body = Problem, content_type = "application/problem+json")))]
 pub async fn list(State(state): State<ApiState>, caller: Caller) -> Result<Json<Vec<TenantSummary>>, Problem> {
-    let mut names: Vec<String> = sqlx::query_scalar("select tenant from tenant_coredms").fetch_all(&state.db).await?;
+    let mut names = crate::store::coredms::provisioned_tenants(&state.db).await?;
     names.extend(state.agreements.current().in_force.keys().map(|t| t.to_string()));
     names.sort();
     names.dedup();
@@ -128,21 +97,12 @@ pub struct TenantDetail {
     responses((status = 200, body = TenantDetail), TenantScoped))]
 pub async fn show(
     State(state): State<ApiState>,
-    caller: Caller,
-    Path(tenant): Path<String>,
+    Scoped { tenant: t, .. }: Scoped,
 ) -> Result<Json<TenantDetail>, Problem> {
-    let t = visible(&state, &caller, &tenant).await?;
     let snapshot = state.agreements.current();
     let (a, agreement_errors) = (snapshot.get(&t).cloned(), snapshot.errors_of(&t));
     let used = crate::store::jobs::usage(&state.db, &t).await?;
-    let (queued, running, apps): (i64, i64, i64) = sqlx::query_as(
-        "select (select count(*) from jobs where tenant = $1 and state in ('detected', 'queued', 'retry_wait')),
-                (select count(*) from jobs where tenant = $1 and state = 'running'),
-                (select count(distinct name) from apps where tenant = $1)",
-    )
-    .bind(t.as_str())
-    .fetch_one(&state.db)
-    .await?;
+    let (queued, running, apps) = crate::store::jobs::in_progress(&state.db, &t).await?;
     let batch = a.as_ref().and_then(|a| a.batch.as_ref());
     let usage = Usage {
         files_last_hour: used.files_last_hour,
