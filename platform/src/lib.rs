@@ -45,168 +45,282 @@ const API_DRAIN: Duration = Duration::from_secs(10);
 /// Runs the platform until `shutdown` is cancelled, then stops intake, lets running apps stop (they
 /// get SIGTERM and their jobs are requeued for the next start) and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let config = config.absolute()?;
-    let db = store::connect(&config.database_url).await?;
-    store::migrate(&db).await?;
-    store::lock_down(&db).await;
-    let coredms = coredms::CoreDms::connect(&config.coredms_url).await?;
-    let agreements =
-        agreement::registry::Agreements::watch(config.tenants_dir.clone(), Duration::from_secs(2), shutdown.clone())?;
-    let layout = batch::layout::Layout { staging: config.staging_dir.clone(), data: config.data_dir.clone() };
-    let metrics = Arc::new(metrics::Metrics::default());
+    Platform::build(config, shutdown).await?.run_until_stopped().await
+}
 
-    let api = match &config.api {
-        Some(api) => {
-            let registry = apps::Registry::new(db.clone(), &config.data_dir)?;
-            registry.clean_incoming()?;
-            let state = api::ApiState {
-                db: db.clone(),
-                agreements: agreements.clone(),
-                apps: Arc::new(registry),
-                layout: layout.clone(),
-                keys: api::Keys::new(&api.jwt_secret)?,
-                metrics: metrics.clone(),
-                pages: Arc::new(api::page_cache::PageCache::new(api.page_cache)),
-                min_upload_rate: api.min_upload_rate,
-                kafka_brokers: config.kafka_brokers.clone(),
-            };
-            let listener = tokio::net::TcpListener::bind(api.listen)
-                .await
-                .map_err(|e| anyhow::anyhow!("binding the API to {}: {e}", api.listen))?;
-            // Where the API really listens (a port of 0 picks a free one), for scripts and tests.
-            std::fs::write(config.data_dir.join("api.addr"), listener.local_addr()?.to_string())?;
-            let shutdown = shutdown.clone();
-            Some(tokio::spawn(async move { api::serve(listener, state, shutdown).await }))
+/// A role's task: a role that stops with an error (or panics) stops the platform, the API included:
+/// a platform missing a role is not healthy, and its supervisor should restart it.
+fn role(name: &'static str, shutdown: CancellationToken, task: BoxFuture) -> Role {
+    tokio::spawn(async move {
+        // Cancels the platform unless the role ends well; dropped also when the role panics.
+        let mut stop = StopUnlessDisarmed(Some(shutdown));
+        let result = task.await;
+        match &result {
+            Ok(()) => stop.0 = None,
+            Err(e) => tracing::error!(role = name, error = %e, "a role stopped with an error; stopping the platform"),
         }
-        None => None,
-    };
+        result
+    })
+}
 
-    let needs_tenants = config.batch_role || config.stream_role;
-    let brokers = config.kafka_brokers.clone();
-    if (config.stream_role || config.monitor_role) && brokers.is_none() {
-        anyhow::bail!(
-            "the stream and monitor roles need the Kafka-API broker (--kafka-brokers / MYSIMBDP_KAFKA_BROKERS)"
-        );
+struct StopUnlessDisarmed(Option<CancellationToken>);
+
+impl Drop for StopUnlessDisarmed {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.0.take() {
+            shutdown.cancel();
+        }
     }
-    let sandbox = match (&config.sandbox, needs_tenants) {
-        (Some(settings), true) => {
-            let sandbox = runtime::sandbox::Sandbox::start(settings, &config.data_dir)?;
-            tracing::info!(sandbox = %sandbox.describe(), "tenants' programs run confined");
-            Some(Arc::new(sandbox))
+}
+
+type Role = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// The platform built from its configuration: connected to its store and coredms, its agreements
+/// loaded, its API bound (so its address is known before anything runs), ready to run its roles.
+pub struct Platform {
+    config: Config,
+    shutdown: CancellationToken,
+    db: store::Db,
+    agreements: agreement::registry::Agreements,
+    layout: batch::layout::Layout,
+    metrics: Arc<metrics::Metrics>,
+    tenants: Arc<tenants::Tenants>,
+    sandbox: Option<Arc<runtime::sandbox::Sandbox>>,
+    api: Option<(tokio::net::TcpListener, api::ApiState)>,
+}
+
+impl Platform {
+    pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let config = config.absolute()?;
+        let needs_tenants = config.batch_role || config.stream_role;
+        if (config.stream_role || config.monitor_role) && config.kafka_brokers.is_none() {
+            anyhow::bail!(
+                "the stream and monitor roles need the Kafka-API broker (--kafka-brokers / MYSIMBDP_KAFKA_BROKERS)"
+            );
         }
-        (None, true) => {
-            tracing::warn!("--sandbox off: tenants' programs run as the platform's own user and can read its files and keys; for development only");
-            None
-        }
-        (_, false) => None,
-    };
-    let uid_base = config.sandbox.as_ref().map_or(runtime::sandbox::DEFAULT_UID_BASE, |s| s.uid_base);
-    let tenants = Arc::new(tenants::Tenants::new(db.clone(), coredms, config.staging_dir.clone(), uid_base));
-    let mut background = Vec::new();
-    // A role that stops with an error stops the platform: a platform missing a role is not healthy.
-    let role = |name: &'static str, shutdown: CancellationToken, task: BoxFuture| {
-        tokio::spawn(async move {
-            let result = task.await;
-            if let Err(e) = &result {
-                tracing::error!(role = name, error = %e, "a role stopped with an error; stopping the platform");
-                shutdown.cancel();
+        let db = store::connect(&config.database_url).await?;
+        store::migrate(&db).await?;
+        store::lock_down(&db).await;
+        let coredms = coredms::CoreDms::connect(&config.coredms_url).await?;
+        let agreements = agreement::registry::Agreements::watch(
+            config.tenants_dir.clone(),
+            Duration::from_secs(2),
+            shutdown.clone(),
+        )?;
+        let layout = batch::layout::Layout { staging: config.staging_dir.clone(), data: config.data_dir.clone() };
+        let metrics = Arc::new(metrics::Metrics::default());
+        let sandbox = match (&config.sandbox, needs_tenants) {
+            (Some(settings), true) => {
+                let sandbox = runtime::sandbox::Sandbox::start(settings, &config.data_dir)?;
+                tracing::info!(sandbox = %sandbox.describe(), "tenants' programs run confined");
+                Some(Arc::new(sandbox))
             }
-            result
-        })
-    };
-    if needs_tenants {
-        let (t, a, s) = (tenants.clone(), agreements.clone(), shutdown.clone());
-        background.push(tokio::spawn(async move {
-            t.reconcile(a, s).await;
-            Ok(())
-        }));
-        if let Some(brokers) = &brokers {
-            let topics = messaging::topics::Topics::new(brokers)?;
-            let (agreements, shutdown) = (agreements.clone(), shutdown.clone());
-            background.push(tokio::spawn(async move {
-                topics.reconcile(agreements, shutdown).await;
-                Ok(())
-            }));
+            (None, true) => {
+                tracing::warn!("--sandbox off: tenants' programs run as the platform's own user and can read its files and keys; for development only");
+                None
+            }
+            (_, false) => None,
+        };
+        let uid_base = config.sandbox.as_ref().map_or(runtime::sandbox::DEFAULT_UID_BASE, |s| s.uid_base);
+        let tenants = Arc::new(tenants::Tenants::new(db.clone(), coredms, config.staging_dir.clone(), uid_base));
+        let mut platform = Platform { config, shutdown, db, agreements, layout, metrics, tenants, sandbox, api: None };
+        platform.api = platform.bind_api().await?;
+        Ok(platform)
+    }
+
+    /// Where the API listens, if this process serves it (a configured port of 0 picks a free one).
+    pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
+        self.api.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
+    async fn bind_api(&self) -> anyhow::Result<Option<(tokio::net::TcpListener, api::ApiState)>> {
+        let Some(api) = &self.config.api else { return Ok(None) };
+        let registry = apps::Registry::new(self.db.clone(), &self.config.data_dir)?;
+        registry.clean_incoming()?;
+        let state = api::ApiState {
+            db: self.db.clone(),
+            agreements: self.agreements.clone(),
+            apps: Arc::new(registry),
+            layout: self.layout.clone(),
+            keys: api::Keys::new(&api.jwt_secret)?,
+            metrics: self.metrics.clone(),
+            pages: Arc::new(api::page_cache::PageCache::new(api.page_cache)),
+            min_upload_rate: api.min_upload_rate,
+            kafka_brokers: self.config.kafka_brokers.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind(api.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding the API to {}: {e}", api.listen))?;
+        // Where the API really listens, for scripts and the CLI on this machine.
+        std::fs::write(self.config.data_dir.join("api.addr"), listener.local_addr()?.to_string())?;
+        Ok(Some((listener, state)))
+    }
+
+    /// Runs every role of this process until shutdown, or until one of them fails.
+    pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
+        let shutdown = self.shutdown.clone();
+        let api = self.api.take().map(|(listener, state)| {
+            let serve = api::serve(listener, state, shutdown.clone());
+            role(
+                "api",
+                shutdown.clone(),
+                Box::pin(async move { serve.await.map_err(|e| anyhow::anyhow!("serving the API: {e}")) }),
+            )
+        });
+        let mut roles = self.start_services().await?;
+        if self.config.stream_role {
+            roles.push(self.start_stream().await?);
         }
-    }
-    if let (Some(keep), true) = (config.retention, needs_tenants) {
-        let (db, data, shutdown) = (db.clone(), config.data_dir.clone(), shutdown.clone());
-        background.push(tokio::spawn(async move {
-            janitor::run(db, data, keep, shutdown).await;
+        if self.config.monitor_role {
+            let brokers = self.config.kafka_brokers.clone().expect("checked at build");
+            let monitor = monitor::run(
+                self.db.clone(),
+                self.agreements.clone(),
+                brokers,
+                self.config.cluster.clone(),
+                shutdown.clone(),
+            );
+            roles.push(role("monitor", shutdown.clone(), Box::pin(monitor)));
+        }
+        let db = self.db.clone();
+        let mut result = if self.config.batch_role {
+            let services = batch::Services {
+                db: self.db.clone(),
+                layout: self.layout,
+                agreements: self.agreements,
+                tenants: self.tenants,
+                metrics: self.metrics,
+                sandbox: self.sandbox,
+            };
+            batch::run(services, self.config.batch.clone(), shutdown.clone()).await
+        } else {
+            shutdown.cancelled().await;
             Ok(())
-        }));
+        };
+        shutdown.cancel();
+        for task in roles {
+            match task.await {
+                Ok(Err(e)) if result.is_ok() => result = Err(e),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "a role's task failed"),
+            }
+        }
+        if let Some(api) = api {
+            let api_result = drain(api).await;
+            if result.is_ok() {
+                result = api_result;
+            }
+        }
+        db.close().await;
+        result
     }
-    if config.stream_role {
-        let brokers = brokers.clone().expect("checked above");
+
+    /// What the batch and stream roles both need running: tenants provisioned and their topics
+    /// created as agreements come and go, and the janitor.
+    async fn start_services(&self) -> anyhow::Result<Vec<Role>> {
+        let mut roles = Vec::new();
+        if !(self.config.batch_role || self.config.stream_role) {
+            return Ok(roles);
+        }
+        let shutdown = self.shutdown.clone();
+        let (t, a, s) = (self.tenants.clone(), self.agreements.clone(), shutdown.clone());
+        roles.push(role(
+            "tenants",
+            shutdown.clone(),
+            Box::pin(async move {
+                t.reconcile(a, s).await;
+                Ok(())
+            }),
+        ));
+        if let Some(brokers) = &self.config.kafka_brokers {
+            let topics = messaging::topics::Topics::new(brokers)?;
+            let (a, s) = (self.agreements.clone(), shutdown.clone());
+            roles.push(role(
+                "topics",
+                shutdown.clone(),
+                Box::pin(async move {
+                    topics.reconcile(a, s).await;
+                    Ok(())
+                }),
+            ));
+        }
+        if let Some(keep) = self.config.retention {
+            let (db, data, s) = (self.db.clone(), self.config.data_dir.clone(), shutdown.clone());
+            roles.push(role(
+                "janitor",
+                shutdown.clone(),
+                Box::pin(async move {
+                    janitor::run(db, data, keep, s).await;
+                    Ok(())
+                }),
+            ));
+        }
+        Ok(roles)
+    }
+
+    async fn start_stream(&self) -> anyhow::Result<Role> {
+        let brokers = self.config.kafka_brokers.clone().expect("checked at build");
+        let uid_base = self.config.sandbox.as_ref().map_or(runtime::sandbox::DEFAULT_UID_BASE, |s| s.uid_base);
         // Confined programs reach the broker only through the gateway, which keeps each tenant to its
         // own topics and groups; unconfined ones (`--sandbox off`) run as the platform's own user,
         // which no gateway can tell apart, and are given the broker itself.
-        let app_brokers = if sandbox.is_some() {
+        let app_brokers = if self.sandbox.is_some() {
             messaging::gateway::firewall::protect(&brokers, uid_base).map_err(|e| {
                 anyhow::anyhow!("broker isolation: {e} (run with --sandbox off to start without isolation)")
             })?;
-            let gateway = messaging::gateway::start(db.clone(), brokers.clone(), shutdown.clone()).await?.address;
+            let gateway =
+                messaging::gateway::start(self.db.clone(), brokers.clone(), self.shutdown.clone()).await?.address;
             // For operators and the benchmark: where tenants' programs reach the broker.
-            std::fs::write(config.data_dir.join("broker-gateway.addr"), &gateway)?;
+            std::fs::write(self.config.data_dir.join("broker-gateway.addr"), &gateway)?;
             gateway
         } else {
             brokers.clone()
         };
         let ctx = stream::StreamCtx {
-            db: db.clone(),
-            agreements: agreements.clone(),
-            tenants: tenants.clone(),
-            data_dir: config.data_dir.clone(),
+            db: self.db.clone(),
+            agreements: self.agreements.clone(),
+            tenants: self.tenants.clone(),
+            data_dir: self.config.data_dir.clone(),
             brokers,
             app_brokers,
-            containers: config.container_socket.clone().map(|socket| runtime::container::Containers { socket }),
-            cluster: config.cluster.clone(),
-            sandbox: sandbox.clone(),
+            containers: self.config.container_socket.clone().map(|socket| runtime::container::Containers { socket }),
+            cluster: self.config.cluster.clone(),
+            sandbox: self.sandbox.clone(),
         };
-        background.push(role("stream", shutdown.clone(), Box::pin(stream::run(ctx, shutdown.clone()))));
+        Ok(role("stream", self.shutdown.clone(), Box::pin(stream::run(ctx, self.shutdown.clone()))))
     }
-    if config.monitor_role {
-        let monitor = monitor::run(
-            db.clone(),
-            agreements.clone(),
-            brokers.clone().expect("checked above"),
-            config.cluster.clone(),
-            shutdown.clone(),
-        );
-        background.push(role("monitor", shutdown.clone(), Box::pin(monitor)));
-    }
-    let mut result = if config.batch_role {
-        let services = batch::Services { db: db.clone(), layout, agreements, tenants, metrics, sandbox };
-        batch::run(services, config.batch.clone(), shutdown.clone()).await
-    } else {
-        shutdown.cancelled().await;
-        Ok(())
-    };
-    shutdown.cancel();
-    for task in background {
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                if result.is_ok() {
-                    result = Err(e);
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "a role's task failed"),
+}
+
+/// Waits for the API to finish the requests in flight after shutdown, for `API_DRAIN` at most: a
+/// client that never stops uploading must not keep the platform from stopping.
+async fn drain(mut api: Role) -> anyhow::Result<()> {
+    match tokio::time::timeout(API_DRAIN, &mut api).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(anyhow::anyhow!("the API task failed: {e}")),
+        Err(_) => {
+            tracing::warn!(seconds = API_DRAIN.as_secs(), "API requests still running after shutdown; cut off");
+            api.abort();
+            Ok(())
         }
     }
-    if let Some(mut api) = api {
-        // Requests in flight may finish, but a client that never stops uploading must not keep the
-        // platform from stopping.
-        match tokio::time::timeout(API_DRAIN, &mut api).await {
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "the API stopped with an error"),
-            Ok(Err(e)) => tracing::error!(error = %e, "the API task failed"),
-            Ok(Ok(Ok(()))) => {}
-            Err(_) => {
-                tracing::warn!(seconds = API_DRAIN.as_secs(), "API requests still running after shutdown; cut off");
-                api.abort();
-            }
-        }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_role_that_fails_or_panics_stops_the_platform() {
+        let shutdown = CancellationToken::new();
+        role("fine", shutdown.clone(), Box::pin(async { Ok(()) })).await.unwrap().unwrap();
+        assert!(!shutdown.is_cancelled(), "a role that ends well stops nothing");
+        let failed = role("broken", shutdown.clone(), Box::pin(async { anyhow::bail!("cannot serve") })).await;
+        assert!(failed.unwrap().is_err());
+        assert!(shutdown.is_cancelled());
+
+        let shutdown = CancellationToken::new();
+        let panicked = role("panics", shutdown.clone(), Box::pin(async { panic!("a bug") })).await;
+        assert!(panicked.is_err(), "the panic reaches whoever waits for the role");
+        assert!(shutdown.is_cancelled());
     }
-    db.close().await;
-    result
 }
