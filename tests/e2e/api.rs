@@ -376,10 +376,10 @@ async fn readiness_checks_the_store_and_the_broker() {
     // for a broker that is not there); readiness is the same either way.
     config.sandbox = None;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let _ = std::fs::remove_file(p.data_dir.join("api.addr"));
-    let handle = tokio::spawn(mysimbdp::run(config, shutdown.clone()));
-    eventually(Duration::from_secs(30), "the API to listen", async || p.data_dir.join("api.addr").exists()).await;
-    let not_ready = p.http().call("GET", "/readyz", None, None).await;
+    let platform = mysimbdp::Platform::build(config, shutdown.clone()).await.unwrap();
+    let http = mysimbdp_e2e::Http::new(format!("http://{}", platform.api_addr().unwrap()));
+    let handle = tokio::spawn(platform.run_until_stopped());
+    let not_ready = http.call("GET", "/readyz", None, None).await;
     assert_eq!(not_ready.status, 503, "{}", not_ready.text());
     let body = not_ready.json();
     assert_eq!((body["checks"][0]["ok"].as_bool(), body["checks"][1]["ok"].as_bool()), (Some(true), Some(false)));

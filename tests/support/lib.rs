@@ -102,6 +102,8 @@ pub struct TestPlatform {
     pub retention: Option<Duration>,
     /// The broker the platform uses: the shared test broker unless a test brings its own.
     pub brokers: String,
+    /// Where the in-process platform's API listens (see `api_url`).
+    api_addr: Option<std::net::SocketAddr>,
     tenants: Vec<TenantId>,
     running: Option<(CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)>,
     process: Option<Child>,
@@ -168,6 +170,7 @@ impl TestPlatform {
             min_upload_rate: Default::default(),
             retention: None,
             brokers: kafka_brokers(),
+            api_addr: None,
             tenants: ids,
             running: None,
             process: None,
@@ -202,8 +205,12 @@ impl TestPlatform {
         }
     }
 
-    /// Where the running platform's API listens.
+    /// Where the running platform's API listens: as `Platform::build` said for one in this process,
+    /// as the address file says for a `mysimbdp serve` process.
     pub fn api_url(&self) -> String {
+        if let Some(addr) = self.api_addr {
+            return format!("http://{addr}");
+        }
         let addr = std::fs::read_to_string(self.data_dir.join("api.addr")).expect("the platform wrote api.addr");
         format!("http://{}", addr.trim())
     }
@@ -221,18 +228,20 @@ impl TestPlatform {
         eventually(Duration::from_secs(30), "the API to listen", async || file.exists()).await;
     }
 
-    /// Starts the platform in this process (the same `run` that `mysimbdp serve` calls).
+    /// Starts the platform in this process (what `mysimbdp serve` runs); its API listens once this
+    /// returns.
     pub async fn start(&mut self) {
         let shutdown = CancellationToken::new();
-        let _ = std::fs::remove_file(self.data_dir.join("api.addr"));
-        let handle = tokio::spawn(mysimbdp::run(self.config(), shutdown.clone()));
+        let platform = mysimbdp::Platform::build(self.config(), shutdown.clone()).await.expect("building the platform");
+        self.api_addr = platform.api_addr();
+        let handle = tokio::spawn(platform.run_until_stopped());
         self.running = Some((shutdown, handle));
         self.wait_provisioned().await;
-        self.wait_api().await;
     }
 
     /// Starts the platform as a separate `mysimbdp serve` process (for kill -9).
     pub async fn start_process(&mut self) {
+        self.api_addr = None;
         let _ = std::fs::remove_file(self.data_dir.join("api.addr"));
         self.process = Some(self.spawn_serve("api,batch,stream,monitor", "platform.log"));
         self.wait_provisioned().await;
