@@ -48,9 +48,7 @@ fn state_words(text: &str) -> Vec<String> {
             let Some(rest) = rest else { continue };
             let list = match rest.strip_prefix('(') {
                 Some(inner) => &inner[..inner.find(')').unwrap_or(inner.len())],
-                None => {
-                    &rest[..rest.find(|c: char| c == ' ' || c == ')' || c == ',' || c == '\n').unwrap_or(rest.len())]
-                }
+                None => &rest[..rest.find([' ', ')', ',', '\n']).unwrap_or(rest.len())],
             };
             for item in list.split(',') {
                 let item = item.trim();
