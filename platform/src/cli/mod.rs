@@ -248,127 +248,12 @@ fn tenant(s: &str) -> anyhow::Result<TenantId> {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let remote = cli.remote;
     match cli.command {
-        Command::Serve(args) => {
-            let ServeArgs {
-                roles,
-                listen,
-                secret,
-                page_cache,
-                store,
-                paths,
-                coredms_url,
-                coredms_url_file,
-                sandbox,
-                sandbox_init,
-                sandbox_uid_base,
-                kafka_brokers,
-                cluster,
-                container_socket,
-                workers,
-                rescan_interval,
-                log_limit,
-                kill_grace,
-                retry_backoff,
-                batch_lease,
-                retention,
-            } = *args;
-            let defaults = BatchConfig::default();
-            let api = if roles.contains(&RoleArg::Api) {
-                let jwt_secret = mysimbdp::config::jwt_secret_from(secret.jwt_secret, secret.jwt_secret_file)?;
-                Some(mysimbdp::config::ApiConfig {
-                    listen,
-                    jwt_secret,
-                    page_cache: page_cache.0 as usize,
-                    min_upload_rate: Default::default(),
-                })
-            } else {
-                None
-            };
-            let sandbox = match sandbox {
-                SandboxMode::On => {
-                    Some(mysimbdp::runtime::sandbox::SandboxConfig { init: sandbox_init, uid_base: sandbox_uid_base })
-                }
-                SandboxMode::Off => None,
-            };
-            let config = mysimbdp::Config {
-                database_url: store.url()?,
-                coredms_url: mysimbdp::config::secret_from("the coredms admin URL", coredms_url, coredms_url_file)?,
-                tenants_dir: paths.tenants_dir,
-                staging_dir: paths.staging_dir,
-                data_dir: paths.data_dir,
-                batch: BatchConfig {
-                    workers: workers.unwrap_or(defaults.workers),
-                    rescan_interval,
-                    log_limit: log_limit.0 as usize,
-                    kill_grace,
-                    retry_backoff,
-                    lease: batch_lease,
-                },
-                api,
-                kafka_brokers,
-                batch_role: roles.contains(&RoleArg::Batch),
-                stream_role: roles.contains(&RoleArg::Stream),
-                monitor_role: roles.contains(&RoleArg::Monitor),
-                cluster,
-                container_socket,
-                sandbox,
-                retention: (!retention.is_zero()).then_some(retention),
-            };
-            mysimbdp::config::harden_process();
-            let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signal(shutdown.clone()));
-            mysimbdp::run(config, shutdown).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Migrate { store } => {
-            let db = store::connect(&store.url()?).await?;
-            store::migrate(&db).await?;
-            println!("platform store is up to date");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Agreement(AgreementCommand::Check { files }) => {
-            let mut ok = true;
-            for file in files {
-                match ServiceAgreement::load(&file) {
-                    Ok(a) => println!("{}: ok (tenant {})", file.display(), a.tenant),
-                    Err(e) => {
-                        ok = false;
-                        println!("{e}");
-                    }
-                }
-            }
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-        }
-        Command::Token { secret, role, ttl, sub } => {
-            let keys = Keys::new(&mysimbdp::config::jwt_secret_from(secret.jwt_secret, secret.jwt_secret_file)?)?;
-            let (role, t) = match role {
-                RoleName::Operator => (Role::Operator, None),
-                RoleName::Tenant => {
-                    let t = remote.tenant_flag().ok_or_else(|| anyhow::anyhow!("a tenant token needs --tenant"))?;
-                    (Role::Tenant, Some(tenant(&t)?))
-                }
-            };
-            println!("{}", keys.mint(role, t.as_ref(), sub.as_deref(), ttl)?);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Serve(args) => serve(*args).await,
+        Command::Migrate { store } => migrate(store).await,
+        Command::Agreement(AgreementCommand::Check { files }) => Ok(check_agreements(files)),
+        Command::Token { secret, role, ttl, sub } => token(&remote, secret, role, ttl, sub),
         Command::InstallApp { store, paths, name, kind, path } => {
-            let t = tenant(&remote.tenant_flag().ok_or_else(|| anyhow::anyhow!("name the tenant with --tenant"))?)?;
-            let agreement_file = paths.tenants_dir.join(format!("{t}.yaml"));
-            let agreement = ServiceAgreement::load(&agreement_file)?;
-            let db = store::connect(&store.url()?).await?;
-            store::migrate(&db).await?;
-            let kind = match kind {
-                KindArg::Batch => AppKind::Batch,
-                KindArg::Stream => AppKind::Stream,
-            };
-            let app = Registry::new(db, &paths.data_dir)?
-                .install(&agreement, InstallRequest { name: name.as_deref(), kind }, &path)
-                .await?;
-            println!(
-                "installed {} version {} ({}, {} bytes) for tenant {t}",
-                app.name, app.version, app.kind, app.size_bytes
-            );
-            Ok(ExitCode::SUCCESS)
+            install_app(&remote, store, paths, name, kind, path).await
         }
         Command::Remote(command) => {
             let data_dir =
@@ -376,6 +261,149 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             remote::run(remote, command, data_dir).await
         }
     }
+}
+
+/// `mysimbdp serve`: the configuration from flags and environment, then the platform until a signal.
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let ServeArgs {
+        roles,
+        listen,
+        secret,
+        page_cache,
+        store,
+        paths,
+        coredms_url,
+        coredms_url_file,
+        sandbox,
+        sandbox_init,
+        sandbox_uid_base,
+        kafka_brokers,
+        cluster,
+        container_socket,
+        workers,
+        rescan_interval,
+        log_limit,
+        kill_grace,
+        retry_backoff,
+        batch_lease,
+        retention,
+    } = args;
+    let defaults = BatchConfig::default();
+    let api = if roles.contains(&RoleArg::Api) {
+        let jwt_secret = mysimbdp::config::jwt_secret_from(secret.jwt_secret, secret.jwt_secret_file)?;
+        Some(mysimbdp::config::ApiConfig {
+            listen,
+            jwt_secret,
+            page_cache: page_cache.0 as usize,
+            min_upload_rate: Default::default(),
+        })
+    } else {
+        None
+    };
+    let sandbox = match sandbox {
+        SandboxMode::On => {
+            Some(mysimbdp::runtime::sandbox::SandboxConfig { init: sandbox_init, uid_base: sandbox_uid_base })
+        }
+        SandboxMode::Off => None,
+    };
+    let config = mysimbdp::Config {
+        database_url: store.url()?,
+        coredms_url: mysimbdp::config::secret_from("the coredms admin URL", coredms_url, coredms_url_file)?,
+        tenants_dir: paths.tenants_dir,
+        staging_dir: paths.staging_dir,
+        data_dir: paths.data_dir,
+        batch: BatchConfig {
+            workers: workers.unwrap_or(defaults.workers),
+            rescan_interval,
+            log_limit: log_limit.0 as usize,
+            kill_grace,
+            retry_backoff,
+            lease: batch_lease,
+        },
+        api,
+        kafka_brokers,
+        batch_role: roles.contains(&RoleArg::Batch),
+        stream_role: roles.contains(&RoleArg::Stream),
+        monitor_role: roles.contains(&RoleArg::Monitor),
+        cluster,
+        container_socket,
+        sandbox,
+        retention: (!retention.is_zero()).then_some(retention),
+    };
+    mysimbdp::config::harden_process();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    mysimbdp::run(config, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(store: StoreArgs) -> anyhow::Result<ExitCode> {
+    let db = store::connect(&store.url()?).await?;
+    store::migrate(&db).await?;
+    println!("platform store is up to date");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mysimbdp agreement check`: every error of every file, and a failing exit if any.
+fn check_agreements(files: Vec<PathBuf>) -> ExitCode {
+    let mut ok = true;
+    for file in files {
+        match ServiceAgreement::load(&file) {
+            Ok(a) => println!("{}: ok (tenant {})", file.display(), a.tenant),
+            Err(e) => {
+                ok = false;
+                println!("{e}");
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn token(
+    remote: &remote::Remote,
+    secret: SecretArgs,
+    role: RoleName,
+    ttl: Duration,
+    sub: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let keys = Keys::new(&mysimbdp::config::jwt_secret_from(secret.jwt_secret, secret.jwt_secret_file)?)?;
+    let (role, t) = match role {
+        RoleName::Operator => (Role::Operator, None),
+        RoleName::Tenant => {
+            let t = remote.tenant_flag().ok_or_else(|| anyhow::anyhow!("a tenant token needs --tenant"))?;
+            (Role::Tenant, Some(tenant(&t)?))
+        }
+    };
+    println!("{}", keys.mint(role, t.as_ref(), sub.as_deref(), ttl)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn install_app(
+    remote: &remote::Remote,
+    store: StoreArgs,
+    paths: PathArgs,
+    name: Option<String>,
+    kind: KindArg,
+    path: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    let t = tenant(&remote.tenant_flag().ok_or_else(|| anyhow::anyhow!("name the tenant with --tenant"))?)?;
+    let agreement_file = paths.tenants_dir.join(format!("{t}.yaml"));
+    let agreement = ServiceAgreement::load(&agreement_file)?;
+    let db = store::connect(&store.url()?).await?;
+    store::migrate(&db).await?;
+    let kind = match kind {
+        KindArg::Batch => AppKind::Batch,
+        KindArg::Stream => AppKind::Stream,
+    };
+    let app = Registry::new(db, &paths.data_dir)?
+        .install(&agreement, InstallRequest { name: name.as_deref(), kind }, &path)
+        .await?;
+    println!("installed {} version {} ({}, {} bytes) for tenant {t}", app.name, app.version, app.kind, app.size_bytes);
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

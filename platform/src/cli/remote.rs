@@ -240,373 +240,376 @@ fn some(name: &'static str, v: &Option<String>) -> Vec<(&'static str, String)> {
 pub async fn run(remote: Remote, command: RemoteCommand, data_dir: PathBuf) -> anyhow::Result<ExitCode> {
     let c = remote.client(&data_dir)?;
     match command {
-        RemoteCommand::Whoami => {
-            let v = c.get("/v1/whoami", &[]).await?;
-            remote.print(&v, |v| println!("{} {} {}", cell(v, "role"), cell(v, "tenant"), cell(v, "sub")))
-        }
-        RemoteCommand::Tenants => {
-            if remote.tenant.is_some() {
-                let t = remote.tenant()?;
-                let v = c.get(&format!("/v1/tenants/{t}"), &[]).await?;
-                return remote.print(&v, |v| {
-                    let u = &v["usage"];
-                    println!("tenant {t}: agreement {}", if v["agreement"].is_null() { "not in force" } else { "in force" });
-                    println!(
-                        "files last hour {} of {} | bytes last day {} of {} | queued {} running {} of {} | apps {} of {}",
-                        cell(u, "files_last_hour"),
-                        cell(u, "max_files_per_hour"),
-                        bytes(u, "bytes_last_day"),
-                        bytes(u, "max_bytes_per_day"),
-                        cell(u, "queued"),
-                        cell(u, "running"),
-                        cell(u, "max_concurrent_jobs"),
-                        cell(u, "apps"),
-                        cell(u, "max_apps")
-                    );
-                    for e in v["agreement_errors"].as_array().into_iter().flatten() {
-                        println!("agreement file error: {}: {}", cell(e, "field"), cell(e, "message"));
-                    }
-                });
-            }
-            let v = c.get("/v1/tenants", &[]).await?;
-            remote.print(&v, |v| {
-                let r = rows(v, |t| {
-                    vec![
-                        cell(t, "tenant"),
-                        cell(t, "name"),
-                        cell(t, "agreement_in_force"),
-                        cell(t, "batch"),
-                        cell(t, "stream"),
-                    ]
-                });
-                print_table(&["TENANT", "NAME", "AGREEMENT", "BATCH", "STREAM"], r);
-            })
-        }
-        RemoteCommand::Apps(cmd) => {
-            let t = remote.tenant()?;
-            match cmd {
-                AppsCommand::Upload { path, name, kind } => {
-                    let mut q = some("name", &name);
-                    q.extend(some("kind", &kind));
-                    let v = c.upload(Method::POST, &format!("/v1/tenants/{t}/apps"), &q, &path).await?;
-                    remote.print(&v, |v| {
-                        println!(
-                            "installed {} version {} ({}, {}) for tenant {t}",
-                            cell(v, "name"),
-                            cell(v, "version"),
-                            cell(v, "kind"),
-                            bytes(v, "size_bytes")
-                        )
-                    })
-                }
-                AppsCommand::List => {
-                    let v = c.get(&format!("/v1/tenants/{t}/apps"), &[]).await?;
-                    remote.print(&v, |v| {
-                        let r = rows(v, |a| {
-                            vec![
-                                cell(a, "name"),
-                                cell(a, "kind"),
-                                cell(a, "latest"),
-                                cell(a, "versions"),
-                                time(a, "updated_at"),
-                            ]
-                        });
-                        print_table(&["NAME", "KIND", "LATEST", "VERSIONS", "UPDATED"], r);
-                    })
-                }
-                AppsCommand::Show { name } => {
-                    let v = c.get(&format!("/v1/tenants/{t}/apps/{name}"), &[]).await?;
-                    remote.print(&v, |v| {
-                        let r = rows(v, |a| {
-                            vec![
-                                cell(a, "version"),
-                                cell(a, "kind"),
-                                cell(a, "entrypoint"),
-                                bytes(a, "size_bytes"),
-                                cell(a, "sha256").chars().take(16).collect(),
-                                time(a, "created_at"),
-                            ]
-                        });
-                        print_table(&["VERSION", "KIND", "ENTRYPOINT", "SIZE", "SHA256", "INSTALLED"], r);
-                    })
-                }
-                AppsCommand::Delete { name } => {
-                    c.delete(&format!("/v1/tenants/{t}/apps/{name}")).await?;
-                    println!("deleted app {name} of tenant {t}");
-                    Ok(ExitCode::SUCCESS)
-                }
-            }
-        }
-        RemoteCommand::Files(cmd) => {
-            let t = remote.tenant()?;
-            match cmd {
-                FilesCommand::Put { path, name } => {
-                    let name = match name {
-                        Some(n) => n,
-                        None => path
-                            .file_name()
-                            .and_then(|n| n.to_str())
-                            .ok_or_else(|| anyhow::anyhow!("give the file a name with --as"))?
-                            .to_owned(),
-                    };
-                    let encoded: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
-                    let v = c
-                        .upload(
-                            Method::PUT,
-                            &format!("/v1/tenants/{t}/staging/{}", encoded.replace('+', "%20")),
-                            &[],
-                            &path,
-                        )
-                        .await?;
-                    remote.print(&v, |v| {
-                        println!(
-                            "staged {} ({}) for tenant {t}; follow it with: mysimbdp ingestions list --file {}",
-                            cell(v, "file"),
-                            bytes(v, "size_bytes"),
-                            cell(v, "file")
-                        )
-                    })
-                }
-                FilesCommand::List => {
-                    let v = c.get(&format!("/v1/tenants/{t}/staging"), &[]).await?;
-                    remote.print(&v, |v| {
-                        let r = rows(v, |f| vec![cell(f, "file"), bytes(f, "size_bytes"), time(f, "modified_at")]);
-                        print_table(&["FILE", "SIZE", "MODIFIED"], r);
-                    })
-                }
-            }
-        }
-        RemoteCommand::Ingestions(cmd) => {
-            let t = remote.tenant()?;
-            match cmd {
-                IngestionsCommand::List { status, file, since, until, limit, cursor } => {
-                    let mut q = vec![("limit", limit.to_string())];
-                    for (k, v) in
-                        [("status", status), ("file", file), ("since", since), ("until", until), ("cursor", cursor)]
-                    {
-                        q.extend(some(k, &v));
-                    }
-                    let v = c.get(&format!("/v1/tenants/{t}/ingestions"), &q).await?;
-                    remote.print(&v, |v| {
-                        let r = rows(&v["items"], |j| {
-                            vec![
-                                cell(j, "id"),
-                                cell(j, "file_name"),
-                                cell(j, "state"),
-                                bytes(j, "size_bytes"),
-                                cell(j, "records_ingested"),
-                                cell(j, "run_ms"),
-                                time(j, "detected_at"),
-                                cell(j, "detail"),
-                            ]
-                        });
-                        print_table(&["ID", "FILE", "STATE", "SIZE", "RECORDS", "RUN MS", "DETECTED", "DETAIL"], r);
-                        if let Some(next) = v["next_cursor"].as_str() {
-                            println!("more: --cursor {next}");
-                        }
-                    })
-                }
-                IngestionsCommand::Show { id } => {
-                    let v = c.get(&format!("/v1/tenants/{t}/ingestions/{id}"), &[]).await?;
-                    let log = if remote.json {
-                        String::new()
-                    } else {
-                        c.get_text(&format!("/v1/tenants/{t}/ingestions/{id}/log")).await?
-                    };
-                    remote.print(&v, |j| {
-                        println!("{} {} ({}) for tenant {t}", cell(j, "id"), cell(j, "file_name"), cell(j, "state"));
-                        if !j["reason"].is_null() {
-                            println!("reason: {}: {}", cell(j, "reason"), cell(j, "detail"));
-                        }
-                        println!(
-                            "size {} | records ingested {} rejected {} | attempts {}/{} | app {} v{}",
-                            bytes(j, "size_bytes"),
-                            cell(j, "records_ingested"),
-                            cell(j, "records_rejected"),
-                            cell(j, "attempts"),
-                            cell(j, "max_attempts"),
-                            cell(j, "app"),
-                            cell(j, "app_version")
-                        );
-                        println!("\nhistory:");
-                        for e in j["events"].as_array().into_iter().flatten() {
-                            println!("  {} {:<10} {}", time(e, "at"), cell(e, "state"), cell(e, "message"));
-                        }
-                        if !log.is_empty() {
-                            println!("\nlog ({} bytes dropped):\n{log}", cell(j, "log_dropped_bytes"));
-                        }
-                    })
-                }
-                IngestionsCommand::Log { id } => {
-                    print!("{}", c.get_text(&format!("/v1/tenants/{t}/ingestions/{id}/log")).await?);
-                    Ok(ExitCode::SUCCESS)
-                }
-                IngestionsCommand::Retry { id, allow_duplicate } => {
-                    let v = c
-                        .post(
-                            &format!("/v1/tenants/{t}/ingestions/{id}/retry"),
-                            &serde_json::json!({ "allow_duplicate": allow_duplicate }),
-                        )
-                        .await?;
-                    remote.print(&v, |v| {
-                        println!("{} ({}) queued again for tenant {t}", cell(v, "id"), cell(v, "file_name"))
-                    })
-                }
-            }
-        }
-        RemoteCommand::Instances(cmd) => {
-            let t = remote.tenant()?;
-            match cmd {
-                InstancesCommand::Start { app, count, version } => {
-                    let body = serde_json::json!({ "count": count, "version": version });
-                    let v = c.post(&format!("/v1/tenants/{t}/apps/{app}/instances"), &body).await?;
-                    remote.print(&v, |v| print_table(&INSTANCE_HEADER, instance_rows(v)))
-                }
-                InstancesCommand::List { app, state } => {
-                    let mut q = some("app", &app);
-                    q.extend(some("state", &state));
-                    let v = c.get(&format!("/v1/tenants/{t}/instances"), &q).await?;
-                    remote.print(&v, |v| print_table(&INSTANCE_HEADER, instance_rows(v)))
-                }
-                InstancesCommand::Show { id } => {
-                    let v = c.get(&format!("/v1/tenants/{t}/instances/{id}"), &[]).await?;
-                    remote.print(&v, |v| print_table(&INSTANCE_HEADER, instance_rows(&Value::Array(vec![v.clone()]))))
-                }
-                InstancesCommand::Stop { id, app } => {
-                    let path = match (&id, &app) {
-                        (Some(id), _) => format!("/v1/tenants/{t}/instances/{id}"),
-                        (None, Some(app)) => format!("/v1/tenants/{t}/apps/{app}/instances"),
-                        (None, None) => anyhow::bail!("name an instance, or an app with --app"),
-                    };
-                    let v = c.delete_json(&path).await?;
-                    let v = if v.is_array() { v } else { Value::Array(vec![v]) };
-                    remote.print(&v, |v| print_table(&INSTANCE_HEADER, instance_rows(v)))
-                }
-                InstancesCommand::Log { id } => {
-                    print!("{}", c.get_text(&format!("/v1/tenants/{t}/instances/{id}/log")).await?);
-                    Ok(ExitCode::SUCCESS)
-                }
-            }
-        }
+        RemoteCommand::Whoami => whoami(&remote, &c).await,
+        RemoteCommand::Tenants => tenants(&remote, &c).await,
+        RemoteCommand::Apps(cmd) => apps(&remote, &c, cmd).await,
+        RemoteCommand::Files(cmd) => files(&remote, &c, cmd).await,
+        RemoteCommand::Ingestions(cmd) => ingestions(&remote, &c, cmd).await,
+        RemoteCommand::Instances(cmd) => instances(&remote, &c, cmd).await,
         RemoteCommand::Reports { app, instance, since, limit } => {
-            let t = remote.tenant()?;
-            let mut q = vec![("limit", limit.to_string())];
-            for (k, v) in [("app", app), ("instance", instance), ("since", since)] {
-                q.extend(some(k, &v));
+            reports(&remote, &c, app, instance, since, limit).await
+        }
+        RemoteCommand::Notifications { since, limit } => notifications(&remote, &c, since, limit).await,
+        RemoteCommand::Stats { since, until } => stats(&remote, &c, since, until).await,
+    }
+}
+
+async fn whoami(remote: &Remote, c: &Client) -> anyhow::Result<ExitCode> {
+    let v = c.get("/v1/whoami", &[]).await?;
+    remote.print(&v, |v| println!("{} {} {}", cell(v, "role"), cell(v, "tenant"), cell(v, "sub")))
+}
+
+async fn tenants(remote: &Remote, c: &Client) -> anyhow::Result<ExitCode> {
+    if remote.tenant.is_some() {
+        let t = remote.tenant()?;
+        let v = c.get(&format!("/v1/tenants/{t}"), &[]).await?;
+        return remote.print(&v, |v| {
+            let u = &v["usage"];
+            println!("tenant {t}: agreement {}", if v["agreement"].is_null() { "not in force" } else { "in force" });
+            println!(
+                "files last hour {} of {} | bytes last day {} of {} | queued {} running {} of {} | apps {} of {}",
+                cell(u, "files_last_hour"),
+                cell(u, "max_files_per_hour"),
+                bytes(u, "bytes_last_day"),
+                bytes(u, "max_bytes_per_day"),
+                cell(u, "queued"),
+                cell(u, "running"),
+                cell(u, "max_concurrent_jobs"),
+                cell(u, "apps"),
+                cell(u, "max_apps")
+            );
+            for e in v["agreement_errors"].as_array().into_iter().flatten() {
+                println!("agreement file error: {}: {}", cell(e, "field"), cell(e, "message"));
             }
-            let v = c.get(&format!("/v1/tenants/{t}/reports"), &q).await?;
+        });
+    }
+    let v = c.get("/v1/tenants", &[]).await?;
+    remote.print(&v, |v| {
+        let r = rows(v, |t| {
+            vec![cell(t, "tenant"), cell(t, "name"), cell(t, "agreement_in_force"), cell(t, "batch"), cell(t, "stream")]
+        });
+        print_table(&["TENANT", "NAME", "AGREEMENT", "BATCH", "STREAM"], r);
+    })
+}
+
+async fn apps(remote: &Remote, c: &Client, cmd: AppsCommand) -> anyhow::Result<ExitCode> {
+    let t = remote.tenant()?;
+    match cmd {
+        AppsCommand::Upload { path, name, kind } => {
+            let mut q = some("name", &name);
+            q.extend(some("kind", &kind));
+            let v = c.upload(Method::POST, &format!("/v1/tenants/{t}/apps"), &q, &path).await?;
             remote.print(&v, |v| {
-                let r = rows(&v["items"], |r| {
+                println!(
+                    "installed {} version {} ({}, {}) for tenant {t}",
+                    cell(v, "name"),
+                    cell(v, "version"),
+                    cell(v, "kind"),
+                    bytes(v, "size_bytes")
+                )
+            })
+        }
+        AppsCommand::List => {
+            let v = c.get(&format!("/v1/tenants/{t}/apps"), &[]).await?;
+            remote.print(&v, |v| {
+                let r = rows(v, |a| {
                     vec![
-                        time(r, "received_at"),
-                        cell(r, "instance").chars().take(8).collect(),
-                        cell(r, "messages"),
-                        cell(r, "rejected"),
-                        cell(r, "processing_rate"),
-                        cell(r, "avg_ingestion_ms"),
-                        cell(r, "lag"),
-                        cell(r, "verdict"),
+                        cell(a, "name"),
+                        cell(a, "kind"),
+                        cell(a, "latest"),
+                        cell(a, "versions"),
+                        time(a, "updated_at"),
                     ]
                 });
-                print_table(&["RECEIVED", "INSTANCE", "MESSAGES", "REJECTED", "RATE/S", "AVG MS", "LAG", "VERDICT"], r);
-                let dropped =
-                    rows(&v["dropped"], |d| vec![cell(d, "reason"), cell(d, "count"), cell(d, "last_detail")]);
-                if !dropped.is_empty() {
-                    println!();
-                    print_table(&["DROPPED", "COUNT", "LAST"], dropped);
-                }
+                print_table(&["NAME", "KIND", "LATEST", "VERSIONS", "UPDATED"], r);
             })
         }
-        RemoteCommand::Notifications { since, limit } => {
-            let t = remote.tenant()?;
-            let mut q = vec![("limit", limit.to_string())];
-            q.extend(some("since", &since));
-            let notes = c.get(&format!("/v1/tenants/{t}/notifications"), &q).await?;
-            let actions = c.get(&format!("/v1/tenants/{t}/actions"), &q).await?;
-            let both = serde_json::json!({ "notifications": notes, "actions": actions });
-            remote.print(&both, |v| {
-                let n = rows(&v["notifications"], |n| {
-                    let reasons: Vec<String> = n["reasons"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|r| {
-                            format!(
-                                "{} {} (threshold {})",
-                                cell(r, "metric"),
-                                cell(r, "observed"),
-                                cell(r, "threshold")
-                            )
-                        })
-                        .collect();
-                    vec![time(n, "at"), cell(n, "app"), cell(n, "kind"), cell(n, "action"), reasons.join("; ")]
+        AppsCommand::Show { name } => {
+            let v = c.get(&format!("/v1/tenants/{t}/apps/{name}"), &[]).await?;
+            remote.print(&v, |v| {
+                let r = rows(v, |a| {
+                    vec![
+                        cell(a, "version"),
+                        cell(a, "kind"),
+                        cell(a, "entrypoint"),
+                        bytes(a, "size_bytes"),
+                        cell(a, "sha256").chars().take(16).collect(),
+                        time(a, "created_at"),
+                    ]
                 });
-                print_table(&["AT", "APP", "KIND", "ASKS", "REASONS"], n);
-                println!();
-                let a = rows(&v["actions"], |a| {
-                    vec![time(a, "at"), cell(a, "app"), cell(a, "action"), cell(a, "outcome"), cell(a, "detail")]
-                });
-                print_table(&["AT", "APP", "ACTION", "OUTCOME", "DETAIL"], a);
+                print_table(&["VERSION", "KIND", "ENTRYPOINT", "SIZE", "SHA256", "INSTALLED"], r);
             })
         }
-        RemoteCommand::Stats { since, until } => {
-            let mut q = some("since", &since);
-            q.extend(some("until", &until));
-            let path = match &remote.tenant {
-                Some(t) => format!("/v1/tenants/{t}/stats"),
-                None => match remote.tenant() {
-                    Ok(t) => format!("/v1/tenants/{t}/stats"),
-                    Err(_) => "/v1/stats".into(),
-                },
+        AppsCommand::Delete { name } => {
+            c.delete(&format!("/v1/tenants/{t}/apps/{name}")).await?;
+            println!("deleted app {name} of tenant {t}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn files(remote: &Remote, c: &Client, cmd: FilesCommand) -> anyhow::Result<ExitCode> {
+    let t = remote.tenant()?;
+    match cmd {
+        FilesCommand::Put { path, name } => {
+            let name = match name {
+                Some(n) => n,
+                None => path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| anyhow::anyhow!("give the file a name with --as"))?
+                    .to_owned(),
             };
-            let v = c.get(&path, &q).await?;
+            let encoded: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+            let v = c
+                .upload(Method::PUT, &format!("/v1/tenants/{t}/staging/{}", encoded.replace('+', "%20")), &[], &path)
+                .await?;
             remote.print(&v, |v| {
-                let line = |d: &Value| {
-                    vec![
-                        cell(d, "tenant"),
-                        cell(d, "day"),
-                        cell(d, "files"),
-                        cell(d, "succeeded"),
-                        cell(d, "rejected"),
-                        cell(d, "failed"),
-                        bytes(d, "bytes_ingested"),
-                        cell(d, "records_ingested"),
-                        cell(d, "records_rejected"),
-                        cell(d, "run_ms_mean"),
-                        cell(d, "run_ms_p50"),
-                        cell(d, "run_ms_p95"),
-                        d["throughput_bytes_per_s"]
-                            .as_f64()
-                            .map_or("-".into(), |b| format!("{}/s", mysimbdp::units::ByteSize(b as u64))),
-                    ]
-                };
-                let header = [
-                    "TENANT",
-                    "DAY",
-                    "FILES",
-                    "OK",
-                    "REJECTED",
-                    "FAILED",
-                    "INGESTED",
-                    "RECORDS",
-                    "BAD ROWS",
-                    "MEAN MS",
-                    "P50 MS",
-                    "P95 MS",
-                    "THROUGHPUT",
-                ];
-                println!("{} to {}", time(v, "since"), time(v, "until"));
-                print_table(&header, rows(&v["totals"], line));
-                println!();
-                print_table(&header, rows(&v["by_day"], line));
-                let reasons = rows(&v["reasons"], |r| {
-                    vec![cell(r, "tenant"), cell(r, "state"), cell(r, "reason"), cell(r, "count")]
-                });
-                if !reasons.is_empty() {
-                    println!();
-                    print_table(&["TENANT", "OUTCOME", "REASON", "FILES"], reasons);
-                }
+                println!(
+                    "staged {} ({}) for tenant {t}; follow it with: mysimbdp ingestions list --file {}",
+                    cell(v, "file"),
+                    bytes(v, "size_bytes"),
+                    cell(v, "file")
+                )
+            })
+        }
+        FilesCommand::List => {
+            let v = c.get(&format!("/v1/tenants/{t}/staging"), &[]).await?;
+            remote.print(&v, |v| {
+                let r = rows(v, |f| vec![cell(f, "file"), bytes(f, "size_bytes"), time(f, "modified_at")]);
+                print_table(&["FILE", "SIZE", "MODIFIED"], r);
             })
         }
     }
+}
+
+async fn ingestions(remote: &Remote, c: &Client, cmd: IngestionsCommand) -> anyhow::Result<ExitCode> {
+    let t = remote.tenant()?;
+    match cmd {
+        IngestionsCommand::List { status, file, since, until, limit, cursor } => {
+            let mut q = vec![("limit", limit.to_string())];
+            for (k, v) in [("status", status), ("file", file), ("since", since), ("until", until), ("cursor", cursor)] {
+                q.extend(some(k, &v));
+            }
+            let v = c.get(&format!("/v1/tenants/{t}/ingestions"), &q).await?;
+            remote.print(&v, |v| {
+                let r = rows(&v["items"], |j| {
+                    vec![
+                        cell(j, "id"),
+                        cell(j, "file_name"),
+                        cell(j, "state"),
+                        bytes(j, "size_bytes"),
+                        cell(j, "records_ingested"),
+                        cell(j, "run_ms"),
+                        time(j, "detected_at"),
+                        cell(j, "detail"),
+                    ]
+                });
+                print_table(&["ID", "FILE", "STATE", "SIZE", "RECORDS", "RUN MS", "DETECTED", "DETAIL"], r);
+                if let Some(next) = v["next_cursor"].as_str() {
+                    println!("more: --cursor {next}");
+                }
+            })
+        }
+        IngestionsCommand::Show { id } => {
+            let v = c.get(&format!("/v1/tenants/{t}/ingestions/{id}"), &[]).await?;
+            let log = if remote.json {
+                String::new()
+            } else {
+                c.get_text(&format!("/v1/tenants/{t}/ingestions/{id}/log")).await?
+            };
+            remote.print(&v, |j| {
+                println!("{} {} ({}) for tenant {t}", cell(j, "id"), cell(j, "file_name"), cell(j, "state"));
+                if !j["reason"].is_null() {
+                    println!("reason: {}: {}", cell(j, "reason"), cell(j, "detail"));
+                }
+                println!(
+                    "size {} | records ingested {} rejected {} | attempts {}/{} | app {} v{}",
+                    bytes(j, "size_bytes"),
+                    cell(j, "records_ingested"),
+                    cell(j, "records_rejected"),
+                    cell(j, "attempts"),
+                    cell(j, "max_attempts"),
+                    cell(j, "app"),
+                    cell(j, "app_version")
+                );
+                println!("\nhistory:");
+                for e in j["events"].as_array().into_iter().flatten() {
+                    println!("  {} {:<10} {}", time(e, "at"), cell(e, "state"), cell(e, "message"));
+                }
+                if !log.is_empty() {
+                    println!("\nlog ({} bytes dropped):\n{log}", cell(j, "log_dropped_bytes"));
+                }
+            })
+        }
+        IngestionsCommand::Log { id } => {
+            print!("{}", c.get_text(&format!("/v1/tenants/{t}/ingestions/{id}/log")).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        IngestionsCommand::Retry { id, allow_duplicate } => {
+            let v = c
+                .post(
+                    &format!("/v1/tenants/{t}/ingestions/{id}/retry"),
+                    &serde_json::json!({ "allow_duplicate": allow_duplicate }),
+                )
+                .await?;
+            remote.print(&v, |v| println!("{} ({}) queued again for tenant {t}", cell(v, "id"), cell(v, "file_name")))
+        }
+    }
+}
+
+async fn instances(remote: &Remote, c: &Client, cmd: InstancesCommand) -> anyhow::Result<ExitCode> {
+    let t = remote.tenant()?;
+    match cmd {
+        InstancesCommand::Start { app, count, version } => {
+            let body = serde_json::json!({ "count": count, "version": version });
+            let v = c.post(&format!("/v1/tenants/{t}/apps/{app}/instances"), &body).await?;
+            remote.print(&v, |v| print_table(&INSTANCE_HEADER, instance_rows(v)))
+        }
+        InstancesCommand::List { app, state } => {
+            let mut q = some("app", &app);
+            q.extend(some("state", &state));
+            let v = c.get(&format!("/v1/tenants/{t}/instances"), &q).await?;
+            remote.print(&v, |v| print_table(&INSTANCE_HEADER, instance_rows(v)))
+        }
+        InstancesCommand::Show { id } => {
+            let v = c.get(&format!("/v1/tenants/{t}/instances/{id}"), &[]).await?;
+            remote.print(&v, |v| print_table(&INSTANCE_HEADER, instance_rows(&Value::Array(vec![v.clone()]))))
+        }
+        InstancesCommand::Stop { id, app } => {
+            let path = match (&id, &app) {
+                (Some(id), _) => format!("/v1/tenants/{t}/instances/{id}"),
+                (None, Some(app)) => format!("/v1/tenants/{t}/apps/{app}/instances"),
+                (None, None) => anyhow::bail!("name an instance, or an app with --app"),
+            };
+            let v = c.delete_json(&path).await?;
+            let v = if v.is_array() { v } else { Value::Array(vec![v]) };
+            remote.print(&v, |v| print_table(&INSTANCE_HEADER, instance_rows(v)))
+        }
+        InstancesCommand::Log { id } => {
+            print!("{}", c.get_text(&format!("/v1/tenants/{t}/instances/{id}/log")).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn reports(
+    remote: &Remote,
+    c: &Client,
+    app: Option<String>,
+    instance: Option<String>,
+    since: Option<String>,
+    limit: u32,
+) -> anyhow::Result<ExitCode> {
+    let t = remote.tenant()?;
+    let mut q = vec![("limit", limit.to_string())];
+    for (k, v) in [("app", app), ("instance", instance), ("since", since)] {
+        q.extend(some(k, &v));
+    }
+    let v = c.get(&format!("/v1/tenants/{t}/reports"), &q).await?;
+    remote.print(&v, |v| {
+        let r = rows(&v["items"], |r| {
+            vec![
+                time(r, "received_at"),
+                cell(r, "instance").chars().take(8).collect(),
+                cell(r, "messages"),
+                cell(r, "rejected"),
+                cell(r, "processing_rate"),
+                cell(r, "avg_ingestion_ms"),
+                cell(r, "lag"),
+                cell(r, "verdict"),
+            ]
+        });
+        print_table(&["RECEIVED", "INSTANCE", "MESSAGES", "REJECTED", "RATE/S", "AVG MS", "LAG", "VERDICT"], r);
+        let dropped = rows(&v["dropped"], |d| vec![cell(d, "reason"), cell(d, "count"), cell(d, "last_detail")]);
+        if !dropped.is_empty() {
+            println!();
+            print_table(&["DROPPED", "COUNT", "LAST"], dropped);
+        }
+    })
+}
+
+async fn notifications(remote: &Remote, c: &Client, since: Option<String>, limit: u32) -> anyhow::Result<ExitCode> {
+    let t = remote.tenant()?;
+    let mut q = vec![("limit", limit.to_string())];
+    q.extend(some("since", &since));
+    let notes = c.get(&format!("/v1/tenants/{t}/notifications"), &q).await?;
+    let actions = c.get(&format!("/v1/tenants/{t}/actions"), &q).await?;
+    let both = serde_json::json!({ "notifications": notes, "actions": actions });
+    remote.print(&both, |v| {
+        let n = rows(&v["notifications"], |n| {
+            let reasons: Vec<String> = n["reasons"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| format!("{} {} (threshold {})", cell(r, "metric"), cell(r, "observed"), cell(r, "threshold")))
+                .collect();
+            vec![time(n, "at"), cell(n, "app"), cell(n, "kind"), cell(n, "action"), reasons.join("; ")]
+        });
+        print_table(&["AT", "APP", "KIND", "ASKS", "REASONS"], n);
+        println!();
+        let a = rows(&v["actions"], |a| {
+            vec![time(a, "at"), cell(a, "app"), cell(a, "action"), cell(a, "outcome"), cell(a, "detail")]
+        });
+        print_table(&["AT", "APP", "ACTION", "OUTCOME", "DETAIL"], a);
+    })
+}
+
+async fn stats(remote: &Remote, c: &Client, since: Option<String>, until: Option<String>) -> anyhow::Result<ExitCode> {
+    let mut q = some("since", &since);
+    q.extend(some("until", &until));
+    let path = match &remote.tenant {
+        Some(t) => format!("/v1/tenants/{t}/stats"),
+        None => match remote.tenant() {
+            Ok(t) => format!("/v1/tenants/{t}/stats"),
+            Err(_) => "/v1/stats".into(),
+        },
+    };
+    let v = c.get(&path, &q).await?;
+    remote.print(&v, |v| {
+        let line = |d: &Value| {
+            vec![
+                cell(d, "tenant"),
+                cell(d, "day"),
+                cell(d, "files"),
+                cell(d, "succeeded"),
+                cell(d, "rejected"),
+                cell(d, "failed"),
+                bytes(d, "bytes_ingested"),
+                cell(d, "records_ingested"),
+                cell(d, "records_rejected"),
+                cell(d, "run_ms_mean"),
+                cell(d, "run_ms_p50"),
+                cell(d, "run_ms_p95"),
+                d["throughput_bytes_per_s"]
+                    .as_f64()
+                    .map_or("-".into(), |b| format!("{}/s", mysimbdp::units::ByteSize(b as u64))),
+            ]
+        };
+        let header = [
+            "TENANT",
+            "DAY",
+            "FILES",
+            "OK",
+            "REJECTED",
+            "FAILED",
+            "INGESTED",
+            "RECORDS",
+            "BAD ROWS",
+            "MEAN MS",
+            "P50 MS",
+            "P95 MS",
+            "THROUGHPUT",
+        ];
+        println!("{} to {}", time(v, "since"), time(v, "until"));
+        print_table(&header, rows(&v["totals"], line));
+        println!();
+        print_table(&header, rows(&v["by_day"], line));
+        let reasons =
+            rows(&v["reasons"], |r| vec![cell(r, "tenant"), cell(r, "state"), cell(r, "reason"), cell(r, "count")]);
+        if !reasons.is_empty() {
+            println!();
+            print_table(&["TENANT", "OUTCOME", "REASON", "FILES"], reasons);
+        }
+    })
 }
