@@ -422,14 +422,7 @@ fn parse_route(value: &Value, path: &str, errors: &mut Errors) -> Option<Route> 
         Ok((name, version))
     });
     let timeout = s.required("timeout", errors, duration);
-    let memory = s.required("memory", errors, |v| {
-        let m = size(v)?;
-        if m.0 < 16 << 20 {
-            Err(format!("{m} is too little memory to start a program (at least 16MiB)"))
-        } else {
-            Ok(m)
-        }
-    });
+    let memory = s.required("memory", errors, program_memory);
     let cpu_time = s.optional("cpu_time", None, errors, |v| duration(v).map(Some));
     let cpus = s.optional("cpus", None, errors, |v| cpus(v).map(Some));
     let max_processes = s.optional("max_processes", DEFAULT_MAX_PROCESSES, errors, integer(1, 100_000));
@@ -466,6 +459,62 @@ fn parse_stream(value: &Value, path: &str, errors: &mut Errors) -> Option<Stream
         ],
         errors,
     )?;
+    let topics = parse_topics(&s, errors);
+    let max_instances = s.required("max_instances", errors, integer(1, 256));
+    let restart = parse_restart(&s, errors);
+    let report_interval = s.optional("report_interval", Duration::from_secs(10), errors, duration);
+    let thresholds = parse_thresholds(&s, errors);
+    let on_breach = s.optional("on_breach", BreachAction::Notify, errors, |v| match string(v)?.as_str() {
+        "scale_out" => Ok(BreachAction::ScaleOut),
+        "restart" => Ok(BreachAction::Restart),
+        "notify" => Ok(BreachAction::Notify),
+        other => Err(format!("unknown action `{other}` (scale_out, restart, notify)")),
+    });
+    let max_message_size = s.optional("max_message_size", ByteSize(1 << 20), errors, |v| {
+        let m = size(v)?;
+        if m.0 < 1024 || m.0 > 100 << 20 {
+            Err(format!("{m} is outside 1KiB..100MiB"))
+        } else {
+            Ok(m)
+        }
+    });
+    let memory = s.optional("memory", ByteSize(512 << 20), errors, program_memory);
+    let cpus = s.optional("cpus", 1.0, errors, cpus);
+    let max_processes = s.optional("max_processes", DEFAULT_MAX_PROCESSES, errors, integer(1, 100_000));
+    let stop_grace = s.optional("stop_grace", Duration::from_secs(10), errors, duration);
+    let runtime = s.optional("runtime", RuntimeKind::Process, errors, |v| match string(v)?.as_str() {
+        "process" => Ok(RuntimeKind::Process),
+        "container" => Ok(RuntimeKind::Container),
+        other => Err(format!("unknown runtime `{other}` (process, container)")),
+    });
+    Some(StreamAgreement {
+        topics: topics?,
+        max_instances: max_instances?,
+        restart: restart?,
+        report_interval: report_interval?,
+        thresholds: thresholds?,
+        on_breach: on_breach?,
+        max_message_size: max_message_size?,
+        memory: memory?,
+        cpus: cpus?,
+        max_processes: max_processes?,
+        stop_grace: stop_grace?,
+        runtime: runtime?,
+    })
+}
+
+/// At least 16 MiB: less cannot start a program (the loader, libc and a stack).
+fn program_memory(v: &Value) -> Result<ByteSize, String> {
+    let m = size(v)?;
+    if m.0 < 16 << 20 {
+        Err(format!("{m} is too little memory to start a program (at least 16MiB)"))
+    } else {
+        Ok(m)
+    }
+}
+
+/// `stream.topics`: each with a valid name, listed once, and its partitions.
+fn parse_topics(s: &Section<'_>, errors: &mut Errors) -> Option<Vec<Topic>> {
     let mut names = std::collections::HashSet::new();
     let topics: Vec<Option<Topic>> = s
         .list("topics", errors, true)
@@ -490,8 +539,12 @@ fn parse_stream(value: &Value, path: &str, errors: &mut Errors) -> Option<Stream
             Some(Topic { name: name?, partitions: partitions? })
         })
         .collect();
-    let max_instances = s.required("max_instances", errors, integer(1, 256));
-    let restart = match s.get("restart") {
+    topics.into_iter().collect()
+}
+
+/// `stream.restart`, or its defaults when absent.
+fn parse_restart(s: &Section<'_>, errors: &mut Errors) -> Option<RestartPolicy> {
+    match s.get("restart") {
         Some(v) => (|| {
             let r = Section::new(v, &s.field("restart"), &["policy", "max_restarts", "backoff"], errors)?;
             let policy = r.optional("policy", RestartMode::OnFailure, errors, |v| match string(v)?.as_str() {
@@ -507,9 +560,12 @@ fn parse_stream(value: &Value, path: &str, errors: &mut Errors) -> Option<Stream
         None => {
             Some(RestartPolicy { policy: RestartMode::OnFailure, max_restarts: 5, backoff: Duration::from_secs(1) })
         }
-    };
-    let report_interval = s.optional("report_interval", Duration::from_secs(10), errors, duration);
-    let thresholds = match s.get("thresholds") {
+    }
+}
+
+/// `stream.thresholds` (required).
+fn parse_thresholds(s: &Section<'_>, errors: &mut Errors) -> Option<Thresholds> {
+    match s.get("thresholds") {
         None => {
             errors.push(s.field("thresholds"), "missing required field");
             None
@@ -532,52 +588,7 @@ fn parse_stream(value: &Value, path: &str, errors: &mut Errors) -> Option<Stream
                 cooldown: cooldown?,
             })
         })(),
-    };
-    let on_breach = s.optional("on_breach", BreachAction::Notify, errors, |v| match string(v)?.as_str() {
-        "scale_out" => Ok(BreachAction::ScaleOut),
-        "restart" => Ok(BreachAction::Restart),
-        "notify" => Ok(BreachAction::Notify),
-        other => Err(format!("unknown action `{other}` (scale_out, restart, notify)")),
-    });
-    let max_message_size = s.optional("max_message_size", ByteSize(1 << 20), errors, |v| {
-        let m = size(v)?;
-        if m.0 < 1024 || m.0 > 100 << 20 {
-            Err(format!("{m} is outside 1KiB..100MiB"))
-        } else {
-            Ok(m)
-        }
-    });
-    let memory = s.optional("memory", ByteSize(512 << 20), errors, |v| {
-        let m = size(v)?;
-        if m.0 < 16 << 20 {
-            Err(format!("{m} is too little memory to start a program (at least 16MiB)"))
-        } else {
-            Ok(m)
-        }
-    });
-    let cpus = s.optional("cpus", 1.0, errors, cpus);
-    let max_processes = s.optional("max_processes", DEFAULT_MAX_PROCESSES, errors, integer(1, 100_000));
-    let stop_grace = s.optional("stop_grace", Duration::from_secs(10), errors, duration);
-    let runtime = s.optional("runtime", RuntimeKind::Process, errors, |v| match string(v)?.as_str() {
-        "process" => Ok(RuntimeKind::Process),
-        "container" => Ok(RuntimeKind::Container),
-        other => Err(format!("unknown runtime `{other}` (process, container)")),
-    });
-    let topics: Option<Vec<Topic>> = topics.into_iter().collect();
-    Some(StreamAgreement {
-        topics: topics?,
-        max_instances: max_instances?,
-        restart: restart?,
-        report_interval: report_interval?,
-        thresholds: thresholds?,
-        on_breach: on_breach?,
-        max_message_size: max_message_size?,
-        memory: memory?,
-        cpus: cpus?,
-        max_processes: max_processes?,
-        stop_grace: stop_grace?,
-        runtime: runtime?,
-    })
+    }
 }
 
 /// Processes and threads a tenant's program may have at once unless its agreement says otherwise:
