@@ -131,6 +131,9 @@ impl Registry {
         result
     }
 
+    /// The install's steps in order: receive, unpack or take the executable, read the manifest,
+    /// check the agreement's limits (apps, versions, disk), then record and move into place under
+    /// the tenant's lock. Long on purpose: each step's refusal is named where it happens.
     async fn install_from(
         &self,
         agreement: &ServiceAgreement,

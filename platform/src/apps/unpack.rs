@@ -117,6 +117,8 @@ fn folder_beneath(root: &OwnedFd, rel: &Path, entry: &Path) -> Result<OwnedFd, A
 }
 
 /// Unpacks a gzip-compressed tar from `reader` into `dest` (which must exist and be empty).
+/// Long on purpose: every entry passes every check (type, name, links, sizes) in one visible order
+/// before a byte of it is written; a hostile archive is judged here and nowhere else.
 pub fn unpack_tar_gz(reader: impl Read, dest: &Path, max_total: ByteSize) -> Result<u64, AppError> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(reader));
     let root: OwnedFd = fs::File::open(dest)?.into();

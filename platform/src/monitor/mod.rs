@@ -222,7 +222,9 @@ impl Monitor {
         TenantId::parse(tenant).ok().is_some_and(|t| self.agreements.get(&t).is_some())
     }
 
-    /// The checks that need the store, the agreement and the broker, then the judgement.
+    /// The checks that need the store, the agreement and the broker, then the judgement. Long on
+    /// purpose: each way a report can be untrustworthy is a step with its own drop reason, in the
+    /// order they are cheapest to check.
     async fn trust(
         &mut self,
         c: Checked,

@@ -82,6 +82,9 @@ impl Containers {
         Ok(name)
     }
 
+    /// Runs the instance as a container until it ends: create (limits, user, mounts, environment),
+    /// start, stream its logs, wait, and remove it whatever happened. Long on purpose: the container
+    /// must be removed on every path out, which one body with one cleanup keeps visible.
     pub async fn run(
         &self,
         spec: InstanceSpec,

@@ -303,6 +303,8 @@ fn read_output(reader: std::io::PipeReader, give_up: &AtomicBool, output: &mut i
 
 /// Runs the program to completion, handing everything it prints to `output` (on a blocking
 /// thread, in the order it was written). `spec.log_limit` is not used: `output` bounds itself.
+/// Long on purpose: one run's life (start, the wait on exit, timeout, cancellation and memory, the
+/// group kill and the reaping) is one `select!` whose branches share the run's state.
 pub async fn run_with_output(
     spec: ProcessSpec,
     cancel: &CancellationToken,
