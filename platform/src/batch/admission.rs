@@ -53,8 +53,8 @@ async fn claimed(ctx: &Arc<Ctx>, tenant: &TenantId, path: &Path, work: &Path, jo
 }
 
 /// Checks a claimed file against the agreement and queues or rejects it. Safe to repeat. Long on
-/// purpose: the checks run in the agreement's documented order (route, format, size, content, rates,
-/// disk, duplicate), the last ones under the tenant's admission lock, each refusal named as it falls.
+/// purpose: the checks run in one visible order (the file itself, route, format and size, content,
+/// then under the tenant's admission lock duplicate, rates and disk), each refusal named as it falls.
 pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::Result<()> {
     let work = PathBuf::from(&job.work_path);
     if let Err(detail) = names::check(job.raw_name()) {
