@@ -475,6 +475,9 @@ impl TestPlatform {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Whatever the test did (crashes included), the store's running disk totals are exact.
+        let off = mysimbdp::store::jobs::disk_totals_off(&self.db).await.expect("reading the disk totals");
+        assert!(off.is_empty(), "running disk totals (tenant, total, sum of jobs) differ: {off:?}");
         self.db.close().await;
         let mut conn = connect_admin(&self.admin_url).await;
         for t in &self.tenants {
