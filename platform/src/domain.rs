@@ -1,4 +1,5 @@
-//! The platform's vocabulary, shared by every layer: the states of jobs and instances, as types.
+//! The platform's vocabulary, shared by every layer: the states of jobs and instances and the kinds
+//! of apps, as types.
 //! Each is stored as text (the store's columns stay readable in `psql`) and shown as the same word in
 //! the API, so the word is spelled once, here; everything else compares the enum. Depends on nothing
 //! else of the crate.
@@ -120,6 +121,14 @@ text_enum! {
     Desired {
         Running = "running",
         Stopped = "stopped",
+    }
+}
+
+text_enum! {
+    /// What an app is for: run once per file, or run as supervised instances reading topics.
+    AppKind {
+        Batch = "batch",
+        Stream = "stream",
     }
 }
 

@@ -17,8 +17,7 @@ use crate::store::apps::App;
 pub struct AppVersion {
     pub name: String,
     pub version: i32,
-    #[schema(example = "batch")]
-    pub kind: String,
+    pub kind: AppKind,
     pub entrypoint: String,
     pub sha256: String,
     pub size_bytes: i64,
@@ -108,7 +107,7 @@ pub async fn upload(
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct AppSummary {
     pub name: String,
-    pub kind: String,
+    pub kind: AppKind,
     /// The newest version, the one routes use unless they pin another.
     pub latest: i32,
     pub versions: usize,

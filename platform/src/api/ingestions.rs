@@ -13,6 +13,7 @@ use super::scope::{Owned, Scoped};
 use super::ApiState;
 use crate::batch::retry::RetryFailure;
 use crate::store::jobs::{self, JobEvent, JobState, JobSummary, ListFilter, PageKey};
+use crate::tenant::TenantId;
 
 pub const DEFAULT_PAGE: u32 = 100;
 pub const MAX_PAGE: u32 = 1000;
@@ -63,7 +64,28 @@ pub async fn list(
     Scoped { tenant: t, .. }: Scoped,
     Query(p): Query<ListParams>,
 ) -> Result<axum::response::Response, Problem> {
-    let limit = super::extract::limit(p.limit, DEFAULT_PAGE, MAX_PAGE)? as u32;
+    let (filter, after) = page_request(p)?;
+    // The answer depends on the tenant's rows and these parameters only (no "now"), so it can be
+    // reused for as long as the tenant's change stamp stays the same.
+    let key = format!("{t}|{filter:?}|{after:?}");
+    let generation = match state.pages.enabled() {
+        true => Some(jobs::generation(&state.db, &t).await?),
+        false => None,
+    };
+    if let Some(body) = generation.and_then(|g| state.pages.get(&key, g)) {
+        return Ok(json_bytes(body));
+    }
+    let body = page(&state, &t, filter, after).await?;
+    if let Some(g) = generation {
+        state.pages.put(key, g, body.clone());
+    }
+    Ok(json_bytes(body))
+}
+
+/// The query as a filter (asking one job more than the page, which tells whether there is a next
+/// page) and the cursor's position; 400 for a bad limit, window or cursor.
+fn page_request(p: ListParams) -> Result<(ListFilter, Option<PageKey>), Problem> {
+    let limit = super::extract::limit(p.limit, DEFAULT_PAGE, MAX_PAGE)?;
     if let (Some(since), Some(until)) = (p.since, p.until) {
         if since > until {
             return Err(Problem::bad_request(format!("since ({since}) is after until ({until})")));
@@ -73,37 +95,28 @@ pub async fn list(
         Some(c) => Some(decode_cursor(c).ok_or_else(|| Problem::bad_request("cursor is not one this API gave out"))?),
         None => None,
     };
-    // The answer depends on the tenant's rows and these parameters only (no "now"), so it can be
-    // reused for as long as the tenant's change stamp stays the same.
-    let key = format!("{t}|{:?}|{:?}|{:?}|{:?}|{limit}|{:?}", p.status, p.since, p.until, p.file, after);
-    let generation = match state.pages.enabled() {
-        true => Some(jobs::generation(&state.db, &t).await?),
-        false => None,
-    };
-    if let Some(body) = generation.and_then(|g| state.pages.get(&key, g)) {
-        return Ok(json_bytes(body));
-    }
-    let filter = ListFilter {
-        state: p.status,
-        file_name: p.file,
-        since: p.since,
-        until: p.until,
-        limit: limit as i64 + 1, // one more tells whether there is a next page
-    };
-    let mut items = jobs::page(&state.db, &t, &filter, after).await?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
+    let filter = ListFilter { state: p.status, file_name: p.file, since: p.since, until: p.until, limit: limit + 1 };
+    Ok((filter, after))
+}
+
+/// One page of the tenant's jobs as the JSON answer, with the cursor of the next page if any.
+async fn page(
+    state: &ApiState,
+    t: &TenantId,
+    filter: ListFilter,
+    after: Option<PageKey>,
+) -> Result<bytes::Bytes, Problem> {
+    let limit = (filter.limit - 1) as usize;
+    let mut items = jobs::page(&state.db, t, &filter, after).await?;
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
         items.last().map(|j| encode_cursor(PageKey { detected_at: j.detected_at, id: j.id }))
     } else {
         None
     };
     let mut body = Vec::with_capacity(items.len() * 700 + 64);
     serde_json::to_writer(&mut body, &JobPage { items, next_cursor }).map_err(Problem::internal)?;
-    let body = bytes::Bytes::from(body);
-    if let Some(g) = generation {
-        state.pages.put(key, g, body.clone());
-    }
-    Ok(json_bytes(body))
+    Ok(bytes::Bytes::from(body))
 }
 
 fn json_bytes(body: bytes::Bytes) -> axum::response::Response {

@@ -11,6 +11,7 @@ use super::ApiState;
 use crate::domain::InstanceState;
 use crate::runtime::log::RotatingLog;
 use crate::store::instances::{self, Instance, NewInstances, StartError};
+use crate::tenant::TenantId;
 
 #[derive(Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -40,47 +41,62 @@ pub async fn start(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Vec<Instance>>), Problem> {
     let request: StartRequest = super::extract::optional_json(&headers, body).await?;
-    let agreement =
-        state.agreements.get(&t).ok_or_else(|| Problem::conflict(format!("tenant `{t}` has no agreement in force")))?;
-    let stream = agreement.stream.as_ref().ok_or_else(|| {
-        Problem::conflict(format!("the agreement of `{t}` has no stream section: no stream ingestion"))
-    })?;
+    let stream = stream_section(&state, &t)?;
     let count = request.count.unwrap_or(1);
     if count == 0 || count > stream.max_instances {
+        let max = stream.max_instances;
         return Err(Problem::unprocessable(format!(
-            "count {count} is outside 1..={} (the agreement's max_instances)",
-            stream.max_instances
+            "count {count} is outside 1..={max} (the agreement's max_instances)"
         )));
     }
-    let resolved = crate::store::apps::resolve(&state.db, &t, &app, request.version).await?;
+    let found = stream_app(&state, &t, &app, request.version).await?;
+    let runtime = stream.runtime.as_str();
+    let (app, app_version, max) = (&found.name, found.version, stream.max_instances);
+    let new = NewInstances { tenant: &t, app, app_version, runtime, count, max, cause: "api" };
+    Ok((StatusCode::CREATED, Json(create(&state, &new).await?)))
+}
+
+/// The stream section of the tenant's agreement in force (409 without one).
+fn stream_section(state: &ApiState, t: &TenantId) -> Result<crate::agreement::StreamAgreement, Problem> {
+    let agreement =
+        state.agreements.get(t).ok_or_else(|| Problem::conflict(format!("tenant `{t}` has no agreement in force")))?;
+    agreement
+        .stream
+        .clone()
+        .ok_or_else(|| Problem::conflict(format!("the agreement of `{t}` has no stream section: no stream ingestion")))
+}
+
+/// The tenant's stream app `app` (its newest version, or `version`): 404 if there is none, 422 for a
+/// batch app.
+async fn stream_app(
+    state: &ApiState,
+    t: &TenantId,
+    app: &str,
+    version: Option<i32>,
+) -> Result<crate::store::apps::App, Problem> {
+    let resolved = crate::store::apps::resolve(&state.db, t, app, version).await?;
     let found = resolved.ok_or_else(|| {
-        let which = request.version.map_or(String::new(), |v| format!(" version {v}"));
+        let which = version.map_or(String::new(), |v| format!(" version {v}"));
         Problem::not_found(format!("tenant `{t}` has no app `{app}`{which}"))
     })?;
-    if found.kind != "stream" {
-        return Err(Problem::unprocessable(format!(
-            "`{app}` is a {} app; only stream apps run as instances",
-            found.kind
-        )));
+    if found.kind != crate::domain::AppKind::Stream {
+        let kind = found.kind;
+        return Err(Problem::unprocessable(format!("`{app}` is a {kind} app; only stream apps run as instances")));
     }
+    Ok(found)
+}
+
+/// Records the new instances under the tenant's lock, within `max_instances` (409 past it).
+async fn create(state: &ApiState, new: &NewInstances<'_>) -> Result<Vec<Instance>, Problem> {
     let mut tx = state.db.begin().await?;
-    instances::lock_tenant(&mut tx, &t).await?;
-    let new = NewInstances {
-        tenant: &t,
-        app: &found.name,
-        app_version: found.version,
-        runtime: stream.runtime.as_str(),
-        count,
-        max: stream.max_instances,
-        cause: "api",
-    };
-    let created = match instances::create(&mut tx, &new).await {
+    instances::lock_tenant(&mut tx, new.tenant).await?;
+    let created = match instances::create(&mut tx, new).await {
         Ok(c) => c,
         Err(e @ StartError::OverLimit { .. }) => return Err(Problem::conflict(e.to_string())),
         Err(StartError::Store(e)) => return Err(e.into()),
     };
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok(created)
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]

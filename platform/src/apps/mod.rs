@@ -42,21 +42,7 @@ pub enum AppError {
     Store(#[from] sqlx::Error),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum AppKind {
-    Batch,
-    Stream,
-}
-
-impl AppKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AppKind::Batch => "batch",
-            AppKind::Stream => "stream",
-        }
-    }
-}
+pub use crate::domain::AppKind;
 
 /// `app.yaml` inside an archive.
 #[derive(Debug, serde::Deserialize)]
@@ -174,7 +160,7 @@ impl Registry {
         crate::agreement::limits::disk(agreement.disk_quota, used, size_bytes as u64)
             .map_err(|r| AppError::DiskQuota(r.detail))?;
         if let Some(newest) = store::apps::resolve(&self.db, tenant, &name, None).await? {
-            if newest.sha256 == sha256 && newest.kind == kind.as_str() {
+            if newest.sha256 == sha256 && newest.kind == kind {
                 tracing::info!(%tenant, app = %name, version = newest.version, "same content as the newest version; nothing installed");
                 return Ok(newest);
             }
@@ -198,7 +184,7 @@ impl Registry {
             tenant: tenant.to_string(),
             name,
             version,
-            kind: kind.as_str().to_owned(),
+            kind,
             entrypoint,
             dir: dir.to_string_lossy().into_owned(),
             sha256,

@@ -107,7 +107,7 @@ async fn resolve(ctx: &Ctx, tenant: &TenantId, job: &Job) -> anyhow::Result<Resu
         let which = route.app_version.map_or(String::new(), |v| format!(" version {v}"));
         return Ok(Err(("app_not_found", format!("batch app `{}`{which} is not installed", route.app))));
     };
-    if app.kind != AppKind::Batch.as_str() {
+    if app.kind != AppKind::Batch {
         let detail = format!("app `{}` is a {} app, not a batch app", app.name, app.kind);
         return Ok(Err(("app_not_found", detail)));
     }

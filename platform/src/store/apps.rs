@@ -13,7 +13,7 @@ pub struct App {
     pub tenant: String,
     pub name: String,
     pub version: i32,
-    pub kind: String,
+    pub kind: crate::domain::AppKind,
     /// Relative to `dir`.
     pub entrypoint: String,
     pub dir: String,
@@ -50,7 +50,7 @@ pub async fn insert(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, app: &App) -
     .bind(&app.tenant)
     .bind(&app.name)
     .bind(app.version)
-    .bind(&app.kind)
+    .bind(app.kind)
     .bind(&app.entrypoint)
     .bind(&app.dir)
     .bind(&app.sha256)
