@@ -89,15 +89,8 @@ pub async fn upload(
         crate::apps::validate_app_name(name).map_err(Problem::bad_request)?;
     }
     let incoming = state.apps.incoming_path();
-    upload::to_file(
-        &headers,
-        body,
-        &incoming,
-        ("max_app_size", agreement.apps.max_app_size),
-        "the upload",
-        state.min_upload_rate,
-    )
-    .await?;
+    let limit = ("max_app_size", agreement.apps.max_app_size);
+    upload::to_file(&headers, body, &incoming, limit, "the upload", state.min_upload_rate).await?;
     let req = InstallRequest { name: params.name.as_deref(), kind: params.kind.unwrap_or(AppKind::Batch) };
     let installed = state.apps.install(&agreement, req, &incoming).await;
     let _ = tokio::fs::remove_file(&incoming).await;

@@ -181,20 +181,25 @@ pub async fn retry(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<JobSummary>), Problem> {
     let request: RetryRequest = super::extract::optional_json(&headers, body).await?;
-    let full = jobs::get(&state.db, &t, summary.id).await?.ok_or_else(|| Problem::not_found("the job went away"))?;
+    let gone = || Problem::not_found("the job went away");
+    let full = jobs::get(&state.db, &t, summary.id).await?.ok_or_else(gone)?;
     let agreement = state.agreements.get(&t);
     let batch = agreement.as_ref().and_then(|a| a.batch.as_ref());
-    match crate::batch::retry::retry(&state.db, &t, &full, request.allow_duplicate, batch).await {
-        Ok(()) => {}
-        Err(RetryFailure::Io(e)) => return Err(e.into()),
-        Err(RetryFailure::Refused(jobs::RetryError::Store(e))) => return Err(e.into()),
-        Err(RetryFailure::Refused(jobs::RetryError::OverLimit(limit, detail))) => {
-            let detail = format!("a retry is admitted like a new file and {detail} ({limit})");
-            return Err(Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", detail));
-        }
-        Err(e) => return Err(Problem::conflict(e.to_string())),
-    }
-    let after =
-        jobs::summary(&state.db, &t, summary.id).await?.ok_or_else(|| Problem::not_found("the job went away"))?;
+    let retried = crate::batch::retry::retry(&state.db, &t, &full, request.allow_duplicate, batch).await;
+    retried.map_err(retry_problem)?;
+    let after = jobs::summary(&state.db, &t, summary.id).await?.ok_or_else(gone)?;
     Ok((StatusCode::ACCEPTED, Json(after)))
+}
+
+/// A refused retry as the API answers it: 429 over a rate limit (with the figures), 409 otherwise.
+fn retry_problem(e: RetryFailure) -> Problem {
+    match e {
+        RetryFailure::Io(e) => e.into(),
+        RetryFailure::Refused(jobs::RetryError::Store(e)) => e.into(),
+        RetryFailure::Refused(jobs::RetryError::OverLimit(limit, detail)) => {
+            let detail = format!("a retry is admitted like a new file and {detail} ({limit})");
+            Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", detail)
+        }
+        e => Problem::conflict(e.to_string()),
+    }
 }

@@ -168,16 +168,22 @@ pub async fn list(
     Scoped { tenant: t, .. }: Scoped,
 ) -> Result<Json<Vec<StagedFile>>, Problem> {
     let dir = state.layout.staging_dir(&t);
-    let mut out = Vec::new();
-    let mut entries = match tokio::fs::read_dir(&dir).await {
+    Ok(Json(tokio::task::spawn_blocking(move || waiting_files(&dir)).await.map_err(Problem::internal)??))
+}
+
+/// The files waiting in a staging folder, by name; none when the folder does not exist yet.
+fn waiting_files(dir: &std::path::Path) -> std::io::Result<Vec<StagedFile>> {
+    let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Json(out)),
-        Err(e) => return Err(e.into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
-    while let Some(entry) = entries.next_entry().await? {
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
         // A name that is not text is listed escaped, as its job will show it.
         let name = names::escaped(entry.file_name().as_bytes());
-        let Ok(meta) = entry.metadata().await else { continue }; // taken while we looked
+        let Ok(meta) = entry.metadata() else { continue }; // taken while we looked
         if names::is_ignored(&name) || !meta.is_file() {
             continue;
         }
@@ -185,5 +191,5 @@ pub async fn list(
         out.push(StagedFile { file: name, size_bytes: meta.len(), modified_at: modified });
     }
     out.sort_by(|a, b| a.file.cmp(&b.file));
-    Ok(Json(out))
+    Ok(out)
 }

@@ -47,22 +47,19 @@ pub async fn list(State(state): State<ApiState>, caller: Caller) -> Result<Json<
     names.extend(state.agreements.current().in_force.keys().map(|t| t.to_string()));
     names.sort();
     names.dedup();
-    let out = names
-        .into_iter()
-        .filter_map(|n| TenantId::parse(&n).ok())
-        .filter(|t| caller.scope(t.as_str()).is_ok())
-        .map(|t| {
-            let a = state.agreements.get(&t);
-            TenantSummary {
-                tenant: t.to_string(),
-                name: a.as_ref().map(|a| a.name.clone()),
-                agreement_in_force: a.is_some(),
-                batch: a.as_ref().is_some_and(|a| a.batch.is_some()),
-                stream: a.as_ref().is_some_and(|a| a.stream.is_some()),
-            }
-        })
-        .collect();
-    Ok(Json(out))
+    let visible = names.iter().filter_map(|n| TenantId::parse(n).ok()).filter(|t| caller.scope(t.as_str()).is_ok());
+    Ok(Json(visible.map(|t| summary(&state, t)).collect()))
+}
+
+fn summary(state: &ApiState, t: TenantId) -> TenantSummary {
+    let a = state.agreements.get(&t);
+    TenantSummary {
+        tenant: t.to_string(),
+        name: a.as_ref().map(|a| a.name.clone()),
+        agreement_in_force: a.is_some(),
+        batch: a.as_ref().is_some_and(|a| a.batch.is_some()),
+        stream: a.as_ref().is_some_and(|a| a.stream.is_some()),
+    }
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -101,10 +98,21 @@ pub async fn show(
 ) -> Result<Json<TenantDetail>, Problem> {
     let snapshot = state.agreements.current();
     let (a, agreement_errors) = (snapshot.get(&t).cloned(), snapshot.errors_of(&t));
-    let used = crate::store::jobs::usage(&state.db, &t).await?;
-    let (queued, running, apps) = crate::store::jobs::in_progress(&state.db, &t).await?;
-    let batch = a.as_ref().and_then(|a| a.batch.as_ref());
-    let usage = Usage {
+    let usage = usage(&state, &t, a.as_deref()).await?;
+    let agreement = a.map(|a| serde_json::to_value(&*a)).transpose().map_err(Problem::internal)?;
+    Ok(Json(TenantDetail { tenant: t.to_string(), agreement, agreement_errors, usage }))
+}
+
+/// What the tenant uses of its agreement's limits now.
+async fn usage(
+    state: &ApiState,
+    t: &TenantId,
+    a: Option<&crate::agreement::ServiceAgreement>,
+) -> Result<Usage, Problem> {
+    let used = crate::store::jobs::usage(&state.db, t).await?;
+    let (queued, running, apps) = crate::store::jobs::in_progress(&state.db, t).await?;
+    let batch = a.and_then(|a| a.batch.as_ref());
+    Ok(Usage {
         files_last_hour: used.files_last_hour,
         max_files_per_hour: batch.map(|b| b.max_files_per_hour),
         bytes_last_day: used.bytes_last_day,
@@ -113,8 +121,6 @@ pub async fn show(
         running,
         max_concurrent_jobs: batch.map(|b| b.max_concurrent_jobs),
         apps,
-        max_apps: a.as_ref().map(|a| a.apps.max_apps),
-    };
-    let agreement = a.map(|a| serde_json::to_value(&*a)).transpose().map_err(Problem::internal)?;
-    Ok(Json(TenantDetail { tenant: t.to_string(), agreement, agreement_errors, usage }))
+        max_apps: a.map(|a| a.apps.max_apps),
+    })
 }
