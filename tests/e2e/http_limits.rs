@@ -99,8 +99,13 @@ async fn one_tenants_stalled_uploads_take_only_its_own_share_of_requests() {
         http.get(&path_a, &token_a).await.status == 200
     })
     .await;
-    let left: Vec<_> = std::fs::read_dir(p.staging_dir.join(&a)).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert!(left.is_empty(), "{left:?}");
+    // One freed slot serves the tenant; the other 63 uploads end as their connections' closes reach
+    // the server, each removing its half-written file.
+    let staging = p.staging_dir.join(&a);
+    eventually(Duration::from_secs(10), "no half-written upload left", async || {
+        std::fs::read_dir(&staging).unwrap().next().is_none()
+    })
+    .await;
     p.cleanup().await;
 }
 
