@@ -13,9 +13,13 @@ use sqlx::Postgres;
 macro_rules! text_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
         $(#[$meta])*
+        // The words are the variants' names in snake_case, so serde and the OpenAPI schema (which
+        // reads `rename_all`, not a per-variant rename made inside a macro) say them as `as_str` does;
+        // a unit test holds the three together.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
         pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+            $($(#[$vmeta])* $variant,)+
         }
 
         impl $name {
@@ -135,6 +139,28 @@ text_enum! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each enum's words: `as_str`, serde and the OpenAPI schema say the same.
+    fn same_words<T>(all: &[T], word: fn(T) -> &'static str)
+    where
+        T: Copy + serde::Serialize + utoipa::PartialSchema,
+    {
+        let words: Vec<&str> = all.iter().map(|v| word(*v)).collect();
+        let serde: Vec<String> =
+            all.iter().map(|v| serde_json::to_value(v).unwrap().as_str().unwrap().to_owned()).collect();
+        assert_eq!(serde, words);
+        let schema = serde_json::to_value(T::schema()).unwrap();
+        let listed: Vec<&str> = schema["enum"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+        assert_eq!(listed, words, "{schema}");
+    }
+
+    #[test]
+    fn serde_and_the_openapi_schema_say_the_same_words() {
+        same_words(JobState::ALL, JobState::as_str);
+        same_words(InstanceState::ALL, InstanceState::as_str);
+        same_words(Desired::ALL, Desired::as_str);
+        same_words(AppKind::ALL, AppKind::as_str);
+    }
 
     #[test]
     fn every_word_parses_back_to_its_variant() {
