@@ -83,13 +83,6 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// The wait before retry `n` (1 for the first): `base` doubled for each retry before it, at most
-/// `cap`. One rule for the batch manager's retries and the stream manager's restarts.
-pub fn backoff(base: Duration, n: u64, cap: Duration) -> Duration {
-    let doublings = n.saturating_sub(1).min(16) as u32;
-    base.saturating_mul(1 << doublings).min(cap)
-}
-
 /// Formats a duration the way agreements write them, for messages that quote a limit.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -127,12 +120,6 @@ pub fn serialize_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap() {
-        let ms = |n| backoff(Duration::from_millis(100), n, Duration::from_secs(1)).as_millis();
-        assert_eq!([ms(1), ms(2), ms(3), ms(4), ms(5), ms(60)], [100, 200, 400, 800, 1000, 1000]);
-    }
 
     #[test]
     fn sizes_parse_with_binary_and_decimal_units() {

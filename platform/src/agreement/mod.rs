@@ -658,12 +658,6 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
-/// Why nothing can be done for `tenant` now: it has no valid agreement in force (the same words at
-/// admission, at a run and at the API).
-pub fn not_in_force(tenant: &crate::tenant::TenantId) -> String {
-    format!("tenant `{tenant}` has no service agreement in force")
-}
-
 /// `[a-z0-9][a-z0-9._-]{0,63}`, safe as a folder name.
 pub fn validate_app_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()

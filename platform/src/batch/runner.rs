@@ -98,7 +98,7 @@ struct Target {
 /// The agreement, route and app for `job`, or why there is none (a reason and its detail).
 async fn resolve(ctx: &Ctx, tenant: &TenantId, job: &Job) -> anyhow::Result<Result<Target, (&'static str, String)>> {
     let Some(agreement) = ctx.agreements.get(tenant) else {
-        return Ok(Err(("no_agreement", crate::agreement::not_in_force(tenant))));
+        return Ok(Err(("no_agreement", format!("tenant {tenant} has no service agreement in force"))));
     };
     let Some(route) = agreement.route_for(&job.file_name).cloned() else {
         return Ok(Err(("no_route", format!("no route of the current agreement matches `{}`", job.file_name))));
@@ -371,7 +371,7 @@ async fn end_attempt(
 ) -> anyhow::Result<()> {
     let (job, attempt) = (run.job, run.number);
     if attempt < job.max_attempts {
-        let delay = crate::units::backoff(ctx.config.retry_backoff, attempt as u64, ctx.config.retry_backoff * 64);
+        let delay = ctx.config.retry_backoff * 2u32.saturating_pow(attempt as u32 - 1).min(64);
         let detail = format!("attempt {attempt} of {}: {detail}", job.max_attempts);
         let end = AttemptEnd::Retry { reason, detail: &detail, delay_ms: delay.as_millis() as i64 };
         if jobs::finish_attempt(&ctx.db, tenant, job.id, run.fence, &report, end).await?.is_none() {

@@ -345,7 +345,7 @@ fn next_step(policy: &RestartPolicy, ended: &RunEnded, restarts: u64) -> Step {
         let detail = format!("{why}; restart {restarts} of {max}");
         return step(InstanceState::Restarting, restarts, true, detail, Next::Again { after: Duration::ZERO });
     }
-    let after = crate::units::backoff(policy.backoff, restarts, MAX_BACKOFF);
+    let after = policy.backoff.saturating_mul(1 << (restarts - 1).min(16)).min(MAX_BACKOFF);
     let detail = format!("{why}; restart {restarts} of {max} in {}", format_duration(after));
     step(InstanceState::Restarting, restarts, true, detail, Next::Again { after })
 }

@@ -216,8 +216,7 @@ fn run(
     let mut next_report = Instant::now() + env.report_interval;
     let mut rejected_total = 0u64;
     let mut writer_error = None;
-    // When the current outage began, and when librdkafka last reported it.
-    let mut out_of_reach: Option<(Instant, Instant)> = None;
+    let mut out_of_reach_said = None;
     while !TERMINATE.load(Ordering::SeqCst) {
         if Instant::now() >= next_report {
             publish(&producer, &env, &window, &consumer);
@@ -231,28 +230,18 @@ fn run(
         }
         if let Some(result) = consumer.poll(Duration::from_millis(10)) {
             let m = match result {
-                // librdkafka reconnects by itself: a broker out of reach for a while (restarting,
-                // cut off) is waited for, not a reason to exit and spend one of the instance's
-                // restarts. Past `OUT_OF_REACH_LIMIT` the app exits after all: a fresh start gets
-                // the address the platform gives now (its gateway moves when it restarts).
+                // librdkafka reconnects by itself: a broker out of reach (restarting, cut off) is
+                // waited for, not a reason to exit and spend one of the instance's restarts.
                 Err(e) if broker_out_of_reach(&e) => {
-                    let now = Instant::now();
-                    let outage = match out_of_reach {
-                        Some((since, last)) if now.duration_since(last) < OUTAGE_OVER => since,
-                        _ => {
-                            eprintln!("{app}: the broker is out of reach ({e}); waiting for it");
-                            now
-                        }
-                    };
-                    out_of_reach = Some((outage, now));
-                    if now.duration_since(outage) >= OUT_OF_REACH_LIMIT {
-                        anyhow::bail!("the broker has been out of reach for {}s ({e})", OUT_OF_REACH_LIMIT.as_secs());
+                    if out_of_reach_said.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(10)) {
+                        eprintln!("{app}: the broker is out of reach ({e}); waiting for it");
+                        out_of_reach_said = Some(Instant::now());
                     }
                     continue;
                 }
                 other => other.context("reading from the broker")?,
             };
-            out_of_reach = None;
+            out_of_reach_said = None;
             if resume.check(&consumer, app, m.topic(), m.partition(), m.offset()) == Verdict::Drop {
                 continue;
             }
@@ -362,12 +351,6 @@ fn publish(
         eprintln!("{}: publishing the metrics report failed: {e}", env.app);
     }
 }
-
-/// How long the stream loop waits for a broker out of reach before it exits.
-const OUT_OF_REACH_LIMIT: Duration = Duration::from_secs(30);
-/// librdkafka reports an outage again after each failed reconnect (every 10 s at most): this long
-/// without a report (or any message read), the outage is over.
-const OUTAGE_OVER: Duration = Duration::from_secs(60);
 
 /// Errors by which librdkafka says it cannot reach the broker for now; it keeps trying by itself.
 fn broker_out_of_reach(e: &rdkafka::error::KafkaError) -> bool {
