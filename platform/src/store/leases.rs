@@ -81,6 +81,11 @@ fn millis(d: Duration) -> i64 {
 
 /// Pushes the expiry of the leases `me` holds (job id, fencing number) forward; returns the jobs
 /// whose lease it still held.
+///
+/// Called every third of `ttl`. A lease with more than two thirds of `ttl` left (taken since the
+/// last call) is left as it is: every lease still has at least two thirds of `ttl` left after a
+/// call, as if all were renewed, but a burst of short jobs is not rewritten row by row (a thousand
+/// rows held locked for 300 ms, their admissions waiting behind them).
 pub async fn renew(db: &Db, me: Uuid, held: &[(Uuid, i64)], ttl: Duration) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query("update batch_managers set seen_at = now() where id = $1").bind(me).execute(db).await?;
     if held.is_empty() {
@@ -88,10 +93,15 @@ pub async fn renew(db: &Db, me: Uuid, held: &[(Uuid, i64)], ttl: Duration) -> sq
     }
     let (ids, fences): (Vec<Uuid>, Vec<i64>) = held.iter().copied().unzip();
     sqlx::query_scalar(
-        "update jobs j set lease_until = now() + make_interval(secs => $4::bigint / 1000.0)
-         from unnest($2::uuid[], $3::bigint[]) as h(id, fence)
-         where j.id = h.id and j.fence = h.fence and j.lease_owner = $1
-         returning j.id",
+        "with h as (select * from unnest($2::uuid[], $3::bigint[]) as h(id, fence)),
+              renewed as (update jobs j set lease_until = now() + make_interval(secs => $4::bigint / 1000.0)
+                          from h where j.id = h.id and j.fence = h.fence and j.lease_owner = $1
+                            and (j.lease_until is null or j.lease_until <= now() + make_interval(secs => $4::bigint * 2 / 3 / 1000.0))
+                          returning j.id),
+              fresh as (select j.id from jobs j join h on j.id = h.id and j.fence = h.fence
+                        where j.lease_owner = $1
+                          and j.lease_until > now() + make_interval(secs => $4::bigint * 2 / 3 / 1000.0))
+         select id from renewed union all select id from fresh",
     )
     .bind(me)
     .bind(ids)
