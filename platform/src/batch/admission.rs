@@ -15,7 +15,7 @@ use super::names;
 use super::sniff::sniff;
 use super::Ctx;
 use crate::agreement::limits::{self, Refusal};
-use crate::store::jobs::{self, Admission, Claim, Job};
+use crate::store::jobs::{self, Admission, Claim, Job, Limits, Queue};
 use crate::tenant::TenantId;
 use crate::units::ByteSize;
 
@@ -106,6 +106,27 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
         .await;
     }
 
+    let queue = Queue {
+        id: job.id,
+        fence: job.fence,
+        size: size as i64,
+        checksum: &checksum,
+        format: format.name(),
+        app: &route.app,
+        app_version: route.app_version,
+        max_attempts: batch.retries as i32 + 1,
+    };
+    let limits = Limits {
+        max_files_per_hour: batch.max_files_per_hour,
+        max_bytes_per_day: batch.max_bytes_per_day.0,
+        disk_quota: agreement.disk_quota.0,
+    };
+    // The common case in one round trip; anything else (a refusal, a claim taken over) is judged
+    // again below, in steps, so that the refusal is named.
+    if jobs::admit(&ctx.db, tenant, &queue, &limits).await? {
+        queued(ctx, tenant, job, size, &route.app);
+        return Ok(());
+    }
     let mut admission = Admission::begin(&ctx.db, tenant).await?;
     let (duplicate, usage) = admission.checks(job.id, &checksum).await?;
     if let Some((original, original_name)) = duplicate {
@@ -125,18 +146,18 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
         let r = Rejection { size: Some(size), checksum: Some(&checksum), refusal, duplicate_of: None };
         return reject_in(ctx, admission, tenant, job, r).await;
     }
-    let max_attempts = batch.retries as i32 + 1;
-    let app_version = route.app_version;
-    if !admission
-        .queue(job.id, size as i64, &checksum, format.name(), &route.app, app_version, max_attempts, job.fence)
-        .await?
-    {
+    if !admission.queue(&queue).await? {
         tracing::warn!(%tenant, job = %job.id, "another batch manager took the claim over; its decision stands");
         return Ok(());
     }
-    tracing::info!(%tenant, job = %job.id, file = %job.file_name, size = %ByteSize(size), app = %route.app, "queued");
-    ctx.scheduler.push(tenant, job.id);
+    queued(ctx, tenant, job, size, &route.app);
     Ok(())
+}
+
+/// A job admitted: logged and handed to the scheduler.
+fn queued(ctx: &Ctx, tenant: &TenantId, job: &Job, size: u64, app: &str) {
+    tracing::info!(%tenant, job = %job.id, file = %job.file_name, size = %ByteSize(size), app, "queued");
+    ctx.scheduler.push(tenant, job.id);
 }
 
 fn sha256(file: &std::fs::File) -> std::io::Result<String> {

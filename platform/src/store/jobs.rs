@@ -71,17 +71,6 @@ fn with_event(change: &str, message_param: usize) -> String {
     )
 }
 
-/// A transaction whose commit does not wait for the WAL to reach the disk. Only for steps on the way
-/// to an app's start (claim, admission, attempt start): a commit lost to a crash of the machine or of
-/// PostgreSQL leaves an earlier, repeatable state, and recovery adopts a claimed file whose row was
-/// lost from its work folder. Final outcomes always wait for the flush. Three fsyncs fewer between a
-/// rename and the app's start keep that latency flat while PostgreSQL checkpoints.
-async fn without_flush(db: &Db) -> sqlx::Result<Transaction<'static, Postgres>> {
-    let mut tx = db.begin().await?;
-    sqlx::query("set local synchronous_commit = off").execute(&mut *tx).await?;
-    Ok(tx)
-}
-
 /// A file being claimed: its job's id, its name (shown, and its bytes when they differ), where it
 /// was staged and where it goes.
 pub struct Claim<'a> {
@@ -96,28 +85,18 @@ pub struct Claim<'a> {
 /// any later point finds the row (or, after a crash of the machine, the claimed file) and finishes
 /// the move. The claim is leased to its manager from the start.
 pub async fn insert_detected(db: &Db, tenant: &TenantId, claim: &Claim<'_>, lease: &Lease) -> sqlx::Result<Job> {
-    let sql = with_event(
-        "insert into jobs (id, tenant, file_name, file_name_bytes, staging_path, work_path, state,
-                           lease_owner, lease_until, fence)
-         values ($1, $2, $3, $7, $4, $5, 'detected', $8, now() + make_interval(secs => $9::bigint / 1000.0), 1)
-         returning *",
-        6,
-    );
-    let mut tx = without_flush(db).await?;
-    let job = sqlx::query_as(&sql)
+    // One statement (see the migration `one_round_trip`); it commits without waiting for the flush.
+    sqlx::query_as("select * from claim_job($1, $2, $3, $4, $5, $6, $7, $8)")
         .bind(claim.id)
         .bind(tenant.as_str())
         .bind(claim.file_name)
+        .bind(claim.file_name_bytes)
         .bind(claim.staging_path)
         .bind(claim.work_path)
-        .bind(format!("detected {}", claim.file_name))
-        .bind(claim.file_name_bytes)
         .bind(lease.owner)
         .bind(lease.ttl_ms())
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(job)
+        .fetch_one(db)
+        .await
 }
 
 /// Deletes a claim whose file went away before it was moved. A row written and deleted again
@@ -173,6 +152,62 @@ pub async fn open_jobs(db: &Db) -> sqlx::Result<Vec<Job>> {
     )
     .fetch_all(db)
     .await
+}
+
+/// Makes the transaction's commit not wait for the WAL to reach the disk. Only for steps on the way
+/// to an app's start (claim, admission, attempt start): a commit lost to a crash of the machine or of
+/// PostgreSQL leaves an earlier, repeatable state, and recovery adopts a claimed file whose row was
+/// lost from its work folder. Final outcomes always wait for the flush. Three fsyncs fewer between a
+/// rename and the app's start keep that latency flat while PostgreSQL checkpoints. (The functions of
+/// the migration `one_round_trip` do the same.)
+const NO_FLUSH: &str = "set local synchronous_commit = off";
+
+/// A claimed job as admission queues it.
+pub struct Queue<'a> {
+    pub id: Uuid,
+    pub fence: i64,
+    pub size: i64,
+    pub checksum: &'a str,
+    pub format: &'a str,
+    pub app: &'a str,
+    pub app_version: Option<i32>,
+    pub max_attempts: i32,
+}
+
+impl Queue<'_> {
+    fn message(&self) -> String {
+        format!("admitted: {} bytes of {} for app {}", self.size, self.format, self.app)
+    }
+}
+
+/// The agreement's limits an admission is judged against.
+pub struct Limits {
+    pub max_files_per_hour: u64,
+    pub max_bytes_per_day: u64,
+    pub disk_quota: u64,
+}
+
+/// Admission's common case in one statement: queues the job if it is no duplicate and within
+/// `limits`, under the tenant's admission lock. False when anything stands in the way (nothing is
+/// changed then); the caller then takes the full path (`Admission`), which names the refusal.
+pub async fn admit(db: &Db, tenant: &TenantId, q: &Queue<'_>, limits: &Limits) -> sqlx::Result<bool> {
+    let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    sqlx::query_scalar("select admit_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
+        .bind(tenant.as_str())
+        .bind(q.id)
+        .bind(q.fence)
+        .bind(q.size)
+        .bind(q.checksum)
+        .bind(q.format)
+        .bind(q.app)
+        .bind(q.app_version)
+        .bind(q.max_attempts)
+        .bind(q.message())
+        .bind(clamp(limits.max_files_per_hour))
+        .bind(clamp(limits.max_bytes_per_day))
+        .bind(clamp(limits.disk_quota))
+        .fetch_one(db)
+        .await
 }
 
 /// The admission decision, taken under a per-tenant lock so that concurrent admissions (several
@@ -264,18 +299,8 @@ impl<'a> Admission<'a> {
         Ok((duplicate, Usage { files_last_hour: files, bytes_last_day: bytes }))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub async fn queue(
-        mut self,
-        id: Uuid,
-        size: i64,
-        checksum: &str,
-        format: &str,
-        app: &str,
-        app_version: Option<i32>,
-        max_attempts: i32,
-        fence: i64,
-    ) -> sqlx::Result<bool> {
+    /// Queues the claimed job as admitted; false if another manager took the claim over.
+    pub async fn queue(mut self, q: &Queue<'_>) -> sqlx::Result<bool> {
         let sql = with_event(
             "update jobs set state = 'queued', size_bytes = $3, checksum = $4, format = $5, route_app = $6,
                     app_version = $7, max_attempts = $8, admitted_at = now()
@@ -284,24 +309,24 @@ impl<'a> Admission<'a> {
         );
         let changed = sqlx::query(&sql)
             .bind(self.tenant.as_str())
-            .bind(id)
-            .bind(size)
-            .bind(checksum)
-            .bind(format)
-            .bind(app)
-            .bind(app_version)
-            .bind(max_attempts)
-            .bind(format!("admitted: {size} bytes of {format} for app {app}"))
-            .bind(fence)
+            .bind(q.id)
+            .bind(q.size)
+            .bind(q.checksum)
+            .bind(q.format)
+            .bind(q.app)
+            .bind(q.app_version)
+            .bind(q.max_attempts)
+            .bind(q.message())
+            .bind(q.fence)
             .execute(&mut *self.tx)
             .await?
             .rows_affected();
         if changed == 0 {
             return Ok(false); // another manager took the job over
         }
-        count_admission(&mut self.tx, &self.tenant, id).await?;
-        // Queued, not final: see `without_flush`. (A rejection, final, keeps waiting for the flush.)
-        sqlx::query("set local synchronous_commit = off").execute(&mut *self.tx).await?;
+        count_admission(&mut self.tx, &self.tenant, q.id).await?;
+        // Queued, not final: see `NO_FLUSH`. (A rejection, final, keeps waiting for the flush.)
+        sqlx::query(NO_FLUSH).execute(&mut *self.tx).await?;
         self.tx.commit().await?;
         Ok(true)
     }
@@ -354,32 +379,16 @@ pub async fn start_attempt(
     lease: &Lease,
     max_running: i64,
 ) -> sqlx::Result<Option<(i32, i64)>> {
-    let mut tx = without_flush(db).await?;
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended('running/' || $1, 0))")
+    // One statement, the lock held only while it runs (see the migration `one_round_trip`).
+    sqlx::query_as("select * from start_attempt($1, $2, $3, $4, $5, $6)")
         .bind(tenant.as_str())
-        .execute(&mut *tx)
-        .await?;
-    let attempt = sqlx::query_as(
-        "with u as (update jobs set state = 'running', attempts = attempts + 1, started_at = now(), app_version = $3,
-                                not_before = null, pid = null, pid_start_ticks = null, lease_owner = $4,
-                                lease_until = now() + make_interval(secs => $5::bigint / 1000.0), fence = fence + 1
-                    where tenant = $1 and id = $2 and state = 'queued'
-                      and (select count(*) from jobs where tenant = $1 and state = 'running') < $6
-                    returning id, tenant, state, attempts, fence),
-              e as (insert into job_events (job_id, tenant, state, message)
-                    select id, tenant, state, 'attempt ' || attempts || ' started with app version ' || $3 from u)
-         select attempts, fence from u",
-    )
-    .bind(tenant.as_str())
-    .bind(id)
-    .bind(app_version)
-    .bind(lease.owner)
-    .bind(lease.ttl_ms())
-    .bind(max_running)
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(attempt)
+        .bind(id)
+        .bind(app_version)
+        .bind(lease.owner)
+        .bind(lease.ttl_ms())
+        .bind(max_running)
+        .fetch_optional(db)
+        .await
 }
 
 /// Queued jobs, for managers to pick up work queued by others (an operator's retry, another manager).
