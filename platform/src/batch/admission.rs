@@ -162,7 +162,9 @@ fn queued(ctx: &Ctx, tenant: &TenantId, job: &Job, size: u64, app: &str) {
 
 fn sha256(file: &std::fs::File) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    // Sized to the file up to 1 MiB: a 1 MiB buffer is mapped, zeroed page by page and unmapped
+    // again for every small file.
+    let mut buf = vec![0u8; (file.metadata()?.len() as usize).clamp(4096, 1 << 20)];
     let mut offset = 0;
     loop {
         let n = std::os::unix::fs::FileExt::read_at(file, &mut buf, offset)?;

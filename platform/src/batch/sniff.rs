@@ -10,9 +10,11 @@ const SAMPLE: usize = 64 << 10;
 
 /// `Err` says in words why the content is not `format`.
 pub fn sniff(file: &File, format: Format) -> std::io::Result<Result<(), String>> {
-    let mut sample = vec![0u8; SAMPLE];
+    // Sized to the file: zeroing 64 KiB for each of thousands of small files is measurable.
+    let want = SAMPLE.min(file.metadata()?.len() as usize);
+    let mut sample = vec![0u8; want];
     let mut filled = 0;
-    while filled < SAMPLE {
+    while filled < want {
         match file.read_at(&mut sample[filled..], filled as u64)? {
             0 => break,
             n => filled += n,
