@@ -181,6 +181,12 @@ async fn prepare(
     Ok((spec, unconfined_dir))
 }
 
+/// An app still running this long after its start has its pid recorded. Recording it sooner only
+/// matters for an app that outlives its manager, and none does: a platform that dies takes its runs
+/// with it (parent-death signals), and one that hangs loses its leases 15 s later, long after this.
+/// Most small files' apps end sooner, and skip a write to their job's row.
+const RECORD_PID_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Runs the program to its end, recording its pid (for recovery after a crash) once it runs.
 async fn execute(
     ctx: &Ctx,
@@ -190,9 +196,15 @@ async fn execute(
     stop: &tokio_util::sync::CancellationToken,
 ) -> std::io::Result<process::ProcessOutcome> {
     let (db, owner, id, fence) = (ctx.db.clone(), tenant.clone(), run.job.id, run.fence);
+    let ended = tokio_util::sync::CancellationToken::new();
+    let _cancel_when_run_ends = ended.clone().drop_guard();
     process::run(spec, stop, move |pid, ticks| {
         if let Some(ticks) = ticks {
             tokio::spawn(async move {
+                tokio::select! {
+                    _ = ended.cancelled() => return,
+                    _ = tokio::time::sleep(RECORD_PID_AFTER) => {}
+                }
                 if let Err(e) = jobs::set_process(&db, &owner, id, fence, pid as i32, ticks).await {
                     tracing::warn!(job = %id, error = %e, "recording the app's pid failed");
                 }
