@@ -73,6 +73,24 @@ pub fn protect(brokers: &str, uid_base: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// The ports the platform's rules (this platform's, and any an earlier platform left for its own
+/// broker) keep tenants' uids from, over IPv4: the gateway must not listen on one of them, or no
+/// tenant's program could reach it. Empty where iptables cannot be read (no rules are added there).
+pub fn denied_ports() -> Vec<u16> {
+    match Command::new("iptables").args(["-w", "-S", "OUTPUT"]).output() {
+        Ok(out) if out.status.success() => parse_denied(&String::from_utf8_lossy(&out.stdout)),
+        _ => Vec::new(),
+    }
+}
+
+fn parse_denied(rules: &str) -> Vec<u16> {
+    rules
+        .lines()
+        .filter(|l| l.contains(COMMENT))
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "--dport").nth(1)?.parse().ok())
+        .collect()
+}
+
 fn ensure(tool: &str, args: &[String]) -> Result<(), String> {
     let run = |op: &str| {
         Command::new(tool)
@@ -106,5 +124,13 @@ mod tests {
             "-p tcp --dport 59092 -m owner --uid-owner 2000000000-2016777215 -m comment --comment mysimbdp: tenants reach the broker only through its gateway -j REJECT --reject-with tcp-reset"
         );
         assert_eq!(ports("localhost:9092, 127.0.0.1:9092,127.0.0.1:9093").unwrap(), [9092, 9093]);
+    }
+
+    #[test]
+    fn the_platforms_rules_give_the_denied_ports_and_no_other_rule_does() {
+        let rules = format!(
+            "-P OUTPUT ACCEPT\n-A OUTPUT -p tcp -m tcp --dport 40205 -m owner --uid-owner 2000000000-2016777215 -m comment --comment \"{COMMENT}\" -j REJECT --reject-with tcp-reset\n-A OUTPUT -p tcp -m tcp --dport 22 -j DROP\n"
+        );
+        assert_eq!(parse_denied(&rules), [40205]);
     }
 }

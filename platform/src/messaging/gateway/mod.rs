@@ -79,7 +79,8 @@ pub struct Gateway {
 /// doc) on a free loopback port, until `shutdown`.
 pub async fn start(db: Db, brokers: String, shutdown: CancellationToken) -> std::io::Result<Gateway> {
     let upstream = brokers.split(',').map(str::trim).find(|b| !b.is_empty()).unwrap_or_default().to_owned();
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let denied = tokio::task::spawn_blocking(firewall::denied_ports).await.map_err(std::io::Error::other)?;
+    let listener = bind_avoiding(|port| denied.contains(&port)).await?;
     let local = listener.local_addr()?;
     let address = local.to_string();
     tracing::info!(%address, %upstream, "broker gateway listening");
@@ -122,6 +123,27 @@ pub async fn start(db: Db, brokers: String, shutdown: CancellationToken) -> std:
         }
     });
     Ok(Gateway { address })
+}
+
+/// A loopback listener on a free port that `denied` does not name. The firewall rules a platform
+/// adds for its broker's port stay when it stops (see `firewall`); a gateway given such a port later
+/// would be refused to every tenant's program (seen in the tests, whose brokers come and go).
+async fn bind_avoiding(denied: impl Fn(u16) -> bool) -> std::io::Result<TcpListener> {
+    // The refused listeners stay bound until a good one is found, so the kernel does not offer
+    // the same port again.
+    let mut refused = Vec::new();
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        if !denied(port) {
+            return Ok(listener);
+        }
+        tracing::info!(port, "the broker gateway skips a port the firewall keeps tenants from");
+        refused.push(listener);
+        if refused.len() > 64 {
+            return Err(std::io::Error::other("no free loopback port the firewall lets tenants reach"));
+        }
+    }
 }
 
 /// The tenant whose program holds the other end of the connection.
@@ -216,5 +238,25 @@ mod tests {
         drop(held);
         assert!(slots.take(&a).is_some());
         assert!(slots.0.lock().unwrap().get(&a).is_none_or(|n| *n <= 1));
+    }
+
+    #[tokio::test]
+    async fn the_gateway_never_listens_on_a_port_the_firewall_denies() {
+        // The first two ports offered are taken as denied: the third is used, and is neither.
+        let offered = Mutex::new(Vec::new());
+        let listener = bind_avoiding(|port| {
+            let mut seen = offered.lock().unwrap();
+            seen.push(port);
+            seen.len() <= 2
+        })
+        .await
+        .unwrap();
+        let seen = offered.into_inner().unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(seen[2], port);
+        assert!(!seen[..2].contains(&port), "{seen:?}");
+        // Denied ports stay refused: everything denied is an error, not a loop.
+        assert!(bind_avoiding(|_| true).await.is_err());
     }
 }
