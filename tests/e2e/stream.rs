@@ -194,13 +194,10 @@ pub async fn wait_docs(p: &TestPlatform, tenant: &str, n: i64, within: Duration)
                 .flatten()
                 .map(|e| std::fs::read_to_string(e.path().join("log")).unwrap_or_default())
                 .collect();
-            // A platform run as its own process (`start_process`) logs to a file: its last lines too.
-            let platform_log = std::fs::read_to_string(p.dir.path().join("platform.log")).unwrap_or_default();
-            let tail: Vec<&str> = platform_log.lines().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect();
             panic!(
                 "{have} of {n} documents after {within:?}; (partition, documents, max offset): {by_partition:?}; instance logs:\n{}\nplatform log (last lines):\n{}",
                 logs.join("\n---\n"),
-                tail.join("\n")
+                p.platform_log_tail(80)
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -440,6 +440,14 @@ impl TestPlatform {
     }
 
     /// Documents in a tenant's collection (0 if the collection does not exist).
+    /// The last `n` lines the platform process logged (`start_process`; an in-process platform logs
+    /// only with `MYSIMBDP_TEST_LOG`), for a failure message: what the platform saw meanwhile.
+    pub fn platform_log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("platform.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     pub async fn count_docs(&self, tenant: &str, collection: &str) -> i64 {
         let mut c = self.coredms_admin(tenant).await;
         let exists: bool =
