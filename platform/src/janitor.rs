@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::layout::reason_file;
+use crate::layout::reason_file;
 use crate::store::{retention, Db};
 use crate::tenant::TenantId;
 
@@ -58,7 +58,7 @@ async fn sweep(db: &Db, data_dir: &Path, keep: Duration) -> anyhow::Result<()> {
     let instances = retention::forget_instances(db, cutoff).await?;
     let dirs: Vec<PathBuf> = instances
         .iter()
-        .filter_map(|(t, id)| Some(crate::stream::instance_dir(data_dir, &TenantId::parse(t).ok()?, *id)))
+        .filter_map(|(t, id)| Some(crate::layout::instance_dir(data_dir, &TenantId::parse(t).ok()?, *id)))
         .collect();
     tokio::task::spawn_blocking(move || {
         for dir in dirs {

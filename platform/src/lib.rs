@@ -20,9 +20,11 @@ pub mod config;
 pub mod coredms;
 pub mod domain;
 pub mod janitor;
+pub mod layout;
 pub mod messaging;
 pub mod metrics;
 pub mod monitor;
+pub mod names;
 pub mod runtime;
 pub mod store;
 pub mod stream;
@@ -82,7 +84,7 @@ pub struct Platform {
     shutdown: CancellationToken,
     db: store::Db,
     agreements: agreement::registry::Agreements,
-    layout: batch::layout::Layout,
+    layout: layout::Layout,
     metrics: Arc<metrics::Metrics>,
     tenants: Arc<tenants::Tenants>,
     sandbox: Option<Arc<runtime::sandbox::Sandbox>>,
@@ -107,7 +109,7 @@ impl Platform {
             Duration::from_secs(2),
             shutdown.clone(),
         )?;
-        let layout = batch::layout::Layout { staging: config.staging_dir.clone(), data: config.data_dir.clone() };
+        let layout = layout::Layout { staging: config.staging_dir.clone(), data: config.data_dir.clone() };
         let metrics = Arc::new(metrics::Metrics::default());
         let sandbox = match (&config.sandbox, needs_tenants) {
             (Some(settings), true) => {

@@ -55,7 +55,7 @@ async fn each_violation_is_rejected_before_the_app_runs() {
         let q = p.wait_moved(&job).await;
         assert!(q.starts_with(p.data_dir.join("quarantine").join(&small)), "{q:?}");
         let sidecar: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(mysimbdp::batch::layout::reason_file(&q)).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(mysimbdp::layout::reason_file(&q)).unwrap()).unwrap();
         assert_eq!(sidecar["reason"], reason);
         assert!(!p.staging_dir.join(&small).join(file).exists());
     }

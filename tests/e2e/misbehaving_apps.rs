@@ -67,7 +67,7 @@ async fn failures_are_recorded_and_the_platform_keeps_going() {
     // Each failed file is quarantined with its log beside it.
     let q = p.wait_moved(&flood).await;
     let sidecar: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(mysimbdp::batch::layout::reason_file(&q)).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(mysimbdp::layout::reason_file(&q)).unwrap()).unwrap();
     assert!(sidecar["log"].as_str().unwrap().contains("bytes dropped"));
 
     // The platform keeps going.

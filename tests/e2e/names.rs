@@ -51,8 +51,7 @@ async fn long_undecodable_and_control_character_names_each_end_once_and_the_plat
         let quarantined = p.wait_moved(&job).await;
         assert_eq!(std::fs::read(&quarantined).unwrap(), b"a\n1\n", "the file itself is kept");
         let reason: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(mysimbdp::batch::layout::reason_file(&quarantined)).unwrap())
-                .unwrap();
+            serde_json::from_slice(&std::fs::read(mysimbdp::layout::reason_file(&quarantined)).unwrap()).unwrap();
         assert_eq!(reason["reason"], "bad_name", "{reason}");
         assert_eq!(p.jobs_for(&t, shown).await.len(), 1, "one outcome, not one per rescan");
     }

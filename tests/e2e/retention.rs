@@ -24,7 +24,7 @@ async fn finished_work_past_retention_is_forgotten_and_work_in_progress_is_kept(
     let done = p.wait_final(&t, "done.csv").await;
     let refused = p.wait_final(&t, "refused.txt").await;
     let (kept, quarantined) = (p.wait_moved(&done).await, p.wait_moved(&refused).await);
-    let reason = mysimbdp::batch::layout::reason_file(&quarantined);
+    let reason = mysimbdp::layout::reason_file(&quarantined);
     assert!(reason.exists());
     // The listing is read (and cached) while both are there.
     assert_eq!(http.get(&list, &token).await.json()["items"].as_array().unwrap().len(), 2);

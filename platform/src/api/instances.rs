@@ -167,9 +167,9 @@ pub async fn log(
     State(state): State<ApiState>,
     Owned { tenant: t, record: inst }: Owned<Instance>,
 ) -> Result<([(header::HeaderName, &'static str); 1], String), Problem> {
-    let path = crate::stream::instance_dir(&state.layout.data, &t, inst.id).join("log");
+    let path = crate::layout::instance_log(&state.layout.data, &t, inst.id);
     // Up to a MiB read from disk: off the runtime's workers, which serve every other request.
-    let text = tokio::task::spawn_blocking(move || RotatingLog::tail(&path, crate::stream::supervisor::LOG_LIMIT))
+    let text = tokio::task::spawn_blocking(move || RotatingLog::tail(&path, crate::layout::INSTANCE_LOG_LIMIT))
         .await
         .map_err(Problem::internal)??;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))

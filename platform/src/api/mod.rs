@@ -37,7 +37,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::agreement::registry::Agreements;
 use crate::apps::Registry;
-use crate::batch::layout::Layout;
+use crate::layout::Layout;
 use crate::metrics::Metrics;
 use crate::store::Db;
 pub use auth::{Caller, Keys};

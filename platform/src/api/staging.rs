@@ -15,7 +15,7 @@ use super::problem::{Problem, TenantScoped};
 use super::scope::Scoped;
 use super::upload;
 use super::ApiState;
-use crate::batch::names;
+use crate::names;
 use crate::tenant::TenantId;
 use crate::units::ByteSize;
 

@@ -10,11 +10,11 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::frozen::freeze;
-use super::layout::move_file;
-use super::names;
 use super::sniff::sniff;
 use super::Ctx;
 use crate::agreement::limits::{self, Refusal};
+use crate::layout::move_file;
+use crate::names;
 use crate::store::jobs::{self, Admission, Claim, Job, Limits, Queue};
 use crate::tenant::TenantId;
 use crate::units::ByteSize;

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{admission, finished, layout::move_file, Ctx};
+use super::{admission, finished, Ctx};
+use crate::layout::move_file;
 use crate::store::jobs::{self, JobState};
 use crate::store::leases::{self, Lease, TakenOver};
 use crate::tenant::TenantId;

@@ -8,9 +8,7 @@
 
 pub mod admission;
 pub mod frozen;
-pub mod layout;
 pub mod leases;
-pub mod names;
 pub mod retry;
 pub mod runner;
 pub mod scheduler;
@@ -28,12 +26,12 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::agreement::registry::Agreements;
+use crate::layout::{move_file, Layout};
+use crate::names::is_ignored;
 use crate::store::jobs::{self, Job, JobState};
 use crate::store::Db;
 use crate::tenant::TenantId;
 use crate::tenants::Tenants;
-use layout::{move_file, Layout};
-use names::is_ignored;
 use scheduler::Scheduler;
 
 pub use crate::config::BatchConfig;
@@ -302,7 +300,7 @@ fn finalize_files(job: &Job, dir: &Path) -> anyhow::Result<()> {
                 "reason": job.reason, "detail": job.detail, "exit_code": job.exit_code, "signal": job.signal,
                 "log": job.log,
             });
-            let sidecar = layout::reason_file(&target);
+            let sidecar = crate::layout::reason_file(&target);
             if let Some(parent) = sidecar.parent() {
                 std::fs::create_dir_all(parent)?;
             }

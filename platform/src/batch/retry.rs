@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::layout::{move_file, reason_file};
 use crate::agreement::limits;
 use crate::agreement::BatchAgreement;
+use crate::layout::{move_file, reason_file};
 use crate::store::jobs::{self, Job, RetryError};
 use crate::store::Db;
 use crate::tenant::TenantId;

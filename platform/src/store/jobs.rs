@@ -16,7 +16,7 @@ pub struct Job {
     #[sqlx(flatten)]
     #[serde(flatten)]
     pub summary: JobSummary,
-    /// The name's bytes, when they are not the text `file_name` shows (see `batch::names`).
+    /// The name's bytes, when they are not the text `file_name` shows (see `names`).
     #[serde(skip)]
     pub file_name_bytes: Option<Vec<u8>>,
     pub staging_path: String,

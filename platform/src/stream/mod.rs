@@ -64,12 +64,8 @@ impl StreamCtx {
 
     /// `<data>/instances/<tenant>/<id>/`: the instance's log and working folder.
     pub fn instance_dir(&self, tenant: &TenantId, id: Uuid) -> PathBuf {
-        instance_dir(&self.data_dir, tenant, id)
+        crate::layout::instance_dir(&self.data_dir, tenant, id)
     }
-}
-
-pub fn instance_dir(data_dir: &std::path::Path, tenant: &TenantId, id: Uuid) -> PathBuf {
-    data_dir.join("instances").join(tenant.as_str()).join(id.to_string())
 }
 
 /// The consumer group of a tenant's app: tenant-prefixed like its topics.

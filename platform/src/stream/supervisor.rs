@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::StreamCtx;
 use crate::agreement::{RestartMode, RestartPolicy, StreamAgreement};
 use crate::domain::InstanceState;
+use crate::layout::{instance_log, INSTANCE_LOG_LIMIT};
 use crate::messaging::topics::{tenant_topic, METRICS_TOPIC};
 use crate::runtime::instance::{InstanceSpec, Runtime, Started};
 use crate::runtime::log::RotatingLog;
@@ -26,8 +27,6 @@ const STABLE_RUN: Duration = Duration::from_secs(30);
 /// gives up on its static member: tansu 0.6 strands a group whose leader's session expired while the
 /// other members kept going (it keeps the gone leader), and no removal by the platform undoes that.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Each instance's log keeps at most twice this (the file and one rotated file).
-pub const LOG_LIMIT: u64 = 1 << 20;
 
 /// How the manager reaches a supervised instance.
 pub struct Control {
@@ -172,7 +171,7 @@ async fn prepare(ctx: &StreamCtx, inst: &Instance, tenant: &TenantId) -> anyhow:
     // A confined instance's working folder is a tmpfs of the sandbox's own.
     let made = if ctx.sandbox.is_none() { work.clone() } else { dir.clone() };
     tokio::task::spawn_blocking(move || std::fs::create_dir_all(made)).await??;
-    let log = RotatingLog::open(&dir.join("log"), LOG_LIMIT)?;
+    let log = RotatingLog::open(&instance_log(&ctx.data_dir, tenant, inst.id), INSTANCE_LOG_LIMIT)?;
     let spec = InstanceSpec {
         name: format!("mysimbdp-{}", inst.id),
         image: crate::runtime::container::image_repository(tenant, app.id),

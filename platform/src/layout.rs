@@ -1,5 +1,6 @@
-//! Where a staged file lives during its life. Staging belongs to the tenant; everything under the
-//! data folder belongs to the platform:
+//! Every path the platform uses for tenants' files and programs' folders, in one place (the roles
+//! and the API all take them from here). Staging belongs to the tenant; everything under the data
+//! folder belongs to the platform:
 //!
 //! ```text
 //! staging/<tenant>/<name>                      dropped by the tenant
@@ -7,6 +8,7 @@
 //! <data>/work/<tenant>/<job>/run-<n>/          the app's fresh working folder for attempt n
 //! <data>/ingested/<tenant>/<job>/<name>        succeeded
 //! <data>/quarantine/<tenant>/<job>/<name>      rejected or failed, beside <job>.reason.json
+//! <data>/instances/<tenant>/<instance>/        a stream instance's folder, its `log` in it
 //! ```
 //!
 //! A name is always a path component of its own (never joined to the job's id), so any name the
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use super::names::component;
+use crate::names::component;
 use crate::tenant::TenantId;
 
 #[derive(Clone, Debug)]
@@ -51,6 +53,20 @@ impl Layout {
         self.data.join("quarantine").join(t.as_str()).join(job.to_string()).join(component(name))
     }
 }
+
+/// The folder of a tenant's stream instance: its working folder and its `log`.
+pub fn instance_dir(data: &Path, t: &TenantId, id: Uuid) -> PathBuf {
+    data.join("instances").join(t.as_str()).join(id.to_string())
+}
+
+/// The log of a stream instance, in its folder.
+pub fn instance_log(data: &Path, t: &TenantId, id: Uuid) -> PathBuf {
+    instance_dir(data, t, id).join("log")
+}
+
+/// What a stream instance's log keeps: at most twice this (the file and one rotated file); the API
+/// serves its tail up to this.
+pub const INSTANCE_LOG_LIMIT: u64 = 1 << 20;
 
 /// Where the reason for a quarantined file is written: `<job>.reason.json` beside the job's folder,
 /// a name no staged file can take and that fits whatever the file's name.
