@@ -154,14 +154,6 @@ pub async fn open_jobs(db: &Db) -> sqlx::Result<Vec<Job>> {
     .await
 }
 
-/// Makes the transaction's commit not wait for the WAL to reach the disk. Only for steps on the way
-/// to an app's start (claim, admission, attempt start): a commit lost to a crash of the machine or of
-/// PostgreSQL leaves an earlier, repeatable state, and recovery adopts a claimed file whose row was
-/// lost from its work folder. Final outcomes always wait for the flush. Three fsyncs fewer between a
-/// rename and the app's start keep that latency flat while PostgreSQL checkpoints. (The functions of
-/// the migration `one_round_trip` do the same.)
-const NO_FLUSH: &str = "set local synchronous_commit = off";
-
 /// A claimed job as admission queues it.
 pub struct Queue<'a> {
     pub id: Uuid,
@@ -191,6 +183,15 @@ pub struct Limits {
 /// `limits`, under the tenant's admission lock. False when anything stands in the way (nothing is
 /// changed then); the caller then takes the full path (`Admission`), which names the refusal.
 pub async fn admit(db: &Db, tenant: &TenantId, q: &Queue<'_>, limits: &Limits) -> sqlx::Result<bool> {
+    admit_job(tenant, q, limits).fetch_one(db).await
+}
+
+/// The store's `admit_job` (migration `one_round_trip`) for `q` within `limits`.
+fn admit_job<'q>(
+    tenant: &'q TenantId,
+    q: &'q Queue<'q>,
+    limits: &Limits,
+) -> sqlx::query::QueryScalar<'q, Postgres, bool, sqlx::postgres::PgArguments> {
     let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     sqlx::query_scalar("select admit_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
         .bind(tenant.as_str())
@@ -206,8 +207,6 @@ pub async fn admit(db: &Db, tenant: &TenantId, q: &Queue<'_>, limits: &Limits) -
         .bind(clamp(limits.max_files_per_hour))
         .bind(clamp(limits.max_bytes_per_day))
         .bind(clamp(limits.disk_quota))
-        .fetch_one(db)
-        .await
 }
 
 /// The admission decision, taken under a per-tenant lock so that concurrent admissions (several
@@ -299,36 +298,13 @@ impl<'a> Admission<'a> {
         Ok((duplicate, Usage { files_last_hour: files, bytes_last_day: bytes }))
     }
 
-    /// Queues the claimed job as admitted; false if another manager took the claim over.
+    /// Queues the claimed job as admitted, the checks done; false if another manager took the claim
+    /// over. (The same statement as `admit`, with no limit: the lock it takes is this transaction's.)
     pub async fn queue(mut self, q: &Queue<'_>) -> sqlx::Result<bool> {
-        let sql = with_event(
-            "update jobs set state = 'queued', size_bytes = $3, checksum = $4, format = $5, route_app = $6,
-                    app_version = $7, max_attempts = $8, admitted_at = now()
-             where tenant = $1 and id = $2 and state = 'detected' and fence = $10 returning *",
-            9,
-        );
-        let changed = sqlx::query(&sql)
-            .bind(self.tenant.as_str())
-            .bind(q.id)
-            .bind(q.size)
-            .bind(q.checksum)
-            .bind(q.format)
-            .bind(q.app)
-            .bind(q.app_version)
-            .bind(q.max_attempts)
-            .bind(q.message())
-            .bind(q.fence)
-            .execute(&mut *self.tx)
-            .await?
-            .rows_affected();
-        if changed == 0 {
-            return Ok(false); // another manager took the job over
-        }
-        count_admission(&mut self.tx, &self.tenant, q.id).await?;
-        // Queued, not final: see `NO_FLUSH`. (A rejection, final, keeps waiting for the flush.)
-        sqlx::query(NO_FLUSH).execute(&mut *self.tx).await?;
+        let unlimited = Limits { max_files_per_hour: u64::MAX, max_bytes_per_day: u64::MAX, disk_quota: u64::MAX };
+        let queued = admit_job(&self.tenant, q, &unlimited).fetch_one(&mut *self.tx).await?;
         self.tx.commit().await?;
-        Ok(true)
+        Ok(queued)
     }
 
     #[allow(clippy::too_many_arguments)]
