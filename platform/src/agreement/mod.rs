@@ -635,6 +635,12 @@ fn parse_apps(value: &Value, path: &str, errors: &mut Errors) -> Option<AppsAgre
     Some(AppsAgreement { max_apps: max_apps?, max_app_size: max_app_size?, max_versions: max_versions? })
 }
 
+/// Why nothing is done for a tenant without an agreement in force (none yet, or only one that does
+/// not parse): one wording for the API's refusals and the batch manager's.
+pub fn not_in_force(tenant: &TenantId) -> String {
+    format!("tenant `{tenant}` has no service agreement in force")
+}
+
 /// `*` matches any run of characters, `?` one character; everything else literally.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
     let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());

@@ -83,7 +83,7 @@ pub async fn upload(
     body: Body,
 ) -> Result<(StatusCode, Json<AppVersion>), Problem> {
     let agreement = state.agreements.get(&t).ok_or_else(|| {
-        Problem::conflict(format!("tenant `{t}` has no service agreement in force; apps cannot be installed"))
+        Problem::conflict(format!("{}; apps cannot be installed", crate::agreement::not_in_force(&t)))
     })?;
     if let Some(name) = &params.name {
         crate::apps::validate_app_name(name).map_err(Problem::bad_request)?;

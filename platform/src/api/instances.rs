@@ -58,8 +58,7 @@ pub async fn start(
 
 /// The stream section of the tenant's agreement in force (409 without one).
 fn stream_section(state: &ApiState, t: &TenantId) -> Result<crate::agreement::StreamAgreement, Problem> {
-    let agreement =
-        state.agreements.get(t).ok_or_else(|| Problem::conflict(format!("tenant `{t}` has no agreement in force")))?;
+    let agreement = state.agreements.get(t).ok_or_else(|| Problem::conflict(crate::agreement::not_in_force(t)))?;
     agreement
         .stream
         .clone()

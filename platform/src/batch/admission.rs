@@ -73,8 +73,7 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
         }
     };
     let Some(agreement) = ctx.agreements.get(tenant) else {
-        let refusal =
-            Refusal { reason: "no_agreement", detail: format!("tenant {tenant} has no service agreement in force") };
+        let refusal = Refusal { reason: "no_agreement", detail: crate::agreement::not_in_force(tenant) };
         return reject(ctx, tenant, job, Rejection { size: Some(size), checksum: None, refusal, duplicate_of: None })
             .await;
     };

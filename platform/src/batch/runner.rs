@@ -98,7 +98,7 @@ struct Target {
 /// The agreement, route and app for `job`, or why there is none (a reason and its detail).
 async fn resolve(ctx: &Ctx, tenant: &TenantId, job: &Job) -> anyhow::Result<Result<Target, (&'static str, String)>> {
     let Some(agreement) = ctx.agreements.get(tenant) else {
-        return Ok(Err(("no_agreement", format!("tenant {tenant} has no service agreement in force"))));
+        return Ok(Err(("no_agreement", crate::agreement::not_in_force(tenant))));
     };
     let Some(route) = agreement.route_for(&job.file_name).cloned() else {
         return Ok(Err(("no_route", format!("no route of the current agreement matches `{}`", job.file_name))));
