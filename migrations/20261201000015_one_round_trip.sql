@@ -16,6 +16,43 @@
 -- PL/pgSQL because each statement in it takes a fresh snapshot: the lock is taken first, and what is
 -- counted after it sees every commit made under it.
 
+-- What admission judges a tenant by, written once for the one-statement admission below and for the
+-- stepwise one (`store::jobs`).
+--
+-- The tenant's admitted files in the last hour and bytes in the last day, from its per-minute usage
+-- rows: a window takes every minute that began inside it, so it spans up to one minute more than its
+-- name and a limit is never exceeded.
+create function tenant_rates(p_tenant text, out files bigint, out bytes bigint) language sql stable as $$
+    select coalesce(sum(u.files) filter (where u.minute > now() - interval '61 minutes'), 0)::bigint,
+           coalesce(sum(u.bytes), 0)::bigint
+      from tenant_usage u where u.tenant = p_tenant and u.minute > now() - interval '1441 minutes'
+$$;
+
+-- Bytes the tenant's files take on the platform's disk, for its `disk_quota`: files on their way and
+-- in quarantine (the running total of the migration `tenant_disk`) plus its installed app versions.
+create function tenant_disk_used(p_tenant text) returns bigint language sql stable as $$
+    select coalesce((select t.bytes from tenant_disk t where t.tenant = p_tenant), 0)::bigint
+         + (select coalesce(sum(a.size_bytes), 0) from apps a where a.tenant = p_tenant)::bigint
+$$;
+
+-- The tenant's earlier file with the same content that succeeded or is still on its way, if any.
+create function duplicate_of(p_tenant text, p_checksum text, p_id uuid)
+returns table (id uuid, file_name text) language sql stable as $$
+    select j.id, j.file_name from jobs j
+     where j.tenant = p_tenant and j.checksum = p_checksum and j.id <> p_id
+       and j.state in ('queued', 'running', 'retry_wait', 'succeeded')
+     order by j.detected_at limit 1
+$$;
+
+-- Counts one admitted file of `p_size` bytes in the tenant's usage, now, and drops minutes no window
+-- reaches any more.
+create function count_admission(p_tenant text, p_size bigint) returns void language sql as $$
+    delete from tenant_usage where tenant = p_tenant and minute < now() - interval '1 day 1 hour';
+    insert into tenant_usage (tenant, minute, files, bytes) values (p_tenant, date_trunc('minute', now()), 1, p_size)
+        on conflict (tenant, minute)
+        do update set files = tenant_usage.files + 1, bytes = tenant_usage.bytes + excluded.bytes;
+$$;
+
 -- A file claimed: its row (`detected`, leased) and its first event.
 create function claim_job(p_id uuid, p_tenant text, p_file_name text, p_file_name_bytes bytea,
                           p_staging_path text, p_work_path text, p_owner uuid, p_ttl_ms bigint)
@@ -48,19 +85,14 @@ declare
     v_used  bigint;
 begin
     perform pg_advisory_xact_lock(hashtextextended('admission/' || p_tenant, 0));
-    select coalesce(sum(u.files) filter (where u.minute > now() - interval '61 minutes'), 0),
-           coalesce(sum(u.bytes), 0)
-      into v_files, v_bytes
-      from tenant_usage u where u.tenant = p_tenant and u.minute > now() - interval '1441 minutes';
+    select r.files, r.bytes into v_files, v_bytes from tenant_rates(p_tenant) r;
     if v_files + 1 > p_max_files_per_hour or v_bytes + p_size > p_max_bytes_per_day then
         return false;
     end if;
-    if exists (select 1 from jobs where tenant = p_tenant and checksum = p_checksum and id <> p_id
-                 and state in ('queued', 'running', 'retry_wait', 'succeeded')) then
+    if exists (select 1 from duplicate_of(p_tenant, p_checksum, p_id)) then
         return false;
     end if;
-    v_used := coalesce((select t.bytes from tenant_disk t where t.tenant = p_tenant), 0)
-          + (select coalesce(sum(size_bytes), 0) from apps where tenant = p_tenant);
+    v_used := tenant_disk_used(p_tenant);
     if greatest(v_used, 0) + p_size > p_disk_quota then
         return false;
     end if;
@@ -72,10 +104,7 @@ begin
         return false;
     end if;
     insert into job_events (job_id, tenant, state, message) values (p_id, p_tenant, 'queued', p_message);
-    delete from tenant_usage where tenant = p_tenant and minute < now() - interval '1 day 1 hour';
-    insert into tenant_usage (tenant, minute, files, bytes) values (p_tenant, date_trunc('minute', now()), 1, p_size)
-        on conflict (tenant, minute)
-        do update set files = tenant_usage.files + 1, bytes = tenant_usage.bytes + excluded.bytes;
+    perform count_admission(p_tenant, p_size);
     perform set_config('synchronous_commit', 'off', true);
     return true;
 end $$;

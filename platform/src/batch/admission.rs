@@ -91,8 +91,10 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
     };
     let (content, checksum) = {
         let _permit = ctx.hashing.acquire().await?;
-        tokio::task::spawn_blocking(move || -> std::io::Result<_> { Ok((sniff(&file, format)?, sha256(&file)?)) })
-            .await??
+        tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            Ok((sniff(&file, size, format)?, sha256(&file, size)?))
+        })
+        .await??
     };
     if let Err(why) = content {
         let refusal = Refusal { reason: "content_mismatch", detail: why };
@@ -159,11 +161,11 @@ fn queued(ctx: &Ctx, tenant: &TenantId, job: &Job, size: u64, app: &str) {
     ctx.scheduler.push(tenant, job.id);
 }
 
-fn sha256(file: &std::fs::File) -> std::io::Result<String> {
+fn sha256(file: &std::fs::File, size: u64) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     // Sized to the file up to 1 MiB: a 1 MiB buffer is mapped, zeroed page by page and unmapped
     // again for every small file.
-    let mut buf = vec![0u8; (file.metadata()?.len() as usize).clamp(4096, 1 << 20)];
+    let mut buf = vec![0u8; (size as usize).clamp(4096, 1 << 20)];
     let mut offset = 0;
     loop {
         let n = std::os::unix::fs::FileExt::read_at(file, &mut buf, offset)?;

@@ -8,10 +8,10 @@ use crate::agreement::Format;
 
 const SAMPLE: usize = 64 << 10;
 
-/// `Err` says in words why the content is not `format`.
-pub fn sniff(file: &File, format: Format) -> std::io::Result<Result<(), String>> {
+/// `Err` says in words why the content is not `format`. `size` is the file's (frozen) size.
+pub fn sniff(file: &File, size: u64, format: Format) -> std::io::Result<Result<(), String>> {
     // Sized to the file: zeroing 64 KiB for each of thousands of small files is measurable.
-    let want = SAMPLE.min(file.metadata()?.len() as usize);
+    let want = SAMPLE.min(size as usize);
     let mut sample = vec![0u8; want];
     let mut filled = 0;
     while filled < want {

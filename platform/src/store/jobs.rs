@@ -216,22 +216,13 @@ pub struct Admission<'a> {
     tenant: TenantId,
 }
 
-/// Files and bytes admitted in the rolling windows the agreement limits.
-/// The tenant's (`$1`) admitted files in the last hour and bytes in the last day, from its per-minute
-/// usage rows: a window takes every minute that began inside it, so it spans up to one minute more
-/// than its name and a limit is never exceeded.
-const USAGE: &str =
-    "select coalesce(sum(files) filter (where minute > now() - interval '61 minutes'), 0)::bigint as files,
-            coalesce(sum(bytes), 0)::bigint as bytes
-     from tenant_usage where tenant = $1 and minute > now() - interval '1441 minutes'";
+/// The tenant's (`$1`) admitted files in the last hour and bytes in the last day (see the store's
+/// `tenant_rates`, migration `one_round_trip`).
+const USAGE: &str = "select files, bytes from tenant_rates($1)";
 
-/// Bytes the tenant's files take on the platform's disk, for its `disk_quota`: files on their way
-/// (claimed, queued, running), quarantined files (rejected or failed, kept until retention), and its
-/// installed app versions. (`$1` is the tenant; see the `jobs_kept_bytes` index.)
-/// The tenant's files on their way and in quarantine (a running total the store keeps: see the
-/// migration `tenant_disk`) plus its app versions.
-const DISK_USAGE: &str = "select coalesce((select bytes from tenant_disk where tenant = $1), 0)::bigint
-                              + (select coalesce(sum(size_bytes), 0) from apps where tenant = $1)::bigint";
+/// Bytes the tenant's files take on the platform's disk, for its `disk_quota` (the store's
+/// `tenant_disk_used`).
+const DISK_USAGE: &str = "select tenant_disk_used($1)";
 
 /// Tenants whose running disk total differs from the sum of their jobs' shares: none, unless the
 /// store's trigger is wrong (the tests check it after crashes, retention and quotas).
@@ -283,11 +274,7 @@ impl<'a> Admission<'a> {
     pub async fn checks(&mut self, id: Uuid, checksum: &str) -> sqlx::Result<(Option<(Uuid, String)>, Usage)> {
         let (dup_id, dup_name, files, bytes): (Option<Uuid>, Option<String>, i64, i64) = sqlx::query_as(&format!(
             "select d.id, d.file_name, u.files, u.bytes
-             from ({USAGE}) u
-             left join lateral (select id, file_name from jobs
-                                where tenant = $1 and checksum = $2 and id <> $3
-                                  and state in ('queued', 'running', 'retry_wait', 'succeeded')
-                                order by detected_at limit 1) d on true"
+             from ({USAGE}) u left join lateral duplicate_of($1, $2, $3) d on true"
         ))
         .bind(self.tenant.as_str())
         .bind(checksum)
@@ -427,26 +414,14 @@ pub async fn retry(
         .map_err(|(limit, detail)| RetryError::OverLimit(limit, detail))?;
     let tx = &mut admission.tx;
     sqlx::query(&sql).bind(tenant.as_str()).bind(job.id).bind(fresh_attempts).bind(why).execute(&mut **tx).await?;
-    count_admission(tx, tenant, job.id).await?;
+    count_admission(tx, tenant, job.size_bytes.unwrap_or(0)).await?;
     admission.tx.commit().await?;
     Ok(())
 }
 
-/// Adds a job admitted by this transaction (its `admitted_at` is the transaction's `now()`) to its
-/// tenant's usage, and drops minutes no window reaches any more.
-async fn count_admission(tx: &mut sqlx::PgConnection, tenant: &TenantId, id: Uuid) -> sqlx::Result<()> {
-    sqlx::query(
-        "with pruned as (delete from tenant_usage where tenant = $1 and minute < now() - interval '1 day 1 hour')
-         insert into tenant_usage (tenant, minute, files, bytes)
-         select tenant, date_trunc('minute', admitted_at), 1, coalesce(size_bytes, 0)
-         from jobs where tenant = $1 and id = $2 and admitted_at = now()
-         on conflict (tenant, minute)
-         do update set files = tenant_usage.files + 1, bytes = tenant_usage.bytes + excluded.bytes",
-    )
-    .bind(tenant.as_str())
-    .bind(id)
-    .execute(tx)
-    .await?;
+/// Counts a job admitted again in the tenant's usage (the store's `count_admission`).
+async fn count_admission(tx: &mut sqlx::PgConnection, tenant: &TenantId, size: i64) -> sqlx::Result<()> {
+    sqlx::query("select count_admission($1, $2)").bind(tenant.as_str()).bind(size).execute(tx).await?;
     Ok(())
 }
 
