@@ -85,10 +85,21 @@ async fn one_tenants_stalled_uploads_take_only_its_own_share_of_requests() {
     let path_a = format!("/v1/tenants/{a}");
     // Within the uploads' 30 s grace (after it, the platform gives them up and frees their slots); the
     // 64 are counted only as the server reads their heads, slow when the whole suite runs.
-    eventually(Duration::from_secs(25), "the tenant's next request refused", async || {
-        http.get(&path_a, &token_a).await.status == 429
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(25);
+    while http.get(&path_a, &token_a).await.status != 429 {
+        if std::time::Instant::now() > deadline {
+            // Fewer than 64 held their slot: say what the server answered the ones that ended.
+            let mut answered = Vec::new();
+            for (i, c) in stalled.iter_mut().enumerate() {
+                let mut buf = [0u8; 200];
+                if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(20), c.read(&mut buf)).await {
+                    answered.push(format!("upload {i}: {:?}", String::from_utf8_lossy(&buf[..n])));
+                }
+            }
+            panic!("the tenant's next request was never refused; uploads answered early:\n{}", answered.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let r = http.get(&path_a, &token_a).await;
     assert!(r.problem(429).contains(&format!("{PER_TENANT} requests in progress")), "{}", r.text());
     // Another tenant and the operator are served.
