@@ -83,6 +83,64 @@ async fn each_violation_is_rejected_before_the_app_runs() {
     p.cleanup().await;
 }
 
+/// A burst of files is admitted together (see `batch::grouped`), and judged exactly as the same files
+/// one by one: no more than the hourly limit gets in, and of identical files only one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_is_judged_as_its_files_one_by_one() {
+    let (rate, copies) = (unique("burst"), unique("copies"));
+    let limits = "  max_file_size: 1KiB\n  max_files_per_hour: 10\n  max_bytes_per_day: 1MiB";
+    let unlimited = "  max_file_size: 1KiB\n  max_files_per_hour: 1000\n  max_bytes_per_day: 1MiB";
+    let mut p = TestPlatform::new(&[
+        (&rate, agreement(&rate, &batch(limits).replace("max_concurrent_jobs: 1", "max_concurrent_jobs: 4"))),
+        (&copies, agreement(&copies, &batch(unlimited).replace("max_concurrent_jobs: 1", "max_concurrent_jobs: 4"))),
+    ])
+    .await;
+    p.start().await;
+    for t in [&rate, &copies] {
+        p.install_script(t, "ok", "exit 0").await;
+    }
+    for i in 0..30 {
+        p.drop_file(&rate, &format!("b{i:02}.csv"), format!("a,b\n{i},2\n").as_bytes());
+        p.drop_file(&copies, &format!("c{i:02}.csv"), b"a,b\n1,2\n");
+    }
+    let (mut admitted, mut over) = (0, 0);
+    for i in 0..30 {
+        let job = p.wait_final(&rate, &format!("b{i:02}.csv")).await;
+        match (job.state, job.reason.as_deref()) {
+            (JobState::Succeeded, None) => admitted += 1,
+            (JobState::Rejected, Some("max_files_per_hour")) => {
+                assert_eq!(job.detail.as_deref(), Some("10 files admitted in the last hour, max_files_per_hour is 10"));
+                over += 1;
+            }
+            other => panic!("b{i:02}.csv: {other:?} {job:?}"),
+        }
+    }
+    assert_eq!((admitted, over), (10, 20));
+    let mut kept = Vec::new();
+    let mut duplicates = Vec::new();
+    for i in 0..30 {
+        let job = p.wait_final(&copies, &format!("c{i:02}.csv")).await;
+        match (job.state, job.reason.as_deref()) {
+            (JobState::Succeeded, None) => kept.push(job),
+            (JobState::Rejected, Some("duplicate")) => duplicates.push(job),
+            other => panic!("c{i:02}.csv: {other:?} {job:?}"),
+        }
+    }
+    assert_eq!((kept.len(), duplicates.len()), (1, 29), "one copy ingested, the rest refused: {kept:?}");
+    assert!(duplicates.iter().all(|d| d.duplicate_of == Some(kept[0].id)), "each names the one ingested");
+    let usage: Vec<(String, i64)> = sqlx::query_as(
+        "select tenant, sum(files)::bigint from tenant_usage where tenant = any($1) group by tenant order by tenant",
+    )
+    .bind(vec![rate.clone(), copies.clone()])
+    .fetch_all(&p.db)
+    .await
+    .unwrap();
+    let mut expected = vec![(rate.clone(), 10), (copies.clone(), 1)];
+    expected.sort();
+    assert_eq!(usage, expected, "the usage counts what was admitted");
+    p.cleanup().await;
+}
+
 /// A retry is admitted again: it counts against the hourly file and daily byte limits like a new file,
 /// and one over them is refused with the figures, so retrying cannot get around the agreement.
 #[tokio::test(flavor = "multi_thread")]

@@ -27,10 +27,14 @@ pub async fn claim(ctx: &Arc<Ctx>, tenant: &TenantId, path: &Path) -> anyhow::Re
     let bytes = (name.as_bytes() != raw).then_some(raw);
     let id = Uuid::now_v7();
     let work = ctx.layout.work_file(tenant, id, &name);
-    let (staging_path, work_path) = (path.to_string_lossy(), work.to_string_lossy());
-    let claim =
-        Claim { id, file_name: &name, file_name_bytes: bytes, staging_path: &staging_path, work_path: &work_path };
-    let job = jobs::insert_detected(&ctx.db, tenant, &claim, &ctx.leases.lease).await?;
+    let claim = Claim {
+        id,
+        file_name: name.clone(),
+        file_name_bytes: bytes.map(<[u8]>::to_vec),
+        staging_path: path.to_string_lossy().into_owned(),
+        work_path: work.to_string_lossy().into_owned(),
+    };
+    let job = ctx.claims.send(tenant.clone(), claim).await?;
     // On an error the lease runs out and the sweep takes the claim up again.
     let claimed = ctx.leases.holding(id, job.fence, claimed(ctx, tenant, path, &work, &job)).await;
     claimed.map(|moved| moved.then_some(id))
@@ -107,13 +111,13 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
         .await;
     }
 
-    let queue = Queue {
+    let queue = || Queue {
         id: job.id,
         fence: job.fence,
         size: size as i64,
-        checksum: &checksum,
+        checksum: checksum.clone(),
         format: format.name(),
-        app: &route.app,
+        app: route.app.clone(),
         app_version: route.app_version,
         max_attempts: batch.retries as i32 + 1,
     };
@@ -122,9 +126,10 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
         max_bytes_per_day: batch.max_bytes_per_day.0,
         disk_quota: agreement.disk_quota.0,
     };
-    // The common case in one round trip; anything else (a refusal, a claim taken over) is judged
-    // again below, in steps, so that the refusal is named.
-    if jobs::admit(&ctx.db, tenant, &queue, &limits).await? {
+    // The common case, with the tenant's other files ready now in one statement; anything else (a
+    // refusal, a claim taken over) is judged again below, on its own and in steps, so that the
+    // refusal is named.
+    if ctx.admissions.send(tenant.clone(), (queue(), limits)).await? {
         queued(ctx, tenant, job, size, &route.app);
         return Ok(());
     }
@@ -147,7 +152,7 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
         let r = Rejection { size: Some(size), checksum: Some(&checksum), refusal, duplicate_of: None };
         return reject_in(ctx, admission, tenant, job, r).await;
     }
-    if !admission.queue(&queue).await? {
+    if !admission.queue(queue()).await? {
         tracing::warn!(%tenant, job = %job.id, "another batch manager took the claim over; its decision stands");
         return Ok(());
     }

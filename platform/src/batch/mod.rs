@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod frozen;
+pub mod grouped;
 pub mod leases;
 pub mod retry;
 pub mod runner;
@@ -32,6 +33,7 @@ use crate::store::jobs::{self, Job, JobState};
 use crate::store::Db;
 use crate::tenant::TenantId;
 use crate::tenants::Tenants;
+use grouped::Grouped;
 use scheduler::Scheduler;
 
 pub use crate::config::BatchConfig;
@@ -56,6 +58,9 @@ pub struct Ctx {
     /// Bounds the files being hashed and sniffed at once (I/O- and CPU-bound), so small files keep
     /// flowing past a huge one; claiming (a row and a rename) is not bounded by it.
     pub(crate) hashing: Semaphore,
+    /// Claims, and admissions of checked files, sent to the store in groups per tenant.
+    pub(crate) claims: Arc<Grouped<TenantId, jobs::Claim, Job>>,
+    pub(crate) admissions: Arc<Grouped<TenantId, (jobs::Queue, jobs::Limits), bool>>,
     /// The jobs this manager works on, leased from the store.
     pub leases: leases::Leases,
     tasks: TaskTracker,
@@ -77,8 +82,9 @@ pub async fn run(services: Services, config: BatchConfig, shutdown: Cancellation
     let Services { db, layout, agreements, tenants, metrics, sandbox } = services;
     std::fs::create_dir_all(&layout.staging)?;
     crate::config::private_dir(&layout.work_root())?;
+    let leases = leases::Leases::new(config.lease);
     let ctx = Arc::new(Ctx {
-        db,
+        db: db.clone(),
         layout,
         agreements,
         tenants,
@@ -89,7 +95,24 @@ pub async fn run(services: Services, config: BatchConfig, shutdown: Cancellation
         sandbox,
         claiming: Mutex::new(HashSet::new()),
         hashing: Semaphore::new(4),
-        leases: leases::Leases::new(config.lease),
+        claims: Arc::new(Grouped::new({
+            let (db, lease) = (db.clone(), leases.lease);
+            move |tenant, claims| {
+                let db = db.clone();
+                Box::pin(async move { Ok(jobs::insert_detected(&db, &tenant, &claims, &lease).await?) })
+            }
+        })),
+        admissions: Arc::new(Grouped::new({
+            let db = db.clone();
+            move |tenant, batch: Vec<(jobs::Queue, jobs::Limits)>| {
+                let db = db.clone();
+                Box::pin(async move {
+                    let queued = jobs::admit(&db, &tenant, &batch).await?;
+                    Ok(batch.iter().map(|(q, _)| queued.contains(&q.id)).collect())
+                })
+            }
+        })),
+        leases,
         tasks: TaskTracker::new(),
     });
     leases::register(&ctx).await?;
@@ -264,10 +287,14 @@ async fn adopt_orphan(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid, dir: &Path) -
     };
     let staging = ctx.layout.staging_dir(tenant).join(name);
     let work = ctx.layout.work_file(tenant, id, name);
-    let (staging_path, work_path) = (staging.to_string_lossy(), work.to_string_lossy());
-    let claim =
-        jobs::Claim { id, file_name: name, file_name_bytes: None, staging_path: &staging_path, work_path: &work_path };
-    let job = jobs::insert_detected(&ctx.db, tenant, &claim, &ctx.leases.lease).await?;
+    let claim = jobs::Claim {
+        id,
+        file_name: name.clone(),
+        file_name_bytes: None,
+        staging_path: staging.to_string_lossy().into_owned(),
+        work_path: work.to_string_lossy().into_owned(),
+    };
+    let job = ctx.claims.send(tenant.clone(), claim).await?;
     tracing::warn!(%tenant, job = %id, file = %name, "adopted a claimed file whose job row was lost");
     ctx.leases.holding(id, job.fence, admission::evaluate(ctx, tenant, &job)).await
 }

@@ -73,30 +73,34 @@ fn with_event(change: &str, message_param: usize) -> String {
 
 /// A file being claimed: its job's id, its name (shown, and its bytes when they differ), where it
 /// was staged and where it goes.
-pub struct Claim<'a> {
+pub struct Claim {
     pub id: Uuid,
-    pub file_name: &'a str,
-    pub file_name_bytes: Option<&'a [u8]>,
-    pub staging_path: &'a str,
-    pub work_path: &'a str,
+    pub file_name: String,
+    pub file_name_bytes: Option<Vec<u8>>,
+    pub staging_path: String,
+    pub work_path: String,
 }
 
-/// Records a file the moment it is claimed, before it is moved out of staging, so that a crash at
-/// any later point finds the row (or, after a crash of the machine, the claimed file) and finishes
-/// the move. The claim is leased to its manager from the start.
-pub async fn insert_detected(db: &Db, tenant: &TenantId, claim: &Claim<'_>, lease: &Lease) -> sqlx::Result<Job> {
-    // One statement (see the migration `one_round_trip`); it commits without waiting for the flush.
-    sqlx::query_as("select * from claim_job($1, $2, $3, $4, $5, $6, $7, $8)")
-        .bind(claim.id)
+/// Records files the moment they are claimed, before they are moved out of staging, so that a crash
+/// at any later point finds the row (or, after a crash of the machine, the claimed file) and finishes
+/// the move. The claims are leased to their manager from the start. One statement for them all (see
+/// the migration `grouped_writes`); it commits without waiting for the flush. The jobs come back in
+/// the claims' order.
+pub async fn insert_detected(db: &Db, tenant: &TenantId, claims: &[Claim], lease: &Lease) -> sqlx::Result<Vec<Job>> {
+    let texts = |f: &dyn Fn(&Claim) -> &str| claims.iter().map(|c| f(c).to_owned()).collect::<Vec<String>>();
+    let rows: Vec<Job> = sqlx::query_as("select * from claim_jobs($1, $2, $3, $4, $5, $6, $7, $8)")
         .bind(tenant.as_str())
-        .bind(claim.file_name)
-        .bind(claim.file_name_bytes)
-        .bind(claim.staging_path)
-        .bind(claim.work_path)
+        .bind(claims.iter().map(|c| c.id).collect::<Vec<_>>())
+        .bind(texts(&|c| &c.file_name))
+        .bind(claims.iter().map(|c| c.file_name_bytes.as_deref()).collect::<Vec<_>>())
+        .bind(texts(&|c| &c.staging_path))
+        .bind(texts(&|c| &c.work_path))
         .bind(lease.owner)
         .bind(lease.ttl_ms())
-        .fetch_one(db)
-        .await
+        .fetch_all(db)
+        .await?;
+    let mut by_id: std::collections::HashMap<Uuid, Job> = rows.into_iter().map(|j| (j.id, j)).collect();
+    claims.iter().map(|c| by_id.remove(&c.id).ok_or_else(|| sqlx::Error::RowNotFound)).collect()
 }
 
 /// Deletes a claim whose file went away before it was moved. A row written and deleted again
@@ -155,18 +159,18 @@ pub async fn open_jobs(db: &Db) -> sqlx::Result<Vec<Job>> {
 }
 
 /// A claimed job as admission queues it.
-pub struct Queue<'a> {
+pub struct Queue {
     pub id: Uuid,
     pub fence: i64,
     pub size: i64,
-    pub checksum: &'a str,
-    pub format: &'a str,
-    pub app: &'a str,
+    pub checksum: String,
+    pub format: &'static str,
+    pub app: String,
     pub app_version: Option<i32>,
     pub max_attempts: i32,
 }
 
-impl Queue<'_> {
+impl Queue {
     fn message(&self) -> String {
         format!("admitted: {} bytes of {} for app {}", self.size, self.format, self.app)
     }
@@ -179,34 +183,36 @@ pub struct Limits {
     pub disk_quota: u64,
 }
 
-/// Admission's common case in one statement: queues the job if it is no duplicate and within
-/// `limits`, under the tenant's admission lock. False when anything stands in the way (nothing is
-/// changed then); the caller then takes the full path (`Admission`), which names the refusal.
-pub async fn admit(db: &Db, tenant: &TenantId, q: &Queue<'_>, limits: &Limits) -> sqlx::Result<bool> {
-    admit_job(tenant, q, limits).fetch_one(db).await
+/// Admission's common case, for a batch of one tenant's files in one statement: queues each job that
+/// is no duplicate and within its limits, judged in order under the tenant's admission lock (the
+/// store's `admit_jobs`, migration `admit_in_batches`). Returns the jobs queued; each other one is
+/// unchanged, and the caller takes the full path for it (`Admission`), which names the refusal.
+pub async fn admit(db: &Db, tenant: &TenantId, batch: &[(Queue, Limits)]) -> sqlx::Result<Vec<Uuid>> {
+    admit_jobs(tenant, batch).fetch_all(db).await
 }
 
-/// The store's `admit_job` (migration `one_round_trip`) for `q` within `limits`.
-fn admit_job<'q>(
+/// The store's `admit_jobs` for `batch`.
+fn admit_jobs<'q>(
     tenant: &'q TenantId,
-    q: &'q Queue<'q>,
-    limits: &Limits,
-) -> sqlx::query::QueryScalar<'q, Postgres, bool, sqlx::postgres::PgArguments> {
+    batch: &[(Queue, Limits)],
+) -> sqlx::query::QueryScalar<'q, Postgres, Uuid, sqlx::postgres::PgArguments> {
     let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    sqlx::query_scalar("select admit_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
+    let numbers = |f: &dyn Fn(&(Queue, Limits)) -> i64| batch.iter().map(f).collect::<Vec<i64>>();
+    let texts = |f: &dyn Fn(&(Queue, Limits)) -> String| batch.iter().map(f).collect::<Vec<String>>();
+    sqlx::query_scalar("select admit_jobs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
         .bind(tenant.as_str())
-        .bind(q.id)
-        .bind(q.fence)
-        .bind(q.size)
-        .bind(q.checksum)
-        .bind(q.format)
-        .bind(q.app)
-        .bind(q.app_version)
-        .bind(q.max_attempts)
-        .bind(q.message())
-        .bind(clamp(limits.max_files_per_hour))
-        .bind(clamp(limits.max_bytes_per_day))
-        .bind(clamp(limits.disk_quota))
+        .bind(batch.iter().map(|(q, _)| q.id).collect::<Vec<_>>())
+        .bind(numbers(&|(q, _)| q.fence))
+        .bind(numbers(&|(q, _)| q.size))
+        .bind(texts(&|(q, _)| q.checksum.clone()))
+        .bind(texts(&|(q, _)| q.format.to_owned()))
+        .bind(texts(&|(q, _)| q.app.clone()))
+        .bind(batch.iter().map(|(q, _)| q.app_version).collect::<Vec<_>>())
+        .bind(batch.iter().map(|(q, _)| q.max_attempts).collect::<Vec<_>>())
+        .bind(texts(&|(q, _)| q.message()))
+        .bind(numbers(&|(_, l)| clamp(l.max_files_per_hour)))
+        .bind(numbers(&|(_, l)| clamp(l.max_bytes_per_day)))
+        .bind(numbers(&|(_, l)| clamp(l.disk_quota)))
 }
 
 /// The admission decision, taken under a per-tenant lock so that concurrent admissions (several
@@ -287,11 +293,11 @@ impl<'a> Admission<'a> {
 
     /// Queues the claimed job as admitted, the checks done; false if another manager took the claim
     /// over. (The same statement as `admit`, with no limit: the lock it takes is this transaction's.)
-    pub async fn queue(mut self, q: &Queue<'_>) -> sqlx::Result<bool> {
+    pub async fn queue(mut self, q: Queue) -> sqlx::Result<bool> {
         let unlimited = Limits { max_files_per_hour: u64::MAX, max_bytes_per_day: u64::MAX, disk_quota: u64::MAX };
-        let queued = admit_job(&self.tenant, q, &unlimited).fetch_one(&mut *self.tx).await?;
+        let queued = admit_jobs(&self.tenant, &[(q, unlimited)]).fetch_all(&mut *self.tx).await?;
         self.tx.commit().await?;
-        Ok(queued)
+        Ok(!queued.is_empty())
     }
 
     #[allow(clippy::too_many_arguments)]
