@@ -10,9 +10,9 @@
 //! the C library fall back to `clone`, whose flags the filter can read (Docker's default profile does
 //! the same). System calls of another ABI (x32, i386 on x86_64) are refused altogether.
 //!
-//! The filter is classic BPF written out here (about 70 instructions), not compiled by a library:
-//! `seccompiler` was tried first and its 325-instruction program took 0.3 ms to install, a tenth of
-//! the sandbox's whole start-up cost; this one is a single pass of comparisons.
+//! The filter is classic BPF written out here (about 100 instructions, a binary search over the
+//! listed calls), not compiled by a library: `seccompiler` was tried first and its 325-instruction
+//! program took 0.3 ms to install, a tenth of the sandbox's whole start-up cost.
 
 /// Refused outright (EPERM).
 #[rustfmt::skip]
@@ -78,46 +78,119 @@ pub fn unpack(i: u64) -> (u16, u8, u8, u32) {
     ((i >> 48) as u16, (i >> 40) as u8, (i >> 32) as u8, i as u32)
 }
 
-/// The filter, packed.
-pub fn filter() -> Vec<u64> {
-    enum Jump {
-        None,
-        Deny,
-        Clone,
-        NoSys,
+/// What the filter does with a system call it looks at more closely than to allow it.
+#[derive(Clone, Copy, PartialEq)]
+enum Special {
+    Deny,
+    /// `clone`: refused if it asks for a new namespace.
+    Clone,
+    /// `clone3`: its flags are in memory the filter cannot read.
+    NoSys,
+}
+
+/// A jump's destination while the program is laid out: the next instruction, or a label.
+#[derive(Clone, Copy)]
+enum To {
+    Next,
+    Label(usize),
+}
+
+/// Classic BPF laid out with labels, then packed with the jumps resolved.
+#[derive(Default)]
+struct Program {
+    code: Vec<(u16, To, u32)>,
+    labels: Vec<Option<usize>>,
+}
+
+impl Program {
+    fn push(&mut self, code: u16, jump_if_true: To, k: u32) {
+        self.code.push((code, jump_if_true, k));
     }
-    let mut body: Vec<(u16, Jump, u32)> = vec![(LD_W_ABS, Jump::None, ARCH)];
+
+    fn label(&mut self) -> usize {
+        self.labels.push(None);
+        self.labels.len() - 1
+    }
+
+    fn bind(&mut self, label: usize) {
+        self.labels[label] = Some(self.code.len());
+    }
+
+    /// A binary search over the sorted `calls` (jumps on `>=`, then a short run of equality checks),
+    /// so that every system call number is settled in about ten instructions.
+    fn search(&mut self, calls: &[(u32, Special)], to: &dyn Fn(Special) -> usize) {
+        if calls.len() <= 4 {
+            for (nr, special) in calls {
+                self.push(JEQ_K, To::Label(to(*special)), *nr);
+            }
+            self.push(RET_K, To::Next, RET_ALLOW);
+            return;
+        }
+        let (low, high) = calls.split_at(calls.len() / 2);
+        let upper = self.label();
+        self.push(JGE_K, To::Label(upper), high[0].0);
+        self.search(low, to);
+        self.bind(upper);
+        self.search(high, to);
+    }
+
+    fn pack(self) -> Vec<u64> {
+        self.code
+            .iter()
+            .enumerate()
+            .map(|(i, (code, jump, k))| {
+                let jt = match jump {
+                    To::Next => 0,
+                    To::Label(l) => {
+                        let target = self.labels[*l].expect("every label is bound");
+                        u8::try_from(target - i - 1).expect("a jump within 255 instructions")
+                    }
+                };
+                pack(*code, jt, 0, *k)
+            })
+            .collect()
+    }
+}
+
+/// The filter, packed.
+///
+/// Laid out as a binary search rather than one comparison per listed call: when a filter is
+/// installed, the kernel runs it over every system call number of both ABIs to find those it always
+/// allows, with interrupts off. With a list of 50 comparisons, installing took 2.4% of all CPU in a
+/// burst of 2,000 small files (perf); with the search, 1.4%: each number is settled in at most 14
+/// instructions instead of 55.
+pub fn filter() -> Vec<u64> {
+    let mut calls: Vec<(u32, Special)> = DENIED.iter().map(|nr| (*nr as u32, Special::Deny)).collect();
+    calls.push((libc::SYS_clone as u32, Special::Clone));
+    calls.push((libc::SYS_clone3 as u32, Special::NoSys));
+    calls.sort_unstable_by_key(|(nr, _)| *nr);
+    calls.dedup_by_key(|(nr, _)| *nr);
+
+    let mut p = Program::default();
+    let (deny, clone, nosys) = (p.label(), p.label(), p.label());
     // Another ABI's calls: not these numbers at all, so refuse before looking at them.
-    body.push((JEQ_K, Jump::None, AUDIT_ARCH)); // true: skip the refusal below
-    body.push((RET_K, Jump::None, RET_ERRNO | libc::EPERM as u32));
-    body.push((LD_W_ABS, Jump::None, NR));
-    body.push((JGE_K, Jump::Deny, X32_SYSCALL_BIT));
-    body.extend(DENIED.iter().map(|nr| (JEQ_K, Jump::Deny, *nr as u32)));
-    body.push((JEQ_K, Jump::Clone, libc::SYS_clone as u32));
-    body.push((JEQ_K, Jump::NoSys, libc::SYS_clone3 as u32));
-    body.push((RET_K, Jump::None, RET_ALLOW));
-    let clone = body.len();
-    body.push((LD_W_ABS, Jump::None, ARG0_LOW));
-    body.push((JSET_K, Jump::Deny, NEW_NAMESPACES));
-    body.push((RET_K, Jump::None, RET_ALLOW));
-    let deny = body.len();
-    body.push((RET_K, Jump::None, RET_ERRNO | libc::EPERM as u32));
-    let nosys = body.len();
-    body.push((RET_K, Jump::None, RET_ERRNO | libc::ENOSYS as u32));
-    body.iter()
-        .enumerate()
-        .map(|(i, (code, jump, k))| {
-            let to = |target: usize| u8::try_from(target - i - 1).expect("a jump within 255 instructions");
-            let jt = match (code, jump) {
-                (&JEQ_K, Jump::None) => 1, // the architecture check: skip the refusal
-                (_, Jump::Deny) => to(deny),
-                (_, Jump::Clone) => to(clone),
-                (_, Jump::NoSys) => to(nosys),
-                _ => 0,
-            };
-            pack(*code, jt, 0, *k)
-        })
-        .collect()
+    let native = p.label();
+    p.push(LD_W_ABS, To::Next, ARCH);
+    p.push(JEQ_K, To::Label(native), AUDIT_ARCH);
+    p.push(RET_K, To::Next, RET_ERRNO | libc::EPERM as u32);
+    p.bind(native);
+    p.push(LD_W_ABS, To::Next, NR);
+    p.push(JGE_K, To::Label(deny), X32_SYSCALL_BIT);
+    let to = |special| match special {
+        Special::Deny => deny,
+        Special::Clone => clone,
+        Special::NoSys => nosys,
+    };
+    p.search(&calls, &to);
+    p.bind(clone);
+    p.push(LD_W_ABS, To::Next, ARG0_LOW);
+    p.push(JSET_K, To::Label(deny), NEW_NAMESPACES);
+    p.push(RET_K, To::Next, RET_ALLOW);
+    p.bind(deny);
+    p.push(RET_K, To::Next, RET_ERRNO | libc::EPERM as u32);
+    p.bind(nosys);
+    p.push(RET_K, To::Next, RET_ERRNO | libc::ENOSYS as u32);
+    p.pack()
 }
 
 #[cfg(test)]
@@ -126,8 +199,13 @@ mod tests {
 
     /// Runs the filter the way the kernel does, on one system call.
     fn verdict(program: &[u64], arch: u32, nr: u32, arg0: u64) -> u32 {
+        run(program, arch, nr, arg0).0
+    }
+
+    /// The verdict, and how many instructions it took.
+    fn run(program: &[u64], arch: u32, nr: u32, arg0: u64) -> (u32, usize) {
         let (mut pc, mut a) = (0usize, 0u32);
-        loop {
+        for steps in 1.. {
             let (code, jt, jf, k) = unpack(program[pc]);
             pc += 1;
             match code {
@@ -139,7 +217,7 @@ mod tests {
                         other => panic!("load of offset {other}"),
                     }
                 }
-                RET_K => return k,
+                RET_K => return (k, steps),
                 JEQ_K | JGE_K | JSET_K => {
                     let taken = match code {
                         JEQ_K => a == k,
@@ -151,12 +229,13 @@ mod tests {
                 other => panic!("opcode {other:#x}"),
             }
         }
+        unreachable!("the loop returns")
     }
 
     #[test]
     fn the_filter_refuses_what_it_lists_and_allows_the_rest() {
         let p = filter();
-        assert!(p.len() < 100, "{} instructions", p.len());
+        assert!(p.len() < 150, "{} instructions", p.len());
         let eperm = RET_ERRNO | libc::EPERM as u32;
         for nr in [libc::SYS_mount, libc::SYS_ptrace, libc::SYS_bpf, libc::SYS_unshare, libc::SYS_io_uring_setup] {
             assert_eq!(verdict(&p, AUDIT_ARCH, nr as u32, 0), eperm, "{nr}");
@@ -171,5 +250,26 @@ mod tests {
         assert_eq!(verdict(&p, AUDIT_ARCH, libc::SYS_clone3 as u32, 0), RET_ERRNO | libc::ENOSYS as u32);
         assert_eq!(verdict(&p, 0x4000_0003, libc::SYS_read as u32, 0), eperm, "another ABI");
         assert_eq!(verdict(&p, AUDIT_ARCH, X32_SYSCALL_BIT | 1, 0), eperm, "x32 numbers");
+    }
+
+    #[test]
+    fn every_call_number_gets_the_listed_verdict_within_a_few_instructions() {
+        let p = filter();
+        let eperm = RET_ERRNO | libc::EPERM as u32;
+        let mut longest = 0;
+        for nr in 0..1024u32 {
+            let (got, steps) = run(&p, AUDIT_ARCH, nr, 0);
+            let want = if DENIED.contains(&(nr as libc::c_long)) {
+                eperm
+            } else if nr as libc::c_long == libc::SYS_clone3 {
+                RET_ERRNO | libc::ENOSYS as u32
+            } else {
+                RET_ALLOW
+            };
+            assert_eq!(got, want, "system call {nr}");
+            longest = longest.max(steps);
+        }
+        // What the kernel walks per number when it installs the filter (see `filter`).
+        assert!(longest <= 14, "{longest} instructions for one call");
     }
 }
