@@ -54,3 +54,30 @@ async fn files_are_taken_only_when_complete() {
     );
     p.cleanup().await;
 }
+
+/// A burst of renames is taken from the rename events alone. With `min_file_age` an hour, a file whose
+/// event was lost (the kernel's queue holds 16,384 events, about seven per staged file) would wait
+/// for the rescan for an hour: every file must still be claimed at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_renames_is_taken_without_waiting_for_the_rescan() {
+    const FILES: usize = 3000;
+    let t = unique("burst");
+    let batch = "  routes: [{files: \"*.csv\", app: ok, timeout: 1m, memory: 256MiB}]\n  formats: [csv]\n  max_file_size: 1MiB\n  max_files_per_hour: 100000\n  max_bytes_per_day: 1GiB\n  max_concurrent_jobs: 1\n  min_file_age: 1h";
+    let mut p = TestPlatform::new(&[(&t, agreement(&t, batch))]).await;
+    p.start().await;
+    // No route takes `.dat` files: each is refused at admission, so the burst costs no app runs.
+    for i in 0..FILES {
+        p.drop_file(&t, &format!("f{i:05}.dat"), format!("{i}\n").as_bytes());
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let claimed: i64 =
+            sqlx::query_scalar("select count(*) from jobs where tenant = $1").bind(&t).fetch_one(&p.db).await.unwrap();
+        if claimed == FILES as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{claimed} of {FILES} renamed files claimed after 90 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    p.cleanup().await;
+}

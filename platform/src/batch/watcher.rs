@@ -16,6 +16,11 @@ use tokio::sync::mpsc;
 pub fn watch(root: &Path, tx: mpsc::UnboundedSender<PathBuf>) -> notify::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
+        if event.need_rescan() {
+            // The kernel's queue (16,384 events; notify asks for about seven per staged file) overflowed:
+            // renamed files whose events were lost wait for the rescan and their `min_file_age`.
+            tracing::warn!("staging events overflowed the kernel's queue; files renamed meanwhile are taken by the rescan once min_file_age old");
+        }
         let path = match event.kind {
             EventKind::Modify(ModifyKind::Name(RenameMode::To)) => event.paths.first(),
             EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event.paths.get(1),
