@@ -1,5 +1,5 @@
-//! The platform's vocabulary, shared by every layer: the states of jobs and instances and the kinds
-//! of apps, as types.
+//! The platform's vocabulary, shared by every layer: the states of jobs and instances, the kinds of
+//! apps and the reasons files are refused or runs fail, as types.
 //! Each is stored as text (the store's columns stay readable in `psql`) and shown as the same word in
 //! the API, so the word is spelled once, here; everything else compares the enum. Depends on nothing
 //! else of the crate.
@@ -136,6 +136,52 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// Why a file was refused, or why its run failed (or waits to be retried): stable, for filters and
+    /// statistics; the job's `detail` says the same in words, with the limit and the value.
+    Reason {
+        // Refused at admission, before any app runs.
+        /// The tenant has no agreement in force.
+        NoAgreement = "no_agreement",
+        /// The tenant's agreement has no `batch` section.
+        NoBatchAgreement = "no_batch_agreement",
+        /// The name breaks the staging rules (see `names`).
+        BadName = "bad_name",
+        /// A link, FIFO, device or folder, or a file that changed while it was opened.
+        NotRegularFile = "not_regular_file",
+        /// A file with other names elsewhere.
+        HardLink = "hard_link",
+        /// Still open for writing by some process.
+        OpenForWriting = "open_for_writing",
+        /// An extension the agreement's `formats` do not allow.
+        Format = "format",
+        /// No route of the agreement matches the name.
+        NoRoute = "no_route",
+        EmptyFile = "empty_file",
+        MaxFileSize = "max_file_size",
+        /// The content is not what the extension says.
+        ContentMismatch = "content_mismatch",
+        /// The same content as an earlier file that succeeded or is on its way.
+        Duplicate = "duplicate",
+        MaxFilesPerHour = "max_files_per_hour",
+        MaxBytesPerDay = "max_bytes_per_day",
+        DiskQuota = "disk_quota",
+        // Failed runs.
+        /// The route's app is not installed, or is not a batch app.
+        AppNotFound = "app_not_found",
+        /// The platform could not start the app.
+        AppStart = "app_start",
+        /// The app ended with a failure status or a signal.
+        AppError = "app_error",
+        Timeout = "timeout",
+        MemoryLimit = "memory_limit",
+        /// The app asked to be run again later (exit 75).
+        TryLater = "try_later",
+        /// A claimed file that could not be taken up after a crash, however often tried.
+        RecoveryFailed = "recovery_failed",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +206,7 @@ mod tests {
         same_words(InstanceState::ALL, InstanceState::as_str);
         same_words(Desired::ALL, Desired::as_str);
         same_words(AppKind::ALL, AppKind::as_str);
+        same_words(Reason::ALL, Reason::as_str);
     }
 
     #[test]
@@ -170,6 +217,9 @@ mod tests {
         }
         for s in InstanceState::ALL {
             assert_eq!(InstanceState::parse(&s.to_string()), Some(*s));
+        }
+        for r in Reason::ALL {
+            assert_eq!(Reason::parse(r.as_str()), Some(*r));
         }
         assert_eq!(JobState::parse("retry-wait"), None);
         assert_eq!(Desired::words(), "running, stopped");

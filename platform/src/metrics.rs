@@ -107,7 +107,7 @@ impl Metrics {
             .get_or_create(&OutcomeLabels {
                 tenant: job.tenant.clone(),
                 outcome: job.state.to_string(),
-                reason: job.reason.clone().unwrap_or_default(),
+                reason: job.reason.map(|r| r.as_str().to_owned()).unwrap_or_default(),
             })
             .inc();
         if job.state == JobState::Succeeded {

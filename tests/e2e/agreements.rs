@@ -49,7 +49,7 @@ async fn an_invalid_edit_keeps_the_previous_agreement_in_force() {
     assert_eq!(detail["agreement"]["batch"]["max_file_size"], "1KiB", "{detail}");
     p.drop_file(&t, "a.csv", &two_kib(1));
     let job = p.wait_final(&t, "a.csv").await;
-    assert_eq!(job.reason.as_deref(), Some("max_file_size"), "{job:?}");
+    assert_eq!(job.reason.map(|r| r.as_str()), Some("max_file_size"), "{job:?}");
     assert!(job.detail.as_deref().unwrap().contains("over max_file_size 1KiB"), "{job:?}");
 
     // A valid edit takes effect while running.

@@ -60,7 +60,7 @@ async fn csv_and_jsonl_of_two_tenants_land_in_their_own_coredms() {
     // The same content dropped again is recognised and not ingested twice.
     p.drop_file(&zoo, "readings-copy.csv", &gen_data("tortoise", 5000, 50, 1));
     let dup = p.wait_final(&zoo, "readings-copy.csv").await;
-    assert_eq!((dup.state.as_str(), dup.reason.as_deref()), ("rejected", Some("duplicate")));
+    assert_eq!((dup.state.as_str(), dup.reason.map(|r| r.as_str())), ("rejected", Some("duplicate")));
     assert!(dup.detail.as_deref().unwrap().contains("`readings.csv`"), "{dup:?}");
     assert_eq!(dup.attempts, 0);
     assert_eq!(p.count_docs(&zoo, "readings").await, 4900);

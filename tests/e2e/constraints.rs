@@ -46,7 +46,7 @@ async fn each_violation_is_rejected_before_the_app_runs() {
     ];
     for (file, reason, detail) in expectations {
         let job = p.wait_final(&small, file).await;
-        assert_eq!((job.state.as_str(), job.reason.as_deref()), ("rejected", Some(reason)), "{file}: {job:?}");
+        assert_eq!((job.state.as_str(), job.reason.map(|r| r.as_str())), ("rejected", Some(reason)), "{file}: {job:?}");
         assert!(job.detail.as_deref().unwrap().contains(detail), "{file}: {:?} should contain {detail}", job.detail);
         assert_eq!((job.attempts, job.started_at), (0, None), "{file}: the app must not have run");
         let events: Vec<String> = p.events(&small, &job).await.into_iter().map(|(s, _)| s).collect();
@@ -67,7 +67,7 @@ async fn each_violation_is_rejected_before_the_app_runs() {
         p.wait_final(&rate, &format!("r{i}.csv")).await;
     }
     let third = p.wait_final(&rate, "r2.csv").await;
-    assert_eq!(third.reason.as_deref(), Some("max_files_per_hour"), "{third:?}");
+    assert_eq!(third.reason.map(|r| r.as_str()), Some("max_files_per_hour"), "{third:?}");
     assert_eq!(third.detail.as_deref(), Some("2 files admitted in the last hour, max_files_per_hour is 2"));
     assert_eq!(third.attempts, 0);
 
@@ -77,7 +77,7 @@ async fn each_violation_is_rejected_before_the_app_runs() {
     assert_eq!(p.wait_final(&volume, "v0.csv").await.state, JobState::Succeeded);
     p.drop_file(&volume, "v1.csv", &body(1));
     let second = p.wait_final(&volume, "v1.csv").await;
-    assert_eq!(second.reason.as_deref(), Some("max_bytes_per_day"), "{second:?}");
+    assert_eq!(second.reason.map(|r| r.as_str()), Some("max_bytes_per_day"), "{second:?}");
     assert!(second.detail.as_deref().unwrap().ends_with("over max_bytes_per_day 1000B"), "{second:?}");
     assert_eq!(second.attempts, 0);
     p.cleanup().await;
@@ -106,7 +106,7 @@ async fn a_burst_is_judged_as_its_files_one_by_one() {
     let (mut admitted, mut over) = (0, 0);
     for i in 0..30 {
         let job = p.wait_final(&rate, &format!("b{i:02}.csv")).await;
-        match (job.state, job.reason.as_deref()) {
+        match (job.state, job.reason.map(|r| r.as_str())) {
             (JobState::Succeeded, None) => admitted += 1,
             (JobState::Rejected, Some("max_files_per_hour")) => {
                 assert_eq!(job.detail.as_deref(), Some("10 files admitted in the last hour, max_files_per_hour is 10"));
@@ -120,7 +120,7 @@ async fn a_burst_is_judged_as_its_files_one_by_one() {
     let mut duplicates = Vec::new();
     for i in 0..30 {
         let job = p.wait_final(&copies, &format!("c{i:02}.csv")).await;
-        match (job.state, job.reason.as_deref()) {
+        match (job.state, job.reason.map(|r| r.as_str())) {
             (JobState::Succeeded, None) => kept.push(job),
             (JobState::Rejected, Some("duplicate")) => duplicates.push(job),
             other => panic!("c{i:02}.csv: {other:?} {job:?}"),
@@ -211,7 +211,7 @@ async fn a_tenant_over_its_disk_quota_gets_disk_quota_with_the_figures() {
     let other: String = (20..40).map(row).collect();
     p.drop_file(&t, "over.csv", other.as_bytes());
     let over = p.wait_final(&t, "over.csv").await;
-    assert_eq!((over.state.as_str(), over.reason.as_deref()), ("rejected", Some("disk_quota")), "{over:?}");
+    assert_eq!((over.state.as_str(), over.reason.map(|r| r.as_str())), ("rejected", Some("disk_quota")), "{over:?}");
     let detail = over.detail.clone().unwrap();
     assert!(detail.contains("this file's 1.25KiB") && detail.contains("over disk_quota 2KiB"), "{detail}");
     assert!(over.final_path.is_none(), "a file over the quota is not kept: {over:?}");

@@ -136,7 +136,7 @@ async fn one_job_that_cannot_be_recovered_does_not_stop_the_others_or_the_start(
     let waiting = p.wait_final(&t, "waiting.csv").await;
     assert_eq!((waiting.state.as_str(), waiting.records_ingested), ("succeeded", Some(300)), "{waiting:?}");
     let job = p.wait_final(&t, "stuck.txt").await;
-    assert_eq!((job.state.as_str(), job.reason.as_deref()), ("rejected", Some("format")), "{job:?}");
+    assert_eq!((job.state.as_str(), job.reason.map(|r| r.as_str())), ("rejected", Some("format")), "{job:?}");
     assert!(work.join("stuck.txt").exists(), "the file stays in the work area while it cannot be moved");
 
     // The fault cleared, the next start moves the file where its job says.

@@ -273,7 +273,11 @@ async fn a_batch_app_cannot_outgrow_its_run_or_poison_its_result() {
 
     // Memory taken by a child, not the app itself, still counts: killed, memory_limit.
     let memory = a.run("memory", 2).await;
-    assert_eq!((memory.state.as_str(), memory.reason.as_deref()), ("failed", Some("memory_limit")), "{memory:?}");
+    assert_eq!(
+        (memory.state.as_str(), memory.reason.map(|r| r.as_str())),
+        ("failed", Some("memory_limit")),
+        "{memory:?}"
+    );
     assert!(memory.detail.as_deref().unwrap().contains("memory limit of 256MiB"), "{memory:?}");
     assert!(!log(&memory).contains("LEAK"), "{}", log(&memory));
 
@@ -333,10 +337,10 @@ async fn a_tenant_is_held_to_its_coredms_connections_and_statement_timeout() {
     a.attack("slow", &psql("select pg_sleep(60)")).await;
     a.attack("slower", &psql("set statement_timeout = 0; select pg_sleep(60)")).await;
     let slow = a.run("slow", 1).await;
-    assert_eq!((slow.state.as_str(), slow.reason.as_deref()), ("failed", Some("app_error")), "{slow:?}");
+    assert_eq!((slow.state.as_str(), slow.reason.map(|r| r.as_str())), ("failed", Some("app_error")), "{slow:?}");
     assert!(log(&slow).contains("canceling statement due to statement timeout"), "{}", log(&slow));
     let slower = a.run("slower", 2).await;
-    assert_eq!((slower.state.as_str(), slower.reason.as_deref()), ("failed", Some("app_error")), "{slower:?}");
+    assert_eq!((slower.state.as_str(), slower.reason.map(|r| r.as_str())), ("failed", Some("app_error")), "{slower:?}");
     assert!(log(&slower).contains("canceling statement due to user request"), "{}", log(&slower));
     assert!(slower.run_ms.unwrap() < 30_000, "cancelled within the timeout, its grace and one sweep: {slower:?}");
     a.p.cleanup().await;

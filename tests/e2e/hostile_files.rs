@@ -153,7 +153,7 @@ async fn staging_takes_only_plain_files_nobody_else_holds() {
         ("in-place.csv", "open_for_writing", "still open for writing".to_owned()),
     ] {
         let job = p.wait_final(&t, name).await;
-        assert_eq!((job.state.as_str(), job.reason.as_deref()), ("rejected", Some(reason)), "{name}: {job:?}");
+        assert_eq!((job.state.as_str(), job.reason.map(|r| r.as_str())), ("rejected", Some(reason)), "{name}: {job:?}");
         assert!(job.detail.as_deref().unwrap().contains(&says), "{name}: {job:?}");
         assert_eq!(job.attempts, 0, "no app ran on {name}");
         let moved = p.wait_moved(&job).await;

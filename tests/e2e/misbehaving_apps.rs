@@ -37,14 +37,14 @@ async fn failures_are_recorded_and_the_platform_keeps_going() {
 
     let crash = p.wait_final(&t, "crash-1.csv").await;
     assert_eq!(
-        (crash.state.as_str(), crash.reason.as_deref(), crash.exit_code),
+        (crash.state.as_str(), crash.reason.map(|r| r.as_str()), crash.exit_code),
         ("failed", Some("app_error"), Some(3))
     );
     assert_eq!(crash.detail.as_deref(), Some("exited with status 3"));
     assert!(crash.log.as_deref().unwrap().contains("crashing on purpose"));
 
     let hang = p.wait_final(&t, "hang-1.csv").await;
-    assert_eq!((hang.state.as_str(), hang.reason.as_deref()), ("failed", Some("timeout")), "{hang:?}");
+    assert_eq!((hang.state.as_str(), hang.reason.map(|r| r.as_str())), ("failed", Some("timeout")), "{hang:?}");
     assert!(hang.detail.as_deref().unwrap().contains("timeout of 1s"), "{hang:?}");
     assert!(hang.run_ms.unwrap() < 5_000, "SIGTERM then SIGKILL within the grace period: {hang:?}");
     // The whole process group is gone, including the background child.
@@ -52,7 +52,7 @@ async fn failures_are_recorded_and_the_platform_keeps_going() {
     assert!(leftovers.stdout.is_empty(), "hang processes survived: {}", String::from_utf8_lossy(&leftovers.stdout));
 
     let mem = p.wait_final(&t, "mem-1.csv").await;
-    assert_eq!((mem.state.as_str(), mem.reason.as_deref()), ("failed", Some("memory_limit")), "{mem:?}");
+    assert_eq!((mem.state.as_str(), mem.reason.map(|r| r.as_str())), ("failed", Some("memory_limit")), "{mem:?}");
     assert!(mem.detail.as_deref().unwrap().contains("memory limit of 256MiB"), "{mem:?}");
 
     let flood = p.wait_final(&t, "flood-1.csv").await;
@@ -121,7 +121,7 @@ async fn retries_follow_the_agreement_and_exit_75_means_try_later() {
 
     let later = p.wait_final_within(&t, "later-1.csv", Duration::from_secs(30)).await;
     assert_eq!(
-        (later.state.as_str(), later.reason.as_deref(), later.attempts),
+        (later.state.as_str(), later.reason.map(|r| r.as_str()), later.attempts),
         ("failed", Some("try_later"), 3),
         "{later:?}"
     );

@@ -45,7 +45,7 @@ async fn long_undecodable_and_control_character_names_each_end_once_and_the_plat
     }
     for (raw, shown, why) in &cases {
         let job = p.wait_final(&t, shown).await;
-        assert_eq!((job.state.as_str(), job.reason.as_deref()), ("rejected", Some("bad_name")), "{job:?}");
+        assert_eq!((job.state.as_str(), job.reason.map(|r| r.as_str())), ("rejected", Some("bad_name")), "{job:?}");
         assert!(job.detail.as_deref().unwrap().contains(why), "{job:?}");
         assert_eq!(job.raw_name(), *raw, "the name's bytes are kept");
         let quarantined = p.wait_moved(&job).await;

@@ -3,17 +3,17 @@
 //! machine-readable reason.
 
 use super::{BatchAgreement, Format, Route, ServiceAgreement};
+use crate::domain::Reason;
 use crate::units::ByteSize;
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refusal {
-    /// Stable, for filtering and statistics: `no_route`, `format`, `content_mismatch`, `empty_file`,
-    /// `max_file_size`, `max_files_per_hour`, `max_bytes_per_day`, `duplicate`, `no_batch_agreement`.
-    pub reason: &'static str,
+    /// Stable, for filtering and statistics (see `Reason`).
+    pub reason: Reason,
     pub detail: String,
 }
 
-fn refuse(reason: &'static str, detail: String) -> Refusal {
+fn refuse(reason: Reason, detail: String) -> Refusal {
     Refusal { reason, detail }
 }
 
@@ -24,33 +24,33 @@ pub fn precheck<'a>(
     size: u64,
 ) -> Result<(&'a BatchAgreement, &'a Route, Format), Refusal> {
     let batch = agreement.batch.as_ref().ok_or_else(|| {
-        refuse("no_batch_agreement", format!("tenant {} has no batch section in its agreement", agreement.tenant))
+        refuse(Reason::NoBatchAgreement, format!("tenant {} has no batch section in its agreement", agreement.tenant))
     })?;
     let format = Format::from_file_name(name);
     let allowed: Vec<&str> = batch.formats.iter().map(|f| f.name()).collect();
     let format = match format {
         Some(f) if batch.formats.contains(&f) => f,
         Some(f) => {
-            return Err(refuse("format", format!("{f} files are not allowed (formats: {})", allowed.join(", "))))
+            return Err(refuse(Reason::Format, format!("{f} files are not allowed (formats: {})", allowed.join(", "))))
         }
         None => {
             let ext = name.rsplit_once('.').map_or("(none)".to_owned(), |(_, e)| format!(".{e}"));
             return Err(refuse(
-                "format",
+                Reason::Format,
                 format!("extension {ext} is not a supported format (formats: {})", allowed.join(", ")),
             ));
         }
     };
     let route = agreement.route_for(name).ok_or_else(|| {
         let patterns: Vec<&str> = batch.routes.iter().map(|r| r.files.as_str()).collect();
-        refuse("no_route", format!("no route matches `{name}` (routes: {})", patterns.join(", ")))
+        refuse(Reason::NoRoute, format!("no route matches `{name}` (routes: {})", patterns.join(", ")))
     })?;
     if size == 0 {
-        return Err(refuse("empty_file", "the file is empty".into()));
+        return Err(refuse(Reason::EmptyFile, "the file is empty".into()));
     }
     if size > batch.max_file_size.0 {
         return Err(refuse(
-            "max_file_size",
+            Reason::MaxFileSize,
             format!("file is {} ({size} bytes), over max_file_size {}", ByteSize(size), batch.max_file_size),
         ));
     }
@@ -63,7 +63,7 @@ pub fn disk(quota: ByteSize, used: i64, size: u64) -> Result<(), Refusal> {
     let after = used.max(0) as u64 + size;
     if after > quota.0 {
         return Err(refuse(
-            "disk_quota",
+            Reason::DiskQuota,
             format!(
                 "the tenant's files on the platform (uploads waiting in staging, files on their way, quarantined, app versions) take {}; this file's {} would make {}, over disk_quota {}",
                 ByteSize(used.max(0) as u64),
@@ -79,7 +79,7 @@ pub fn disk(quota: ByteSize, used: i64, size: u64) -> Result<(), Refusal> {
 pub fn rates(batch: &BatchAgreement, size: u64, files_last_hour: i64, bytes_last_day: i64) -> Result<(), Refusal> {
     if files_last_hour as u64 + 1 > batch.max_files_per_hour {
         return Err(refuse(
-            "max_files_per_hour",
+            Reason::MaxFilesPerHour,
             format!(
                 "{files_last_hour} files admitted in the last hour, max_files_per_hour is {}",
                 batch.max_files_per_hour
@@ -89,7 +89,7 @@ pub fn rates(batch: &BatchAgreement, size: u64, files_last_hour: i64, bytes_last
     let after = bytes_last_day as u64 + size;
     if after > batch.max_bytes_per_day.0 {
         return Err(refuse(
-            "max_bytes_per_day",
+            Reason::MaxBytesPerDay,
             format!(
                 "{} admitted in the last 24h plus this file's {} is {}, over max_bytes_per_day {}",
                 ByteSize(bytes_last_day as u64),
@@ -127,10 +127,10 @@ batch:
     fn each_limit_is_named_with_its_value() {
         let a = zoo();
         let cases = [
-            ("x.xml", 10, "format", "extension .xml"),
-            ("x.jsonl", 10, "no_route", "no route matches `x.jsonl`"),
-            ("x.csv", 0, "empty_file", "empty"),
-            ("x.csv", 2 << 20, "max_file_size", "file is 2MiB (2097152 bytes), over max_file_size 1MiB"),
+            ("x.xml", 10, Reason::Format, "extension .xml"),
+            ("x.jsonl", 10, Reason::NoRoute, "no route matches `x.jsonl`"),
+            ("x.csv", 0, Reason::EmptyFile, "empty"),
+            ("x.csv", 2 << 20, Reason::MaxFileSize, "file is 2MiB (2097152 bytes), over max_file_size 1MiB"),
         ];
         for (name, size, reason, detail) in cases {
             let r = precheck(&a, name, size).unwrap_err();
@@ -148,10 +148,10 @@ batch:
         let r = rates(b, 10, 2, 0).unwrap_err();
         assert_eq!(
             (r.reason, r.detail.as_str()),
-            ("max_files_per_hour", "2 files admitted in the last hour, max_files_per_hour is 2")
+            (Reason::MaxFilesPerHour, "2 files admitted in the last hour, max_files_per_hour is 2")
         );
         let r = rates(b, 2 << 20, 0, 2 << 20).unwrap_err();
-        assert_eq!(r.reason, "max_bytes_per_day");
+        assert_eq!(r.reason, Reason::MaxBytesPerDay);
         assert!(r.detail.contains("over max_bytes_per_day 3MiB"), "{}", r.detail);
     }
 }

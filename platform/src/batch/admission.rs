@@ -13,6 +13,7 @@ use super::frozen::freeze;
 use super::sniff::sniff;
 use super::Ctx;
 use crate::agreement::limits::{self, Refusal};
+use crate::domain::Reason;
 use crate::layout::move_file;
 use crate::names;
 use crate::store::jobs::{self, Admission, Claim, Job, Limits, Queue};
@@ -62,7 +63,7 @@ async fn claimed(ctx: &Arc<Ctx>, tenant: &TenantId, path: &Path, work: &Path, jo
 pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::Result<()> {
     let work = PathBuf::from(&job.work_path);
     if let Err(detail) = names::check(job.raw_name()) {
-        let refusal = Refusal { reason: "bad_name", detail };
+        let refusal = Refusal { reason: Reason::BadName, detail };
         return reject(ctx, tenant, job, Rejection { size: None, checksum: None, refusal, duplicate_of: None }).await;
     }
     let frozen = {
@@ -77,7 +78,7 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
         }
     };
     let Some(agreement) = ctx.agreements.get(tenant) else {
-        let refusal = Refusal { reason: "no_agreement", detail: crate::agreement::not_in_force(tenant) };
+        let refusal = Refusal { reason: Reason::NoAgreement, detail: crate::agreement::not_in_force(tenant) };
         return reject(ctx, tenant, job, Rejection { size: Some(size), checksum: None, refusal, duplicate_of: None })
             .await;
     };
@@ -101,7 +102,7 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
         .await??
     };
     if let Err(why) = content {
-        let refusal = Refusal { reason: "content_mismatch", detail: why };
+        let refusal = Refusal { reason: Reason::ContentMismatch, detail: why };
         return reject(
             ctx,
             tenant,
@@ -137,7 +138,7 @@ pub async fn evaluate(ctx: &Arc<Ctx>, tenant: &TenantId, job: &Job) -> anyhow::R
     let (duplicate, usage) = admission.checks(job.id, &checksum).await?;
     if let Some((original, original_name)) = duplicate {
         let refusal = Refusal {
-            reason: "duplicate",
+            reason: Reason::Duplicate,
             detail: format!("same content (sha256 {}) as `{original_name}`, job {original}", &checksum[..16]),
         };
         let r = Rejection { size: Some(size), checksum: Some(&checksum), refusal, duplicate_of: Some(original) };
@@ -205,7 +206,8 @@ async fn reject_in(
 ) -> anyhow::Result<()> {
     // A file over the disk quota is not kept (keeping it would take the disk the quota protects):
     // its job records what it was, and the file goes with the work folder.
-    let target = (r.refusal.reason != "disk_quota").then(|| ctx.layout.quarantine_file(tenant, job.id, &job.file_name));
+    let target =
+        (r.refusal.reason != Reason::DiskQuota).then(|| ctx.layout.quarantine_file(tenant, job.id, &job.file_name));
     let Rejection { size, checksum, refusal, duplicate_of } = r;
     let id = job.id;
     let rejected = admission
@@ -224,7 +226,7 @@ async fn reject_in(
         tracing::warn!(%tenant, job = %id, "another batch manager took the claim over; its decision stands");
         return Ok(());
     };
-    tracing::warn!(%tenant, job = %job.id, file = %job.file_name, reason = refusal.reason, detail = %refusal.detail, "rejected");
+    tracing::warn!(%tenant, job = %job.id, file = %job.file_name, reason = %refusal.reason, detail = %refusal.detail, "rejected");
     super::finished(ctx, tenant, &job).await?;
     Ok(())
 }

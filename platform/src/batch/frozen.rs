@@ -19,22 +19,26 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::agreement::limits::Refusal;
+use crate::domain::Reason;
 use crate::runtime::sandbox::init::describe;
 
 /// Opens the claimed file at `path` and makes it the platform's, or says why it is refused.
 pub fn freeze(path: &Path) -> io::Result<Result<(File, u64), Refusal>> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let refuse = |reason: &'static str, detail: String| Ok(Err(Refusal { reason, detail }));
+    let refuse = |reason: Reason, detail: String| Ok(Err(Refusal { reason, detail }));
     let meta = std::fs::symlink_metadata(path)?;
     if meta.file_type().is_symlink() {
         let target = std::fs::read_link(path).map(|t| t.display().to_string()).unwrap_or_default();
         return refuse(
-            "not_regular_file",
+            Reason::NotRegularFile,
             format!("`{name}` is a symbolic link (to `{target}`); only regular files are ingested, links are never followed"),
         );
     }
     if !meta.is_file() {
-        return refuse("not_regular_file", format!("`{name}` is {}; only regular files are ingested", describe(&meta)));
+        return refuse(
+            Reason::NotRegularFile,
+            format!("`{name}` is {}; only regular files are ingested", describe(&meta)),
+        );
     }
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -42,11 +46,11 @@ pub fn freeze(path: &Path) -> io::Result<Result<(File, u64), Refusal>> {
         .open(path)?;
     let opened = file.metadata()?;
     if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) || !opened.is_file() {
-        return refuse("not_regular_file", format!("`{name}` changed while it was opened"));
+        return refuse(Reason::NotRegularFile, format!("`{name}` changed while it was opened"));
     }
     if opened.nlink() != 1 {
         return refuse(
-            "hard_link",
+            Reason::HardLink,
             format!(
                 "`{name}` has {} hard links; a file linked elsewhere could be changed or read through its other names, so only a file of its own is ingested",
                 opened.nlink()
@@ -55,7 +59,7 @@ pub fn freeze(path: &Path) -> io::Result<Result<(File, u64), Refusal>> {
     }
     if open_for_writing(&file) {
         return refuse(
-            "open_for_writing",
+            Reason::OpenForWriting,
             format!("`{name}` is still open for writing by some process; finish writing and close it before it is renamed into staging"),
         );
     }
@@ -105,7 +109,7 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn reason(path: &Path) -> Option<&'static str> {
+    fn reason(path: &Path) -> Option<Reason> {
         freeze(path).unwrap().err().map(|r| r.reason)
     }
 
@@ -121,24 +125,24 @@ mod tests {
         let link = dir.path().join("l.csv");
         std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
         let r = freeze(&link).unwrap().unwrap_err();
-        assert_eq!(r.reason, "not_regular_file");
+        assert_eq!(r.reason, Reason::NotRegularFile);
         assert!(r.detail.contains("symbolic link (to `/etc/passwd`)"), "{}", r.detail);
 
         let fifo = dir.path().join("f.csv");
         let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        assert_eq!(reason(&fifo), Some("not_regular_file"));
+        assert_eq!(reason(&fifo), Some(Reason::NotRegularFile));
 
         let twice = dir.path().join("h.csv");
         std::fs::write(&twice, b"x\n").unwrap();
         std::fs::hard_link(&twice, dir.path().join("elsewhere")).unwrap();
-        assert_eq!(reason(&twice), Some("hard_link"));
+        assert_eq!(reason(&twice), Some(Reason::HardLink));
 
         let open = dir.path().join("o.csv");
         let mut writer = File::create(&open).unwrap();
         writer.write_all(b"a\n").unwrap();
-        assert_eq!(reason(&open), Some("open_for_writing"));
+        assert_eq!(reason(&open), Some(Reason::OpenForWriting));
         drop(writer);
         assert_eq!(reason(&open), None, "closed, it is taken");
     }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{admission, finished, Ctx};
+use crate::domain::Reason;
 use crate::layout::move_file;
 use crate::store::jobs::{self, JobState};
 use crate::store::leases::{self, Lease, TakenOver};
@@ -195,7 +196,7 @@ async fn give_up_job(ctx: &Arc<Ctx>, tenant: &TenantId, t: &TakenOver, error: &s
         tenant,
         job.id,
         job.fence,
-        "recovery_failed",
+        Reason::RecoveryFailed,
         &detail,
         Some(&target.to_string_lossy()),
     )

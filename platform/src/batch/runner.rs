@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::Ctx;
 use crate::agreement::Route;
 use crate::apps::AppKind;
+use crate::domain::Reason;
 use crate::runtime::process::{self, Exit, ProcessSpec, Stopped};
 use crate::runtime::sandbox::{cgroup, paths, Confined};
 use crate::store::jobs::{self, AttemptEnd, AttemptReport, Job, JobState};
@@ -80,7 +81,7 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
         Err(e) => (
             AttemptReport { log: format!("the platform could not start the app: {e}"), ..Default::default() },
             Verdict::Failed {
-                reason: "app_start",
+                reason: Reason::AppStart,
                 detail: format!("could not start `{}`: {e}", target.app.entrypoint),
             },
         ),
@@ -96,20 +97,20 @@ struct Target {
 }
 
 /// The agreement, route and app for `job`, or why there is none (a reason and its detail).
-async fn resolve(ctx: &Ctx, tenant: &TenantId, job: &Job) -> anyhow::Result<Result<Target, (&'static str, String)>> {
+async fn resolve(ctx: &Ctx, tenant: &TenantId, job: &Job) -> anyhow::Result<Result<Target, (Reason, String)>> {
     let Some(agreement) = ctx.agreements.get(tenant) else {
-        return Ok(Err(("no_agreement", crate::agreement::not_in_force(tenant))));
+        return Ok(Err((Reason::NoAgreement, crate::agreement::not_in_force(tenant))));
     };
     let Some(route) = agreement.route_for(&job.file_name).cloned() else {
-        return Ok(Err(("no_route", format!("no route of the current agreement matches `{}`", job.file_name))));
+        return Ok(Err((Reason::NoRoute, format!("no route of the current agreement matches `{}`", job.file_name))));
     };
     let Some(app) = store::apps::resolve(&ctx.db, tenant, &route.app, route.app_version).await? else {
         let which = route.app_version.map_or(String::new(), |v| format!(" version {v}"));
-        return Ok(Err(("app_not_found", format!("batch app `{}`{which} is not installed", route.app))));
+        return Ok(Err((Reason::AppNotFound, format!("batch app `{}`{which} is not installed", route.app))));
     };
     if app.kind != AppKind::Batch {
         let detail = format!("app `{}` is a {} app, not a batch app", app.name, app.kind);
-        return Ok(Err(("app_not_found", detail)));
+        return Ok(Err((Reason::AppNotFound, detail)));
     }
     Ok(Ok(Target { agreement, route, app }))
 }
@@ -250,7 +251,7 @@ enum Verdict {
     Succeeded,
     /// Failed for `reason` (stable, for filters and statistics); retried while attempts remain.
     Failed {
-        reason: &'static str,
+        reason: Reason,
         detail: String,
     },
 }
@@ -265,12 +266,12 @@ fn classify(stopped: Stopped, exit: Exit, report: &AttemptReport, route: &Route)
             let peak = resident.map_or(String::new(), |r| format!(" (peak {r})"));
             let detail =
                 format!("{exit}: its memory reached the route's memory limit of {limit}{peak} and the kernel ended it");
-            return failed("memory_limit", detail);
+            return failed(Reason::MemoryLimit, detail);
         }
         Stopped::Timeout => {
             let timeout = format_duration(route.timeout);
             return failed(
-                "timeout",
+                Reason::Timeout,
                 format!("ran longer than the route's timeout of {timeout}; process group terminated"),
             );
         }
@@ -280,7 +281,7 @@ fn classify(stopped: Stopped, exit: Exit, report: &AttemptReport, route: &Route)
         Exit::Code(0) => Verdict::Succeeded,
         Exit::Code(EXIT_TRY_LATER) => {
             let asked = "the app asked to be run again later (exit 75)";
-            failed("try_later", report.app_message.clone().unwrap_or_else(|| asked.into()))
+            failed(Reason::TryLater, report.app_message.clone().unwrap_or_else(|| asked.into()))
         }
         exit => {
             let (reason, detail) = classify_failure(exit, &report.log, route);
@@ -319,18 +320,18 @@ async fn record(
     }
 }
 
-fn classify_failure(exit: Exit, log: &str, route: &Route) -> (&'static str, String) {
+fn classify_failure(exit: Exit, log: &str, route: &Route) -> (Reason, String) {
     let status = exit.to_string();
     if let Some(hint) = OUT_OF_MEMORY.iter().find(|m| log.contains(*m)) {
         return (
-            "memory_limit",
+            Reason::MemoryLimit,
             format!(
                 "{status} after an allocation failed (`{hint}`): over the route's memory limit of {}",
                 route.memory
             ),
         );
     }
-    ("app_error", status)
+    (Reason::AppError, status)
 }
 
 /// The result file's content as the app's result; `Err` says why it is not used.
@@ -378,7 +379,7 @@ async fn end_attempt(
     tenant: &TenantId,
     run: &Attempt<'_>,
     report: AttemptReport,
-    reason: &str,
+    reason: Reason,
     detail: String,
 ) -> anyhow::Result<()> {
     let (job, attempt) = (run.job, run.number);
@@ -390,7 +391,7 @@ async fn end_attempt(
             lost(tenant, run);
             return Ok(());
         }
-        tracing::warn!(%tenant, job = %job.id, reason, %detail, "attempt failed; will retry");
+        tracing::warn!(%tenant, job = %job.id, %reason, %detail, "attempt failed; will retry");
         super::retry_after(ctx, tenant, job.id, delay);
         return Ok(());
     }
@@ -402,17 +403,17 @@ async fn end_attempt(
         lost(tenant, run);
         return Ok(());
     };
-    tracing::warn!(%tenant, job = %job.id, reason, %detail, "failed");
+    tracing::warn!(%tenant, job = %job.id, %reason, %detail, "failed");
     super::finished(ctx, tenant, &done).await
 }
 
-async fn fail_early(ctx: &Ctx, tenant: &TenantId, job: &Job, reason: &str, detail: String) -> anyhow::Result<()> {
+async fn fail_early(ctx: &Ctx, tenant: &TenantId, job: &Job, reason: Reason, detail: String) -> anyhow::Result<()> {
     let target = ctx.layout.quarantine_file(tenant, job.id, &job.file_name);
     let failed =
         jobs::fail_without_run(&ctx.db, tenant, job.id, job.fence, reason, &detail, Some(&target.to_string_lossy()))
             .await?;
     let Some(done) = failed else { return Ok(()) }; // started elsewhere meanwhile
-    tracing::warn!(%tenant, job = %job.id, reason, %detail, "failed before running");
+    tracing::warn!(%tenant, job = %job.id, %reason, %detail, "failed before running");
     super::finished(ctx, tenant, &done).await
 }
 
@@ -435,7 +436,7 @@ mod tests {
         }
     }
 
-    fn reason(v: Verdict) -> &'static str {
+    fn reason(v: Verdict) -> Reason {
         match v {
             Verdict::Failed { reason, .. } => reason,
             other => panic!("not a failure: {other:?}"),
@@ -454,26 +455,26 @@ mod tests {
         };
         assert_eq!(
             (reason, detail.as_str()),
-            ("timeout", "ran longer than the route's timeout of 90s; process group terminated")
+            (Reason::Timeout, "ran longer than the route's timeout of 90s; process group terminated")
         );
         let over = Stopped::OverMemory { resident: Some(ByteSize(300 << 20)), limit: ByteSize(256 << 20) };
         let Verdict::Failed { reason, detail } = classify(over, Exit::Signal(9), &ok, &route()) else { panic!() };
-        assert_eq!(reason, "memory_limit");
+        assert_eq!(reason, Reason::MemoryLimit);
         assert!(detail.contains("memory limit of 256MiB (peak 300MiB)"), "{detail}");
     }
 
     #[test]
     fn exit_statuses_and_the_log_name_the_failure() {
         let plain = AttemptReport::default();
-        assert_eq!(reason(classify(Stopped::No, Exit::Code(1), &plain, &route())), "app_error");
-        assert_eq!(reason(classify(Stopped::No, Exit::Signal(11), &plain, &route())), "app_error");
+        assert_eq!(reason(classify(Stopped::No, Exit::Code(1), &plain, &route())), Reason::AppError);
+        assert_eq!(reason(classify(Stopped::No, Exit::Signal(11), &plain, &route())), Reason::AppError);
         let asked = AttemptReport { app_message: Some("coredms busy".into()), ..Default::default() };
         assert_eq!(
             classify(Stopped::No, Exit::Code(EXIT_TRY_LATER), &asked, &route()),
-            Verdict::Failed { reason: "try_later", detail: "coredms busy".into() }
+            Verdict::Failed { reason: Reason::TryLater, detail: "coredms busy".into() }
         );
         let oom = AttemptReport { log: "Traceback ...\nMemoryError\n".into(), ..Default::default() };
-        assert_eq!(reason(classify(Stopped::No, Exit::Code(1), &oom, &route())), "memory_limit");
+        assert_eq!(reason(classify(Stopped::No, Exit::Code(1), &oom, &route())), Reason::MemoryLimit);
         // A log that mentions memory does not make a clean exit a failure.
         assert_eq!(classify(Stopped::No, Exit::Code(0), &oom, &route()), Verdict::Succeeded);
     }

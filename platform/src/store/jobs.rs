@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::leases::Lease;
 use super::Db;
-pub use crate::domain::JobState;
+pub use crate::domain::{JobState, Reason};
 use crate::tenant::TenantId;
 
 /// A job row in full: what tenants see (`JobSummary`, reached through `Deref`) and what only the
@@ -306,7 +306,7 @@ impl<'a> Admission<'a> {
         id: Uuid,
         size: Option<i64>,
         checksum: Option<&str>,
-        reason: &str,
+        reason: Reason,
         detail: &str,
         duplicate_of: Option<Uuid>,
         final_path: Option<&str>,
@@ -376,14 +376,14 @@ pub enum RetryError {
     NotRetryable(Uuid, String),
     /// Over a rate limit of the agreement: a retry is admitted again and counts like a new file.
     #[error("{1}")]
-    OverLimit(&'static str, String),
+    OverLimit(Reason, String),
     #[error(transparent)]
     Store(#[from] sqlx::Error),
 }
 
 /// Whether `job` may be queued again.
 pub fn retryable(job: &Job, allow_duplicate: bool) -> Result<(), RetryError> {
-    let duplicate = job.state() == JobState::Rejected && job.reason.as_deref() == Some("duplicate");
+    let duplicate = job.state() == JobState::Rejected && job.reason == Some(Reason::Duplicate);
     if job.state() == JobState::Failed || (allow_duplicate && duplicate) {
         return Ok(());
     }
@@ -404,7 +404,7 @@ pub async fn retry(
     job: &Job,
     allow_duplicate: bool,
     fresh_attempts: i32,
-    within_limits: impl FnOnce(&Usage) -> Result<(), (&'static str, String)>,
+    within_limits: impl FnOnce(&Usage) -> Result<(), (Reason, String)>,
 ) -> Result<(), RetryError> {
     retryable(job, allow_duplicate)?;
     let sql = with_event(
@@ -468,8 +468,8 @@ pub struct AttemptReport {
 /// How an attempt ends for the job.
 pub enum AttemptEnd<'a> {
     Succeeded { final_path: &'a str },
-    Retry { reason: &'a str, detail: &'a str, delay_ms: i64 },
-    Failed { reason: &'a str, detail: &'a str, final_path: &'a str },
+    Retry { reason: Reason, detail: &'a str, delay_ms: i64 },
+    Failed { reason: Reason, detail: &'a str, final_path: &'a str },
 }
 
 /// Records how an attempt ended, if the attempt's lease (`fence`) still holds the job; `None` when
@@ -552,7 +552,7 @@ pub async fn fail_without_run(
     tenant: &TenantId,
     id: Uuid,
     fence: i64,
-    reason: &str,
+    reason: Reason,
     detail: &str,
     final_path: Option<&str>,
 ) -> sqlx::Result<Option<Job>> {
@@ -581,7 +581,7 @@ pub struct JobSummary {
     pub file_name: String,
     pub state: JobState,
     /// Why it was rejected or failed (or is waiting to retry): a stable word such as `too_large`.
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     /// The reason in words, naming the limit and the value.
     pub detail: Option<String>,
     pub size_bytes: Option<i64>,

@@ -31,8 +31,8 @@ pub struct DayStats {
 #[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct ReasonCount {
     pub tenant: String,
-    pub state: String,
-    pub reason: String,
+    pub state: crate::domain::JobState,
+    pub reason: crate::domain::Reason,
     pub count: i64,
 }
 
