@@ -78,6 +78,10 @@ async fn csv_and_jsonl_of_two_tenants_land_in_their_own_coredms() {
     .await;
     let forced = p.wait_final(&zoo, "readings-copy.csv").await;
     assert_eq!((forced.records_ingested, forced.attempts), (Some(4900), 1), "{forced:?}");
+    // Taken back from quarantine by the run, its reason file with it.
+    let quarantined = std::path::PathBuf::from(dup.final_path.as_deref().unwrap());
+    assert!(p.wait_moved(&forced).await.starts_with(p.data_dir.join("ingested").join(&zoo)));
+    assert!(!quarantined.exists() && !mysimbdp::layout::reason_file(&quarantined).exists(), "{quarantined:?}");
     let events: Vec<String> = p.events(&zoo, &forced).await.into_iter().map(|(_, m)| m).collect();
     assert!(events.contains(&"retry asked, duplicate content allowed".to_owned()), "{events:?}");
     assert_eq!(p.count_docs(&zoo, "readings").await, 4900);

@@ -219,3 +219,40 @@ async fn the_broker_restarted_during_streaming_loses_and_doubles_nothing() {
     }
     p.cleanup().await;
 }
+
+/// A retry is a request recorded in the store: the file stays in quarantine until the batch manager
+/// runs the job and takes it back. Recorded while no batch manager runs, it is carried out at the next
+/// start, on the same file, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_recorded_while_the_platform_is_down_runs_at_the_next_start() {
+    let t = unique("retrydown");
+    let batch = BATCH.replace("app: count", "app: fails");
+    let mut p = TestPlatform::new(&[(&t, agreement(&t, &batch))]).await;
+    p.start().await;
+    p.install_script(&t, "fails", "cat \"$1\"; exit 1").await;
+    p.drop_file(&t, "once.csv", b"a\n41\n");
+    let failed = p.wait_final(&t, "once.csv").await;
+    assert_eq!((failed.state.as_str(), failed.attempts), ("failed", 1), "{failed:?}");
+    let quarantined = p.wait_moved(&failed).await;
+    p.stop().await;
+
+    // What the API records for a retry, with no batch manager to carry it out.
+    mysimbdp::store::jobs::retry(&p.db, &p.tenant(&t), &failed, false, 1, |_| Ok(())).await.unwrap();
+    assert!(quarantined.exists(), "the file stays where it is until the job runs");
+    p.start().await;
+    let db = p.db.clone();
+    eventually(Duration::from_secs(30), "the retried job ran again", async || {
+        let job = mysimbdp::store::jobs::get(&db, &p.tenant(&t), failed.id).await.unwrap().unwrap();
+        job.state().is_final() && job.finished_at > failed.finished_at
+    })
+    .await;
+    let again = p.wait_final(&t, "once.csv").await;
+    assert_eq!((again.state.as_str(), again.attempts), ("failed", 1), "one attempt on the retry: {again:?}");
+    assert_eq!(again.log.as_deref(), Some("a\n41\n"), "the app read the file taken back from quarantine");
+    assert_eq!(p.wait_moved(&again).await, quarantined, "back in quarantine, with its reason");
+    assert!(mysimbdp::layout::reason_file(&quarantined).exists());
+    let started: Vec<String> =
+        p.events(&t, &again).await.into_iter().map(|(_, m)| m).filter(|m| m.starts_with("attempt")).collect();
+    assert_eq!(started.len(), 2, "one attempt before the retry, one after: {started:?}");
+    p.cleanup().await;
+}

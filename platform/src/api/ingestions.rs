@@ -11,7 +11,7 @@ use super::extract::{Json, Query};
 use super::problem::{Problem, TenantScoped};
 use super::scope::{Owned, Scoped};
 use super::ApiState;
-use crate::batch::retry::RetryFailure;
+use crate::agreement::limits;
 use crate::store::jobs::{self, JobEvent, JobState, JobSummary, ListFilter, PageKey};
 use crate::tenant::TenantId;
 
@@ -184,19 +184,23 @@ pub async fn retry(
     let gone = || Problem::not_found("the job went away");
     let full = jobs::get(&state.db, &t, summary.id).await?.ok_or_else(gone)?;
     let agreement = state.agreements.get(&t);
-    let batch = agreement.as_ref().and_then(|a| a.batch.as_ref());
-    let retried = crate::batch::retry::retry(&state.db, &t, &full, request.allow_duplicate, batch).await;
+    let no_batch = || Problem::conflict("the tenant has no batch ingestion in its agreement in force");
+    let batch = agreement.as_ref().and_then(|a| a.batch.as_ref()).ok_or_else(no_batch)?;
+    let size = full.size_bytes.unwrap_or(0).max(0) as u64;
+    let within = |u: &jobs::Usage| {
+        limits::rates(batch, size, u.files_last_hour, u.bytes_last_day).map_err(|r| (r.reason, r.detail))
+    };
+    let retried = jobs::retry(&state.db, &t, &full, request.allow_duplicate, full.max_attempts.max(1), within).await;
     retried.map_err(retry_problem)?;
     let after = jobs::summary(&state.db, &t, summary.id).await?.ok_or_else(gone)?;
     Ok((StatusCode::ACCEPTED, Json(after)))
 }
 
 /// A refused retry as the API answers it: 429 over a rate limit (with the figures), 409 otherwise.
-fn retry_problem(e: RetryFailure) -> Problem {
+fn retry_problem(e: jobs::RetryError) -> Problem {
     match e {
-        RetryFailure::Io(e) => e.into(),
-        RetryFailure::Refused(jobs::RetryError::Store(e)) => e.into(),
-        RetryFailure::Refused(jobs::RetryError::OverLimit(limit, detail)) => {
+        jobs::RetryError::Store(e) => e.into(),
+        jobs::RetryError::OverLimit(limit, detail) => {
             let detail = format!("a retry is admitted like a new file and {detail} ({limit})");
             Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", detail)
         }

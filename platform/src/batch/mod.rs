@@ -10,7 +10,6 @@ pub mod admission;
 pub mod frozen;
 pub mod grouped;
 pub mod leases;
-pub mod retry;
 pub mod runner;
 pub mod scheduler;
 pub mod sniff;

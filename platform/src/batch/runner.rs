@@ -11,6 +11,7 @@ use super::Ctx;
 use crate::agreement::Route;
 use crate::apps::AppKind;
 use crate::domain::Reason;
+use crate::layout::{move_file, reason_file};
 use crate::runtime::process::{self, Exit, ProcessSpec, Stopped};
 use crate::runtime::sandbox::{cgroup, paths, Confined};
 use crate::store::jobs::{self, AttemptEnd, AttemptReport, Job, JobState};
@@ -49,6 +50,7 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
     if job.state != JobState::Queued {
         return Ok(()); // already taken up (a duplicate push after recovery)
     }
+    take_back(&job).await?;
     let target = match resolve(ctx, tenant, &job).await? {
         Ok(target) => target,
         Err((reason, detail)) => return fail_early(ctx, tenant, &job, reason, detail).await,
@@ -87,6 +89,26 @@ pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<
         ),
     };
     record(ctx, tenant, &run, report, verdict).await
+}
+
+/// A retried job's file still lies where its last outcome left it (`final_path`, see
+/// `store::jobs::retry`): it is moved back to the work area before the run, and its reason file
+/// removed. Repeatable: after a crash between the two the file is in the work area, and nothing moves.
+async fn take_back(job: &Job) -> anyhow::Result<()> {
+    let Some(kept) = job.final_path.clone().map(PathBuf::from) else { return Ok(()) };
+    let work = PathBuf::from(&job.work_path);
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        if !work.exists() && kept.exists() {
+            move_file(&kept, &work)?;
+            tracing::info!(from = %kept.display(), "a retried job's file taken back to the work area");
+        }
+        match std::fs::remove_file(reason_file(&kept)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    })
+    .await??;
+    Ok(())
 }
 
 /// What a job runs under: the agreement in force, the route its file takes, and that route's app.

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, Postgres, Transaction};
+use std::path::Path;
 use uuid::Uuid;
 
 use super::leases::Lease;
@@ -28,6 +29,8 @@ pub struct Job {
     pub pid: Option<i32>,
     #[serde(skip)]
     pub pid_start_ticks: Option<i64>,
+    /// Where the file rests once the job is final (`ingested/` or `quarantine/`); for a retried job
+    /// waiting to run, where its file still lies until the run takes it back.
     pub final_path: Option<String>,
     /// The batch manager working on it (see `leases`), and the fencing number of that lease.
     #[serde(skip)]
@@ -374,6 +377,10 @@ pub enum RetryError {
         "job {0} is {1}; only failed jobs (and, with allow_duplicate, jobs rejected as duplicates) can be retried"
     )]
     NotRetryable(Uuid, String),
+    #[error("job {0} has no file to run again")]
+    NoFile(Uuid),
+    #[error("the file of job {0} is no longer at {1}")]
+    FileGone(Uuid, String),
     /// Over a rate limit of the agreement: a retry is admitted again and counts like a new file.
     #[error("{1}")]
     OverLimit(Reason, String),
@@ -394,10 +401,11 @@ pub fn retryable(job: &Job, allow_duplicate: bool) -> Result<(), RetryError> {
     Err(RetryError::NotRetryable(job.id, state))
 }
 
-/// Queues a final job again as asked by an operator or the tenant. The caller moves the file back to
-/// the work area first; `fresh_attempts` is how many attempts the job gets now. A retry is admitted
-/// again: `within_limits` judges it against the tenant's usage (under the admission lock, like any
-/// admission) and it counts in the rolling windows like a new file.
+/// Queues a final job again as asked by an operator or the tenant: a request the batch manager carries
+/// out. The file stays where the job's outcome left it (`final_path`) until the run takes it back to
+/// the work area (`batch::runner`); `fresh_attempts` is how many attempts the job gets now. A retry is
+/// admitted again: `within_limits` judges it against the tenant's usage (under the admission lock,
+/// like any admission) and it counts in the rolling windows like a new file.
 pub async fn retry(
     db: &Db,
     tenant: &TenantId,
@@ -407,9 +415,13 @@ pub async fn retry(
     within_limits: impl FnOnce(&Usage) -> Result<(), (Reason, String)>,
 ) -> Result<(), RetryError> {
     retryable(job, allow_duplicate)?;
+    let kept = job.final_path.as_deref().ok_or(RetryError::NoFile(job.id))?;
+    if !Path::new(kept).exists() {
+        return Err(RetryError::FileGone(job.id, kept.to_owned()));
+    }
     let sql = with_event(
         "update jobs set state = 'queued', reason = null, detail = null, attempts = 0, max_attempts = $3,
-                final_path = null, finished_at = null, admitted_at = now()
+                finished_at = null, admitted_at = now()
          where tenant = $1 and id = $2 and state in ('failed', 'rejected') returning *",
         4,
     );
