@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use mysimbdp_e2e::{
     agreement, bundle, eventually, kafka_brokers, stripped, tar_gz, unique, Http, Member, TestPlatform,
 };
-use rdkafka::producer::DefaultProducerContext;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::ClientConfig;
 use serde_json::Value;
 
@@ -110,15 +111,31 @@ pub async fn produce(topic: &str, payloads: Vec<String>) {
     produce_to(&kafka_brokers(), topic, payloads).await
 }
 
+/// Counts the messages the broker never acknowledged (rdkafka gave up on them): without it, a lost
+/// message shows only as a consumer that seems to stall.
+#[derive(Default)]
+struct Undelivered(std::sync::atomic::AtomicUsize);
+
+impl rdkafka::ClientContext for Undelivered {}
+
+impl ProducerContext for Undelivered {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// As `produce`, on the broker at `brokers`.
 pub async fn produce_to(brokers: &str, topic: &str, payloads: Vec<String>) {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
-        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        let producer: ThreadedProducer<Undelivered> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("linger.ms", "5")
             .set("queue.buffering.max.messages", "1000000")
-            .create()
+            .create_with_context(Undelivered::default())
             .unwrap();
         for (i, p) in payloads.iter().enumerate() {
             let key = (i % 64).to_string();
@@ -135,6 +152,8 @@ pub async fn produce_to(brokers: &str, topic: &str, payloads: Vec<String>) {
             }
         }
         producer.flush(Duration::from_secs(60)).expect("every message delivered");
+        let lost = producer.context().0.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(lost, 0, "{lost} of {} messages to {topic} were never acknowledged by the broker", payloads.len());
     })
     .await
     .unwrap();
@@ -194,8 +213,22 @@ pub async fn wait_docs(p: &TestPlatform, tenant: &str, n: i64, within: Duration)
                 .flatten()
                 .map(|e| std::fs::read_to_string(e.path().join("log")).unwrap_or_default())
                 .collect();
+            // What the broker holds: a partition whose end is past its last document was not read
+            // (a consumer stalled); one whose end is its last document lost messages on the way in.
+            let topic = format!("{tenant}.readings");
+            let ends = tokio::task::spawn_blocking(move || {
+                use rdkafka::consumer::{BaseConsumer, Consumer};
+                let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
+                (0..8)
+                    .map_while(|part| {
+                        c.fetch_watermarks(&topic, part, Duration::from_secs(5)).ok().map(|w| (part, w.1))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap();
             panic!(
-                "{have} of {n} documents after {within:?}; (partition, documents, max offset): {by_partition:?}; instance logs:\n{}\nplatform log (last lines):\n{}",
+                "{have} of {n} documents after {within:?}; (partition, documents, max offset): {by_partition:?}; the broker's ends (partition, next offset): {ends:?}; instance logs:\n{}\nplatform log (last lines):\n{}",
                 logs.join("\n---\n"),
                 p.platform_log_tail(80)
             );
