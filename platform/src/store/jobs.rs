@@ -188,7 +188,7 @@ pub struct Limits {
 
 /// Admission's common case, for a batch of one tenant's files in one statement: queues each job that
 /// is no duplicate and within its limits, judged in order under the tenant's admission lock (the
-/// store's `admit_jobs`, migration `admit_in_batches`). Returns the jobs queued; each other one is
+/// store's `admit_jobs`, migration `grouped_writes`). Returns the jobs queued; each other one is
 /// unchanged, and the caller takes the full path for it (`Admission`), which names the refusal.
 pub async fn admit(db: &Db, tenant: &TenantId, batch: &[(Queue, Limits)]) -> sqlx::Result<Vec<Uuid>> {
     admit_jobs(tenant, batch).fetch_all(db).await
@@ -592,7 +592,7 @@ pub struct JobSummary {
     pub tenant: String,
     pub file_name: String,
     pub state: JobState,
-    /// Why it was rejected or failed (or is waiting to retry): a stable word such as `too_large`.
+    /// Why it was rejected or failed (or is waiting to retry): a stable word (see `Reason`).
     pub reason: Option<Reason>,
     /// The reason in words, naming the limit and the value.
     pub detail: Option<String>,
