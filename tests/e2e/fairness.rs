@@ -4,14 +4,21 @@
 use mysimbdp::domain::JobState;
 use mysimbdp_e2e::{agreement, unique, TestPlatform};
 
+/// Two tenants, `flood` and `quiet`, whose `*.csv` files go to `app`, each with its hourly limit and
+/// concurrency.
+async fn two_tenants(app: &str, flood: (&str, u32, u32), quiet: (&str, u32, u32)) -> TestPlatform {
+    let batch = |per_hour: u32, jobs: u32| {
+        format!("  routes: [{{files: \"*.csv\", app: {app}, timeout: 1m, memory: 256MiB}}]\n  formats: [csv]\n  max_file_size: 1MiB\n  max_files_per_hour: {per_hour}\n  max_bytes_per_day: 1GiB\n  max_concurrent_jobs: {jobs}")
+    };
+    let tenant = |(t, per_hour, jobs): (&str, u32, u32)| (t.to_owned(), agreement(t, &batch(per_hour, jobs)));
+    let (flood, quiet) = (tenant(flood), tenant(quiet));
+    TestPlatform::new(&[(&flood.0, flood.1), (&quiet.0, quiet.1)]).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_from_one_tenant_does_not_hold_up_another() {
     let (flood, quiet) = (unique("flood"), unique("quiet"));
-    let batch = |jobs: u32| {
-        format!("  routes: [{{files: \"*.csv\", app: slow, timeout: 1m, memory: 256MiB}}]\n  formats: [csv]\n  max_file_size: 1MiB\n  max_files_per_hour: 1000\n  max_bytes_per_day: 1GiB\n  max_concurrent_jobs: {jobs}")
-    };
-    let mut p =
-        TestPlatform::new(&[(&flood, agreement(&flood, &batch(4))), (&quiet, agreement(&quiet, &batch(4)))]).await;
+    let mut p = two_tenants("slow", (&flood, 1000, 4), (&quiet, 1000, 4)).await;
     p.batch.workers = 2; // fewer workers than the flooding tenant may use
     p.start().await;
     for t in [&flood, &quiet] {
@@ -37,6 +44,43 @@ async fn a_flood_from_one_tenant_does_not_hold_up_another() {
     assert!(
         still_waiting >= FLOOD / 2,
         "the quiet tenant waited behind the flood: {flood_done_before} flood files finished first"
+    );
+    p.cleanup().await;
+}
+
+/// A hostile tenant renames in a flood of files its agreement refuses (over its hourly limit). Each
+/// refusal is judged on its own under the tenant's admission lock; the flood must not take the store
+/// connections another tenant's admission and run need, so the quiet tenant's file is done while the
+/// flood is still being refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_refused_files_does_not_hold_up_another_tenant() {
+    let (flood, quiet) = (unique("refused"), unique("quiet"));
+    let mut p = two_tenants("ok", (&flood, 2, 2), (&quiet, 100, 2)).await;
+    p.start().await;
+    for t in [&flood, &quiet] {
+        p.install_script(t, "ok", "exit 0").await;
+    }
+    const FLOOD: usize = 1500;
+    for i in 0..FLOOD {
+        p.drop_file(&flood, &format!("f{i:04}.csv"), format!("a\n{i}\n").as_bytes());
+    }
+    p.drop_file(&quiet, "q.csv", b"a\n1\n");
+    let q = p.wait_final(&quiet, "q.csv").await;
+    assert_eq!(q.state, JobState::Succeeded);
+    let mut decided = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while decided < FLOOD {
+        assert!(std::time::Instant::now() < deadline, "{decided} of {FLOOD} flood files decided after 120 s");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        decided = p.all_jobs(&flood).await.iter().filter(|j| j.state.is_final()).count();
+    }
+    let flood_jobs = p.all_jobs(&flood).await;
+    let refused = flood_jobs.iter().filter(|j| j.reason.map(|r| r.as_str()) == Some("max_files_per_hour")).count();
+    assert_eq!(refused, FLOOD - 2, "all but two refused over the hourly limit");
+    let after = flood_jobs.iter().filter(|j| j.finished_at.is_some_and(|f| f > q.finished_at.unwrap())).count();
+    assert!(
+        after >= FLOOD / 4,
+        "the quiet tenant's file waited for the flood: only {after} of {FLOOD} refused after it"
     );
     p.cleanup().await;
 }
