@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 
 use super::extract::{Json, Path, Query};
 use super::problem::{Problem, TenantScoped};
-use super::scope::Scoped;
+use super::scope::{InForce, Scoped, Whole};
 use super::upload;
 use super::ApiState;
 use crate::apps::{AppError, AppKind, InstallRequest};
@@ -77,14 +77,11 @@ fn app_problem(e: AppError) -> Problem {
         (status = 422, body = Problem, content_type = "application/problem+json", description = "unsafe or invalid archive, app.yaml missing or invalid"), TenantScoped))]
 pub async fn upload(
     State(state): State<ApiState>,
-    Scoped { tenant: t, .. }: Scoped,
+    InForce { agreement, .. }: InForce<Whole>,
     Query(params): Query<UploadParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<AppVersion>), Problem> {
-    let agreement = state.agreements.get(&t).ok_or_else(|| {
-        Problem::conflict(format!("{}; apps cannot be installed", crate::agreement::not_in_force(&t)))
-    })?;
     if let Some(name) = &params.name {
         crate::apps::validate_app_name(name).map_err(Problem::bad_request)?;
     }
@@ -115,9 +112,13 @@ pub async fn list(
     State(state): State<ApiState>,
     Scoped { tenant: t, .. }: Scoped,
 ) -> Result<Json<Vec<AppSummary>>, Problem> {
+    Ok(Json(summaries(crate::store::apps::list(&state.db, &t).await?)))
+}
+
+/// One summary per name, from every version listed by name, newest version first within a name.
+fn summaries(versions: Vec<App>) -> Vec<AppSummary> {
     let mut out: Vec<AppSummary> = Vec::new();
-    // Newest version first within each name.
-    for a in crate::store::apps::list(&state.db, &t).await? {
+    for a in versions {
         match out.last_mut() {
             Some(s) if s.name == a.name => s.versions += 1,
             _ => out.push(AppSummary {
@@ -129,7 +130,7 @@ pub async fn list(
             }),
         }
     }
-    Ok(Json(out))
+    out
 }
 
 /// Every version of the tenant's app `app`, or 404.

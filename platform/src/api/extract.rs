@@ -3,6 +3,7 @@
 
 use axum::extract::FromRequest;
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 
 use super::problem::Problem;
 
@@ -33,23 +34,29 @@ impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
 
 /// A JSON body that may be left out (an empty body means the defaults), with the same checks and
 /// messages as every JSON body when it is there.
-pub async fn optional_json<T: serde::de::DeserializeOwned + Default>(
-    headers: &axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<T, Problem> {
-    use axum::http::header;
-    if body.is_empty() {
-        return Ok(T::default());
+pub struct OptionalJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for OptionalJson<T>
+where
+    T: serde::de::DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Problem> {
+        let (parts, body) = req.into_parts();
+        let req = axum::extract::Request::from_parts(parts.clone(), body);
+        let body = axum::body::Bytes::from_request(req, state).await.map_err(|e| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Problem::too_large(format!("the body: {}", e.body_text())),
+            _ => Problem::bad_request(format!("the body: {}", e.body_text())),
+        })?;
+        if body.is_empty() {
+            return Ok(OptionalJson(T::default()));
+        }
+        let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(body));
+        let Json(r) = <Json<T> as FromRequest<S>>::from_request(req, state).await?;
+        Ok(OptionalJson(r))
     }
-    let req = axum::http::Request::builder()
-        .header(
-            header::CONTENT_TYPE,
-            headers.get(header::CONTENT_TYPE).cloned().unwrap_or(header::HeaderValue::from_static("")),
-        )
-        .body(axum::body::Body::from(body))
-        .map_err(Problem::internal)?;
-    let Json(r) = <Json<T> as FromRequest<()>>::from_request(req, &()).await?;
-    Ok(r)
 }
 
 /// A page size from a query, `default` when absent, refused outside 1..=`max`.

@@ -7,11 +7,11 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::extract::{Json, Query};
+use super::extract::{Json, OptionalJson, Query};
 use super::problem::{Problem, TenantScoped};
-use super::scope::{Owned, Scoped};
+use super::scope::{InForce, Owned, Scoped};
 use super::ApiState;
-use crate::agreement::limits;
+use crate::agreement::{limits, BatchAgreement};
 use crate::store::jobs::{self, JobEvent, JobState, JobSummary, ListFilter, PageKey};
 use crate::tenant::TenantId;
 
@@ -65,21 +65,28 @@ pub async fn list(
     Query(p): Query<ListParams>,
 ) -> Result<axum::response::Response, Problem> {
     let (filter, after) = page_request(p)?;
-    // The answer depends on the tenant's rows and these parameters only (no "now"), so it can be
-    // reused for as long as the tenant's change stamp stays the same.
+    Ok(json_bytes(cached_page(&state, &t, filter, after).await?))
+}
+
+/// `page`, reused while the tenant's jobs stay as they were: the answer depends on the tenant's rows
+/// and the query only (no "now"), so it holds for as long as the tenant's change stamp stays the same.
+async fn cached_page(
+    state: &ApiState,
+    t: &TenantId,
+    filter: ListFilter,
+    after: Option<PageKey>,
+) -> Result<bytes::Bytes, Problem> {
+    if !state.pages.enabled() {
+        return page(state, t, filter, after).await;
+    }
     let key = format!("{t}|{filter:?}|{after:?}");
-    let generation = match state.pages.enabled() {
-        true => Some(jobs::generation(&state.db, &t).await?),
-        false => None,
-    };
-    if let Some(body) = generation.and_then(|g| state.pages.get(&key, g)) {
-        return Ok(json_bytes(body));
+    let generation = jobs::generation(&state.db, t).await?;
+    if let Some(body) = state.pages.get(&key, generation) {
+        return Ok(body);
     }
-    let body = page(&state, &t, filter, after).await?;
-    if let Some(g) = generation {
-        state.pages.put(key, g, body.clone());
-    }
-    Ok(json_bytes(body))
+    let body = page(state, t, filter, after).await?;
+    state.pages.put(key, generation, body.clone());
+    Ok(body)
 }
 
 /// The query as a filter (asking one job more than the page, which tells whether there is a next
@@ -177,18 +184,14 @@ pub struct RetryRequest {
 pub async fn retry(
     State(state): State<ApiState>,
     Owned { tenant: t, record: summary }: Owned<JobSummary>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    InForce { section: batch, .. }: InForce<BatchAgreement>,
+    OptionalJson(request): OptionalJson<RetryRequest>,
 ) -> Result<(StatusCode, Json<JobSummary>), Problem> {
-    let request: RetryRequest = super::extract::optional_json(&headers, body).await?;
     let gone = || Problem::not_found("the job went away");
     let full = jobs::get(&state.db, &t, summary.id).await?.ok_or_else(gone)?;
-    let agreement = state.agreements.get(&t);
-    let no_batch = || Problem::conflict("the tenant has no batch ingestion in its agreement in force");
-    let batch = agreement.as_ref().and_then(|a| a.batch.as_ref()).ok_or_else(no_batch)?;
     let size = full.size_bytes.unwrap_or(0).max(0) as u64;
     let within = |u: &jobs::Usage| {
-        limits::rates(batch, size, u.files_last_hour, u.bytes_last_day).map_err(|r| (r.reason, r.detail))
+        limits::rates(&batch, size, u.files_last_hour, u.bytes_last_day).map_err(|r| (r.reason, r.detail))
     };
     let retried = jobs::retry(&state.db, &t, &full, request.allow_duplicate, full.max_attempts.max(1), within).await;
     retried.map_err(retry_problem)?;

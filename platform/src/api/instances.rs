@@ -4,10 +4,11 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 
-use super::extract::{Json, Path, Query};
+use super::extract::{Json, OptionalJson, Path, Query};
 use super::problem::{Problem, TenantScoped};
-use super::scope::{Owned, Scoped};
+use super::scope::{InForce, Owned, Scoped};
 use super::ApiState;
+use crate::agreement::StreamAgreement;
 use crate::domain::InstanceState;
 use crate::runtime::log::RotatingLog;
 use crate::store::instances::{self, Instance, NewInstances, StartError};
@@ -35,34 +36,20 @@ pub struct StartRequest {
         (status = 422, body = Problem, content_type = "application/problem+json", description = "not a stream app, or a bad count"), TenantScoped))]
 pub async fn start(
     State(state): State<ApiState>,
-    Scoped { tenant: t, .. }: Scoped,
+    InForce { tenant: t, section: stream, .. }: InForce<StreamAgreement>,
     Path((_, app)): Path<(String, String)>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    OptionalJson(request): OptionalJson<StartRequest>,
 ) -> Result<(StatusCode, Json<Vec<Instance>>), Problem> {
-    let request: StartRequest = super::extract::optional_json(&headers, body).await?;
-    let stream = stream_section(&state, &t)?;
-    let count = request.count.unwrap_or(1);
-    if count == 0 || count > stream.max_instances {
-        let max = stream.max_instances;
+    let (count, max) = (request.count.unwrap_or(1), stream.max_instances);
+    if count == 0 || count > max {
         return Err(Problem::unprocessable(format!(
             "count {count} is outside 1..={max} (the agreement's max_instances)"
         )));
     }
     let found = stream_app(&state, &t, &app, request.version).await?;
-    let runtime = stream.runtime.as_str();
-    let (app, app_version, max) = (&found.name, found.version, stream.max_instances);
+    let (app, app_version, runtime) = (&found.name, found.version, stream.runtime.as_str());
     let new = NewInstances { tenant: &t, app, app_version, runtime, count, max, cause: "api" };
     Ok((StatusCode::CREATED, Json(create(&state, &new).await?)))
-}
-
-/// The stream section of the tenant's agreement in force (409 without one).
-fn stream_section(state: &ApiState, t: &TenantId) -> Result<crate::agreement::StreamAgreement, Problem> {
-    let agreement = state.agreements.get(t).ok_or_else(|| Problem::conflict(crate::agreement::not_in_force(t)))?;
-    agreement
-        .stream
-        .clone()
-        .ok_or_else(|| Problem::conflict(format!("the agreement of `{t}` has no stream section: no stream ingestion")))
 }
 
 /// The tenant's stream app `app` (its newest version, or `version`): 404 if there is none, 422 for a

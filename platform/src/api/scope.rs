@@ -6,11 +6,14 @@
 
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use super::auth::Caller;
 use super::problem::Problem;
 use super::ApiState;
+use crate::agreement::{not_in_force, BatchAgreement, ServiceAgreement, StreamAgreement};
 use crate::store::instances::Instance;
 use crate::store::jobs::{self, JobSummary};
 use crate::store::Db;
@@ -28,6 +31,59 @@ pub struct Scoped {
 pub struct Owned<T> {
     pub tenant: TenantId,
     pub record: T,
+}
+
+/// The scoped tenant's agreement in force and its section `S` that the request needs (409 without
+/// either: the tenant exists, but may not do this now).
+pub struct InForce<S> {
+    pub tenant: TenantId,
+    pub agreement: Arc<ServiceAgreement>,
+    pub section: S,
+}
+
+/// A part of the agreement a request can need.
+pub trait Section: Sized {
+    /// What it is called in a 409 ("the agreement of `zoo` has no stream section").
+    const WHAT: &'static str;
+    fn of(agreement: &ServiceAgreement) -> Option<Self>;
+}
+
+/// The agreement as a whole: only that it is in force.
+pub struct Whole;
+
+impl Section for Whole {
+    const WHAT: &'static str = "";
+    fn of(_: &ServiceAgreement) -> Option<Self> {
+        Some(Whole)
+    }
+}
+
+impl Section for BatchAgreement {
+    const WHAT: &'static str = "batch";
+    fn of(agreement: &ServiceAgreement) -> Option<Self> {
+        agreement.batch.clone()
+    }
+}
+
+impl Section for StreamAgreement {
+    const WHAT: &'static str = "stream";
+    fn of(agreement: &ServiceAgreement) -> Option<Self> {
+        agreement.stream.clone()
+    }
+}
+
+impl<S: Section> FromRequestParts<ApiState> for InForce<S> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Problem> {
+        let Scoped { tenant, .. } = Scoped::from_request_parts(parts, state).await?;
+        let agreement = state.agreements.get(&tenant).ok_or_else(|| Problem::conflict(not_in_force(&tenant)))?;
+        let what = S::WHAT;
+        let section = S::of(&agreement).ok_or_else(|| {
+            Problem::conflict(format!("the agreement of `{tenant}` has no {what} section: no {what} ingestion"))
+        })?;
+        Ok(InForce { tenant, agreement, section })
+    }
 }
 
 /// A record a tenant owns, found by its id among that tenant's only.

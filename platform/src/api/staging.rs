@@ -12,9 +12,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use super::auth::Caller;
 use super::extract::{Json, Path};
 use super::problem::{Problem, TenantScoped};
-use super::scope::Scoped;
+use super::scope::{InForce, Scoped};
 use super::upload;
 use super::ApiState;
+use crate::agreement::BatchAgreement;
 use crate::names;
 use crate::tenant::TenantId;
 use crate::units::ByteSize;
@@ -52,23 +53,17 @@ pub struct Staged {
         (status = 507, body = Problem, content_type = "application/problem+json", description = "over the tenant's disk_quota"), TenantScoped))]
 pub async fn put(
     State(state): State<ApiState>,
-    Scoped { tenant: t, .. }: Scoped,
+    InForce { tenant: t, agreement, section: batch }: InForce<BatchAgreement>,
     Path((_, file)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, [(header::HeaderName, String); 1], Json<Staged>), Problem> {
     validate_file_name(&file).map_err(Problem::bad_request)?;
-    let agreement = state.agreements.get(&t);
-    let (agreement, batch) = agreement
-        .as_ref()
-        .and_then(|a| Some((a, a.batch.as_ref()?)))
-        .ok_or_else(|| Problem::conflict(format!("tenant `{t}` has no batch ingestion in its agreement in force")))?;
     check_quota(&state, &t, agreement.disk_quota, &headers).await?;
-    let limit = ("max_file_size", batch.max_file_size);
-    let written = receive(&state, &t, &file, &headers, body, limit).await?;
-    let follow = format!("/v1/tenants/{t}/ingestions?file={}", urlencode(&file));
+    let written = receive(&state, &t, &file, &headers, body, ("max_file_size", batch.max_file_size)).await?;
     tracing::info!(tenant = %t, file, bytes = written.bytes, "staged over HTTP");
-    let (size_bytes, sha256, tenant) = (written.bytes, written.sha256, t.to_string());
+    let follow = format!("/v1/tenants/{t}/ingestions?file={}", urlencode(&file));
+    let (tenant, size_bytes, sha256) = (t.to_string(), written.bytes, written.sha256);
     let staged = Staged { tenant, file, size_bytes, sha256, ingestions: follow.clone() };
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, follow)], Json(staged)))
 }

@@ -78,42 +78,9 @@ pub struct Services {
 
 /// Runs the batch manager until `shutdown`, then waits for running apps to stop.
 pub async fn run(services: Services, config: BatchConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Services { db, layout, agreements, tenants, metrics, sandbox } = services;
-    std::fs::create_dir_all(&layout.staging)?;
-    crate::config::private_dir(&layout.work_root())?;
-    let leases = leases::Leases::new(config.lease);
-    let ctx = Arc::new(Ctx {
-        db: db.clone(),
-        layout,
-        agreements,
-        tenants,
-        scheduler: Scheduler::default(),
-        config: config.clone(),
-        metrics,
-        shutdown: shutdown.clone(),
-        sandbox,
-        claiming: Mutex::new(HashSet::new()),
-        hashing: Semaphore::new(4),
-        claims: Arc::new(Grouped::new({
-            let (db, lease) = (db.clone(), leases.lease);
-            move |tenant, claims| {
-                let db = db.clone();
-                Box::pin(async move { Ok(jobs::insert_detected(&db, &tenant, &claims, &lease).await?) })
-            }
-        })),
-        admissions: Arc::new(Grouped::new({
-            let db = db.clone();
-            move |tenant, batch: Vec<(jobs::Queue, jobs::Limits)>| {
-                let db = db.clone();
-                Box::pin(async move {
-                    let queued = jobs::admit(&db, &tenant, &batch).await?;
-                    Ok(batch.iter().map(|(q, _)| queued.contains(&q.id)).collect())
-                })
-            }
-        })),
-        leases,
-        tasks: TaskTracker::new(),
-    });
+    std::fs::create_dir_all(&services.layout.staging)?;
+    crate::config::private_dir(&services.layout.work_root())?;
+    let ctx = context(services, config, shutdown.clone());
     leases::register(&ctx).await?;
     recover(&ctx).await;
     let keeper = tokio::spawn(leases::keep(ctx.clone()));
@@ -138,17 +105,7 @@ pub async fn run(services: Services, config: BatchConfig, shutdown: Cancellation
             _ = work_area.tick() => {
                 recover_work_area(&ctx).await;
             }
-            _ = rescan.tick() => {
-                let snapshot = ctx.agreements.current();
-                for (tenant, agreement) in &snapshot.in_force {
-                    let Some(batch) = &agreement.batch else { continue };
-                    for (path, age) in watcher::list(&ctx.layout.staging_dir(tenant)) {
-                        if age >= batch.min_file_age {
-                            consider(&ctx, path, false);
-                        }
-                    }
-                }
-            }
+            _ = rescan.tick() => rescan_staging(&ctx),
         }
     }
     tracing::info!("batch manager stopping: no new files; running apps get SIGTERM");
@@ -160,6 +117,58 @@ pub async fn run(services: Services, config: BatchConfig, shutdown: Cancellation
         tracing::warn!(error = %e, "unregistering the batch manager failed");
     }
     Ok(())
+}
+
+/// The manager's shared state, with the grouped writers of claims and admissions.
+fn context(services: Services, config: BatchConfig, shutdown: CancellationToken) -> Arc<Ctx> {
+    let Services { db, layout, agreements, tenants, metrics, sandbox } = services;
+    let leases = leases::Leases::new(config.lease);
+    Arc::new(Ctx {
+        db: db.clone(),
+        layout,
+        agreements,
+        tenants,
+        scheduler: Scheduler::default(),
+        config,
+        metrics,
+        shutdown,
+        sandbox,
+        claiming: Mutex::new(HashSet::new()),
+        hashing: Semaphore::new(4),
+        claims: Arc::new(Grouped::new({
+            let (db, lease) = (db.clone(), leases.lease);
+            move |tenant, claims| {
+                let db = db.clone();
+                Box::pin(async move { Ok(jobs::insert_detected(&db, &tenant, &claims, &lease).await?) })
+            }
+        })),
+        admissions: Arc::new(Grouped::new({
+            let db = db.clone();
+            move |tenant, batch: Vec<(jobs::Queue, jobs::Limits)>| {
+                let db = db.clone();
+                Box::pin(async move {
+                    let queued = jobs::admit(&db, &tenant, &batch).await?;
+                    Ok(batch.iter().map(|(q, _)| queued.contains(&q.id)).collect())
+                })
+            }
+        })),
+        leases,
+        tasks: TaskTracker::new(),
+    })
+}
+
+/// Every file in the staging folders of tenants with batch ingestion that is at least the agreement's
+/// `min_file_age` old: what the watch's events missed (an overflow, a restart, a slow writer).
+fn rescan_staging(ctx: &Arc<Ctx>) {
+    let snapshot = ctx.agreements.current();
+    for (tenant, agreement) in &snapshot.in_force {
+        let Some(batch) = &agreement.batch else { continue };
+        for (path, age) in watcher::list(&ctx.layout.staging_dir(tenant)) {
+            if age >= batch.min_file_age {
+                consider(ctx, path, false);
+            }
+        }
+    }
 }
 
 /// Work found in the store: jobs queued by others (an operator's retry, a manager that stopped) and
