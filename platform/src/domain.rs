@@ -80,6 +80,69 @@ macro_rules! text_enum {
     };
 }
 
+/// An id of one kind of record: a UUID that cannot be passed where another kind's id is wanted (a job
+/// id where an instance id goes). Stored as `uuid`, shown as its text.
+macro_rules! id_type {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(serde::Serialize, serde::Deserialize, sqlx::Type, utoipa::ToSchema)]
+        #[serde(transparent)]
+        #[sqlx(transparent)]
+        #[schema(value_type = String, format = Uuid)]
+        pub struct $name(pub uuid::Uuid);
+
+        impl $name {
+            /// A new id, ordered by creation time (UUIDv7), so the newest rows sort last in an index.
+            pub fn now() -> Self {
+                $name(uuid::Uuid::now_v7())
+            }
+
+            pub fn parse_str(s: &str) -> Result<Self, uuid::Error> {
+                uuid::Uuid::parse_str(s).map($name)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, uuid::Error> {
+                Self::parse_str(s)
+            }
+        }
+    };
+}
+
+id_type! {
+    /// A job: one file's ingestion.
+    JobId
+}
+
+id_type! {
+    /// A stream app instance.
+    InstanceId
+}
+
+id_type! {
+    /// One installed version of an app.
+    AppId
+}
+
+id_type! {
+    /// A batch manager process, holder of job leases.
+    ManagerId
+}
+
+id_type! {
+    /// A notification from the monitor to the stream manager.
+    NotificationId
+}
+
 text_enum! {
     /// Where a job is in its life. The last three are final: each file ends in exactly one of them.
     JobState {

@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::layout::reason_file;
 use crate::store::{retention, Db};
-use crate::tenant::TenantId;
 
 /// Jobs deleted per statement, so a first run over years of history does not hold one long lock.
 const BATCH: i64 = 1000;
@@ -56,10 +55,7 @@ async fn sweep(db: &Db, data_dir: &Path, keep: Duration) -> anyhow::Result<()> {
     }
     let records = retention::forget_stream_records(db, cutoff).await?;
     let instances = retention::forget_instances(db, cutoff).await?;
-    let dirs: Vec<PathBuf> = instances
-        .iter()
-        .filter_map(|(t, id)| Some(crate::layout::instance_dir(data_dir, &TenantId::parse(t).ok()?, *id)))
-        .collect();
+    let dirs: Vec<PathBuf> = instances.iter().map(|(t, id)| crate::layout::instance_dir(data_dir, t, *id)).collect();
     tokio::task::spawn_blocking(move || {
         for dir in dirs {
             let _ = std::fs::remove_dir_all(dir);
@@ -74,7 +70,7 @@ async fn sweep(db: &Db, data_dir: &Path, keep: Duration) -> anyhow::Result<()> {
 
 /// Removes a forgotten job's kept file: its `<job>/` folder and reason file, or (kept before names
 /// had folders of their own) `<job>-<name>` and `<job>-<name>.reason.json`.
-fn remove_kept(id: uuid::Uuid, kept: &Path) {
+fn remove_kept(id: crate::domain::JobId, kept: &Path) {
     let own_folder = kept.parent().filter(|d| d.file_name().and_then(|n| n.to_str()) == Some(id.to_string().as_str()));
     match own_folder {
         Some(dir) => {

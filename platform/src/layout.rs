@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
+use crate::domain::{InstanceId, JobId};
+
 use crate::names::component;
 use crate::tenant::TenantId;
 
@@ -37,30 +39,30 @@ impl Layout {
         self.data.join("work")
     }
 
-    pub fn work_dir(&self, t: &TenantId, job: Uuid) -> PathBuf {
+    pub fn work_dir(&self, t: &TenantId, job: JobId) -> PathBuf {
         self.work_root().join(t.as_str()).join(job.to_string())
     }
 
-    pub fn work_file(&self, t: &TenantId, job: Uuid, name: &str) -> PathBuf {
+    pub fn work_file(&self, t: &TenantId, job: JobId, name: &str) -> PathBuf {
         self.work_dir(t, job).join(component(name))
     }
 
-    pub fn ingested_file(&self, t: &TenantId, job: Uuid, name: &str) -> PathBuf {
+    pub fn ingested_file(&self, t: &TenantId, job: JobId, name: &str) -> PathBuf {
         self.data.join("ingested").join(t.as_str()).join(job.to_string()).join(component(name))
     }
 
-    pub fn quarantine_file(&self, t: &TenantId, job: Uuid, name: &str) -> PathBuf {
+    pub fn quarantine_file(&self, t: &TenantId, job: JobId, name: &str) -> PathBuf {
         self.data.join("quarantine").join(t.as_str()).join(job.to_string()).join(component(name))
     }
 }
 
 /// The folder of a tenant's stream instance: its working folder and its `log`.
-pub fn instance_dir(data: &Path, t: &TenantId, id: Uuid) -> PathBuf {
+pub fn instance_dir(data: &Path, t: &TenantId, id: InstanceId) -> PathBuf {
     data.join("instances").join(t.as_str()).join(id.to_string())
 }
 
 /// The log of a stream instance, in its folder.
-pub fn instance_log(data: &Path, t: &TenantId, id: Uuid) -> PathBuf {
+pub fn instance_log(data: &Path, t: &TenantId, id: InstanceId) -> PathBuf {
     instance_dir(data, t, id).join("log")
 }
 

@@ -180,6 +180,7 @@ impl Platform {
                 self.agreements.clone(),
                 brokers,
                 self.config.cluster.clone(),
+                self.metrics.clone(),
                 shutdown.clone(),
             );
             roles.push(role("monitor", shutdown.clone(), Box::pin(monitor)));
@@ -288,6 +289,7 @@ impl Platform {
             containers: self.config.container_socket.clone().map(|socket| runtime::container::Containers { socket }),
             cluster: self.config.cluster.clone(),
             sandbox: self.sandbox.clone(),
+            metrics: self.metrics.clone(),
         };
         Ok(role("stream", self.shutdown.clone(), Box::pin(stream::run(ctx, self.shutdown.clone()))))
     }

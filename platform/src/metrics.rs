@@ -35,6 +35,34 @@ pub struct StateLabels {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassLabels {
+    pub pass: &'static str,
+}
+
+/// The platform's periodic passes, counted so that an operator (or a test) can see each one happen:
+/// a loop whose count stops growing is stuck, and "nothing happened after two more passes" is an
+/// observation, not a guess at how long to wait.
+#[derive(Clone, Copy, Debug)]
+pub enum Pass {
+    /// The batch manager listed every staging folder for files its watch missed.
+    BatchRescan,
+    /// The stream manager compared the instances running with those wanted, and acted.
+    StreamReconcile,
+    /// The monitor looked for instances that stopped reporting.
+    MonitorSweep,
+}
+
+impl Pass {
+    fn name(self) -> &'static str {
+        match self {
+            Pass::BatchRescan => "batch_rescan",
+            Pass::StreamReconcile => "stream_reconcile",
+            Pass::MonitorSweep => "monitor_sweep",
+        }
+    }
+}
+
 fn run_seconds_histogram() -> Histogram {
     // 5 ms to ~45 min in factors of 2.
     Histogram::new(exponential_buckets(0.005, 2.0, 20))
@@ -49,6 +77,7 @@ pub struct Metrics {
     run_seconds: Family<TenantLabels, Histogram, fn() -> Histogram>,
     jobs_open: Family<StateLabels, Gauge>,
     dependency_up: Family<CheckLabels, Gauge>,
+    passes: Family<PassLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -86,8 +115,15 @@ impl Default for Metrics {
             "Whether each readiness check passed at this scrape (1) or not (0): platform_store, broker, data_disk, staging_disk",
             dependency_up.clone(),
         );
+        let passes = Family::<PassLabels, Counter>::default();
+        registry.register(
+            "loop_passes",
+            "Passes of the platform's periodic loops: batch_rescan, stream_reconcile, monitor_sweep",
+            passes.clone(),
+        );
         Metrics {
             registry,
+            passes,
             jobs_finished,
             bytes_ingested,
             records_ingested,
@@ -100,12 +136,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one finished pass of a periodic loop.
+    pub fn pass(&self, pass: Pass) {
+        self.passes.get_or_create(&PassLabels { pass: pass.name() }).inc();
+    }
+
     /// Counts a job that just reached its final state.
     pub fn job_finished(&self, job: &Job) {
-        let tenant = TenantLabels { tenant: job.tenant.clone() };
+        let tenant = TenantLabels { tenant: job.tenant.to_string() };
         self.jobs_finished
             .get_or_create(&OutcomeLabels {
-                tenant: job.tenant.clone(),
+                tenant: job.tenant.to_string(),
                 outcome: job.state.to_string(),
                 reason: job.reason.map(|r| r.as_str().to_owned()).unwrap_or_default(),
             })

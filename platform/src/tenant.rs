@@ -3,8 +3,9 @@
 
 use std::fmt;
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, pattern = "^[a-z0-9][a-z0-9-]{1,31}$")]
 pub struct TenantId(String);
 
 impl TenantId {
@@ -37,6 +38,45 @@ impl fmt::Display for TenantId {
     }
 }
 
+/// Checked when read, like any other input: a row or a message naming something that is no tenant id
+/// fails to decode instead of reaching a path or a topic name.
+impl<'de> serde::Deserialize<'de> for TenantId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        TenantId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl sqlx::Type<sqlx::Postgres> for TenantId {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <String as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl sqlx::postgres::PgHasArrayType for TenantId {
+    fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::postgres::PgHasArrayType>::array_type_info()
+    }
+}
+
+impl<'q> sqlx::Encode<'q, sqlx::Postgres> for TenantId {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as sqlx::Encode<'q, sqlx::Postgres>>::encode(self.as_str(), buf)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for TenantId {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(TenantId::parse(<&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +93,14 @@ mod tests {
         for bad in ["", "z", "-zoo", "Zoo", "zoo_1", "zoo/..", "a2345678901234567890123456789012x", "zoo.x"] {
             assert!(TenantId::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn deserialising_checks_like_parsing() {
+        let ok: TenantId = serde_json::from_str("\"food-delivery\"").unwrap();
+        assert_eq!(ok.as_str(), "food-delivery");
+        let bad = serde_json::from_str::<TenantId>("\"../zoo\"").unwrap_err().to_string();
+        assert!(bad.contains("`../zoo` is not a valid tenant id"), "{bad}");
     }
 
     #[test]

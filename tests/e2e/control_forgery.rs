@@ -140,8 +140,8 @@ async fn a_stop_wins_over_any_notification() {
     for (kind, action) in [("silent", "restart"), ("below_threshold", "scale_out")] {
         let n = stream_store::Notification {
             version: 1,
-            id: uuid::Uuid::new_v4(),
-            tenant: zoo.clone(),
+            id: mysimbdp::domain::NotificationId::now(),
+            tenant: mysimbdp::tenant::TenantId::parse(&zoo).unwrap(),
             app: "app".into(),
             instance: Some(id.parse().unwrap()),
             kind: kind.into(),

@@ -32,7 +32,7 @@ async fn kill_9_and_restart_lose_nothing_and_double_nothing() {
             n > 0
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         p.kill9();
     }
     p.start_process().await;
@@ -87,7 +87,7 @@ async fn a_claimed_file_whose_row_was_lost_is_adopted_at_start() {
     let mut p = TestPlatform::new(&[(&t, agreement(&t, batch))]).await;
     p.install(&t, "tortoise-csv", &bin("tortoise-csv")).await;
     // What a claim leaves when its row's commit is lost: the file in <work>/<tenant>/<job>/ and no row.
-    let id = uuid::Uuid::now_v7();
+    let id = mysimbdp::domain::JobId::now();
     let dir = p.data_dir.join("work").join(&t).join(id.to_string());
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("lost.csv"), gen_data("tortoise", 300, 0, 9)).unwrap();

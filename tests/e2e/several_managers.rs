@@ -209,11 +209,11 @@ async fn managers_killed_at_random_do_every_file_once_and_never_run_an_instance_
     // Nothing was done twice: an attempt starts only once the one before it ended (it failed and
     // waits to retry, it was put back, or its manager was killed and the job taken over), and only
     // managers that were killed were ever taken over.
-    let events: Vec<(uuid::Uuid, String, String)> =
+    let events: Vec<(mysimbdp::domain::JobId, String, String)> =
         sqlx::query_as("select job_id, state, message from job_events order by id").fetch_all(&p.db).await.unwrap();
-    let mut running: HashMap<uuid::Uuid, bool> = HashMap::new();
+    let mut running: HashMap<mysimbdp::domain::JobId, bool> = HashMap::new();
     let (mut at_once, mut most_at_once) = (0i64, 0i64);
-    let mut history: HashMap<uuid::Uuid, Vec<String>> = HashMap::new();
+    let mut history: HashMap<mysimbdp::domain::JobId, Vec<String>> = HashMap::new();
     let mut retook = 0;
     for (job, state, message) in &events {
         history.entry(*job).or_default().push(format!("{state}: {message}"));

@@ -5,14 +5,13 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use super::extract::{Json, OptionalJson, Query};
 use super::problem::{Problem, TenantScoped};
 use super::scope::{InForce, Owned, Scoped};
 use super::ApiState;
 use crate::agreement::{limits, BatchAgreement};
-use crate::store::jobs::{self, JobEvent, JobState, JobSummary, ListFilter, PageKey};
+use crate::store::jobs::{self, JobEvent, JobId, JobState, JobSummary, ListFilter, PageKey};
 use crate::tenant::TenantId;
 
 pub const DEFAULT_PAGE: u32 = 100;
@@ -52,7 +51,10 @@ fn encode_cursor(k: PageKey) -> String {
 fn decode_cursor(s: &str) -> Option<PageKey> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()?;
     let (micros, id) = std::str::from_utf8(&raw).ok()?.split_once('.')?;
-    Some(PageKey { detected_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?, id: Uuid::parse_str(id).ok()? })
+    Some(PageKey {
+        detected_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id: JobId::parse_str(id).ok()?,
+    })
 }
 
 /// The tenant's ingestions, newest first.

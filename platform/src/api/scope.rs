@@ -8,12 +8,11 @@ use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use std::sync::Arc;
 
-use uuid::Uuid;
-
 use super::auth::Caller;
 use super::problem::Problem;
 use super::ApiState;
 use crate::agreement::{not_in_force, BatchAgreement, ServiceAgreement, StreamAgreement};
+use crate::domain::{InstanceId, JobId};
 use crate::store::instances::Instance;
 use crate::store::jobs::{self, JobSummary};
 use crate::store::Db;
@@ -88,25 +87,28 @@ impl<S: Section> FromRequestParts<ApiState> for InForce<S> {
 
 /// A record a tenant owns, found by its id among that tenant's only.
 pub trait Record: Sized + Send {
+    type Id: std::str::FromStr + Send;
     /// What it is called in a 404 ("tenant `zoo` has no instance `...`").
     const WHAT: &'static str;
     fn find(
         db: &Db,
         tenant: &TenantId,
-        id: Uuid,
+        id: Self::Id,
     ) -> impl std::future::Future<Output = sqlx::Result<Option<Self>>> + Send;
 }
 
 impl Record for Instance {
+    type Id = InstanceId;
     const WHAT: &'static str = "instance";
-    async fn find(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Option<Self>> {
+    async fn find(db: &Db, tenant: &TenantId, id: InstanceId) -> sqlx::Result<Option<Self>> {
         crate::store::instances::get(db, tenant, id).await
     }
 }
 
 impl Record for JobSummary {
+    type Id = JobId;
     const WHAT: &'static str = "ingestion";
-    async fn find(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Option<Self>> {
+    async fn find(db: &Db, tenant: &TenantId, id: JobId) -> sqlx::Result<Option<Self>> {
         jobs::summary(db, tenant, id).await
     }
 }
@@ -139,8 +141,8 @@ impl<T: Record> FromRequestParts<ApiState> for Owned<T> {
         let id = path_param(parts, state, "id").await?;
         let missing = || Problem::not_found(format!("tenant `{tenant}` has no {} `{id}`", T::WHAT));
         // An id that is no UUID names nothing either.
-        let uuid = Uuid::parse_str(&id).map_err(|_| missing())?;
-        let record = T::find(&state.db, &tenant, uuid).await?.ok_or_else(missing)?;
+        let parsed = id.parse().map_err(|_| missing())?;
+        let record = T::find(&state.db, &tenant, parsed).await?.ok_or_else(missing)?;
         Ok(Owned { tenant, record })
     }
 }

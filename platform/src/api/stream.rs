@@ -3,9 +3,9 @@
 //! manager's actions. Read together they tell "slow at 10:00:31, scaled from 1 to 2 instances at
 //! 10:00:32".
 
+use crate::domain::InstanceId;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use super::extract::{Json, Query};
 use super::problem::{Problem, TenantScoped};
@@ -20,7 +20,7 @@ pub struct ReportParams {
     /// Only reports of this app.
     pub app: Option<String>,
     /// Only reports of this instance.
-    pub instance: Option<Uuid>,
+    pub instance: Option<InstanceId>,
     /// Only reports received at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,
     /// At most this many, newest first (default 100, at most 1000).

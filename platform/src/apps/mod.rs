@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::domain::AppId;
+
 pub use crate::agreement::validate_app_name;
 use crate::agreement::ServiceAgreement;
 use crate::store::{self, apps::App, Db};
@@ -180,8 +182,8 @@ impl Registry {
         fs::set_permissions(staging, fs::Permissions::from_mode(0o755))?;
         fs::rename(staging, &dir)?;
         let app = App {
-            id: Uuid::new_v4(),
-            tenant: tenant.to_string(),
+            id: AppId::now(),
+            tenant: tenant.clone(),
             name,
             version,
             kind,

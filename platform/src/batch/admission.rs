@@ -2,12 +2,12 @@
 //! the job row is written first, then the file is moved out of staging atomically, then it is
 //! checked; a restart finds the row in `detected` and finishes whichever step was cut short.
 
+use crate::domain::JobId;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 use super::frozen::freeze;
 use super::sniff::sniff;
@@ -21,12 +21,12 @@ use crate::tenant::TenantId;
 use crate::units::ByteSize;
 
 /// Claims `path` for `tenant`. Returns `Ok(None)` when the file was gone (taken by someone else).
-pub async fn claim(ctx: &Arc<Ctx>, tenant: &TenantId, path: &Path) -> anyhow::Result<Option<Uuid>> {
+pub async fn claim(ctx: &Arc<Ctx>, tenant: &TenantId, path: &Path) -> anyhow::Result<Option<JobId>> {
     let raw = path.file_name().ok_or_else(|| anyhow::anyhow!("{} names no file", path.display()))?.as_bytes();
     // A name that is not text is recorded escaped, its bytes kept beside it (see `names`).
     let name = names::escaped(raw);
     let bytes = (name.as_bytes() != raw).then_some(raw);
-    let id = Uuid::now_v7();
+    let id = JobId::now();
     let work = ctx.layout.work_file(tenant, id, &name);
     let claim = Claim {
         id,
@@ -189,7 +189,7 @@ struct Rejection<'a> {
     size: Option<u64>,
     checksum: Option<&'a str>,
     refusal: Refusal,
-    duplicate_of: Option<Uuid>,
+    duplicate_of: Option<JobId>,
 }
 
 async fn reject(ctx: &Ctx, tenant: &TenantId, job: &Job, r: Rejection<'_>) -> anyhow::Result<()> {

@@ -9,13 +9,14 @@
 //! - A job whose lease ran out, or whose manager is known to be gone (a process on this machine that
 //!   no longer exists), is taken over under the next fencing number and carried on from its state.
 
+use crate::domain::JobId;
+use crate::domain::ManagerId;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::{admission, finished, Ctx};
 use crate::domain::Reason;
@@ -31,7 +32,7 @@ const RECOVERY_TRIES: i64 = 4;
 pub struct Leases {
     pub lease: Lease,
     boot_id: String,
-    held: Mutex<HashMap<Uuid, Held>>,
+    held: Mutex<HashMap<JobId, Held>>,
 }
 
 struct Held {
@@ -43,39 +44,39 @@ struct Held {
 impl Leases {
     pub fn new(ttl: Duration) -> Self {
         let boot_id = crate::runtime::process::boot_id();
-        Leases { lease: Lease { owner: Uuid::now_v7(), ttl }, boot_id, held: Mutex::default() }
+        Leases { lease: Lease { owner: ManagerId::now(), ttl }, boot_id, held: Mutex::default() }
     }
 
     /// Keeps the lease on `id` (under `fence`) alive until `release`; the token is cancelled if
     /// the lease is lost meanwhile.
-    pub fn hold(&self, id: Uuid, fence: i64, lost: CancellationToken) {
+    pub fn hold(&self, id: JobId, fence: i64, lost: CancellationToken) {
         self.held.lock().expect("leases lock").insert(id, Held { fence, lost });
     }
 
     /// Does `work` on `id` holding its lease (`fence`), and lets the lease go after: kept alive while
     /// the work lasts, left to run out if the work failed, so the sweep takes the job up again.
-    pub async fn holding<T>(&self, id: Uuid, fence: i64, work: impl std::future::Future<Output = T>) -> T {
+    pub async fn holding<T>(&self, id: JobId, fence: i64, work: impl std::future::Future<Output = T>) -> T {
         self.hold(id, fence, CancellationToken::new());
         let out = work.await;
         self.release(id);
         out
     }
 
-    pub fn release(&self, id: Uuid) {
+    pub fn release(&self, id: JobId) {
         self.held.lock().expect("leases lock").remove(&id);
     }
 
     /// The fencing number this manager holds `id` under, if it holds it.
-    pub fn fence(&self, id: Uuid) -> Option<i64> {
+    pub fn fence(&self, id: JobId) -> Option<i64> {
         self.held.lock().expect("leases lock").get(&id).map(|h| h.fence)
     }
 
-    fn snapshot(&self) -> Vec<(Uuid, i64)> {
+    fn snapshot(&self) -> Vec<(JobId, i64)> {
         self.held.lock().expect("leases lock").iter().map(|(id, h)| (*id, h.fence)).collect()
     }
 
     /// Gives up the leases of `lost` (taken as they were in the snapshot) and stops their work.
-    fn give_up(&self, lost: &[(Uuid, i64)]) {
+    fn give_up(&self, lost: &[(JobId, i64)]) {
         let mut held = self.held.lock().expect("leases lock");
         for (id, fence) in lost {
             if held.get(id).is_some_and(|h| h.fence == *fence) {
@@ -124,18 +125,18 @@ pub async fn keep(ctx: Arc<Ctx>) {
 /// Takes over every job whose lease ran out or whose manager is gone, and carries each on from its
 /// state. One job that fails does not stop the others. Returns how many were taken.
 pub async fn take_over(ctx: &Arc<Ctx>) -> anyhow::Result<usize> {
-    let gone: Vec<Uuid> = leases::holders(&ctx.db, ctx.leases.lease.owner)
+    let gone: Vec<ManagerId> = leases::holders(&ctx.db, ctx.leases.lease.owner)
         .await?
         .into_iter()
         .filter(|h| h.boot_id == ctx.leases.boot_id && !crate::runtime::process::alive(h.pid as u32, h.start_ticks))
         .map(|h| h.id)
         .collect();
-    let held: Vec<Uuid> = ctx.leases.snapshot().into_iter().map(|(id, _)| id).collect();
+    let held: Vec<JobId> = ctx.leases.snapshot().into_iter().map(|(id, _)| id).collect();
     let taken = leases::take_over(&ctx.db, ctx.leases.lease.owner, ctx.leases.lease.ttl, &gone, &held).await?;
     let n = taken.len();
     for t in taken {
         let (id, fence) = (t.job.id, t.job.fence);
-        let Ok(tenant) = TenantId::parse(&t.job.tenant) else { continue };
+        let tenant = t.job.tenant.clone();
         let state = t.job.state();
         if let Err(e) = ctx.leases.holding(id, fence, carry_on(ctx, &tenant, &t)).await {
             tracing::error!(%tenant, job = %id, fence, error = %e, "taking up the job failed; its lease will run out and it is tried again");

@@ -15,6 +15,7 @@ pub mod scheduler;
 pub mod sniff;
 pub mod watcher;
 
+use crate::domain::JobId;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use uuid::Uuid;
 
 use crate::agreement::registry::Agreements;
 use crate::layout::{move_file, Layout};
@@ -88,23 +88,16 @@ pub async fn run(services: Services, config: BatchConfig, shutdown: Cancellation
     let (tx, mut candidates) = mpsc::unbounded_channel();
     let _watcher = watcher::watch(&ctx.layout.staging, tx.clone())?;
     let dispatcher = tokio::spawn(dispatch(ctx.clone()));
+    // The store's sweeps run on their own, so that a store that is slow or down holds up neither
+    // the rename events nor the rescan.
+    let sweeper = tokio::spawn(sweep(ctx.clone()));
     let mut rescan = tokio::time::interval(ctx.config.rescan_interval);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Work queued by others (an operator's retry, a manager that stopped) is found in the store.
-    let mut sweep = tokio::time::interval(Duration::from_secs(2));
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Files a failed move left in the work area (a full disk, say) are moved once it clears.
-    let mut work_area = tokio::time::interval_at(tokio::time::Instant::now() + WORK_AREA_EVERY, WORK_AREA_EVERY);
-    work_area.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(staging = %ctx.layout.staging.display(), workers = ctx.config.workers, "batch manager started");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(renamed) = candidates.recv() => consider(&ctx, renamed, true),
-            _ = sweep.tick() => sweep_store(&ctx).await,
-            _ = work_area.tick() => {
-                recover_work_area(&ctx).await;
-            }
             _ = rescan.tick() => rescan_staging(&ctx),
         }
     }
@@ -112,6 +105,7 @@ pub async fn run(services: Services, config: BatchConfig, shutdown: Cancellation
     ctx.tasks.close();
     ctx.tasks.wait().await;
     dispatcher.abort();
+    sweeper.abort();
     keeper.abort();
     if let Err(e) = crate::store::leases::unregister(&ctx.db, ctx.leases.lease.owner).await {
         tracing::warn!(error = %e, "unregistering the batch manager failed");
@@ -166,6 +160,25 @@ fn rescan_staging(ctx: &Arc<Ctx>) {
         for (path, age) in watcher::list(&ctx.layout.staging_dir(tenant)) {
             if age >= batch.min_file_age {
                 consider(ctx, path, false);
+            }
+        }
+    }
+    ctx.metrics.pass(crate::metrics::Pass::BatchRescan);
+}
+
+/// Work found in the store (every 2 s) and files left in the work area (every `WORK_AREA_EVERY`).
+async fn sweep(ctx: Arc<Ctx>) {
+    // Work queued by others (an operator's retry, a manager that stopped) is found in the store.
+    let mut store = tokio::time::interval(Duration::from_secs(2));
+    store.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Files a failed move left in the work area (a full disk, say) are moved once it clears.
+    let mut work_area = tokio::time::interval_at(tokio::time::Instant::now() + WORK_AREA_EVERY, WORK_AREA_EVERY);
+    work_area.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = store.tick() => sweep_store(&ctx).await,
+            _ = work_area.tick() => {
+                recover_work_area(&ctx).await;
             }
         }
     }
@@ -265,7 +278,7 @@ async fn dispatch(ctx: Arc<Ctx>) {
 }
 
 /// Puts a job back in the queue after `delay` (its retry backoff).
-pub(crate) fn retry_after(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid, delay: Duration) {
+pub(crate) fn retry_after(ctx: &Arc<Ctx>, tenant: &TenantId, id: JobId, delay: Duration) {
     let (ctx2, tenant) = (ctx.clone(), tenant.clone());
     ctx.tasks.spawn(async move {
         tokio::select! {
@@ -281,7 +294,7 @@ pub(crate) fn retry_after(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid, delay: Du
 
 /// A claimed file in `<work>/<tenant>/<job>/` with no job row: the claim's commit was lost. The
 /// row is written again under the same id and the file goes through admission as if just claimed.
-async fn adopt_orphan(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid, dir: &Path) -> anyhow::Result<()> {
+async fn adopt_orphan(ctx: &Arc<Ctx>, tenant: &TenantId, id: JobId, dir: &Path) -> anyhow::Result<()> {
     let files: Vec<_> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
@@ -367,7 +380,7 @@ async fn recover(ctx: &Arc<Ctx>) {
     match jobs::open_jobs(&ctx.db).await {
         Ok(open) => {
             for job in open {
-                let Ok(tenant) = TenantId::parse(&job.tenant) else { continue };
+                let tenant = job.tenant.clone();
                 match job.state() {
                     JobState::Queued => {
                         queued += 1;
@@ -413,7 +426,7 @@ async fn recover_work_area(ctx: &Arc<Ctx>) -> (usize, usize) {
             }
         };
         for job_dir in job_dirs.filter_map(|e| e.ok()) {
-            let Some(id) = job_dir.file_name().to_str().and_then(|s| Uuid::parse_str(s).ok()) else { continue };
+            let Some(id) = job_dir.file_name().to_str().and_then(|s| JobId::parse_str(s).ok()) else { continue };
             let done = match jobs::get(&ctx.db, &tenant, id).await {
                 Ok(Some(job)) if job.state().is_final() => finalize(ctx, &tenant, &job).await.map(|()| finalized += 1),
                 Ok(Some(_)) => Ok(()),

@@ -2,10 +2,9 @@
 //! under the route's timeout and memory limit, and turns what it left (exit status, result file,
 //! log) into the job's next state.
 
+use crate::domain::JobId;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use uuid::Uuid;
 
 use super::Ctx;
 use crate::agreement::Route;
@@ -45,7 +44,7 @@ const OUT_OF_MEMORY: [&str; 7] = [
 
 /// Runs the queued job `id` once: resolve what to run, claim the attempt, prepare the program's
 /// place, execute it, classify how it ended, record that.
-pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: Uuid) -> anyhow::Result<()> {
+pub async fn run(ctx: &Arc<Ctx>, tenant: &TenantId, id: JobId) -> anyhow::Result<()> {
     let Some(job) = jobs::get(&ctx.db, tenant, id).await? else { return Ok(()) };
     if job.state != JobState::Queued {
         return Ok(()); // already taken up (a duplicate push after recovery)

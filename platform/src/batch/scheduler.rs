@@ -2,23 +2,23 @@
 //! bounded by its agreement's `max_concurrent_jobs` and all by the platform's worker count, so one
 //! tenant's flood of files waits behind its own limit while other tenants' files keep flowing.
 
+use crate::domain::JobId;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
-use uuid::Uuid;
 
 use crate::tenant::TenantId;
 
 #[derive(Default)]
 struct State {
-    queues: HashMap<TenantId, VecDeque<Uuid>>,
+    queues: HashMap<TenantId, VecDeque<JobId>>,
     /// Tenants with queued jobs, in turn order.
     turns: VecDeque<TenantId>,
     running: HashMap<TenantId, usize>,
     total_running: usize,
     /// Jobs handed out and not yet done.
-    started: HashSet<Uuid>,
+    started: HashSet<JobId>,
 }
 
 #[derive(Default)]
@@ -29,7 +29,7 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn push(&self, tenant: &TenantId, job: Uuid) {
+    pub fn push(&self, tenant: &TenantId, job: JobId) {
         let mut s = self.state.lock().expect("scheduler lock");
         let queue = s.queues.entry(tenant.clone()).or_default();
         if queue.contains(&job) {
@@ -44,7 +44,7 @@ impl Scheduler {
     }
 
     /// The next job to start, if a slot is free. `limit` gives a tenant's concurrency limit.
-    pub fn next(&self, workers: usize, limit: impl Fn(&TenantId) -> usize) -> Option<(TenantId, Uuid)> {
+    pub fn next(&self, workers: usize, limit: impl Fn(&TenantId) -> usize) -> Option<(TenantId, JobId)> {
         let mut s = self.state.lock().expect("scheduler lock");
         if s.total_running >= workers {
             return None;
@@ -73,14 +73,14 @@ impl Scheduler {
 
     /// Queues `job` unless it is queued here already or running here (the sweep's view of the store
     /// lags behind this process's own bookkeeping).
-    pub fn push_if_idle(&self, tenant: &TenantId, job: Uuid) {
+    pub fn push_if_idle(&self, tenant: &TenantId, job: JobId) {
         if self.state.lock().expect("scheduler lock").started.contains(&job) {
             return;
         }
         self.push(tenant, job);
     }
 
-    pub fn done(&self, tenant: &TenantId, job: Uuid) {
+    pub fn done(&self, tenant: &TenantId, job: JobId) {
         let mut s = self.state.lock().expect("scheduler lock");
         s.started.remove(&job);
         if let Some(n) = s.running.get_mut(tenant) {
@@ -113,9 +113,9 @@ mod tests {
     fn a_flood_does_not_starve_another_tenant() {
         let s = Scheduler::default();
         for _ in 0..100 {
-            s.push(&t("big"), Uuid::new_v4());
+            s.push(&t("big"), JobId::now());
         }
-        s.push(&t("small"), Uuid::new_v4());
+        s.push(&t("small"), JobId::now());
         let first = s.next(4, |_| 4).unwrap();
         let second = s.next(4, |_| 4).unwrap();
         assert_eq!([first.0.as_str(), second.0.as_str()], ["big", "small"]);
@@ -125,8 +125,8 @@ mod tests {
     fn per_tenant_and_global_limits_hold() {
         let s = Scheduler::default();
         for _ in 0..5 {
-            s.push(&t("aa"), Uuid::new_v4());
-            s.push(&t("bb"), Uuid::new_v4());
+            s.push(&t("aa"), JobId::now());
+            s.push(&t("bb"), JobId::now());
         }
         let limit = |x: &TenantId| if x.as_str() == "aa" { 1 } else { 2 };
         let started: Vec<_> = std::iter::from_fn(|| s.next(10, limit)).collect();

@@ -5,9 +5,12 @@
 //!
 //! inotify directly, not `notify`: `notify` asks the kernel for every kind of event (open, create,
 //! modify, close, both halves of a rename), about seven per staged file, and the kernel's queue holds
-//! 16,384. In the full suite on 2 cores, 3,000 files renamed at once while other tests loaded the
-//! machine lost 11 files' events: those waited for the rescan and their `min_file_age` (an hour in
-//! that test). Only renames into place are asked for here, one event per file.
+//! 16,384. Only renames into place are asked for here, one event per file.
+//!
+//! A rename is seen only once the folder is watched: files renamed into a folder before (while the
+//! platform starts, or in the moment between a new tenant's folder appearing and its watch being
+//! added) cannot be told from files being written in place, so the rescan takes them, once
+//! `min_file_age` old.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;

@@ -8,10 +8,9 @@
 //! whose commits stand still, is judged by its figures. An idle, keeping-up or good report ends a
 //! run of bad ones.
 
+use crate::domain::InstanceId;
 use std::collections::HashMap;
 use std::time::Duration;
-
-use uuid::Uuid;
 
 use super::lag::Share;
 use crate::agreement::Thresholds;
@@ -60,16 +59,16 @@ impl Verdict {
 
 #[derive(Default)]
 pub struct Judge {
-    streaks: HashMap<Uuid, u64>,
+    streaks: HashMap<InstanceId, u64>,
     /// What each instance owned when it was last judged.
-    last: HashMap<Uuid, Share>,
+    last: HashMap<InstanceId, Share>,
 }
 
 impl Judge {
     /// Judges a report of `instance` given what it owns at the broker now (`None`: not measured).
     pub fn judge(
         &mut self,
-        instance: Uuid,
+        instance: InstanceId,
         f: Figures,
         share: Option<Share>,
         t: &Thresholds,
@@ -122,13 +121,13 @@ impl Judge {
     }
 
     /// Forgets every instance but those in `live`.
-    pub fn retain(&mut self, live: &std::collections::HashSet<Uuid>) {
+    pub fn retain(&mut self, live: &std::collections::HashSet<InstanceId>) {
         self.streaks.retain(|id, _| live.contains(id));
         self.last.retain(|id, _| live.contains(id));
     }
 
     /// Forgets an instance that no longer runs.
-    pub fn forget(&mut self, instance: Uuid) {
+    pub fn forget(&mut self, instance: InstanceId) {
         self.streaks.remove(&instance);
         self.last.remove(&instance);
     }
@@ -163,7 +162,7 @@ mod tests {
 
     #[test]
     fn acts_only_after_breach_reports_bad_reports_in_a_row() {
-        let (mut j, i, t) = (Judge::default(), Uuid::new_v4(), thresholds(3));
+        let (mut j, i, t) = (Judge::default(), InstanceId::now(), thresholds(3));
         let acts: Vec<bool> = (0..7)
             .map(|_| match j.judge(i, SLOW, owns(1000, 0), &t, INTERVAL) {
                 Verdict::Breach { act, .. } => act,
@@ -175,7 +174,7 @@ mod tests {
 
     #[test]
     fn a_good_or_idle_report_ends_the_run() {
-        let (mut j, i, t) = (Judge::default(), Uuid::new_v4(), thresholds(2));
+        let (mut j, i, t) = (Judge::default(), InstanceId::now(), thresholds(2));
         assert!(matches!(j.judge(i, SLOW, owns(1000, 0), &t, INTERVAL), Verdict::Breach { act: false, .. }));
         assert_eq!(j.judge(i, FAST, owns(1000, 0), &t, INTERVAL), Verdict::Ok);
         assert!(matches!(j.judge(i, SLOW, owns(1000, 0), &t, INTERVAL), Verdict::Breach { act: false, .. }));
@@ -185,7 +184,7 @@ mod tests {
 
     #[test]
     fn an_idle_app_is_never_judged_slow() {
-        let (mut j, i, t) = (Judge::default(), Uuid::new_v4(), thresholds(1));
+        let (mut j, i, t) = (Judge::default(), InstanceId::now(), thresholds(1));
         let idle = Figures { messages: 0, processing_rate: 0.0, avg_ingestion_ms: 0.0 };
         for _ in 0..10 {
             assert_eq!(j.judge(i, idle, owns(0, 0), &t, INTERVAL), Verdict::Idle);
@@ -195,7 +194,7 @@ mod tests {
 
     #[test]
     fn slow_ingestion_is_a_reason_too() {
-        let (mut j, i, t) = (Judge::default(), Uuid::new_v4(), thresholds(1));
+        let (mut j, i, t) = (Judge::default(), InstanceId::now(), thresholds(1));
         let laggy = Figures { messages: 1000, processing_rate: 1000.0, avg_ingestion_ms: 80.0 };
         match j.judge(i, laggy, owns(5000, 0), &t, INTERVAL) {
             Verdict::Breach { reasons, act: true } => {
@@ -207,7 +206,7 @@ mod tests {
 
     #[test]
     fn a_trickle_it_keeps_up_with_is_never_slow() {
-        let (mut j, i, t) = (Judge::default(), Uuid::new_v4(), thresholds(1));
+        let (mut j, i, t) = (Judge::default(), InstanceId::now(), thresholds(1));
         let trickle = Figures { messages: 20, processing_rate: 20.0, avg_ingestion_ms: 1.0 };
         for n in 0..10 {
             // 3 to 5 messages in flight, commits moving on: under the 500 a compliant app clears in 1 s.
@@ -217,7 +216,7 @@ mod tests {
 
     #[test]
     fn a_little_lag_behind_commits_that_stand_still_is_judged() {
-        let (mut j, i, t) = (Judge::default(), Uuid::new_v4(), thresholds(2));
+        let (mut j, i, t) = (Judge::default(), InstanceId::now(), thresholds(2));
         let stuck = Figures { messages: 0, processing_rate: 0.0, avg_ingestion_ms: 0.0 };
         // New since a report that found nothing waiting: not yet a sign of anything.
         assert_eq!(j.judge(i, stuck, owns(0, 7), &t, INTERVAL), Verdict::Idle);
@@ -228,7 +227,7 @@ mod tests {
 
     #[test]
     fn a_backlog_beyond_one_interval_of_the_minimum_rate_is_judged_by_rate() {
-        let (mut j, i, t) = (Judge::default(), Uuid::new_v4(), thresholds(1));
+        let (mut j, i, t) = (Judge::default(), InstanceId::now(), thresholds(1));
         assert_eq!(j.judge(i, FAST, owns(600, 0), &t, INTERVAL), Verdict::Ok);
         assert!(matches!(j.judge(i, SLOW, owns(600, 10), &t, INTERVAL), Verdict::Breach { act: true, .. }));
     }

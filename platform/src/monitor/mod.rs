@@ -25,7 +25,8 @@ use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
+
+use crate::domain::InstanceId;
 
 use crate::agreement::registry::Agreements;
 use crate::agreement::{BreachAction, StreamAgreement};
@@ -85,7 +86,7 @@ fn dropped(tenant: Option<&str>, reason: &'static str, detail: impl Into<String>
 /// A report that passed every check that needs no store.
 struct Checked {
     tenant: TenantId,
-    instance: Uuid,
+    instance: InstanceId,
     report: Report,
 }
 
@@ -123,7 +124,7 @@ fn check(key: Option<&[u8]>, payload: &[u8]) -> Result<Checked, Dropped> {
             format!("the report names {}/{} but its key is `{key}`", report.app, report.instance),
         ));
     }
-    let instance = Uuid::parse_str(key_instance)
+    let instance = InstanceId::parse_str(key_instance)
         .map_err(|_| dropped(t, "unknown_instance", format!("`{key_instance}` is not an instance id")))?;
     let figures =
         [report.avg_ingestion_ms, report.p95_ingestion_ms, report.processing_rate, report.throughput_bytes_per_s];
@@ -187,7 +188,7 @@ struct Monitor {
     brokers: String,
     judge: Judge,
     /// When each running instance last reported (or was first seen running).
-    last_seen: HashMap<Uuid, Instant>,
+    last_seen: HashMap<InstanceId, Instant>,
     /// When the monitor last found the broker out of reach (a read failed, or it did not answer a
     /// probe). No instance can report through a broker that is down, and its client takes a while to
     /// reconnect once the broker is back: silence is counted from then.
@@ -289,7 +290,7 @@ impl Monitor {
         };
         let stored = StoredReport {
             id: 0,
-            tenant: c.tenant.to_string(),
+            tenant: c.tenant.clone(),
             app: r.app.clone(),
             instance: c.instance,
             window_start: r.window_start,
@@ -396,15 +397,15 @@ impl Monitor {
         &mut self,
         tenant: &TenantId,
         app: &str,
-        instance: Option<Uuid>,
+        instance: Option<InstanceId>,
         kind: &str,
         action: &str,
         reasons: Vec<Reason>,
     ) -> anyhow::Result<()> {
         let n = Notification {
             version: 1,
-            id: Uuid::now_v7(),
-            tenant: tenant.to_string(),
+            id: crate::domain::NotificationId::now(),
+            tenant: tenant.clone(),
             app: app.to_owned(),
             instance,
             kind: kind.into(),
@@ -437,11 +438,11 @@ impl Monitor {
     async fn find_silent(&mut self) -> anyhow::Result<()> {
         let running: Vec<instances::Instance> =
             instances::wanted(&self.db).await?.into_iter().filter(|i| i.state == InstanceState::Running).collect();
-        let ids: std::collections::HashSet<Uuid> = running.iter().map(|i| i.id).collect();
+        let ids: std::collections::HashSet<InstanceId> = running.iter().map(|i| i.id).collect();
         self.last_seen.retain(|id, _| ids.contains(id));
         self.judge.retain(&ids);
         for inst in running {
-            let Ok(tenant) = TenantId::parse(&inst.tenant) else { continue };
+            let tenant = inst.tenant.clone();
             let Some(stream) = self.agreements.get(&tenant).and_then(|a| a.stream.clone()) else { continue };
             let now = Instant::now();
             let mut seen = *self.last_seen.entry(inst.id).or_insert(now);
@@ -479,6 +480,7 @@ pub async fn run(
     agreements: Agreements,
     brokers: String,
     cluster: String,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let consumer: StreamConsumer = ClientConfig::new()
@@ -514,8 +516,9 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = sweep.tick() => {
-                if let Err(e) = monitor.find_silent().await {
-                    tracing::warn!(error = %e, "looking for silent instances failed");
+                match monitor.find_silent().await {
+                    Ok(()) => metrics.pass(crate::metrics::Pass::MonitorSweep),
+                    Err(e) => tracing::warn!(error = %e, "looking for silent instances failed"),
                 }
             }
             m = consumer.recv() => match m {

@@ -22,8 +22,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::domain::AppId;
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
@@ -40,9 +40,9 @@ use super::sandbox::{paths, Account};
 use crate::tenant::TenantId;
 
 /// The repository part of an app's image names (the content digest follows).
-pub fn image_repository(tenant: &TenantId, app: Uuid) -> String {
+pub fn image_repository(tenant: &TenantId, app: AppId) -> String {
     // A tenant id may end in `-`, which an image name may not; the app id alone is unique anyway.
-    format!("localhost/mysimbdp/{}/{}", tenant.as_str().trim_end_matches('-'), app.simple())
+    format!("localhost/mysimbdp/{}/{}", tenant.as_str().trim_end_matches('-'), app.0.simple())
 }
 
 #[derive(Clone, Debug)]
@@ -360,10 +360,10 @@ mod tests {
 
     #[test]
     fn image_names_cannot_collide_across_tenants() {
-        let app = Uuid::new_v4();
+        let app = AppId::now();
         let a = image_repository(&TenantId::parse("acme-eu").unwrap(), app);
         let b = image_repository(&TenantId::parse("acme").unwrap(), app);
         assert_ne!(a, b);
-        assert!(a.ends_with(&app.simple().to_string()) && a.contains("/acme-eu/"), "{a}");
+        assert!(a.ends_with(&app.0.simple().to_string()) && a.contains("/acme-eu/"), "{a}");
     }
 }

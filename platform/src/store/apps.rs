@@ -1,16 +1,16 @@
 //! The app registry's rows: one per installed version of a tenant's program.
 
+use crate::domain::AppId;
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
-use uuid::Uuid;
 
 use super::Db;
 use crate::tenant::TenantId;
 
 #[derive(Clone, Debug, FromRow, serde::Serialize)]
 pub struct App {
-    pub id: Uuid,
-    pub tenant: String,
+    pub id: AppId,
+    pub tenant: TenantId,
     pub name: String,
     pub version: i32,
     pub kind: crate::domain::AppKind,

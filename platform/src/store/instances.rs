@@ -2,9 +2,9 @@
 //! the stream manager last saw (`state`). An instance row with `desired = running` is exactly one
 //! supervised program; the manager reconciles the two after every change and every restart.
 
+use crate::domain::InstanceId;
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
-use uuid::Uuid;
 
 use super::Db;
 use crate::domain::{Desired, InstanceState};
@@ -12,8 +12,8 @@ use crate::tenant::TenantId;
 
 #[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct Instance {
-    pub id: Uuid,
-    pub tenant: String,
+    pub id: InstanceId,
+    pub tenant: TenantId,
     pub app: String,
     pub app_version: i32,
     #[schema(example = "process")]
@@ -124,7 +124,7 @@ pub async fn create(
              values ($1, $2, $3, $4, $5, 'running', 'starting', $6, 'waiting for the stream manager', $7)
              returning *",
         )
-        .bind(Uuid::now_v7())
+        .bind(InstanceId::now())
         .bind(new.tenant.as_str())
         .bind(new.app)
         .bind(new.app_version)
@@ -138,7 +138,7 @@ pub async fn create(
     Ok(out)
 }
 
-pub async fn get(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Option<Instance>> {
+pub async fn get(db: &Db, tenant: &TenantId, id: InstanceId) -> sqlx::Result<Option<Instance>> {
     sqlx::query_as("select * from stream_instances where tenant = $1 and id = $2")
         .bind(tenant.as_str())
         .bind(id)
@@ -183,7 +183,7 @@ pub async fn stopping(db: &Db) -> sqlx::Result<Vec<Instance>> {
 pub async fn request_stop(
     db: &Db,
     tenant: &TenantId,
-    id: Option<Uuid>,
+    id: Option<InstanceId>,
     app: Option<&str>,
 ) -> sqlx::Result<Vec<Instance>> {
     // Under the tenant's lock, like every change to its instance count: a scale-out decided while the
@@ -211,7 +211,7 @@ pub async fn request_stop(
 /// The program of an instance started.
 pub async fn started(
     db: &Db,
-    id: Uuid,
+    id: InstanceId,
     pid: Option<i32>,
     ticks: Option<i64>,
     container: Option<&str>,
@@ -244,7 +244,7 @@ pub struct RunEnd<'a> {
     pub detail: &'a str,
 }
 
-pub async fn ended(db: &Db, id: Uuid, end: &RunEnd<'_>) -> sqlx::Result<()> {
+pub async fn ended(db: &Db, id: InstanceId, end: &RunEnd<'_>) -> sqlx::Result<()> {
     let last = end.state.is_final();
     sqlx::query(
         "update stream_instances
@@ -268,7 +268,7 @@ pub async fn ended(db: &Db, id: Uuid, end: &RunEnd<'_>) -> sqlx::Result<()> {
 }
 
 /// A state change with no exit (starting, stopping, or a failure to start at all).
-pub async fn set_state(db: &Db, id: Uuid, state: InstanceState, detail: &str) -> sqlx::Result<()> {
+pub async fn set_state(db: &Db, id: InstanceId, state: InstanceState, detail: &str) -> sqlx::Result<()> {
     let last = state.is_final();
     sqlx::query(
         "update stream_instances
@@ -299,7 +299,7 @@ pub async fn with_unreleased_members(db: &Db) -> sqlx::Result<Vec<(String, Strin
 /// An ended instance whose group member was not released.
 #[derive(FromRow)]
 pub struct Unreleased {
-    pub id: Uuid,
+    pub id: InstanceId,
     /// None for instances recorded before members existed (their member is their id).
     pub member: Option<i32>,
     /// A live instance holds the member again (a replacement): it is not to be removed.
@@ -334,7 +334,7 @@ pub async fn unreleased_members(
     .await
 }
 
-pub async fn members_released(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, ids: &[Uuid]) -> sqlx::Result<()> {
+pub async fn members_released(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, ids: &[InstanceId]) -> sqlx::Result<()> {
     sqlx::query("update stream_instances set member_released_at = now() where id = any($1)")
         .bind(ids)
         .execute(&mut **tx)
@@ -345,7 +345,7 @@ pub async fn members_released(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, id
 /// An instance's tenant, app and what is asked of it, read inside `tx`.
 pub async fn owner(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    id: Uuid,
+    id: InstanceId,
 ) -> sqlx::Result<Option<(String, String, Desired)>> {
     sqlx::query_as("select tenant, app, desired from stream_instances where id = $1")
         .bind(id)
@@ -373,7 +373,7 @@ pub async fn version_to_copy(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     tenant: &TenantId,
     app: &str,
-    like: Option<Uuid>,
+    like: Option<InstanceId>,
 ) -> sqlx::Result<Option<(i32, String)>> {
     sqlx::query_as(
         "select app_version, runtime from stream_instances where tenant = $1 and app = $2

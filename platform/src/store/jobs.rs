@@ -1,13 +1,13 @@
 //! Ingestion jobs: one row per staged file and an event per state change.
 
+use crate::domain::ManagerId;
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, Postgres, Transaction};
 use std::path::Path;
-use uuid::Uuid;
 
 use super::leases::Lease;
 use super::Db;
-pub use crate::domain::{JobState, Reason};
+pub use crate::domain::{JobId, JobState, Reason};
 use crate::tenant::TenantId;
 
 /// A job row in full: what tenants see (`JobSummary`, reached through `Deref`) and what only the
@@ -34,7 +34,7 @@ pub struct Job {
     pub final_path: Option<String>,
     /// The batch manager working on it (see `leases`), and the fencing number of that lease.
     #[serde(skip)]
-    pub lease_owner: Option<Uuid>,
+    pub lease_owner: Option<ManagerId>,
     #[serde(skip)]
     pub fence: i64,
 }
@@ -77,7 +77,7 @@ fn with_event(change: &str, message_param: usize) -> String {
 /// A file being claimed: its job's id, its name (shown, and its bytes when they differ), where it
 /// was staged and where it goes.
 pub struct Claim {
-    pub id: Uuid,
+    pub id: JobId,
     pub file_name: String,
     pub file_name_bytes: Option<Vec<u8>>,
     pub staging_path: String,
@@ -102,7 +102,7 @@ pub async fn insert_detected(db: &Db, tenant: &TenantId, claims: &[Claim], lease
         .bind(lease.ttl_ms())
         .fetch_all(db)
         .await?;
-    let mut by_id: std::collections::HashMap<Uuid, Job> = rows.into_iter().map(|j| (j.id, j)).collect();
+    let mut by_id: std::collections::HashMap<JobId, Job> = rows.into_iter().map(|j| (j.id, j)).collect();
     claims.iter().map(|c| by_id.remove(&c.id).ok_or_else(|| sqlx::Error::RowNotFound)).collect()
 }
 
@@ -110,7 +110,7 @@ pub async fn insert_detected(db: &Db, tenant: &TenantId, claims: &[Claim], lease
 /// leaves the tenant's change stamp where it was before (see the migration that adds
 /// `jobs.changed`), which is right only because the rows are then as they were; retention, which
 /// deletes rows that were there, moves the stamp itself (`retention::forget_jobs`).
-pub async fn forget(db: &Db, tenant: &TenantId, id: Uuid, fence: i64) -> sqlx::Result<()> {
+pub async fn forget(db: &Db, tenant: &TenantId, id: JobId, fence: i64) -> sqlx::Result<()> {
     let mut tx = db.begin().await?;
     let mine: Option<i32> = sqlx::query_scalar(
         "select 1 from jobs where id = $1 and tenant = $2 and state = 'detected' and fence = $3 for update",
@@ -136,7 +136,7 @@ pub async fn forget(db: &Db, tenant: &TenantId, id: Uuid, fence: i64) -> sqlx::R
     tx.commit().await
 }
 
-pub async fn get(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Option<Job>> {
+pub async fn get(db: &Db, tenant: &TenantId, id: JobId) -> sqlx::Result<Option<Job>> {
     sqlx::query_as("select * from jobs where tenant = $1 and id = $2")
         .bind(tenant.as_str())
         .bind(id)
@@ -144,7 +144,7 @@ pub async fn get(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Option<Jo
         .await
 }
 
-pub async fn events(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Vec<JobEvent>> {
+pub async fn events(db: &Db, tenant: &TenantId, id: JobId) -> sqlx::Result<Vec<JobEvent>> {
     sqlx::query_as("select at, state, message from job_events where tenant = $1 and job_id = $2 order by id")
         .bind(tenant.as_str())
         .bind(id)
@@ -163,7 +163,7 @@ pub async fn open_jobs(db: &Db) -> sqlx::Result<Vec<Job>> {
 
 /// A claimed job as admission queues it.
 pub struct Queue {
-    pub id: Uuid,
+    pub id: JobId,
     pub fence: i64,
     pub size: i64,
     pub checksum: String,
@@ -190,7 +190,7 @@ pub struct Limits {
 /// is no duplicate and within its limits, judged in order under the tenant's admission lock (the
 /// store's `admit_jobs`, migration `grouped_writes`). Returns the jobs queued; each other one is
 /// unchanged, and the caller takes the full path for it (`Admission`), which names the refusal.
-pub async fn admit(db: &Db, tenant: &TenantId, batch: &[(Queue, Limits)]) -> sqlx::Result<Vec<Uuid>> {
+pub async fn admit(db: &Db, tenant: &TenantId, batch: &[(Queue, Limits)]) -> sqlx::Result<Vec<JobId>> {
     admit_jobs(tenant, batch).fetch_all(db).await
 }
 
@@ -198,7 +198,7 @@ pub async fn admit(db: &Db, tenant: &TenantId, batch: &[(Queue, Limits)]) -> sql
 fn admit_jobs<'q>(
     tenant: &'q TenantId,
     batch: &[(Queue, Limits)],
-) -> sqlx::query::QueryScalar<'q, Postgres, Uuid, sqlx::postgres::PgArguments> {
+) -> sqlx::query::QueryScalar<'q, Postgres, JobId, sqlx::postgres::PgArguments> {
     let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let numbers = |f: &dyn Fn(&(Queue, Limits)) -> i64| batch.iter().map(f).collect::<Vec<i64>>();
     let texts = |f: &dyn Fn(&(Queue, Limits)) -> String| batch.iter().map(f).collect::<Vec<String>>();
@@ -280,8 +280,8 @@ impl<'a> Admission<'a> {
 
     /// Another job with the same content that succeeded or is still on its way, and what was admitted
     /// in the rolling windows (see `USAGE`).
-    pub async fn checks(&mut self, id: Uuid, checksum: &str) -> sqlx::Result<(Option<(Uuid, String)>, Usage)> {
-        let (dup_id, dup_name, files, bytes): (Option<Uuid>, Option<String>, i64, i64) = sqlx::query_as(&format!(
+    pub async fn checks(&mut self, id: JobId, checksum: &str) -> sqlx::Result<(Option<(JobId, String)>, Usage)> {
+        let (dup_id, dup_name, files, bytes): (Option<JobId>, Option<String>, i64, i64) = sqlx::query_as(&format!(
             "select d.id, d.file_name, u.files, u.bytes
              from ({USAGE}) u left join lateral duplicate_of($1, $2, $3) d on true"
         ))
@@ -306,12 +306,12 @@ impl<'a> Admission<'a> {
     #[allow(clippy::too_many_arguments)]
     pub async fn reject(
         mut self,
-        id: Uuid,
+        id: JobId,
         size: Option<i64>,
         checksum: Option<&str>,
         reason: Reason,
         detail: &str,
-        duplicate_of: Option<Uuid>,
+        duplicate_of: Option<JobId>,
         final_path: Option<&str>,
         fence: i64,
     ) -> sqlx::Result<Option<Job>> {
@@ -346,7 +346,7 @@ impl<'a> Admission<'a> {
 pub async fn start_attempt(
     db: &Db,
     tenant: &TenantId,
-    id: Uuid,
+    id: JobId,
     app_version: i32,
     lease: &Lease,
     max_running: i64,
@@ -364,7 +364,7 @@ pub async fn start_attempt(
 }
 
 /// Queued jobs, for managers to pick up work queued by others (an operator's retry, another manager).
-pub async fn queued(db: &Db) -> sqlx::Result<Vec<(Uuid, String)>> {
+pub async fn queued(db: &Db) -> sqlx::Result<Vec<(JobId, String)>> {
     sqlx::query_as("select id, tenant from jobs where state = 'queued' order by detected_at limit 10000")
         .fetch_all(db)
         .await
@@ -376,11 +376,11 @@ pub enum RetryError {
     #[error(
         "job {0} is {1}; only failed jobs (and, with allow_duplicate, jobs rejected as duplicates) can be retried"
     )]
-    NotRetryable(Uuid, String),
+    NotRetryable(JobId, String),
     #[error("job {0} has no file to run again")]
-    NoFile(Uuid),
+    NoFile(JobId),
     #[error("the file of job {0} is no longer at {1}")]
-    FileGone(Uuid, String),
+    FileGone(JobId, String),
     /// Over a rate limit of the agreement: a retry is admitted again and counts like a new file.
     #[error("{1}")]
     OverLimit(Reason, String),
@@ -447,7 +447,7 @@ async fn count_admission(tx: &mut sqlx::PgConnection, tenant: &TenantId, size: i
 pub async fn set_process(
     db: &Db,
     tenant: &TenantId,
-    id: Uuid,
+    id: JobId,
     fence: i64,
     pid: i32,
     start_ticks: i64,
@@ -489,7 +489,7 @@ pub enum AttemptEnd<'a> {
 pub async fn finish_attempt(
     db: &Db,
     tenant: &TenantId,
-    id: Uuid,
+    id: JobId,
     fence: i64,
     report: &AttemptReport,
     end: AttemptEnd<'_>,
@@ -547,7 +547,7 @@ pub async fn finish_attempt(
 }
 
 /// Puts a job back in the queue (after its retry delay, or after a platform restart interrupted it).
-pub async fn requeue(db: &Db, tenant: &TenantId, id: Uuid, why: &str) -> sqlx::Result<()> {
+pub async fn requeue(db: &Db, tenant: &TenantId, id: JobId, why: &str) -> sqlx::Result<()> {
     let sql = with_event(
         "update jobs set state = 'queued', pid = null, pid_start_ticks = null
          where tenant = $1 and id = $2 and state in ('retry_wait', 'queued') returning *",
@@ -562,7 +562,7 @@ pub async fn requeue(db: &Db, tenant: &TenantId, id: Uuid, why: &str) -> sqlx::R
 pub async fn fail_without_run(
     db: &Db,
     tenant: &TenantId,
-    id: Uuid,
+    id: JobId,
     fence: i64,
     reason: Reason,
     detail: &str,
@@ -588,8 +588,8 @@ pub async fn fail_without_run(
 /// A job as tenants see it: everything but the platform's own paths, process ids and the log.
 #[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct JobSummary {
-    pub id: Uuid,
-    pub tenant: String,
+    pub id: JobId,
+    pub tenant: TenantId,
     pub file_name: String,
     pub state: JobState,
     /// Why it was rejected or failed (or is waiting to retry): a stable word (see `Reason`).
@@ -610,7 +610,7 @@ pub struct JobSummary {
     pub app_message: Option<String>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
-    pub duplicate_of: Option<Uuid>,
+    pub duplicate_of: Option<JobId>,
     pub log_dropped_bytes: i64,
     pub detected_at: DateTime<Utc>,
     pub admitted_at: Option<DateTime<Utc>>,
@@ -627,7 +627,7 @@ const SUMMARY_COLUMNS: &str = "id, tenant, file_name, state, reason, detail, siz
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageKey {
     pub detected_at: DateTime<Utc>,
-    pub id: Uuid,
+    pub id: JobId,
 }
 
 /// One page of a tenant's jobs, newest first, by keyset (no OFFSET: page 10,000 costs what page 1 does).
@@ -682,7 +682,7 @@ pub async fn generation(db: &Db, tenant: &TenantId) -> sqlx::Result<i64> {
     .await
 }
 
-pub async fn summary(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Option<JobSummary>> {
+pub async fn summary(db: &Db, tenant: &TenantId, id: JobId) -> sqlx::Result<Option<JobSummary>> {
     sqlx::query_as(&format!("select {SUMMARY_COLUMNS} from jobs where tenant = $1 and id = $2"))
         .bind(tenant.as_str())
         .bind(id)
@@ -703,7 +703,7 @@ pub struct ListFilter {
 /// Puts back a job whose attempt the platform itself interrupted (shutdown, crash, platform error);
 /// an attempt that had started does not count against the app. A running job is put back only by
 /// the holder of its lease (`fence`).
-pub async fn requeue_interrupted(db: &Db, tenant: &TenantId, id: Uuid, fence: i64, why: &str) -> sqlx::Result<()> {
+pub async fn requeue_interrupted(db: &Db, tenant: &TenantId, id: JobId, fence: i64, why: &str) -> sqlx::Result<()> {
     let sql = with_event(
         "update jobs set state = 'queued', pid = null, pid_start_ticks = null,
                 attempts = case when state = 'running' then greatest(attempts - 1, 0) else attempts end
@@ -715,7 +715,7 @@ pub async fn requeue_interrupted(db: &Db, tenant: &TenantId, id: Uuid, fence: i6
 }
 
 /// The app's log of a job (bounded when it was kept), if it has one.
-pub async fn log(db: &Db, tenant: &TenantId, id: Uuid) -> sqlx::Result<Option<String>> {
+pub async fn log(db: &Db, tenant: &TenantId, id: JobId) -> sqlx::Result<Option<String>> {
     let log: Option<Option<String>> = sqlx::query_scalar("select log from jobs where tenant = $1 and id = $2")
         .bind(tenant.as_str())
         .bind(id)

@@ -5,9 +5,10 @@
 //! state change a manager makes names the fencing number it holds, so a manager that lost a lease
 //! (paused, cut off from the store) can change nothing once another took the job over.
 
+use crate::domain::ManagerId;
 use std::time::Duration;
 
-use uuid::Uuid;
+use crate::domain::JobId;
 
 use super::jobs::Job;
 use super::Db;
@@ -15,7 +16,7 @@ use super::Db;
 /// The lease a manager takes on a job: its own id, for how long.
 #[derive(Clone, Copy, Debug)]
 pub struct Lease {
-    pub owner: Uuid,
+    pub owner: ManagerId,
     pub ttl: Duration,
 }
 
@@ -27,7 +28,7 @@ impl Lease {
 
 /// This process as a batch manager: how other managers on the same machine tell it is gone (its
 /// pid and start time), so they take its jobs at once instead of waiting out the leases.
-pub async fn register(db: &Db, id: Uuid, boot_id: &str, pid: i32, start_ticks: i64) -> sqlx::Result<()> {
+pub async fn register(db: &Db, id: ManagerId, boot_id: &str, pid: i32, start_ticks: i64) -> sqlx::Result<()> {
     sqlx::query("insert into batch_managers (id, boot_id, pid, start_ticks) values ($1, $2, $3, $4)")
         .bind(id)
         .bind(boot_id)
@@ -45,7 +46,7 @@ pub async fn register(db: &Db, id: Uuid, boot_id: &str, pid: i32, start_ticks: i
     Ok(())
 }
 
-pub async fn unregister(db: &Db, id: Uuid) -> sqlx::Result<()> {
+pub async fn unregister(db: &Db, id: ManagerId) -> sqlx::Result<()> {
     sqlx::query("delete from batch_managers where id = $1").bind(id).execute(db).await?;
     Ok(())
 }
@@ -53,13 +54,13 @@ pub async fn unregister(db: &Db, id: Uuid) -> sqlx::Result<()> {
 /// A manager other than `me` that holds unexpired leases.
 #[derive(sqlx::FromRow)]
 pub struct Holder {
-    pub id: Uuid,
+    pub id: ManagerId,
     pub boot_id: String,
     pub pid: i32,
     pub start_ticks: i64,
 }
 
-pub async fn holders(db: &Db, me: Uuid) -> sqlx::Result<Vec<Holder>> {
+pub async fn holders(db: &Db, me: ManagerId) -> sqlx::Result<Vec<Holder>> {
     sqlx::query_as(
         "select m.id, m.boot_id, m.pid, m.start_ticks from batch_managers m
          where m.id <> $1 and exists (select 1 from jobs j where j.lease_owner = m.id
@@ -71,7 +72,7 @@ pub async fn holders(db: &Db, me: Uuid) -> sqlx::Result<Vec<Holder>> {
 }
 
 /// The machine a manager ran on, if it is known.
-pub async fn boot_id(db: &Db, manager: Uuid) -> sqlx::Result<Option<String>> {
+pub async fn boot_id(db: &Db, manager: ManagerId) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar("select boot_id from batch_managers where id = $1").bind(manager).fetch_optional(db).await
 }
 
@@ -86,12 +87,12 @@ fn millis(d: Duration) -> i64 {
 /// last call) is left as it is: every lease still has at least two thirds of `ttl` left after a
 /// call, as if all were renewed, but a burst of short jobs is not rewritten row by row (a thousand
 /// rows held locked for 300 ms, their admissions waiting behind them).
-pub async fn renew(db: &Db, me: Uuid, held: &[(Uuid, i64)], ttl: Duration) -> sqlx::Result<Vec<Uuid>> {
+pub async fn renew(db: &Db, me: ManagerId, held: &[(JobId, i64)], ttl: Duration) -> sqlx::Result<Vec<JobId>> {
     sqlx::query("update batch_managers set seen_at = now() where id = $1").bind(me).execute(db).await?;
     if held.is_empty() {
         return Ok(Vec::new());
     }
-    let (ids, fences): (Vec<Uuid>, Vec<i64>) = held.iter().copied().unzip();
+    let (ids, fences): (Vec<JobId>, Vec<i64>) = held.iter().copied().unzip();
     sqlx::query_scalar(
         "with h as (select * from unnest($2::uuid[], $3::bigint[]) as h(id, fence)),
               renewed as (update jobs j set lease_until = now() + make_interval(secs => $4::bigint / 1000.0)
@@ -116,13 +117,19 @@ pub async fn renew(db: &Db, me: Uuid, held: &[(Uuid, i64)], ttl: Duration) -> sq
 pub struct TakenOver {
     #[sqlx(flatten)]
     pub job: Job,
-    pub old_owner: Option<Uuid>,
+    pub old_owner: Option<ManagerId>,
 }
 
 /// Takes over jobs being admitted or run whose lease ran out, or whose manager is known to be gone
 /// (`gone`): a new lease for `me` under the next fencing number, and an event saying so. Jobs `me`
 /// is working on (`held`) are left alone, whatever their expiry says: `me` renews those itself.
-pub async fn take_over(db: &Db, me: Uuid, ttl: Duration, gone: &[Uuid], held: &[Uuid]) -> sqlx::Result<Vec<TakenOver>> {
+pub async fn take_over(
+    db: &Db,
+    me: ManagerId,
+    ttl: Duration,
+    gone: &[ManagerId],
+    held: &[JobId],
+) -> sqlx::Result<Vec<TakenOver>> {
     sqlx::query_as(
         "with t as (select id, lease_owner as old_owner from jobs
                     where state in ('detected', 'running')

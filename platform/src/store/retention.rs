@@ -1,15 +1,16 @@
 //! What the platform forgets, and when: rows of finished work older than the operator's retention.
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use super::Db;
+use crate::domain::{InstanceId, JobId};
+use crate::tenant::TenantId;
 
 /// A final job that was deleted: its tenant and where its file was kept.
 #[derive(sqlx::FromRow)]
 pub struct Forgotten {
-    pub id: Uuid,
-    pub tenant: String,
+    pub id: JobId,
+    pub tenant: TenantId,
     pub final_path: Option<String>,
 }
 
@@ -52,7 +53,7 @@ pub async fn forget_stream_records(db: &Db, cutoff: DateTime<Utc>) -> sqlx::Resu
 }
 
 /// Instances stopped for good before `cutoff`: deleted; returns (tenant, id) to remove their folders.
-pub async fn forget_instances(db: &Db, cutoff: DateTime<Utc>) -> sqlx::Result<Vec<(String, Uuid)>> {
+pub async fn forget_instances(db: &Db, cutoff: DateTime<Utc>) -> sqlx::Result<Vec<(TenantId, InstanceId)>> {
     sqlx::query_as(
         "delete from stream_instances
          where desired = 'stopped' and state in ('exited', 'failed') and coalesce(ended_at, updated_at) < $1

@@ -4,10 +4,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::FromRow;
 
 use super::Db;
+use crate::tenant::TenantId;
 
 #[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct DayStats {
-    pub tenant: String,
+    pub tenant: TenantId,
     /// UTC day; absent in totals over the whole period.
     pub day: Option<NaiveDate>,
     pub files: i64,
@@ -30,7 +31,7 @@ pub struct DayStats {
 
 #[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct ReasonCount {
-    pub tenant: String,
+    pub tenant: TenantId,
     pub state: crate::domain::JobState,
     pub reason: crate::domain::Reason,
     pub count: i64,

@@ -1,9 +1,11 @@
 //! What the stream loop leaves for tenants to read: trusted metrics reports with the monitor's
 //! verdict, reports it dropped and why, its notifications, and the manager's actions.
 
+use crate::domain::NotificationId;
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
-use uuid::Uuid;
+
+use crate::domain::InstanceId;
 
 use super::Db;
 use crate::tenant::TenantId;
@@ -12,9 +14,9 @@ use crate::tenant::TenantId;
 #[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct StoredReport {
     pub id: i64,
-    pub tenant: String,
+    pub tenant: TenantId,
     pub app: String,
-    pub instance: Uuid,
+    pub instance: InstanceId,
     pub window_start: DateTime<Utc>,
     pub window_end: DateTime<Utc>,
     pub messages: i64,
@@ -58,7 +60,7 @@ pub async fn insert_report(db: &Db, r: &StoredReport) -> sqlx::Result<i64> {
 
 pub struct ReportFilter<'a> {
     pub app: Option<&'a str>,
-    pub instance: Option<Uuid>,
+    pub instance: Option<InstanceId>,
     pub since: Option<DateTime<Utc>>,
     pub limit: i64,
 }
@@ -122,10 +124,10 @@ pub async fn dropped(db: &Db, tenant: &TenantId) -> sqlx::Result<Vec<DroppedCoun
 #[serde(deny_unknown_fields)]
 pub struct Notification {
     pub version: u32,
-    pub id: Uuid,
-    pub tenant: String,
+    pub id: NotificationId,
+    pub tenant: TenantId,
     pub app: String,
-    pub instance: Option<Uuid>,
+    pub instance: Option<InstanceId>,
     /// `below_threshold` or `silent` (an instance stopped reporting).
     pub kind: String,
     pub at: DateTime<Utc>,
@@ -162,10 +164,10 @@ pub async fn insert_notification(db: &Db, n: &Notification) -> sqlx::Result<()> 
 
 #[derive(FromRow)]
 struct NotificationRow {
-    id: Uuid,
-    tenant: String,
+    id: NotificationId,
+    tenant: TenantId,
     app: String,
-    instance: Option<Uuid>,
+    instance: Option<InstanceId>,
     kind: String,
     action: String,
     reasons: sqlx::types::Json<Vec<Reason>>,
@@ -207,7 +209,7 @@ pub async fn notifications(
 }
 
 /// The notification the monitor stored under `id`, if it did.
-pub async fn notification(db: &Db, id: Uuid) -> sqlx::Result<Option<Notification>> {
+pub async fn notification(db: &Db, id: NotificationId) -> sqlx::Result<Option<Notification>> {
     let row: Option<NotificationRow> =
         sqlx::query_as("select * from notifications where id = $1").bind(id).fetch_optional(db).await?;
     Ok(row.map(Notification::from))
@@ -218,7 +220,7 @@ pub struct DroppedControl<'a> {
     pub reason: &'a str,
     pub detail: &'a str,
     pub tenant: Option<&'a str>,
-    pub notification: Option<Uuid>,
+    pub notification: Option<NotificationId>,
     pub partition: i32,
     pub offset: i64,
 }
@@ -250,9 +252,9 @@ pub async fn control_dropped(db: &Db) -> sqlx::Result<Vec<(String, i64)>> {
 #[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct Action {
     pub id: i64,
-    pub tenant: String,
+    pub tenant: TenantId,
     pub app: String,
-    pub notification: Option<Uuid>,
+    pub notification: Option<NotificationId>,
     pub action: String,
     /// `applied` or `skipped`.
     pub outcome: String,
@@ -265,7 +267,7 @@ pub struct Action {
 pub struct NewAction<'a> {
     pub tenant: &'a str,
     pub app: &'a str,
-    pub notification: Uuid,
+    pub notification: NotificationId,
     pub action: &'a str,
     pub outcome: &'a str,
     pub detail: &'a str,
@@ -292,7 +294,10 @@ pub async fn insert_action(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, a: &N
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn already_acted(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, notification: Uuid) -> sqlx::Result<bool> {
+pub async fn already_acted(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    notification: NotificationId,
+) -> sqlx::Result<bool> {
     let row: Option<(i64,)> = sqlx::query_as("select id from stream_actions where notification = $1")
         .bind(notification)
         .fetch_optional(&mut **tx)

@@ -15,6 +15,7 @@ pub mod members;
 pub mod reaction;
 pub mod supervisor;
 
+use crate::domain::InstanceId;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,6 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::agreement::registry::Agreements;
 use crate::domain::InstanceState;
@@ -49,6 +49,7 @@ pub struct StreamCtx {
     pub cluster: String,
     /// Confines the process runtime's instances (absent: `--sandbox off`).
     pub sandbox: Option<Arc<crate::runtime::sandbox::Sandbox>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl StreamCtx {
@@ -63,7 +64,7 @@ impl StreamCtx {
     }
 
     /// `<data>/instances/<tenant>/<id>/`: the instance's log and working folder.
-    pub fn instance_dir(&self, tenant: &TenantId, id: Uuid) -> PathBuf {
+    pub fn instance_dir(&self, tenant: &TenantId, id: InstanceId) -> PathBuf {
         crate::layout::instance_dir(&self.data_dir, tenant, id)
     }
 }
@@ -75,7 +76,7 @@ pub fn consumer_group(tenant: &TenantId, app: &str) -> String {
 
 /// The static member (Kafka's `group.instance.id`) an instance joins its app's group as. Instances
 /// recorded before members existed use their own id.
-pub fn group_instance_id(group: &str, inst_id: Uuid, member: Option<i32>) -> String {
+pub fn group_instance_id(group: &str, inst_id: InstanceId, member: Option<i32>) -> String {
     member.map_or_else(|| inst_id.to_string(), |m| format!("{group}-{m}"))
 }
 
@@ -89,12 +90,12 @@ struct Supervised {
 #[derive(Clone)]
 pub struct Manager {
     ctx: Arc<StreamCtx>,
-    supervised: Arc<Mutex<HashMap<Uuid, Supervised>>>,
+    supervised: Arc<Mutex<HashMap<InstanceId, Supervised>>>,
 }
 
 impl Manager {
     /// Restarts a supervised instance now; false if this manager does not run it.
-    pub fn restart(&self, id: Uuid) -> bool {
+    pub fn restart(&self, id: InstanceId) -> bool {
         match self.supervised.lock().expect("supervised lock").get(&id) {
             Some(s) if !s.task.is_finished() => {
                 s.control.restart();
@@ -108,12 +109,11 @@ impl Manager {
         let mut wanted = instances::wanted(&self.ctx.db).await?;
         // A tenant whose agreement was withdrawn (its file removed, or no stream section left) has
         // its instances stopped: nothing runs for a tenant the platform no longer serves.
-        let (withdrawn, kept): (Vec<Instance>, Vec<Instance>) = wanted.into_iter().partition(|i| {
-            TenantId::parse(&i.tenant).ok().and_then(|t| self.ctx.agreements.get(&t)).is_none_or(|a| a.stream.is_none())
-        });
+        let (withdrawn, kept): (Vec<Instance>, Vec<Instance>) =
+            wanted.into_iter().partition(|i| self.ctx.agreements.get(&i.tenant).is_none_or(|a| a.stream.is_none()));
         wanted = kept;
         for inst in withdrawn {
-            let Ok(tenant) = TenantId::parse(&inst.tenant) else { continue };
+            let tenant = inst.tenant.clone();
             tracing::warn!(%tenant, instance = %inst.id, "the tenant's agreement was withdrawn; stopping its instance");
             instances::request_stop(&self.ctx.db, &tenant, Some(inst.id), None).await?;
             instances::set_state(
@@ -124,8 +124,8 @@ impl Manager {
             )
             .await?;
         }
-        let wanted_ids: std::collections::HashSet<Uuid> = wanted.iter().map(|i| i.id).collect();
-        let running: Vec<Uuid> = {
+        let wanted_ids: std::collections::HashSet<InstanceId> = wanted.iter().map(|i| i.id).collect();
+        let running: Vec<InstanceId> = {
             let mut supervised = self.supervised.lock().expect("supervised lock");
             supervised.retain(|_, s| !s.task.is_finished());
             for (id, s) in supervised.iter() {
@@ -236,8 +236,9 @@ async fn lead(ctx: &Arc<StreamCtx>, mut lock: sqlx::PgConnection, shutdown: &Can
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(containers = ctx.containers.is_some(), "stream manager running");
     loop {
-        if let Err(e) = manager.reconcile(&leading).await {
-            tracing::error!(error = %e, "reconciling instances failed; retrying");
+        match manager.reconcile(&leading).await {
+            Ok(()) => ctx.metrics.pass(crate::metrics::Pass::StreamReconcile),
+            Err(e) => tracing::error!(error = %e, "reconciling instances failed; retrying"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,

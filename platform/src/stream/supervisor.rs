@@ -110,7 +110,7 @@ async fn end_earlier_runs(inst: &Instance, uid: u32, confined: bool) {
 /// Runs the instance's program once. Its start is recorded (pid, start time) before its end is.
 async fn run_once(
     ctx: &StreamCtx,
-    id: uuid::Uuid,
+    id: crate::domain::InstanceId,
     control: &Arc<Control>,
     runtime: &Runtime,
     spec: InstanceSpec,
@@ -210,7 +210,7 @@ async fn supervise_inner(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let id = inst.id;
-    let tenant = TenantId::parse(&inst.tenant).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tenant = inst.tenant.clone();
     let mut restarts = inst.restarts.max(0) as u64;
     loop {
         let Prepared { stream, runtime, spec, mut log, app } = match prepare(ctx, inst, &tenant).await? {
