@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use crate::stream::{
-    produce, reading, start, stream_agreement, stream_app, upload, wait_docs, wait_state, wait_topic, Stream,
+    produce, reading, start, stream_agreement, stream_app, upload, wait_committed, wait_docs, wait_state, wait_topic,
+    Stream,
 };
 use mysimbdp_e2e::{bundle, eventually, kafka_brokers, unique, TestPlatform};
 
@@ -64,7 +65,7 @@ async fn a_tenants_app_cannot_see_write_read_or_commit_another_tenants_topics_an
     let again = start(&http, &tg, &good, "ingest", 1).await[0]["id"].as_str().unwrap().to_owned();
     wait_state(&http, &tg, &good, &again, "running", Duration::from_secs(30)).await;
     wait_docs(&p, &good, 3_000, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_committed(&format!("{good}.ingest"), &topic, Duration::from_secs(60)).await;
     assert_eq!(p.count_docs(&good, "readings").await, 3_000);
     p.cleanup().await;
 }

@@ -58,7 +58,8 @@ async fn a_full_data_disk_is_reported_and_every_file_is_ingested_once_there_is_r
         let content: String = (0..20_000).map(|i| format!("{i},{f}\n")).collect();
         p.drop_file(&t, &format!("wait-{f}.csv"), content.as_bytes());
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Three rescans later, each of which would have claimed them.
+    p.after_passes("batch_rescan", 3).await;
     let staged = std::fs::read_dir(p.staging_dir.join(&t)).unwrap().count();
     assert_eq!(staged, 5, "the files wait where they were dropped");
     assert!(
@@ -133,7 +134,8 @@ async fn the_store_restarted_during_ingestion_leaves_every_file_one_outcome() {
     let metrics = http.get("/metrics", &p.token(None)).await;
     assert_eq!(metrics.status, 200, "{}", metrics.text());
     assert!(metrics.text().contains("mysimbdp_dependency_up{check=\"platform_store\"} 0"), "{}", metrics.text());
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Down for ten rescans of the staging folders, each finding files it cannot claim.
+    p.after_passes("batch_rescan", 10).await;
     pg.start_again();
 
     let db = p.db.clone();

@@ -37,7 +37,7 @@ async fn a_slowloris_flood_is_cut_off_and_other_clients_are_served_meanwhile() {
             for c in &mut open {
                 let _ = c.write_all(b"X").await;
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // Every one of them was answered 408 or closed by the server: none is still waiting.
         let mut cut = 0;

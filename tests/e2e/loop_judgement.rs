@@ -81,6 +81,15 @@ async fn reports(http: &Http, token: &str, tenant: &str, instance: &str) -> Vec<
     get_list(http, token, &format!("/v1/tenants/{tenant}/reports?instance={instance}&limit=1000")).await
 }
 
+/// Waits until the monitor has judged and stored `n` more of the instance's reports.
+async fn more_reports(http: &Http, token: &str, tenant: &str, instance: &str, n: usize) {
+    let seen = reports(http, token, tenant, instance).await.len();
+    eventually(Duration::from_secs(30), &format!("{n} more reports of {instance}"), async || {
+        reports(http, token, tenant, instance).await.len() >= seen + n
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trickle_below_the_minimum_rate_that_the_app_keeps_up_with_is_never_acted_on() {
     let s = Stream {
@@ -111,7 +120,15 @@ async fn a_trickle_below_the_minimum_rate_that_the_app_keeps_up_with_is_never_ac
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Until the app reports it has read the trickle and caught up, then three judged reports more:
+    // every verdict on the trickle has been given.
+    eventually(Duration::from_secs(30), "the app to report the trickle read", async || {
+        let all = reports(http, token, zoo, &id).await;
+        let latest = all.iter().max_by_key(|r| r["id"].as_i64());
+        all.iter().map(|r| r["messages"].as_i64().unwrap()).sum::<i64>() >= 100 && latest.is_some_and(|r| r["lag"] == 0)
+    })
+    .await;
+    more_reports(http, token, zoo, &id, 3).await;
     let all = reports(http, token, zoo, &id).await;
     let verdicts: BTreeSet<&str> = all.iter().map(|r| r["verdict"].as_str().unwrap()).collect();
     eprintln!("verdicts: {verdicts:?}; lag > 0 in {} of {}", all.iter().filter(|r| r["lag"] != 0).count(), all.len());
@@ -179,7 +196,8 @@ async fn the_instance_acted_on_is_the_one_whose_partitions_lag() {
     let (lagging, drained) = (&ids[0], &ids[1]);
     produce_batch(&l.topic, owned[0][0], (0..3_000).map(reading).collect()).await;
     l.notified("the lagging instance acted on").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Three more judged reports of the instance that keeps up: none of them is acted on.
+    more_reports(http, token, zoo, drained, 3).await;
     let notes = l.notifications().await;
     assert!(notes.iter().all(|n| n["instance"] == lagging.as_str()), "{owned:?} {notes:#?}");
     let theirs = reports(http, token, zoo, drained).await;
@@ -209,8 +227,10 @@ async fn a_stop_during_a_breach_leaves_the_app_stopped() {
         instances(http, token, zoo).await.iter().all(|i| i["state"] == "exited" || i["state"] == "failed")
     })
     .await;
-    // Notifications read after the stop change nothing, for a while longer.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Notifications read after the stop change nothing: the monitor looks for silent instances and
+    // the manager compares what runs with what is wanted, three times each, and nothing starts.
+    l.p.after_passes("monitor_sweep", 3).await;
+    l.p.after_passes("stream_reconcile", 3).await;
     let all = instances(http, token, zoo).await;
     assert!(all.iter().all(|i| i["desired"] == "stopped" && i["state"] != "running"), "{all:#?}");
     let at = |v: &Value, k: &str| chrono::DateTime::parse_from_rfc3339(v[k].as_str().unwrap()).unwrap();

@@ -614,6 +614,25 @@ impl TestPlatform {
     pub fn http(&self) -> Http {
         Http::new(self.api_url())
     }
+
+    /// How many passes the platform's loop `name` has made (`mysimbdp_loop_passes_total`):
+    /// `batch_rescan`, `stream_reconcile` or `monitor_sweep`.
+    pub async fn loop_passes(&self, name: &str) -> u64 {
+        let text = self.http().get("/metrics", &self.token(None)).await.text();
+        let series = format!("mysimbdp_loop_passes_total{{pass=\"{name}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |n| n.trim().parse().unwrap())
+    }
+
+    /// Waits until the loop `name` has made `n` more passes: whatever it would do about the state
+    /// before this call, it has had `n` chances to do (an absence checked after this is observed, not
+    /// guessed from a clock).
+    pub async fn after_passes(&self, name: &str, n: u64) {
+        let goal = self.loop_passes(name).await + n;
+        eventually(Duration::from_secs(60), &format!("{n} more {name} passes"), async || {
+            self.loop_passes(name).await >= goal
+        })
+        .await;
+    }
 }
 
 /// A workspace binary without its debug information (a tenth of its size), made once per test run.
