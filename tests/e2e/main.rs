@@ -26,3 +26,4 @@ mod several_managers;
 mod staging_rules;
 mod stream;
 mod topics;
+mod waits;

@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use mysimbdp_e2e::{agreement, connect_admin, eventually, gen_data, pg_url, unique, TestPlatform};
 
+use serde_json::Value;
+
 use crate::stream::{
-    produce, reading, running_instance_ids, start, stream_agreement, stream_app, upload, wait_docs, wait_state,
-    wait_topic, Stream,
+    instance, produce, reading, running_instance_ids, start, stream_agreement, stream_app, upload, wait_docs,
+    wait_state, wait_topic, Stream,
 };
 
 /// The managers under test, by role, each a `mysimbdp serve` process that can be killed and started
@@ -59,6 +61,22 @@ fn leader_handover() -> Duration {
     mysimbdp::stream::leader::HANDOVER
 }
 
+/// Job events recorded so far, across the tenants.
+async fn job_events(p: &TestPlatform) -> i64 {
+    sqlx::query_scalar("select count(*) from job_events").fetch_one(&p.db).await.unwrap()
+}
+
+/// Whether `files` jobs exist and all are final.
+async fn all_final(p: &TestPlatform, files: u64) -> bool {
+    let (open, total): (i64, i64) = sqlx::query_as(
+        "select count(*) filter (where state not in ('succeeded', 'rejected', 'failed')), count(*) from jobs",
+    )
+    .fetch_one(&p.db)
+    .await
+    .unwrap();
+    open == 0 && total >= files as i64
+}
+
 /// A small deterministic generator (xorshift), seeded and printed so a failing run can be replayed.
 struct Dice(u64);
 
@@ -92,6 +110,7 @@ async fn managers_killed_at_random_do_every_file_once_and_never_run_an_instance_
     p.wait_api().await;
     let http = p.http();
     let mut instance_ids = Vec::new();
+    let mut owners = Vec::new();
     for zoo in [&zoo_a, &zoo_b] {
         let token = p.token(Some(zoo));
         upload(&http, &token, zoo, stream_app("tortoise-stream", "")).await;
@@ -99,6 +118,7 @@ async fn managers_killed_at_random_do_every_file_once_and_never_run_an_instance_
         for inst in start(&http, &token, zoo, "tortoise-stream", 2).await {
             let id = inst["id"].as_str().unwrap().to_owned();
             wait_state(&http, &token, zoo, &id, "running", Duration::from_secs(60)).await;
+            owners.push((zoo.clone(), token.clone(), id.clone()));
             instance_ids.push(id);
         }
     }
@@ -148,8 +168,19 @@ async fn managers_killed_at_random_do_every_file_once_and_never_run_an_instance_
     let mut dice = Dice(seed);
     let mut killed_managers: HashSet<String> = HashSet::new();
     for round in 0..10 {
-        tokio::time::sleep(Duration::from_millis(700 + dice.roll(1000))).await;
+        // Between kills the work moves on: 50 to 200 more job events (about a second of it), or
+        // every file is done.
+        let goal = job_events(&p).await + 50 + dice.roll(150) as i64;
+        eventually(Duration::from_secs(120), "the work to move on", async || {
+            job_events(&p).await >= goal || all_final(&p, FILES + 1).await
+        })
+        .await;
         if round == 5 {
+            let pids = |i: &[Value]| i.iter().map(|i| i["pid"].as_i64().unwrap_or(0)).collect::<Vec<_>>();
+            let mut before = Vec::new();
+            for (zoo, token, id) in &owners {
+                before.push(instance(&http, token, zoo, id).await);
+            }
             let mut admin = connect_admin(&pg_url()).await;
             let ended: Vec<(bool,)> = sqlx::query_as(
                 "select pg_terminate_backend(pid) from pg_locks
@@ -161,9 +192,22 @@ async fn managers_killed_at_random_do_every_file_once_and_never_run_an_instance_
             .await
             .unwrap();
             eprintln!("round {round}: ended the stream leader's session ({} ended)", ended.len());
-            // No kill for longer than a handover takes, so a leader that went on regardless would be
-            // seen running the instances beside its successor.
-            tokio::time::sleep(leader_handover() + Duration::from_secs(3)).await;
+            // No kill until the successor runs every instance anew: a leader that went on regardless
+            // would be seen (by the watcher above) running them beside it.
+            let before = pids(&before);
+            eventually(
+                leader_handover() + Duration::from_secs(60),
+                "the successor running every instance",
+                async || {
+                    let mut now = Vec::new();
+                    for (zoo, token, id) in &owners {
+                        now.push(instance(&http, token, zoo, id).await);
+                    }
+                    now.iter().all(|i| i["state"] == "running")
+                        && pids(&now).iter().zip(&before).all(|(a, b)| a != b && *a != 0)
+                },
+            )
+            .await;
             continue;
         }
         let i = 1 + dice.roll(4) as usize;
@@ -178,17 +222,7 @@ async fn managers_killed_at_random_do_every_file_once_and_never_run_an_instance_
     }
     messages.await.unwrap();
 
-    let db = p.db.clone();
-    eventually(Duration::from_secs(240), "every file in a final state", async || {
-        let (open, total): (i64, i64) = sqlx::query_as(
-            "select count(*) filter (where state not in ('succeeded','rejected','failed')), count(*) from jobs",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap();
-        open == 0 && total > FILES as i64
-    })
-    .await;
+    eventually(Duration::from_secs(240), "every file in a final state", async || all_final(&p, FILES + 1).await).await;
     for zoo in [&zoo_a, &zoo_b] {
         wait_docs(&p, zoo, 20_000, Duration::from_secs(180)).await;
     }
