@@ -78,9 +78,7 @@ pub async fn start(http: &Http, token: &str, tenant: &str, app: &str, count: u32
 }
 
 pub async fn instances(http: &Http, token: &str, tenant: &str) -> Vec<Value> {
-    let r = http.get(&format!("/v1/tenants/{tenant}/instances"), token).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json().as_array().unwrap().clone()
+    get_list(http, token, &format!("/v1/tenants/{tenant}/instances")).await
 }
 
 pub async fn instance(http: &Http, token: &str, tenant: &str, id: &str) -> Value {
@@ -385,6 +383,14 @@ async fn instances_beyond_the_agreement_or_of_a_batch_app_are_refused() {
     let bad_state = http.get(&format!("/v1/tenants/{zoo}/instances?state=bogus"), &token).await.problem(400);
     assert!(bad_state.contains("`bogus`") && bad_state.contains("`restarting`"), "{bad_state}");
     assert!(http.get(&format!("/v1/tenants/{zoo}/instances/%00"), &token).await.problem(404).contains("NUL"));
+    // Paged like every list: one instance a page, the second page the last; a forged cursor refused.
+    let list = format!("/v1/tenants/{zoo}/instances?limit=1");
+    let first = http.get(&list, &token).await.json();
+    let cursor = first["next_cursor"].as_str().expect("a second page").to_owned();
+    let second = http.get(&format!("{list}&cursor={cursor}"), &token).await.json();
+    assert_eq!((first["items"].as_array().unwrap().len(), &second["next_cursor"]), (1, &Value::Null), "{second}");
+    assert_ne!(first["items"][0]["id"], second["items"][0]["id"], "{first} {second}");
+    assert!(http.get(&format!("{list}&cursor=bm9wZQ"), &token).await.problem(400).contains("cursor"));
     // An app in use cannot be deleted; once its instances stop, it can.
     let r = http.call("DELETE", &format!("/v1/tenants/{zoo}/apps/sleeper"), Some(&token), None).await;
     assert!(r.problem(409).contains("stop its instances first"));
@@ -598,7 +604,7 @@ fn watched(tenant: &str, max_instances: u32, on_breach: &str) -> String {
 pub async fn get_list(http: &Http, token: &str, path: &str) -> Vec<Value> {
     let r = http.get(path, token).await;
     assert_eq!(r.status, 200, "{path}: {}", r.text());
-    r.json().as_array().cloned().unwrap_or_else(|| r.json()["items"].as_array().unwrap().clone())
+    r.json()["items"].as_array().unwrap().clone()
 }
 
 /// A slow app is scaled out to the bound after `breach_reports` bad reports, and nothing more

@@ -58,12 +58,3 @@ where
         Ok(OptionalJson(r))
     }
 }
-
-/// A page size from a query, `default` when absent, refused outside 1..=`max`.
-pub fn limit(asked: Option<u32>, default: u32, max: u32) -> Result<i64, Problem> {
-    let limit = asked.unwrap_or(default);
-    if !(1..=max).contains(&limit) {
-        return Err(Problem::bad_request(format!("limit is {limit}; it must be between 1 and {max}")));
-    }
-    Ok(limit as i64)
-}

@@ -3,19 +3,17 @@
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use base64::Engine;
 use chrono::{DateTime, Utc};
 
 use super::extract::{Json, OptionalJson, Query};
+use super::page::{Page, PageRequest};
 use super::problem::{Problem, TenantScoped};
 use super::scope::{InForce, Owned, Scoped};
 use super::ApiState;
 use crate::agreement::{limits, BatchAgreement};
-use crate::store::jobs::{self, JobEvent, JobId, JobState, JobSummary, ListFilter, PageKey};
+use crate::store::jobs::{self, JobEvent, JobId, JobState, JobSummary, ListFilter};
+use crate::store::After;
 use crate::tenant::TenantId;
-
-pub const DEFAULT_PAGE: u32 = 100;
-pub const MAX_PAGE: u32 = 1000;
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -36,38 +34,17 @@ pub struct ListParams {
     pub cursor: Option<String>,
 }
 
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct JobPage {
-    /// Newest first.
-    pub items: Vec<JobSummary>,
-    /// Pass as `cursor` for the next page; absent on the last page.
-    pub next_cursor: Option<String>,
-}
-
-fn encode_cursor(k: PageKey) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}.{}", k.detected_at.timestamp_micros(), k.id))
-}
-
-fn decode_cursor(s: &str) -> Option<PageKey> {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()?;
-    let (micros, id) = std::str::from_utf8(&raw).ok()?.split_once('.')?;
-    Some(PageKey {
-        detected_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-        id: JobId::parse_str(id).ok()?,
-    })
-}
-
 /// The tenant's ingestions, newest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/ingestions", tag = "ingestions", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant id"), ListParams),
-    responses((status = 200, body = JobPage), (status = 400, body = Problem, content_type = "application/problem+json"), TenantScoped))]
+    responses((status = 200, body = Page<JobSummary>), (status = 400, body = Problem, content_type = "application/problem+json"), TenantScoped))]
 pub async fn list(
     State(state): State<ApiState>,
     Scoped { tenant: t, .. }: Scoped,
     Query(p): Query<ListParams>,
 ) -> Result<axum::response::Response, Problem> {
-    let (filter, after) = page_request(p)?;
-    Ok(json_bytes(cached_page(&state, &t, filter, after).await?))
+    let (filter, request) = page_request(p)?;
+    Ok(json_bytes(cached_page(&state, &t, filter, request).await?))
 }
 
 /// `page`, reused while the tenant's jobs stay as they were: the answer depends on the tenant's rows
@@ -76,55 +53,46 @@ async fn cached_page(
     state: &ApiState,
     t: &TenantId,
     filter: ListFilter,
-    after: Option<PageKey>,
+    request: PageRequest<JobId>,
 ) -> Result<bytes::Bytes, Problem> {
     if !state.pages.enabled() {
-        return page(state, t, filter, after).await;
+        return page(state, t, filter, request).await;
     }
-    let key = format!("{t}|{filter:?}|{after:?}");
+    let key = format!("{t}|{filter:?}|{request:?}");
     let generation = jobs::generation(&state.db, t).await?;
     if let Some(body) = state.pages.get(&key, generation) {
         return Ok(body);
     }
-    let body = page(state, t, filter, after).await?;
+    let body = page(state, t, filter, request).await?;
     state.pages.put(key, generation, body.clone());
     Ok(body)
 }
 
 /// The query as a filter (asking one job more than the page, which tells whether there is a next
-/// page) and the cursor's position; 400 for a bad limit, window or cursor.
-fn page_request(p: ListParams) -> Result<(ListFilter, Option<PageKey>), Problem> {
-    let limit = super::extract::limit(p.limit, DEFAULT_PAGE, MAX_PAGE)?;
+/// page) and the page asked for; 400 for a bad limit, window or cursor.
+fn page_request(p: ListParams) -> Result<(ListFilter, PageRequest<JobId>), Problem> {
+    let request = PageRequest::new(p.limit, p.cursor.as_deref())?;
     if let (Some(since), Some(until)) = (p.since, p.until) {
         if since > until {
             return Err(Problem::bad_request(format!("since ({since}) is after until ({until})")));
         }
     }
-    let after = match &p.cursor {
-        Some(c) => Some(decode_cursor(c).ok_or_else(|| Problem::bad_request("cursor is not one this API gave out"))?),
-        None => None,
-    };
-    let filter = ListFilter { state: p.status, file_name: p.file, since: p.since, until: p.until, limit: limit + 1 };
-    Ok((filter, after))
+    let filter =
+        ListFilter { state: p.status, file_name: p.file, since: p.since, until: p.until, limit: request.fetch() };
+    Ok((filter, request))
 }
 
-/// One page of the tenant's jobs as the JSON answer, with the cursor of the next page if any.
+/// One page of the tenant's jobs as the JSON answer.
 async fn page(
     state: &ApiState,
     t: &TenantId,
     filter: ListFilter,
-    after: Option<PageKey>,
+    request: PageRequest<JobId>,
 ) -> Result<bytes::Bytes, Problem> {
-    let limit = (filter.limit - 1) as usize;
-    let mut items = jobs::page(&state.db, t, &filter, after).await?;
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|j| encode_cursor(PageKey { detected_at: j.detected_at, id: j.id }))
-    } else {
-        None
-    };
-    let mut body = Vec::with_capacity(items.len() * 700 + 64);
-    serde_json::to_writer(&mut body, &JobPage { items, next_cursor }).map_err(Problem::internal)?;
+    let rows = jobs::page(&state.db, t, &filter, request.after).await?;
+    let page = Page::new(rows, &request, |j| After { at: j.detected_at, id: j.id });
+    let mut body = Vec::with_capacity(page.items.len() * 700 + 64);
+    serde_json::to_writer(&mut body, &page).map_err(Problem::internal)?;
     Ok(bytes::Bytes::from(body))
 }
 

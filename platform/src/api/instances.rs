@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 
 use super::extract::{Json, OptionalJson, Path, Query};
+use super::page::{Page, PageRequest};
 use super::problem::{Problem, TenantScoped};
 use super::scope::{InForce, Owned, Scoped};
 use super::ApiState;
@@ -12,6 +13,7 @@ use crate::agreement::StreamAgreement;
 use crate::domain::InstanceState;
 use crate::runtime::log::RotatingLog;
 use crate::store::instances::{self, Instance, NewInstances, StartError};
+use crate::store::After;
 use crate::tenant::TenantId;
 
 #[derive(Default, serde::Deserialize, utoipa::ToSchema)]
@@ -96,19 +98,22 @@ pub struct ListParams {
     /// At most this many, newest first (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 /// The tenant's instances, newest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/instances", tag = "instances", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant id"), ListParams),
-    responses((status = 200, body = Vec<Instance>), (status = 400, body = Problem, content_type = "application/problem+json"), TenantScoped))]
+    responses((status = 200, body = Page<Instance>), (status = 400, body = Problem, content_type = "application/problem+json"), TenantScoped))]
 pub async fn list(
     State(state): State<ApiState>,
     Scoped { tenant: t, .. }: Scoped,
-    Query(params): Query<ListParams>,
-) -> Result<Json<Vec<Instance>>, Problem> {
-    let limit = super::extract::limit(params.limit, 100, 1000)?;
-    Ok(Json(instances::list(&state.db, &t, params.app.as_deref(), params.state, limit).await?))
+    Query(p): Query<ListParams>,
+) -> Result<Json<Page<Instance>>, Problem> {
+    let request = PageRequest::new(p.limit, p.cursor.as_deref())?;
+    let rows = instances::list(&state.db, &t, p.app.as_deref(), p.state, request.fetch(), request.after).await?;
+    Ok(Json(Page::new(rows, &request, |i| After { at: i.created_at, id: i.id })))
 }
 
 /// One instance.

@@ -14,6 +14,7 @@ pub mod health;
 pub mod ingestions;
 pub mod instances;
 pub mod openapi;
+pub mod page;
 pub mod page_cache;
 pub mod problem;
 pub mod scope;

@@ -40,3 +40,47 @@ impl Modify for Bearer {
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schema an operation answers 200 with, its `$ref`s followed.
+    fn ok_schema(doc: &serde_json::Value, path: &str) -> serde_json::Value {
+        let mut schema = doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"].clone();
+        while let Some(name) = schema["$ref"].as_str().and_then(|r| r.strip_prefix("#/components/schemas/")) {
+            schema = doc["components"]["schemas"][name].clone();
+        }
+        schema
+    }
+
+    #[test]
+    fn every_list_is_one_kind_of_page() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let lists = ["ingestions", "instances", "reports", "notifications", "actions"];
+        for list in lists {
+            let path = format!("/v1/tenants/{{tenant}}/{list}");
+            let schema = ok_schema(&doc, &path);
+            // A page, or (reports) a page with more beside it.
+            let parts = schema["allOf"].as_array().cloned().unwrap_or_else(|| vec![schema.clone()]);
+            let props: Vec<String> = parts
+                .iter()
+                .flat_map(|p| {
+                    let p = match p["$ref"].as_str().and_then(|r| r.strip_prefix("#/components/schemas/")) {
+                        Some(name) => doc["components"]["schemas"][name].clone(),
+                        None => p.clone(),
+                    };
+                    p["properties"].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default()
+                })
+                .collect();
+            assert!(props.contains(&"items".into()) && props.contains(&"next_cursor".into()), "{path}: {schema}");
+            let params: Vec<&str> = doc["paths"][&path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            assert!(params.contains(&"limit") && params.contains(&"cursor"), "{path}: {params:?}");
+        }
+    }
+}

@@ -3,15 +3,17 @@
 //! manager's actions. Read together they tell "slow at 10:00:31, scaled from 1 to 2 instances at
 //! 10:00:32".
 
-use crate::domain::InstanceId;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 
 use super::extract::{Json, Query};
+use super::page::{Page, PageRequest};
 use super::problem::{Problem, TenantScoped};
 use super::scope::Scoped;
 use super::ApiState;
+use crate::domain::InstanceId;
 use crate::store::stream::{self as stream_store, Action, DroppedCount, Notification, ReportFilter, StoredReport};
+use crate::store::After;
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -26,12 +28,15 @@ pub struct ReportParams {
     /// At most this many, newest first (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct Reports {
     /// Trusted reports, newest first.
-    pub items: Vec<StoredReport>,
+    #[serde(flatten)]
+    pub page: Page<StoredReport>,
     /// Reports whose key named this tenant but that were not trusted, by reason.
     pub dropped: Vec<DroppedCount>,
 }
@@ -45,11 +50,11 @@ pub async fn reports(
     Scoped { tenant: t, .. }: Scoped,
     Query(p): Query<ReportParams>,
 ) -> Result<Json<Reports>, Problem> {
-    let limit = super::extract::limit(p.limit, 100, 1000)?;
-    let filter = ReportFilter { app: p.app.as_deref(), instance: p.instance, since: p.since, limit };
-    let items = stream_store::reports(&state.db, &t, &filter).await?;
-    let dropped = stream_store::dropped(&state.db, &t).await?;
-    Ok(Json(Reports { items, dropped }))
+    let request = PageRequest::new(p.limit, p.cursor.as_deref())?;
+    let (app, instance, since, limit, after) = (p.app.as_deref(), p.instance, p.since, request.fetch(), request.after);
+    let rows = stream_store::reports(&state.db, &t, &ReportFilter { app, instance, since, limit, after }).await?;
+    let page = Page::new(rows, &request, |r| After { at: r.received_at, id: r.id });
+    Ok(Json(Reports { page, dropped: stream_store::dropped(&state.db, &t).await? }))
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
@@ -61,30 +66,34 @@ pub struct SinceParams {
     /// At most this many, newest first (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 /// The monitor's notifications about the tenant's apps, newest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/notifications", tag = "stream", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant id"), SinceParams),
-    responses((status = 200, body = Vec<Notification>), (status = 400, body = Problem, content_type = "application/problem+json"), TenantScoped))]
+    responses((status = 200, body = Page<Notification>), (status = 400, body = Problem, content_type = "application/problem+json"), TenantScoped))]
 pub async fn notifications(
     State(state): State<ApiState>,
     Scoped { tenant: t, .. }: Scoped,
     Query(p): Query<SinceParams>,
-) -> Result<Json<Vec<Notification>>, Problem> {
-    let limit = super::extract::limit(p.limit, 100, 1000)?;
-    Ok(Json(stream_store::notifications(&state.db, &t, p.since, limit).await?))
+) -> Result<Json<Page<Notification>>, Problem> {
+    let request = PageRequest::new(p.limit, p.cursor.as_deref())?;
+    let rows = stream_store::notifications(&state.db, &t, p.since, request.fetch(), request.after).await?;
+    Ok(Json(Page::new(rows, &request, |n| After { at: n.at, id: n.id })))
 }
 
 /// What the stream manager did about each notification (applied or skipped, and why), newest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/actions", tag = "stream", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant id"), SinceParams),
-    responses((status = 200, body = Vec<Action>), (status = 400, body = Problem, content_type = "application/problem+json"), TenantScoped))]
+    responses((status = 200, body = Page<Action>), (status = 400, body = Problem, content_type = "application/problem+json"), TenantScoped))]
 pub async fn actions(
     State(state): State<ApiState>,
     Scoped { tenant: t, .. }: Scoped,
     Query(p): Query<SinceParams>,
-) -> Result<Json<Vec<Action>>, Problem> {
-    let limit = super::extract::limit(p.limit, 100, 1000)?;
-    Ok(Json(stream_store::actions(&state.db, &t, p.since, limit).await?))
+) -> Result<Json<Page<Action>>, Problem> {
+    let request = PageRequest::new(p.limit, p.cursor.as_deref())?;
+    let rows = stream_store::actions(&state.db, &t, p.since, request.fetch(), request.after).await?;
+    Ok(Json(Page::new(rows, &request, |a| After { at: a.at, id: a.id })))
 }

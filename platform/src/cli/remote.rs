@@ -470,7 +470,7 @@ async fn instances(remote: &Remote, c: &Client, cmd: InstancesCommand) -> anyhow
             let mut q = some("app", &app);
             q.extend(some("state", &state));
             let v = c.get(&format!("/v1/tenants/{t}/instances"), &q).await?;
-            remote.print(&v, |v| print_table(&INSTANCE_HEADER, instance_rows(v)))
+            remote.print(&v, |v| print_table(&INSTANCE_HEADER, instance_rows(&v["items"])))
         }
         InstancesCommand::Show { id } => {
             let v = c.get(&format!("/v1/tenants/{t}/instances/{id}"), &[]).await?;
@@ -535,7 +535,7 @@ async fn notifications(remote: &Remote, c: &Client, since: Option<String>, limit
     q.extend(some("since", &since));
     let notes = c.get(&format!("/v1/tenants/{t}/notifications"), &q).await?;
     let actions = c.get(&format!("/v1/tenants/{t}/actions"), &q).await?;
-    let both = serde_json::json!({ "notifications": notes, "actions": actions });
+    let both = serde_json::json!({ "notifications": notes["items"], "actions": actions["items"] });
     remote.print(&both, |v| {
         let n = rows(&v["notifications"], |n| {
             let reasons: Vec<String> = n["reasons"]

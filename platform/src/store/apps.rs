@@ -1,10 +1,10 @@
 //! The app registry's rows: one per installed version of a tenant's program.
 
-use crate::domain::AppId;
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
 use super::Db;
+use crate::domain::AppId;
 use crate::tenant::TenantId;
 
 #[derive(Clone, Debug, FromRow, serde::Serialize)]

@@ -2,12 +2,11 @@
 //! the stream manager last saw (`state`). An instance row with `desired = running` is exactly one
 //! supervised program; the manager reconciles the two after every change and every restart.
 
-use crate::domain::InstanceId;
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
-use super::Db;
-use crate::domain::{Desired, InstanceState};
+use super::{After, Db};
+use crate::domain::{Desired, InstanceId, InstanceState};
 use crate::tenant::TenantId;
 
 #[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
@@ -153,16 +152,19 @@ pub async fn list(
     app: Option<&str>,
     state: Option<InstanceState>,
     limit: i64,
+    after: Option<After<InstanceId>>,
 ) -> sqlx::Result<Vec<Instance>> {
     sqlx::query_as(
         "select * from stream_instances where tenant = $1 and ($2::text is null or app = $2)
-           and ($3::text is null or state = $3)
+           and ($3::text is null or state = $3) and ($5::timestamptz is null or (created_at, id) < ($5, $6))
          order by created_at desc, id desc limit $4",
     )
     .bind(tenant.as_str())
     .bind(app)
     .bind(state)
     .bind(limit)
+    .bind(after.map(|a| a.at))
+    .bind(after.map(|a| a.id))
     .fetch_all(db)
     .await
 }

@@ -1,12 +1,12 @@
 //! Ingestion jobs: one row per staged file and an event per state change.
 
-use crate::domain::ManagerId;
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, Postgres, Transaction};
 use std::path::Path;
 
 use super::leases::Lease;
-use super::Db;
+use super::{After, Db};
+use crate::domain::ManagerId;
 pub use crate::domain::{JobId, JobState, Reason};
 use crate::tenant::TenantId;
 
@@ -623,15 +623,13 @@ const SUMMARY_COLUMNS: &str = "id, tenant, file_name, state, reason, detail, siz
     app_version, attempts, max_attempts, records_ingested, records_rejected, bytes_read, app_message, exit_code,
     signal, duplicate_of, log_dropped_bytes, detected_at, admitted_at, started_at, finished_at, run_ms";
 
-/// Where a page of jobs ends: the next page starts after this (newest first).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PageKey {
-    pub detected_at: DateTime<Utc>,
-    pub id: JobId,
-}
-
 /// One page of a tenant's jobs, newest first, by keyset (no OFFSET: page 10,000 costs what page 1 does).
-pub async fn page(db: &Db, tenant: &TenantId, f: &ListFilter, after: Option<PageKey>) -> sqlx::Result<Vec<JobSummary>> {
+pub async fn page(
+    db: &Db,
+    tenant: &TenantId,
+    f: &ListFilter,
+    after: Option<After<JobId>>,
+) -> sqlx::Result<Vec<JobSummary>> {
     filtered(db, SUMMARY_COLUMNS, tenant, f, after).await
 }
 
@@ -645,7 +643,7 @@ async fn filtered<T>(
     columns: &str,
     tenant: &TenantId,
     f: &ListFilter,
-    after: Option<PageKey>,
+    after: Option<After<JobId>>,
 ) -> sqlx::Result<Vec<T>>
 where
     T: for<'r> FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
@@ -663,7 +661,7 @@ where
         .bind(&f.file_name)
         .bind(f.since)
         .bind(f.until)
-        .bind(after.map(|k| k.detected_at))
+        .bind(after.map(|k| k.at))
         .bind(after.map(|k| k.id))
         .bind(f.limit)
         .fetch_all(db)

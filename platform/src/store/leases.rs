@@ -5,13 +5,11 @@
 //! state change a manager makes names the fencing number it holds, so a manager that lost a lease
 //! (paused, cut off from the store) can change nothing once another took the job over.
 
-use crate::domain::ManagerId;
 use std::time::Duration;
-
-use crate::domain::JobId;
 
 use super::jobs::Job;
 use super::Db;
+use crate::domain::{JobId, ManagerId};
 
 /// The lease a manager takes on a job: its own id, for how long.
 #[derive(Clone, Copy, Debug)]

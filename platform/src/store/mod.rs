@@ -19,6 +19,14 @@ use sqlx::PgPool;
 
 pub type Db = PgPool;
 
+/// Where a page of a list ends, newest first: the next page starts after this row. Keyset paging (no
+/// OFFSET): page 10,000 costs what page 1 does, and rows arriving meanwhile shift nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct After<K> {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub id: K,
+}
+
 pub async fn connect(url: &str) -> anyhow::Result<Db> {
     let options: PgConnectOptions = url.parse().map_err(|e| anyhow::anyhow!("invalid database url: {e}"))?;
     let pool = PgPoolOptions::new()

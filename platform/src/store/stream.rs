@@ -1,13 +1,11 @@
 //! What the stream loop leaves for tenants to read: trusted metrics reports with the monitor's
 //! verdict, reports it dropped and why, its notifications, and the manager's actions.
 
-use crate::domain::NotificationId;
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
-use crate::domain::InstanceId;
-
-use super::Db;
+use super::{After, Db};
+use crate::domain::{InstanceId, NotificationId};
 use crate::tenant::TenantId;
 
 /// A trusted report as stored, with the lag the monitor measured and its verdict.
@@ -63,6 +61,7 @@ pub struct ReportFilter<'a> {
     pub instance: Option<InstanceId>,
     pub since: Option<DateTime<Utc>>,
     pub limit: i64,
+    pub after: Option<After<i64>>,
 }
 
 /// The tenant's reports, newest first.
@@ -70,6 +69,7 @@ pub async fn reports(db: &Db, tenant: &TenantId, f: &ReportFilter<'_>) -> sqlx::
     sqlx::query_as(
         "select * from metrics_reports where tenant = $1 and ($2::text is null or app = $2)
            and ($3::uuid is null or instance = $3) and ($4::timestamptz is null or received_at >= $4)
+           and ($6::timestamptz is null or (received_at, id) < ($6, $7))
          order by received_at desc, id desc limit $5",
     )
     .bind(tenant.as_str())
@@ -77,6 +77,8 @@ pub async fn reports(db: &Db, tenant: &TenantId, f: &ReportFilter<'_>) -> sqlx::
     .bind(f.instance)
     .bind(f.since)
     .bind(f.limit)
+    .bind(f.after.map(|a| a.at))
+    .bind(f.after.map(|a| a.id))
     .fetch_all(db)
     .await
 }
@@ -195,14 +197,18 @@ pub async fn notifications(
     tenant: &TenantId,
     since: Option<DateTime<Utc>>,
     limit: i64,
+    after: Option<After<NotificationId>>,
 ) -> sqlx::Result<Vec<Notification>> {
     let rows: Vec<NotificationRow> = sqlx::query_as(
         "select * from notifications where tenant = $1 and ($2::timestamptz is null or at >= $2)
-         order by at desc, id limit $3",
+           and ($4::timestamptz is null or (at, id) < ($4, $5))
+         order by at desc, id desc limit $3",
     )
     .bind(tenant.as_str())
     .bind(since)
     .bind(limit)
+    .bind(after.map(|a| a.at))
+    .bind(after.map(|a| a.id))
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(Notification::from).collect())
@@ -326,14 +332,18 @@ pub async fn actions(
     tenant: &TenantId,
     since: Option<DateTime<Utc>>,
     limit: i64,
+    after: Option<After<i64>>,
 ) -> sqlx::Result<Vec<Action>> {
     sqlx::query_as(
         "select * from stream_actions where tenant = $1 and ($2::timestamptz is null or at >= $2)
+           and ($4::timestamptz is null or (at, id) < ($4, $5))
          order by at desc, id desc limit $3",
     )
     .bind(tenant.as_str())
     .bind(since)
     .bind(limit)
+    .bind(after.map(|a| a.at))
+    .bind(after.map(|a| a.id))
     .fetch_all(db)
     .await
 }
