@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use crate::domain::{InstanceId, JobId};
-
 use crate::names::component;
 use crate::tenant::TenantId;
 

@@ -12,10 +12,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::domain::AppId;
-
 pub use crate::agreement::validate_app_name;
 use crate::agreement::ServiceAgreement;
+use crate::domain::AppId;
 use crate::store::{self, apps::App, Db};
 use crate::tenant::TenantId;
 use crate::units::ByteSize;

@@ -2,7 +2,6 @@
 //! the job row is written first, then the file is moved out of staging atomically, then it is
 //! checked; a restart finds the row in `detected` and finishes whichever step was cut short.
 
-use crate::domain::JobId;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use super::frozen::freeze;
 use super::sniff::sniff;
 use super::Ctx;
 use crate::agreement::limits::{self, Refusal};
-use crate::domain::Reason;
+use crate::domain::{JobId, Reason};
 use crate::layout::move_file;
 use crate::names;
 use crate::store::jobs::{self, Admission, Claim, Job, Limits, Queue};

@@ -9,8 +9,6 @@
 //! - A job whose lease ran out, or whose manager is known to be gone (a process on this machine that
 //!   no longer exists), is taken over under the next fencing number and carried on from its state.
 
-use crate::domain::JobId;
-use crate::domain::ManagerId;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{admission, finished, Ctx};
-use crate::domain::Reason;
+use crate::domain::{JobId, ManagerId, Reason};
 use crate::layout::move_file;
 use crate::store::jobs::{self, JobState};
 use crate::store::leases::{self, Lease, TakenOver};

@@ -15,7 +15,6 @@ pub mod scheduler;
 pub mod sniff;
 pub mod watcher;
 
-use crate::domain::JobId;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -26,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::agreement::registry::Agreements;
+use crate::domain::JobId;
 use crate::layout::{move_file, Layout};
 use crate::names::is_ignored;
 use crate::store::jobs::{self, Job, JobState};

@@ -2,14 +2,15 @@
 //! under the route's timeout and memory limit, and turns what it left (exit status, result file,
 //! log) into the job's next state.
 
-use crate::domain::JobId;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use mysimbdp_contract::env;
 
 use super::Ctx;
 use crate::agreement::Route;
 use crate::apps::AppKind;
-use crate::domain::Reason;
+use crate::domain::{JobId, Reason};
 use crate::layout::{move_file, reason_file};
 use crate::runtime::process::{self, Exit, ProcessSpec, Stopped};
 use crate::runtime::sandbox::{cgroup, paths, Confined};
@@ -173,12 +174,12 @@ async fn prepare(
         ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
         ("HOME".to_owned(), work.to_string_lossy().into_owned()),
         ("LANG".to_owned(), "C.UTF-8".to_owned()),
-        ("MYSIMBDP_TENANT".to_owned(), tenant.to_string()),
-        ("MYSIMBDP_JOB_ID".to_owned(), job.id.to_string()),
-        ("MYSIMBDP_INPUT_FILE".to_owned(), input_seen.to_string_lossy().into_owned()),
-        ("MYSIMBDP_COREDMS_URL".to_owned(), provisioned.coredms.url.clone()),
-        ("MYSIMBDP_COREDMS_DB".to_owned(), provisioned.coredms.database.clone()),
-        ("MYSIMBDP_RESULT_FILE".to_owned(), result_file.to_string_lossy().into_owned()),
+        (env::TENANT.to_owned(), tenant.to_string()),
+        (env::JOB_ID.to_owned(), job.id.to_string()),
+        (env::INPUT_FILE.to_owned(), input_seen.to_string_lossy().into_owned()),
+        (env::COREDMS_URL.to_owned(), provisioned.coredms.url.clone()),
+        (env::COREDMS_DB.to_owned(), provisioned.coredms.database.clone()),
+        (env::RESULT_FILE.to_owned(), result_file.to_string_lossy().into_owned()),
     ];
     let confined = ctx.sandbox.clone().map(|sandbox| {
         let limits = cgroup::Limits { memory: route.memory.0, pids: route.max_processes, cpus: route.cpus };

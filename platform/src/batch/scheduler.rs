@@ -2,12 +2,12 @@
 //! bounded by its agreement's `max_concurrent_jobs` and all by the platform's worker count, so one
 //! tenant's flood of files waits behind its own limit while other tenants' files keep flowing.
 
-use crate::domain::JobId;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
+use crate::domain::JobId;
 use crate::tenant::TenantId;
 
 #[derive(Default)]

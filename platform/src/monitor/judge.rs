@@ -8,12 +8,12 @@
 //! whose commits stand still, is judged by its figures. An idle, keeping-up or good report ends a
 //! run of bad ones.
 
-use crate::domain::InstanceId;
 use std::collections::HashMap;
 use std::time::Duration;
 
 use super::lag::Share;
 use crate::agreement::Thresholds;
+use crate::domain::InstanceId;
 use crate::store::stream::Reason;
 
 /// The figures of a report the judge reads.

@@ -26,11 +26,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::InstanceId;
-
 use crate::agreement::registry::Agreements;
 use crate::agreement::{BreachAction, StreamAgreement};
-use crate::domain::{Desired, InstanceState};
+use crate::domain::{Desired, InstanceId, InstanceState};
 use crate::messaging::topics::{tenant_topic, CONTROL_TOPIC, METRICS_TOPIC};
 use crate::store::instances;
 use crate::store::stream::{self as stream_store, Notification, Reason, StoredReport};
@@ -48,28 +46,7 @@ const STALE_SLACK: Duration = Duration::from_secs(5);
 const START_GRACE: Duration = Duration::from_secs(10);
 
 /// The metrics report contract (DESIGN.md), as read: every field required, nothing else allowed.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Report {
-    version: u32,
-    tenant: String,
-    app: String,
-    instance: String,
-    window_start: chrono::DateTime<Utc>,
-    window_end: chrono::DateTime<Utc>,
-    messages: u64,
-    bytes: u64,
-    rejected: u64,
-    avg_ingestion_ms: f64,
-    p95_ingestion_ms: f64,
-    processing_rate: f64,
-    throughput_bytes_per_s: f64,
-    /// The partitions the instance reads, by topic (optional): who owns what where the broker's group
-    /// description does not say (tansu's does not). Only the app's own group's partitions count, and
-    /// a false claim can only misjudge the claimant's own app.
-    #[serde(default)]
-    partitions: Option<std::collections::BTreeMap<String, Vec<i32>>>,
-}
+use mysimbdp_contract::Report;
 
 /// Why a report was not trusted.
 #[derive(Debug)]
@@ -137,25 +114,12 @@ fn check(key: Option<&[u8]>, payload: &[u8]) -> Result<Checked, Dropped> {
     Ok(Checked { tenant, instance, report })
 }
 
-/// The header that carries a report's signature (the contract's).
-pub const SIGNATURE_HEADER: &str = "mysimbdp-signature";
+pub use mysimbdp_contract::signature::HEADER as SIGNATURE_HEADER;
 /// Observations of a group kept to bound later reports, and for how long.
 const HISTORY: usize = 64;
 const HISTORY_AGE: chrono::Duration = chrono::Duration::minutes(10);
 /// How far a window may start before its instance was created (clocks, and the stop of a restart).
 const WINDOW_SLACK: chrono::Duration = chrono::Duration::seconds(60);
-
-/// Whether `signature` (lowercase hex) is HMAC-SHA256 of `payload` under `key`: the instance's own
-/// report key, so only its program can have signed it. Compared in constant time.
-fn signed_by(key: &str, payload: &[u8], signature: &[u8]) -> bool {
-    use hmac::{Hmac, Mac};
-    let Some(signature) = std::str::from_utf8(signature).ok().and_then(|s| hex::decode(s.trim()).ok()) else {
-        return false;
-    };
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes a key of any length");
-    mac.update(payload);
-    mac.verify_slice(&signature).is_ok()
-}
 
 /// The figures a report claims, checked against its own window and its instance's life.
 fn plausible(r: &Report, created: chrono::DateTime<Utc>) -> Result<(), String> {
@@ -340,7 +304,7 @@ impl Monitor {
                     format!("no `{SIGNATURE_HEADER}` header (the report must be signed with MYSIMBDP_REPORT_KEY)");
                 Err(dropped(t, "unsigned", why))
             }
-            Some(s) if !signed_by(&inst.report_key, payload, s) => {
+            Some(s) if !mysimbdp_contract::signature::verify(&inst.report_key, payload, s) => {
                 let why = "the signature is not this instance's (HMAC-SHA256 of the payload with its report key)";
                 Err(dropped(t, "bad_signature", why))
             }

@@ -22,7 +22,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::domain::AppId;
 use sha2::{Digest, Sha256};
 
 use bollard::models::{ContainerCreateBody, HostConfig};
@@ -37,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use super::instance::{InstanceSpec, Started};
 use super::process::{start_ticks, Ended, Exit, Stopped};
 use super::sandbox::{paths, Account};
+use crate::domain::AppId;
 use crate::tenant::TenantId;
 
 /// The repository part of an app's image names (the content digest follows).

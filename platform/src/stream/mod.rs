@@ -15,7 +15,6 @@ pub mod members;
 pub mod reaction;
 pub mod supervisor;
 
-use crate::domain::InstanceId;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -25,7 +24,7 @@ use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::agreement::registry::Agreements;
-use crate::domain::InstanceState;
+use crate::domain::{InstanceId, InstanceState};
 use crate::runtime::instance::{Runtime, Started};
 use crate::store::instances::{self, Instance};
 use crate::store::Db;

@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mysimbdp_contract::env;
 use tokio_util::sync::CancellationToken;
 
 use super::StreamCtx;
@@ -72,19 +73,19 @@ fn environment(
     vec![
         ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
         ("LANG".into(), "C.UTF-8".into()),
-        ("KAFKA_BROKERS".into(), ctx.app_brokers.clone()),
-        ("MYSIMBDP_TENANT".into(), tenant.to_string()),
-        ("MYSIMBDP_APP".into(), inst.app.clone()),
-        ("MYSIMBDP_INSTANCE_ID".into(), inst.id.to_string()),
-        ("MYSIMBDP_INPUT_TOPICS".into(), topics.join(",")),
-        ("MYSIMBDP_GROUP_INSTANCE_ID".into(), super::group_instance_id(&group, inst.id, inst.member)),
-        ("MYSIMBDP_CONSUMER_GROUP".into(), group),
-        ("MYSIMBDP_METRICS_TOPIC".into(), METRICS_TOPIC.into()),
-        ("MYSIMBDP_REPORT_KEY".into(), inst.report_key.clone()),
-        ("MYSIMBDP_REPORT_INTERVAL_MS".into(), stream.report_interval.as_millis().to_string()),
-        ("MYSIMBDP_COREDMS_URL".into(), coredms.url.clone()),
-        ("MYSIMBDP_COREDMS_DB".into(), coredms.database.clone()),
-        ("MYSIMBDP_MAX_MESSAGE_SIZE".into(), stream.max_message_size.0.to_string()),
+        (env::KAFKA_BROKERS.into(), ctx.app_brokers.clone()),
+        (env::TENANT.into(), tenant.to_string()),
+        (env::APP.into(), inst.app.clone()),
+        (env::INSTANCE_ID.into(), inst.id.to_string()),
+        (env::INPUT_TOPICS.into(), topics.join(",")),
+        (env::GROUP_INSTANCE_ID.into(), super::group_instance_id(&group, inst.id, inst.member)),
+        (env::CONSUMER_GROUP.into(), group),
+        (env::METRICS_TOPIC.into(), METRICS_TOPIC.into()),
+        (env::REPORT_KEY.into(), inst.report_key.clone()),
+        (env::REPORT_INTERVAL_MS.into(), stream.report_interval.as_millis().to_string()),
+        (env::COREDMS_URL.into(), coredms.url.clone()),
+        (env::COREDMS_DB.into(), coredms.database.clone()),
+        (env::MAX_MESSAGE_SIZE.into(), stream.max_message_size.0.to_string()),
     ]
 }
 
@@ -96,7 +97,7 @@ async fn end_earlier_runs(inst: &Instance, uid: u32, confined: bool) {
     // Unconfined, programs run as the platform's own user.
     // SAFETY: geteuid cannot fail.
     let uid = if confined { uid } else { unsafe { libc::geteuid() } };
-    let var = format!("MYSIMBDP_INSTANCE_ID={}", inst.id);
+    let var = format!("{}={}", env::INSTANCE_ID, inst.id);
     for (pid, ticks) in with_environment(uid, &var) {
         tracing::warn!(instance = %inst.id, pid, "a program of an earlier run of the instance still runs; ending it first");
         // SAFETY: plain syscall on a process of the instance's user, checked just above.

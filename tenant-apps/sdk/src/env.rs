@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use mysimbdp_contract::env;
 
 #[derive(Clone, Debug)]
 pub struct BatchEnv {
@@ -22,17 +23,15 @@ pub(crate) fn var(name: &str) -> anyhow::Result<String> {
 impl BatchEnv {
     /// Reads the contract's variables; the input file may also come as the first argument.
     pub fn from_env() -> anyhow::Result<Self> {
-        let input = std::env::args()
-            .nth(1)
-            .map(PathBuf::from)
-            .map_or_else(|| var("MYSIMBDP_INPUT_FILE").map(PathBuf::from), Ok)?;
+        let input =
+            std::env::args().nth(1).map(PathBuf::from).map_or_else(|| var(env::INPUT_FILE).map(PathBuf::from), Ok)?;
         Ok(BatchEnv {
-            tenant: var("MYSIMBDP_TENANT")?,
-            job_id: std::env::var("MYSIMBDP_JOB_ID").unwrap_or_else(|_| "manual".into()),
+            tenant: var(env::TENANT)?,
+            job_id: std::env::var(env::JOB_ID).unwrap_or_else(|_| "manual".into()),
             input_file: input,
-            coredms_url: var("MYSIMBDP_COREDMS_URL")?,
-            coredms_db: var("MYSIMBDP_COREDMS_DB")?,
-            result_file: std::env::var_os("MYSIMBDP_RESULT_FILE").map(PathBuf::from),
+            coredms_url: var(env::COREDMS_URL)?,
+            coredms_db: var(env::COREDMS_DB)?,
+            result_file: std::env::var_os(env::RESULT_FILE).map(PathBuf::from),
         })
     }
 

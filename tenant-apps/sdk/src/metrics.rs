@@ -5,40 +5,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
 
-/// The header that carries a report's signature.
-pub const SIGNATURE_HEADER: &str = "mysimbdp-signature";
-
-/// A report's signature: HMAC-SHA256 over the payload's bytes, keyed with the bytes of
-/// `MYSIMBDP_REPORT_KEY` as given, in lowercase hex. The monitor trusts a report only when this
-/// matches the key the platform gave that instance, so no one else can report for it.
-pub fn sign(key: &str, payload: &[u8]) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes a key of any length");
-    mac.update(payload);
-    hex::encode(mac.finalize().into_bytes())
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct Report {
-    pub version: u32,
-    pub tenant: String,
-    pub app: String,
-    pub instance: String,
-    pub window_start: DateTime<Utc>,
-    pub window_end: DateTime<Utc>,
-    pub messages: u64,
-    pub bytes: u64,
-    pub rejected: u64,
-    pub avg_ingestion_ms: f64,
-    pub p95_ingestion_ms: f64,
-    pub processing_rate: f64,
-    pub throughput_bytes_per_s: f64,
-    /// The partitions the instance read when the window closed, by topic (optional in the contract):
-    /// where the broker does not say which member owns what, the monitor judges the instance on these.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partitions: Option<BTreeMap<String, Vec<i32>>>,
-}
+pub use mysimbdp_contract::signature::{sign, HEADER as SIGNATURE_HEADER};
+pub use mysimbdp_contract::Report;
 
 /// Accumulates one reporting window.
 #[derive(Debug)]
@@ -105,15 +74,6 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_signature_is_rfc_4231s_hmac_sha256() {
-        // RFC 4231, test case 2: so an app in any language can check its own signing against this.
-        assert_eq!(
-            sign("Jefe", b"what do ya want for nothing?"),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-    }
 
     #[test]
     fn a_window_becomes_the_contract_report() {

@@ -25,6 +25,7 @@ use crate::env::var;
 use crate::metrics::Window;
 use crate::resume::{Resume, Verdict};
 use crate::stream_writers::{collection_for, Batch, Shared, Writers};
+use mysimbdp_contract::env;
 
 /// The stream app's environment, as the platform sets it.
 #[derive(Clone, Debug)]
@@ -50,23 +51,23 @@ pub struct StreamEnv {
 
 impl StreamEnv {
     pub fn from_env() -> anyhow::Result<Self> {
-        let interval: u64 = var("MYSIMBDP_REPORT_INTERVAL_MS")?
+        let interval: u64 = var(env::REPORT_INTERVAL_MS)?
             .parse()
             .context("MYSIMBDP_REPORT_INTERVAL_MS is not a whole number of milliseconds")?;
         Ok(StreamEnv {
-            brokers: var("KAFKA_BROKERS")?,
-            tenant: var("MYSIMBDP_TENANT")?,
-            app: var("MYSIMBDP_APP")?,
-            instance: var("MYSIMBDP_INSTANCE_ID")?,
-            topics: var("MYSIMBDP_INPUT_TOPICS")?.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect(),
-            group: var("MYSIMBDP_CONSUMER_GROUP")?,
-            group_instance_id: std::env::var("MYSIMBDP_GROUP_INSTANCE_ID").ok().filter(|v| !v.is_empty()),
-            metrics_topic: var("MYSIMBDP_METRICS_TOPIC")?,
-            report_key: var("MYSIMBDP_REPORT_KEY")?,
+            brokers: var(env::KAFKA_BROKERS)?,
+            tenant: var(env::TENANT)?,
+            app: var(env::APP)?,
+            instance: var(env::INSTANCE_ID)?,
+            topics: var(env::INPUT_TOPICS)?.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect(),
+            group: var(env::CONSUMER_GROUP)?,
+            group_instance_id: std::env::var(env::GROUP_INSTANCE_ID).ok().filter(|v| !v.is_empty()),
+            metrics_topic: var(env::METRICS_TOPIC)?,
+            report_key: var(env::REPORT_KEY)?,
             report_interval: Duration::from_millis(interval.max(100)),
-            coredms_url: var("MYSIMBDP_COREDMS_URL")?,
-            coredms_db: var("MYSIMBDP_COREDMS_DB")?,
-            max_message_size: std::env::var("MYSIMBDP_MAX_MESSAGE_SIZE").ok().and_then(|v| v.parse().ok()),
+            coredms_url: var(env::COREDMS_URL)?,
+            coredms_db: var(env::COREDMS_DB)?,
+            max_message_size: std::env::var(env::MAX_MESSAGE_SIZE).ok().and_then(|v| v.parse().ok()),
         })
     }
 
