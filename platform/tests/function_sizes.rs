@@ -4,7 +4,9 @@
 //! "long because"). Read from the source as `cargo fmt` leaves it: a function ends at the first `}`
 //! at its own indentation.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+mod source;
 
 /// Handlers name four or five extractors on lines of their own, so "about 15 lines" is 18 with
 /// the signature.
@@ -81,24 +83,11 @@ fn functions(text: &str) -> Vec<Function> {
     out
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
 /// Every function of `platform/src`, with the file it is in.
 fn platform_functions() -> Vec<(PathBuf, Function)> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
+    let src = source::platform_src();
     let mut out = Vec::new();
-    for file in files {
+    for file in source::rust_files(&src) {
         let text = std::fs::read_to_string(&file).unwrap();
         let rel = file.strip_prefix(&src).unwrap().to_owned();
         out.extend(functions(&text).into_iter().map(|f| (rel.clone(), f)));

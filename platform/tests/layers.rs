@@ -5,18 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-type Graph = BTreeMap<String, BTreeSet<String>>;
+mod source;
 
-fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
+type Graph = BTreeMap<String, BTreeSet<String>>;
 
 fn ident(s: &str) -> &str {
     let end = s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(s.len());
@@ -41,10 +32,8 @@ fn named_modules(text: &str) -> BTreeSet<String> {
 }
 
 fn graph(src: &Path) -> Graph {
-    let mut files = Vec::new();
-    rust_files(src, &mut files);
     let mut graph = Graph::new();
-    for file in files {
+    for file in source::rust_files(src) {
         let rel = file.strip_prefix(src).unwrap();
         let top = rel.components().next().unwrap().as_os_str().to_string_lossy().trim_end_matches(".rs").to_owned();
         // The binaries and the crate root wire everything together; they are no layer.
@@ -86,7 +75,7 @@ fn cycles(graph: &Graph) -> Vec<String> {
 
 #[test]
 fn the_platforms_modules_form_no_cycle() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = source::platform_src();
     let graph = graph(&src);
     assert!(graph.len() > 10, "the modules were read: {graph:?}");
     let found = cycles(&graph);
@@ -95,7 +84,7 @@ fn the_platforms_modules_form_no_cycle() {
 
 #[test]
 fn the_configuration_depends_on_nothing_of_the_platform() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = source::platform_src();
     let deps = &graph(&src)["config"];
     assert!(deps.is_empty(), "config.rs uses {deps:?}");
 }
@@ -116,7 +105,7 @@ fn the_check_finds_a_cycle_and_reads_use_lists() {
 fn the_api_reaches_no_roles_internals() {
     // The control plane records what a tenant asks (instances wanted or stopped, a job retried) in the
     // store; the batch manager, the stream manager and the monitor act on it.
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = source::platform_src();
     let deps = &graph(&src)["api"];
     let roles: Vec<_> = deps.iter().filter(|m| matches!(m.as_str(), "batch" | "stream" | "monitor")).collect();
     assert!(roles.is_empty(), "api/ uses {roles:?}");

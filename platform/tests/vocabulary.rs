@@ -8,6 +8,8 @@ use std::path::Path;
 
 use mysimbdp::domain::{Desired, InstanceState, JobState};
 
+mod source;
+
 fn words<T: Copy>(all: &[T], word: fn(T) -> &'static str) -> BTreeSet<String> {
     all.iter().map(|v| word(*v).to_owned()).collect()
 }
@@ -19,16 +21,13 @@ fn domain_words() -> BTreeSet<String> {
     all
 }
 
-fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        // The coredms backends query PostgreSQL's own views (`pg_stat_activity.state = 'active'`).
-        if path.is_dir() && !path.ends_with("coredms") {
-            sources(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("domain.rs") {
-            out.push((path.display().to_string(), std::fs::read_to_string(&path).unwrap()));
-        }
-    }
+/// The platform's source files with their text, but `domain.rs` and the coredms backends (which query
+/// PostgreSQL's own views: `pg_stat_activity.state = 'active'`).
+fn sources() -> Vec<(String, String)> {
+    let files = source::rust_files(&source::platform_src());
+    let ours =
+        files.into_iter().filter(|p| !p.ends_with("domain.rs") && !p.components().any(|c| c.as_os_str() == "coredms"));
+    ours.map(|p| (p.display().to_string(), std::fs::read_to_string(&p).unwrap())).collect()
 }
 
 /// The quoted words compared with a `state` or `desired` column in `text`: `state = 'x'`,
@@ -63,8 +62,7 @@ fn state_words(text: &str) -> Vec<String> {
 
 #[test]
 fn every_state_word_in_the_platforms_sql_is_a_domain_word() {
-    let mut files = Vec::new();
-    sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    let files = sources();
     let known = domain_words();
     let mut seen = 0;
     let mut unknown = Vec::new();
