@@ -39,16 +39,18 @@ async fn sweep(db: &Db, data_dir: &Path, keep: Duration) -> anyhow::Result<()> {
     let cutoff = chrono::Utc::now() - chrono::Duration::from_std(keep)?;
     let mut jobs = 0;
     loop {
-        let gone = retention::forget_jobs(db, cutoff, BATCH).await?;
-        let more = gone.len() as i64 == BATCH;
-        jobs += gone.len();
-        let files: Vec<_> = gone.into_iter().filter_map(|j| Some((j.id, j.final_path?))).collect();
+        // The files go first, the rows when they are gone (see `retention::Forgetting`).
+        let forgetting = retention::forget_jobs(db, cutoff, BATCH).await?;
+        let more = forgetting.jobs.len() as i64 == BATCH;
+        jobs += forgetting.jobs.len();
+        let files: Vec<_> = forgetting.jobs.iter().filter_map(|j| Some((j.id, j.final_path.clone()?))).collect();
         tokio::task::spawn_blocking(move || {
             for (id, kept) in files {
                 remove_kept(id, Path::new(&kept));
             }
         })
         .await?;
+        forgetting.commit().await?;
         if !more {
             break;
         }

@@ -14,11 +14,26 @@ pub struct Forgotten {
     pub final_path: Option<String>,
 }
 
+/// Final jobs being forgotten: deleted in a transaction not yet committed, so that their files can go
+/// first. A crash before `commit` leaves the rows for the next sweep (removing a file twice is
+/// harmless), and no kept file ever outlives its row.
+pub struct Forgetting {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    pub jobs: Vec<Forgotten>,
+}
+
+impl Forgetting {
+    pub async fn commit(self) -> sqlx::Result<()> {
+        self.tx.commit().await
+    }
+}
+
 /// Deletes up to `limit` final jobs that finished before `cutoff`, with their events, and moves the
-/// change stamp of each tenant they belonged to (so no page cached before still passes for current).
-pub async fn forget_jobs(db: &Db, cutoff: DateTime<Utc>, limit: i64) -> sqlx::Result<Vec<Forgotten>> {
+/// change stamp of each tenant they belonged to (so no page cached before still passes for current);
+/// nothing is gone until `Forgetting::commit`.
+pub async fn forget_jobs(db: &Db, cutoff: DateTime<Utc>, limit: i64) -> sqlx::Result<Forgetting> {
     let mut tx = db.begin().await?;
-    let gone: Vec<Forgotten> = sqlx::query_as(
+    let jobs: Vec<Forgotten> = sqlx::query_as(
         "with old as (select id from jobs where state in ('succeeded', 'rejected', 'failed') and finished_at < $1
                       order by finished_at limit $2 for update skip locked),
               e as (delete from job_events where job_id in (select id from old)),
@@ -32,8 +47,7 @@ pub async fn forget_jobs(db: &Db, cutoff: DateTime<Utc>, limit: i64) -> sqlx::Re
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
-    tx.commit().await?;
-    Ok(gone)
+    Ok(Forgetting { tx, jobs })
 }
 
 /// Stream records older than `cutoff`: trusted and dropped reports, notifications and the actions
