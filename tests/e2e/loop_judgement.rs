@@ -229,8 +229,7 @@ async fn a_stop_during_a_breach_leaves_the_app_stopped() {
     .await;
     // Notifications read after the stop change nothing: the monitor looks for silent instances and
     // the manager compares what runs with what is wanted, three times each, and nothing starts.
-    l.p.after_passes("monitor_sweep", 3).await;
-    l.p.after_passes("stream_reconcile", 3).await;
+    tokio::join!(l.p.after_passes("monitor_sweep", 3), l.p.after_passes("stream_reconcile", 3));
     let all = instances(http, token, zoo).await;
     assert!(all.iter().all(|i| i["desired"] == "stopped" && i["state"] != "running"), "{all:#?}");
     let at = |v: &Value, k: &str| chrono::DateTime::parse_from_rfc3339(v[k].as_str().unwrap()).unwrap();
