@@ -92,9 +92,12 @@ impl CoreDms {
                 "create table if not exists {} (_id text primary key, doc jsonb not null, ingested_at timestamptz not null default now())",
                 quote_ident(name)
             );
-            // Two apps creating the same table at once can collide in the catalog; the second try sees it.
+            // Two apps creating the same table at once can collide in the catalog (a unique violation on
+            // pg_type, or "type already exists"); the second try sees the table.
             if let Err(e) = client.batch_execute(&sql) {
-                if !is_unique_violation(&e) {
+                let collided =
+                    [&postgres::error::SqlState::UNIQUE_VIOLATION, &postgres::error::SqlState::DUPLICATE_OBJECT];
+                if !e.code().is_some_and(|c| collided.contains(&c)) {
                     return Err(e).context("creating collection");
                 }
                 client.batch_execute(&sql).context("creating collection")?;
