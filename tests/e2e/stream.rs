@@ -180,6 +180,37 @@ pub async fn wait_topic_on(brokers: &str, topic: &str) {
     .await;
 }
 
+/// Waits for the instance's next run (its `field`, the pid or the container, other than `last`)
+/// to be running and to have written something (or everything there is), and returns that `field`:
+/// the caller kills it part way through the stream.
+async fn next_run_writing(
+    p: &TestPlatform,
+    (http, token, tenant, id): (&Http, &str, &str, &str),
+    field: &str,
+    last: &str,
+    total: u64,
+) -> String {
+    let run = std::cell::RefCell::new(String::new());
+    eventually(Duration::from_secs(60), "the instance's next run", async || {
+        let i = instance(http, token, tenant, id).await;
+        let now = match &i[field] {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => String::new(),
+        };
+        *run.borrow_mut() = now.clone();
+        i["state"] == "running" && !now.is_empty() && now != last
+    })
+    .await;
+    let before = p.count_docs(tenant, "readings").await;
+    eventually(Duration::from_secs(60), "the run to write", async || {
+        let now = p.count_docs(tenant, "readings").await;
+        now > before || now == total as i64
+    })
+    .await;
+    run.into_inner()
+}
+
 /// Waits until the consumer group `group` has committed the end of every partition of `topic`: its
 /// apps, which commit after they write, have written everything and will not read any of it again,
 /// so a document count taken after this is final.
@@ -553,33 +584,15 @@ async fn an_app_killed_again_and_again_while_messages_flow_loses_and_doubles_not
     wait_state(&http, &token, &zoo, &id, "running", Duration::from_secs(30)).await;
 
     let total = 60_000u64;
-    let produced = topic.clone();
-    let producing = tokio::spawn(async move {
-        for chunk in 0..6u64 {
-            produce(&produced, (chunk * 10_000..(chunk + 1) * 10_000).map(reading).collect()).await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    // Six chunks of 10,000 messages; after every other one, the run is killed part way through it.
+    let mut last = String::new();
+    for chunk in 0..6u64 {
+        produce(&topic, (chunk * 10_000..(chunk + 1) * 10_000).map(reading).collect()).await;
+        if chunk % 2 == 0 {
+            last = next_run_writing(&p, (&http, &token, &zoo, &id), "pid", &last, total).await;
+            sigkill(last.parse().unwrap());
         }
-    });
-    let mut kills = 0;
-    let mut last_pid = 0;
-    while kills < 3 {
-        let i = instance(&http, &token, &zoo, &id).await;
-        let pid = i["pid"].as_i64().unwrap_or(0);
-        if i["state"] == "running" && pid != 0 && pid != last_pid {
-            // Killed mid-stream: once this run has written something.
-            let before = p.count_docs(&zoo, "readings").await;
-            eventually(Duration::from_secs(60), "the run to write", async || {
-                let now = p.count_docs(&zoo, "readings").await;
-                now > before || now == total as i64
-            })
-            .await;
-            sigkill(pid);
-            last_pid = pid;
-            kills += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    producing.await.unwrap();
     wait_docs(&p, &zoo, total as i64, Duration::from_secs(120)).await;
     let i = wait_state(&http, &token, &zoo, &id, "running", Duration::from_secs(30)).await;
     assert_eq!(i["restarts_total"], 3, "each kill -9 is one restart: {i}");
@@ -982,35 +995,17 @@ async fn the_container_runtime_starts_restarts_after_kill_9_and_stops_with_exact
     assert!(image.contains(&format!("mysimbdp/{zoo}/")), "{image}");
 
     let total = 30_000u64;
-    let producing = tokio::spawn(async move {
-        for chunk in 0..3u64 {
-            produce(&topic, (chunk * 10_000..(chunk + 1) * 10_000).map(reading).collect()).await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
-    // SIGKILL to the container through the engine (`docker kill`), twice.
+    // SIGKILL to the container through the engine (`docker kill`) after each of the first two chunks
+    // of 10,000 messages, part way through it.
     let mut last = String::new();
-    for _ in 0..2 {
-        let container = loop {
-            let i = instance(&http, &token, &zoo, &id).await;
-            let c = i["container_id"].as_str().unwrap_or_default().to_owned();
-            if i["state"] == "running" && !c.is_empty() && c != last {
-                break c;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        // Killed mid-stream: once this run has written something (or everything is written).
-        let before = p.count_docs(&zoo, "readings").await;
-        eventually(Duration::from_secs(60), "the run to write", async || {
-            let now = p.count_docs(&zoo, "readings").await;
-            now > before || now == total as i64
-        })
-        .await;
-        let (status, answer) = engine("POST", &format!("/v1.41/containers/{container}/kill?signal=KILL"));
-        assert_eq!(status, 204, "{answer}");
-        last = container;
+    for chunk in 0..3u64 {
+        produce(&topic, (chunk * 10_000..(chunk + 1) * 10_000).map(reading).collect()).await;
+        if chunk < 2 {
+            last = next_run_writing(&p, (&http, &token, &zoo, &id), "container_id", &last, total).await;
+            let (status, answer) = engine("POST", &format!("/v1.41/containers/{last}/kill?signal=KILL"));
+            assert_eq!(status, 204, "{answer}");
+        }
     }
-    producing.await.unwrap();
     wait_docs(&p, &zoo, total as i64, Duration::from_secs(120)).await;
     let i = wait_state(&http, &token, &zoo, &id, "running", Duration::from_secs(60)).await;
     assert_eq!(i["restarts_total"], 2, "{i}");

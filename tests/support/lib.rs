@@ -628,10 +628,12 @@ impl TestPlatform {
     /// guessed from a clock).
     pub async fn after_passes(&self, name: &str, n: u64) {
         let goal = self.loop_passes(name).await + n;
-        eventually(Duration::from_secs(60), &format!("{n} more {name} passes"), async || {
-            self.loop_passes(name).await >= goal
-        })
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // Asked every 200 ms, no pass being shorter: each ask renders the metrics (a store query).
+        while self.loop_passes(name).await < goal {
+            assert!(Instant::now() < deadline, "timed out after 60s waiting for {n} more {name} passes");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
