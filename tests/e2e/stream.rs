@@ -1036,11 +1036,17 @@ async fn an_instance_that_ignores_sigterm_is_killed_after_the_grace_period() {
         &http,
         &token,
         &zoo,
-        script_app("stubborn", "trap 'echo ignoring TERM' TERM\nwhile true; do sleep 0.1; done"),
+        script_app("stubborn", "trap 'echo ignoring TERM' TERM\necho trapped\nwhile true; do sleep 0.1; done"),
     )
     .await;
     let id = start(&http, &token, &zoo, "stubborn", 1).await[0]["id"].as_str().unwrap().to_owned();
     wait_state(&http, &token, &zoo, &id, "running", Duration::from_secs(30)).await;
+    // "running" is the program started, not yet its trap set: a SIGTERM before that ends the shell.
+    let log_path = format!("/v1/tenants/{zoo}/instances/{id}/log");
+    eventually(Duration::from_secs(10), "the app's trap set", async || {
+        http.get(&log_path, &token).await.text().contains("trapped")
+    })
+    .await;
     let asked = Instant::now();
     let r = http.call("DELETE", &format!("/v1/tenants/{zoo}/instances/{id}"), Some(&token), None).await;
     assert_eq!(r.status, 202);
@@ -1050,7 +1056,6 @@ async fn an_instance_that_ignores_sigterm_is_killed_after_the_grace_period() {
     assert!(exited["detail"].as_str().unwrap().contains("killed after the grace period"), "{exited}");
     // The log is copied from the program's pipe as it comes; under load the last line may land after
     // the state change.
-    let log_path = format!("/v1/tenants/{zoo}/instances/{id}/log");
     eventually(Duration::from_secs(10), "SIGTERM came first: the app's trap wrote to its log", async || {
         http.get(&log_path, &token).await.text().contains("ignoring TERM")
     })
