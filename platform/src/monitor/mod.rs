@@ -26,6 +26,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
+// The metrics report contract (DESIGN.md), read strictly: every field required, nothing else allowed.
+use mysimbdp_contract::signature::HEADER as SIGNATURE_HEADER;
+use mysimbdp_contract::Report;
+
 use crate::agreement::registry::Agreements;
 use crate::agreement::{BreachAction, StreamAgreement};
 use crate::domain::{Desired, InstanceId, InstanceState};
@@ -44,9 +48,6 @@ const SILENT_INTERVALS: u32 = 3;
 const STALE_SLACK: Duration = Duration::from_secs(5);
 /// How long a run may take to start before its silence counts.
 const START_GRACE: Duration = Duration::from_secs(10);
-
-/// The metrics report contract (DESIGN.md), as read: every field required, nothing else allowed.
-use mysimbdp_contract::Report;
 
 /// Why a report was not trusted.
 #[derive(Debug)]
@@ -114,7 +115,6 @@ fn check(key: Option<&[u8]>, payload: &[u8]) -> Result<Checked, Dropped> {
     Ok(Checked { tenant, instance, report })
 }
 
-pub use mysimbdp_contract::signature::HEADER as SIGNATURE_HEADER;
 /// Observations of a group kept to bound later reports, and for how long.
 const HISTORY: usize = 64;
 const HISTORY_AGE: chrono::Duration = chrono::Duration::minutes(10);
