@@ -42,14 +42,10 @@ impl Provisioner {
         // updated"; a session lock per tenant serialises provisioners, in this process or another.
         let mut conn = self.admin.acquire().await.map_err(pg)?;
         let key = format!("mysimbdp-provision/{}", creds.database);
-        sqlx::query("select pg_advisory_lock(hashtextextended($1, 0))")
-            .bind(&key)
-            .execute(&mut *conn)
-            .await
-            .map_err(pg)?;
+        sqlx::query!("select pg_advisory_lock(hashtextextended($1, 0))", key).execute(&mut *conn).await.map_err(pg)?;
         let result = provision_locked(&mut conn, creds).await;
         let unlocked =
-            sqlx::query("select pg_advisory_unlock(hashtextextended($1, 0))").bind(&key).execute(&mut *conn).await;
+            sqlx::query!("select pg_advisory_unlock(hashtextextended($1, 0))", key).fetch_one(&mut *conn).await;
         result?;
         unlocked.map_err(pg)?;
         Ok(())
@@ -84,19 +80,20 @@ impl Provisioner {
         let roles: Vec<&str> = logins.iter().map(|(r, _)| r.as_str()).collect();
         let statement: Vec<f64> = logins.iter().map(|(_, l)| l.statement_timeout.as_secs_f64()).collect();
         let idle: Vec<f64> = logins.iter().map(|(_, l)| l.idle_in_transaction_timeout.as_secs_f64()).collect();
-        let ended: i64 = sqlx::query_scalar(
-            "with limits(role, statement_s, idle_s) as (select * from unnest($1::text[], $2::float8[], $3::float8[])),
+        let ended = sqlx::query_scalar!(
+            r#"with limits(role, statement_s, idle_s) as (select * from unnest($1::text[], $2::float8[], $3::float8[])),
                   over as (
                     select a.pid, a.state = 'active' as running from pg_stat_activity a join limits l on a.usename = l.role
                     where a.pid <> pg_backend_pid() and (
                       (a.state = 'active' and now() - a.query_start > make_interval(secs => l.statement_s + 5))
                       or (a.state like 'idle in transaction%' and now() - a.state_change > make_interval(secs => l.idle_s + 5))))
              select count(*) filter (where case when running then pg_cancel_backend(pid) else pg_terminate_backend(pid) end)
-             from over",
+                    as "ended!"
+             from over"#,
+            &roles as &[&str],
+            &statement,
+            &idle,
         )
-        .bind(&roles)
-        .bind(&statement)
-        .bind(&idle)
         .fetch_one(&self.admin)
         .await
         .map_err(pg)?;

@@ -12,14 +12,14 @@ pub async fn uid(db: &Db, tenant: &TenantId, base: u32) -> sqlx::Result<u32> {
         return Ok(uid);
     }
     let mut tx = db.begin().await?;
-    sqlx::query("select pg_advisory_xact_lock($1)").bind(ALLOCATION_LOCK).execute(&mut *tx).await?;
-    sqlx::query(
+    sqlx::query!("select pg_advisory_xact_lock($1)", ALLOCATION_LOCK).execute(&mut *tx).await?;
+    sqlx::query!(
         "insert into tenant_accounts (tenant, uid)
          select $1, greatest($2::integer, coalesce(max(uid) + 1, $2::integer)) from tenant_accounts
          on conflict (tenant) do nothing",
+        tenant.as_str(),
+        base as i32,
     )
-    .bind(tenant.as_str())
-    .bind(base as i32)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -27,8 +27,7 @@ pub async fn uid(db: &Db, tenant: &TenantId, base: u32) -> sqlx::Result<u32> {
 }
 
 pub async fn get(db: &Db, tenant: &TenantId) -> sqlx::Result<Option<u32>> {
-    let uid: Option<i32> = sqlx::query_scalar("select uid from tenant_accounts where tenant = $1")
-        .bind(tenant.as_str())
+    let uid = sqlx::query_scalar!("select uid from tenant_accounts where tenant = $1", tenant.as_str())
         .fetch_optional(db)
         .await?;
     Ok(uid.map(|u| u as u32))
@@ -36,9 +35,7 @@ pub async fn get(db: &Db, tenant: &TenantId) -> sqlx::Result<Option<u32>> {
 
 /// The tenant whose programs run as `uid`, if any.
 pub async fn tenant_of(db: &Db, uid: u32) -> sqlx::Result<Option<TenantId>> {
-    let tenant: Option<String> = sqlx::query_scalar("select tenant from tenant_accounts where uid = $1")
-        .bind(uid as i32)
+    sqlx::query_scalar!(r#"select tenant as "tenant: TenantId" from tenant_accounts where uid = $1"#, uid as i32)
         .fetch_optional(db)
-        .await?;
-    Ok(tenant.and_then(|t| TenantId::parse(&t).ok()))
+        .await
 }

@@ -3,13 +3,12 @@
 //! supervised program; the manager reconciles the two after every change and every restart.
 
 use chrono::{DateTime, Utc};
-use sqlx::FromRow;
 
 use super::{After, Db};
 use crate::domain::{Desired, InstanceId, InstanceState};
 use crate::tenant::TenantId;
 
-#[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Instance {
     pub id: InstanceId,
     pub tenant: TenantId,
@@ -49,6 +48,27 @@ pub struct Instance {
     pub report_key: String,
 }
 
+/// `Instance`s: the SQL pieces `[$head]` (a statement whose rows the columns come from, or none), the
+/// one typed column list every query returning instances selects, then `$tail`. The `!` marks
+/// columns never null (PostgreSQL does not say so for a `with` clause's columns).
+macro_rules! instance_query {
+    ([$($head:tt),*] $tail:tt $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            Instance,
+            $($head +)* r#"select id as "id!: InstanceId", tenant as "tenant!: TenantId", app as "app!",
+                app_version as "app_version!", runtime as "runtime!", desired as "desired!: Desired",
+                state as "state!: InstanceState", restarts as "restarts!", restarts_total as "restarts_total!", pid,
+                start_ticks, container_id, exit_code, exit_signal, detail, cause as "cause!", member,
+                member_released_at, created_at as "created_at!", started_at, ended_at, updated_at as "updated_at!",
+                report_key as "report_key!""# + $tail
+            $(, $arg)*
+        )
+    };
+    ($tail:tt $(, $arg:expr)* $(,)?) => {
+        instance_query!([] $tail $(, $arg)*)
+    };
+}
+
 /// Why new instances were refused.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -61,8 +81,7 @@ pub enum StartError {
 /// Serialises changes to one tenant's instance count, so concurrent starts and scale-outs never pass
 /// `max_instances` together.
 pub async fn lock_tenant(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, tenant: &TenantId) -> sqlx::Result<()> {
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended('instances/' || $1, 0))")
-        .bind(tenant.as_str())
+    sqlx::query!("select pg_advisory_xact_lock(hashtextextended('instances/' || $1, 0))", tenant.as_str())
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -70,11 +89,12 @@ pub async fn lock_tenant(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, tenant:
 
 /// Instances of the tenant that run or are wanted running.
 pub async fn count_wanted(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, tenant: &TenantId) -> sqlx::Result<u64> {
-    let (n,): (i64,) =
-        sqlx::query_as("select count(*) from stream_instances where tenant = $1 and desired = 'running'")
-            .bind(tenant.as_str())
-            .fetch_one(&mut **tx)
-            .await?;
+    let n = sqlx::query_scalar!(
+        r#"select count(*) as "n!" from stream_instances where tenant = $1 and desired = 'running'"#,
+        tenant.as_str()
+    )
+    .fetch_one(&mut **tx)
+    .await?;
     Ok(n as u64)
 }
 
@@ -105,31 +125,34 @@ pub async fn create(
         });
     }
     // Members of the app's live instances (wanted, or whose program may still run).
-    let mut taken: Vec<i32> = sqlx::query_scalar(
-        "select member from stream_instances
+    let mut taken: Vec<i32> = sqlx::query_scalar!(
+        r#"select member as "member!" from stream_instances
           where tenant = $1 and app = $2 and member is not null
-            and (desired = 'running' or state not in ('exited', 'failed'))",
+            and (desired = 'running' or state not in ('exited', 'failed'))"#,
+        new.tenant.as_str(),
+        new.app,
     )
-    .bind(new.tenant.as_str())
-    .bind(new.app)
     .fetch_all(&mut **tx)
     .await?;
     let mut out = Vec::new();
     for _ in 0..new.count {
         let member = (0..).find(|m| !taken.contains(m)).expect("a free member");
         taken.push(member);
-        let row: Instance = sqlx::query_as(
-            "insert into stream_instances (id, tenant, app, app_version, runtime, desired, state, cause, detail, member)
-             values ($1, $2, $3, $4, $5, 'running', 'starting', $6, 'waiting for the stream manager', $7)
-             returning *",
+        let row = instance_query!(
+            [
+                "with i as (insert into stream_instances
+                     (id, tenant, app, app_version, runtime, desired, state, cause, detail, member)
+                   values ($1, $2, $3, $4, $5, 'running', 'starting', $6, 'waiting for the stream manager', $7)
+                   returning *) "
+            ] " from i",
+            InstanceId::now() as InstanceId,
+            new.tenant.as_str(),
+            new.app,
+            new.app_version,
+            new.runtime,
+            new.cause,
+            member,
         )
-        .bind(InstanceId::now())
-        .bind(new.tenant.as_str())
-        .bind(new.app)
-        .bind(new.app_version)
-        .bind(new.runtime)
-        .bind(new.cause)
-        .bind(member)
         .fetch_one(&mut **tx)
         .await?;
         out.push(row);
@@ -138,9 +161,7 @@ pub async fn create(
 }
 
 pub async fn get(db: &Db, tenant: &TenantId, id: InstanceId) -> sqlx::Result<Option<Instance>> {
-    sqlx::query_as("select * from stream_instances where tenant = $1 and id = $2")
-        .bind(tenant.as_str())
-        .bind(id)
+    instance_query!(" from stream_instances where tenant = $1 and id = $2", tenant.as_str(), id as InstanceId)
         .fetch_optional(db)
         .await
 }
@@ -154,29 +175,29 @@ pub async fn list(
     limit: i64,
     after: Option<After<InstanceId>>,
 ) -> sqlx::Result<Vec<Instance>> {
-    sqlx::query_as(
-        "select * from stream_instances where tenant = $1 and ($2::text is null or app = $2)
+    instance_query!(
+        " from stream_instances where tenant = $1 and ($2::text is null or app = $2)
            and ($3::text is null or state = $3) and ($5::timestamptz is null or (created_at, id) < ($5, $6))
          order by created_at desc, id desc limit $4",
+        tenant.as_str(),
+        app,
+        state.map(|s| s.as_str()),
+        limit,
+        after.map(|a| a.at),
+        after.map(|a| a.id) as Option<InstanceId>,
     )
-    .bind(tenant.as_str())
-    .bind(app)
-    .bind(state)
-    .bind(limit)
-    .bind(after.map(|a| a.at))
-    .bind(after.map(|a| a.id))
     .fetch_all(db)
     .await
 }
 
 /// Every instance that should be running, on any tenant (the manager's work list).
 pub async fn wanted(db: &Db) -> sqlx::Result<Vec<Instance>> {
-    sqlx::query_as("select * from stream_instances where desired = 'running' order by created_at").fetch_all(db).await
+    instance_query!(" from stream_instances where desired = 'running' order by created_at").fetch_all(db).await
 }
 
 /// Instances asked to stop whose program may still run.
 pub async fn stopping(db: &Db) -> sqlx::Result<Vec<Instance>> {
-    sqlx::query_as("select * from stream_instances where desired = 'stopped' and state not in ('exited', 'failed')")
+    instance_query!(" from stream_instances where desired = 'stopped' and state not in ('exited', 'failed')")
         .fetch_all(db)
         .await
 }
@@ -192,18 +213,20 @@ pub async fn request_stop(
     // stop was under way either sees the stop (and is skipped) or committed first (and is stopped here).
     let mut tx = db.begin().await?;
     lock_tenant(&mut tx, tenant).await?;
-    let stopped = sqlx::query_as(
-        "update stream_instances
-            set desired = 'stopped',
-                state = case when state in ('exited', 'failed') then state else 'stopping' end,
-                updated_at = now()
-          where tenant = $1 and ($2::uuid is null or id = $2) and ($3::text is null or app = $3)
-            and desired = 'running'
-          returning *",
+    let stopped = instance_query!(
+        [
+            "with s as (update stream_instances
+                set desired = 'stopped',
+                    state = case when state in ('exited', 'failed') then state else 'stopping' end,
+                    updated_at = now()
+              where tenant = $1 and ($2::uuid is null or id = $2) and ($3::text is null or app = $3)
+                and desired = 'running'
+              returning *) "
+        ] " from s",
+        tenant.as_str(),
+        id as Option<InstanceId>,
+        app,
     )
-    .bind(tenant.as_str())
-    .bind(id)
-    .bind(app)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -218,17 +241,17 @@ pub async fn started(
     ticks: Option<i64>,
     container: Option<&str>,
 ) -> sqlx::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "update stream_instances
             set state = case when desired = 'running' then 'running' else 'stopping' end,
                 pid = $2, start_ticks = $3, container_id = $4, started_at = now(),
                 exit_code = null, exit_signal = null, detail = 'running', updated_at = now()
           where id = $1",
+        id as InstanceId,
+        pid,
+        ticks,
+        container,
     )
-    .bind(id)
-    .bind(pid)
-    .bind(ticks)
-    .bind(container)
     .execute(db)
     .await?;
     Ok(())
@@ -248,22 +271,22 @@ pub struct RunEnd<'a> {
 
 pub async fn ended(db: &Db, id: InstanceId, end: &RunEnd<'_>) -> sqlx::Result<()> {
     let last = end.state.is_final();
-    sqlx::query(
+    sqlx::query!(
         "update stream_instances
             set state = $2, exit_code = $3, exit_signal = $4, restarts = $5,
                 restarts_total = restarts_total + $6::int, detail = $7,
                 desired = case when $8 then 'stopped' else desired end,
                 ended_at = now(), updated_at = now()
           where id = $1",
+        id as InstanceId,
+        end.state.as_str(),
+        end.exit_code,
+        end.exit_signal,
+        end.restarts,
+        i32::from(end.counted),
+        end.detail,
+        last,
     )
-    .bind(id)
-    .bind(end.state)
-    .bind(end.exit_code)
-    .bind(end.exit_signal)
-    .bind(end.restarts)
-    .bind(i32::from(end.counted))
-    .bind(end.detail)
-    .bind(last)
     .execute(db)
     .await?;
     Ok(())
@@ -272,17 +295,17 @@ pub async fn ended(db: &Db, id: InstanceId, end: &RunEnd<'_>) -> sqlx::Result<()
 /// A state change with no exit (starting, stopping, or a failure to start at all).
 pub async fn set_state(db: &Db, id: InstanceId, state: InstanceState, detail: &str) -> sqlx::Result<()> {
     let last = state.is_final();
-    sqlx::query(
+    sqlx::query!(
         "update stream_instances
             set state = $2, detail = $3, updated_at = now(),
                 desired = case when $4 then 'stopped' else desired end,
                 ended_at = case when $4 then now() else ended_at end
           where id = $1",
+        id as InstanceId,
+        state.as_str(),
+        detail,
+        last,
     )
-    .bind(id)
-    .bind(state)
-    .bind(detail)
-    .bind(last)
     .execute(db)
     .await?;
     Ok(())
@@ -290,16 +313,16 @@ pub async fn set_state(db: &Db, id: InstanceId, state: InstanceState, detail: &s
 
 /// Apps with ended instances whose group member may still be in the group: `(tenant, app)`.
 pub async fn with_unreleased_members(db: &Db) -> sqlx::Result<Vec<(String, String)>> {
-    sqlx::query_as(
+    let apps = sqlx::query!(
         "select distinct tenant, app from stream_instances
           where member_released_at is null and state in ('exited', 'failed')",
     )
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(apps.into_iter().map(|r| (r.tenant, r.app)).collect())
 }
 
 /// An ended instance whose group member was not released.
-#[derive(FromRow)]
 pub struct Unreleased {
     pub id: InstanceId,
     /// None for instances recorded before members existed (their member is their id).
@@ -318,27 +341,27 @@ pub async fn unreleased_members(
     app: &str,
     long_ago: std::time::Duration,
 ) -> sqlx::Result<Vec<Unreleased>> {
-    sqlx::query_as(
-        "select e.id, e.member,
+    sqlx::query_as!(
+        Unreleased,
+        r#"select e.id as "id: InstanceId", e.member,
                 e.member is not null and exists (
                     select 1 from stream_instances l
                      where l.tenant = e.tenant and l.app = e.app and l.member = e.member
-                       and (l.desired = 'running' or l.state not in ('exited', 'failed'))) as taken_over,
-                coalesce(e.ended_at < now() - make_interval(secs => $3), false) as long_ago
+                       and (l.desired = 'running' or l.state not in ('exited', 'failed'))) as "taken_over!",
+                coalesce(e.ended_at < now() - make_interval(secs => $3), false) as "long_ago!"
            from stream_instances e
           where e.tenant = $1 and e.app = $2 and e.member_released_at is null
-            and e.state in ('exited', 'failed')",
+            and e.state in ('exited', 'failed')"#,
+        tenant,
+        app,
+        long_ago.as_secs_f64(),
     )
-    .bind(tenant)
-    .bind(app)
-    .bind(long_ago.as_secs_f64())
     .fetch_all(&mut **tx)
     .await
 }
 
 pub async fn members_released(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, ids: &[InstanceId]) -> sqlx::Result<()> {
-    sqlx::query("update stream_instances set member_released_at = now() where id = any($1)")
-        .bind(ids)
+    sqlx::query!("update stream_instances set member_released_at = now() where id = any($1)", ids as &[InstanceId])
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -349,10 +372,13 @@ pub async fn owner(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     id: InstanceId,
 ) -> sqlx::Result<Option<(String, String, Desired)>> {
-    sqlx::query_as("select tenant, app, desired from stream_instances where id = $1")
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await
+    let owner = sqlx::query!(
+        r#"select tenant, app, desired as "desired: Desired" from stream_instances where id = $1"#,
+        id as InstanceId
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(owner.map(|r| (r.tenant, r.app, r.desired)))
 }
 
 /// Instances of the tenant's app that are wanted running, inside `tx`.
@@ -361,12 +387,14 @@ pub async fn count_wanted_of(
     tenant: &TenantId,
     app: &str,
 ) -> sqlx::Result<i64> {
-    sqlx::query_scalar("select count(*) from stream_instances where tenant = $1 and app = $2 and desired = $3")
-        .bind(tenant.as_str())
-        .bind(app)
-        .bind(Desired::Running)
-        .fetch_one(&mut **tx)
-        .await
+    sqlx::query_scalar!(
+        r#"select count(*) as "n!" from stream_instances where tenant = $1 and app = $2 and desired = $3"#,
+        tenant.as_str(),
+        app,
+        Desired::Running.as_str(),
+    )
+    .fetch_one(&mut **tx)
+    .await
 }
 
 /// The app version and runtime a new instance of the app copies: those of instance `like` when it is
@@ -377,13 +405,14 @@ pub async fn version_to_copy(
     app: &str,
     like: Option<InstanceId>,
 ) -> sqlx::Result<Option<(i32, String)>> {
-    sqlx::query_as(
+    let copied = sqlx::query!(
         "select app_version, runtime from stream_instances where tenant = $1 and app = $2
          order by (id = $3) desc, created_at desc limit 1",
+        tenant.as_str(),
+        app,
+        like as Option<InstanceId>,
     )
-    .bind(tenant.as_str())
-    .bind(app)
-    .bind(like)
     .fetch_optional(&mut **tx)
-    .await
+    .await?;
+    Ok(copied.map(|r| (r.app_version, r.runtime)))
 }

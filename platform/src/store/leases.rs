@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::jobs::Job;
+use super::jobs::{job_query, Job};
 use super::Db;
 use crate::domain::{JobId, ManagerId};
 
@@ -27,15 +27,17 @@ impl Lease {
 /// This process as a batch manager: how other managers on the same machine tell it is gone (its
 /// pid and start time), so they take its jobs at once instead of waiting out the leases.
 pub async fn register(db: &Db, id: ManagerId, boot_id: &str, pid: i32, start_ticks: i64) -> sqlx::Result<()> {
-    sqlx::query("insert into batch_managers (id, boot_id, pid, start_ticks) values ($1, $2, $3, $4)")
-        .bind(id)
-        .bind(boot_id)
-        .bind(pid)
-        .bind(start_ticks)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "insert into batch_managers (id, boot_id, pid, start_ticks) values ($1, $2, $3, $4)",
+        id as ManagerId,
+        boot_id,
+        pid,
+        start_ticks,
+    )
+    .execute(db)
+    .await?;
     // Managers that hold no lease and have not been seen for a day are history.
-    sqlx::query(
+    sqlx::query!(
         "delete from batch_managers m where seen_at < now() - interval '1 day'
            and not exists (select 1 from jobs where lease_owner = m.id and state in ('detected', 'running'))",
     )
@@ -45,12 +47,11 @@ pub async fn register(db: &Db, id: ManagerId, boot_id: &str, pid: i32, start_tic
 }
 
 pub async fn unregister(db: &Db, id: ManagerId) -> sqlx::Result<()> {
-    sqlx::query("delete from batch_managers where id = $1").bind(id).execute(db).await?;
+    sqlx::query!("delete from batch_managers where id = $1", id as ManagerId).execute(db).await?;
     Ok(())
 }
 
 /// A manager other than `me` that holds unexpired leases.
-#[derive(sqlx::FromRow)]
 pub struct Holder {
     pub id: ManagerId,
     pub boot_id: String,
@@ -59,19 +60,22 @@ pub struct Holder {
 }
 
 pub async fn holders(db: &Db, me: ManagerId) -> sqlx::Result<Vec<Holder>> {
-    sqlx::query_as(
-        "select m.id, m.boot_id, m.pid, m.start_ticks from batch_managers m
+    sqlx::query_as!(
+        Holder,
+        r#"select m.id as "id: ManagerId", m.boot_id, m.pid, m.start_ticks from batch_managers m
          where m.id <> $1 and exists (select 1 from jobs j where j.lease_owner = m.id
-                                        and j.state in ('detected', 'running') and j.lease_until >= now())",
+                                        and j.state in ('detected', 'running') and j.lease_until >= now())"#,
+        me as ManagerId,
     )
-    .bind(me)
     .fetch_all(db)
     .await
 }
 
 /// The machine a manager ran on, if it is known.
 pub async fn boot_id(db: &Db, manager: ManagerId) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar("select boot_id from batch_managers where id = $1").bind(manager).fetch_optional(db).await
+    sqlx::query_scalar!("select boot_id from batch_managers where id = $1", manager as ManagerId)
+        .fetch_optional(db)
+        .await
 }
 
 fn millis(d: Duration) -> i64 {
@@ -86,13 +90,13 @@ fn millis(d: Duration) -> i64 {
 /// call, as if all were renewed, but a burst of short jobs is not rewritten row by row (a thousand
 /// rows held locked for 300 ms, their admissions waiting behind them).
 pub async fn renew(db: &Db, me: ManagerId, held: &[(JobId, i64)], ttl: Duration) -> sqlx::Result<Vec<JobId>> {
-    sqlx::query("update batch_managers set seen_at = now() where id = $1").bind(me).execute(db).await?;
+    sqlx::query!("update batch_managers set seen_at = now() where id = $1", me as ManagerId).execute(db).await?;
     if held.is_empty() {
         return Ok(Vec::new());
     }
     let (ids, fences): (Vec<JobId>, Vec<i64>) = held.iter().copied().unzip();
-    sqlx::query_scalar(
-        "with h as (select * from unnest($2::uuid[], $3::bigint[]) as h(id, fence)),
+    sqlx::query_scalar!(
+        r#"with h as (select * from unnest($2::uuid[], $3::bigint[]) as h(id, fence)),
               renewed as (update jobs j set lease_until = now() + make_interval(secs => $4::bigint / 1000.0)
                           from h where j.id = h.id and j.fence = h.fence and j.lease_owner = $1
                             and (j.lease_until is null or j.lease_until <= now() + make_interval(secs => $4::bigint * 2 / 3 / 1000.0))
@@ -100,20 +104,18 @@ pub async fn renew(db: &Db, me: ManagerId, held: &[(JobId, i64)], ttl: Duration)
               fresh as (select j.id from jobs j join h on j.id = h.id and j.fence = h.fence
                         where j.lease_owner = $1
                           and j.lease_until > now() + make_interval(secs => $4::bigint * 2 / 3 / 1000.0))
-         select id from renewed union all select id from fresh",
+         select id as "id!: JobId" from renewed union all select id from fresh"#,
+        me as ManagerId,
+        ids as Vec<JobId>,
+        &fences,
+        millis(ttl),
     )
-    .bind(me)
-    .bind(ids)
-    .bind(fences)
-    .bind(millis(ttl))
     .fetch_all(db)
     .await
 }
 
 /// A job `me` took over, and the manager that held it before.
-#[derive(sqlx::FromRow)]
 pub struct TakenOver {
-    #[sqlx(flatten)]
     pub job: Job,
     pub old_owner: Option<ManagerId>,
 }
@@ -128,8 +130,9 @@ pub async fn take_over(
     gone: &[ManagerId],
     held: &[JobId],
 ) -> sqlx::Result<Vec<TakenOver>> {
-    sqlx::query_as(
-        "with t as (select id, lease_owner as old_owner from jobs
+    job_query!(
+        [
+            "with t as (select id, lease_owner as old_owner from jobs
                     where state in ('detected', 'running')
                       and (lease_until is null or lease_until < now() or lease_owner = any($3))
                       and not (lease_owner = $1 and id = any($4))
@@ -139,13 +142,14 @@ pub async fn take_over(
                     from t where j.id = t.id returning j.*, t.old_owner),
               e as (insert into job_events (job_id, tenant, state, message)
                     select id, tenant, state, 'taken up by batch manager ' || $1::text
-                           || coalesce(' from ' || old_owner::text, '') || ', whose lease ended' from u)
-         select * from u",
+                           || coalesce(' from ' || old_owner::text, '') || ', whose lease ended' from u) "
+        ] r#", old_owner as "old_owner: crate::domain::ManagerId" from u"#
+        => |row, job| TakenOver { job, old_owner: row.old_owner },
+        me as ManagerId,
+        millis(ttl),
+        gone as &[ManagerId],
+        held as &[JobId],
     )
-    .bind(me)
-    .bind(millis(ttl))
-    .bind(gone)
-    .bind(held)
     .fetch_all(db)
     .await
 }

@@ -40,7 +40,7 @@ pub async fn connect(url: &str) -> anyhow::Result<Db> {
 
 /// Whether the store answers a trivial query.
 pub async fn ping(db: &Db) -> sqlx::Result<()> {
-    sqlx::query("select 1").execute(db).await.map(drop)
+    sqlx::query_scalar!("select 1 as one").fetch_one(db).await.map(drop)
 }
 
 pub async fn migrate(db: &Db) -> anyhow::Result<()> {

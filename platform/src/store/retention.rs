@@ -7,7 +7,6 @@ use crate::domain::{InstanceId, JobId};
 use crate::tenant::TenantId;
 
 /// A final job that was deleted: its tenant and where its file was kept.
-#[derive(sqlx::FromRow)]
 pub struct Forgotten {
     pub id: JobId,
     pub tenant: TenantId,
@@ -33,18 +32,19 @@ impl Forgetting {
 /// nothing is gone until `Forgetting::commit`.
 pub async fn forget_jobs(db: &Db, cutoff: DateTime<Utc>, limit: i64) -> sqlx::Result<Forgetting> {
     let mut tx = db.begin().await?;
-    let jobs: Vec<Forgotten> = sqlx::query_as(
-        "with old as (select id from jobs where state in ('succeeded', 'rejected', 'failed') and finished_at < $1
+    let jobs = sqlx::query_as!(
+        Forgotten,
+        r#"with old as (select id from jobs where state in ('succeeded', 'rejected', 'failed') and finished_at < $1
                       order by finished_at limit $2 for update skip locked),
               e as (delete from job_events where job_id in (select id from old)),
               d as (delete from jobs where id in (select id from old) returning id, tenant, final_path),
               s as (insert into job_deletions (tenant, changed)
                     select tenant, nextval('jobs_change_seq') from (select distinct tenant from d) t
                     on conflict (tenant) do update set changed = excluded.changed)
-         select id, tenant, final_path from d",
+         select id as "id!: JobId", tenant as "tenant!: TenantId", final_path from d"#,
+        cutoff,
+        limit,
     )
-    .bind(cutoff)
-    .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
     Ok(Forgetting { tx, jobs })
@@ -53,27 +53,25 @@ pub async fn forget_jobs(db: &Db, cutoff: DateTime<Utc>, limit: i64) -> sqlx::Re
 /// Stream records older than `cutoff`: trusted and dropped reports, notifications and the actions
 /// taken on them, control messages not acted on. Returns how many rows went.
 pub async fn forget_stream_records(db: &Db, cutoff: DateTime<Utc>) -> sqlx::Result<u64> {
-    let mut n = 0;
-    for sql in [
-        "delete from metrics_reports where received_at < $1",
-        "delete from dropped_reports where received_at < $1",
-        "delete from stream_actions where at < $1",
-        "delete from notifications where at < $1",
-        "delete from control_dropped where at < $1",
-    ] {
-        n += sqlx::query(sql).bind(cutoff).execute(db).await?.rows_affected();
-    }
-    Ok(n)
+    let deleted = [
+        sqlx::query!("delete from metrics_reports where received_at < $1", cutoff).execute(db).await?,
+        sqlx::query!("delete from dropped_reports where received_at < $1", cutoff).execute(db).await?,
+        sqlx::query!("delete from stream_actions where at < $1", cutoff).execute(db).await?,
+        sqlx::query!("delete from notifications where at < $1", cutoff).execute(db).await?,
+        sqlx::query!("delete from control_dropped where at < $1", cutoff).execute(db).await?,
+    ];
+    Ok(deleted.iter().map(|d| d.rows_affected()).sum())
 }
 
 /// Instances stopped for good before `cutoff`: deleted; returns (tenant, id) to remove their folders.
 pub async fn forget_instances(db: &Db, cutoff: DateTime<Utc>) -> sqlx::Result<Vec<(TenantId, InstanceId)>> {
-    sqlx::query_as(
-        "delete from stream_instances
+    let forgotten = sqlx::query!(
+        r#"delete from stream_instances
          where desired = 'stopped' and state in ('exited', 'failed') and coalesce(ended_at, updated_at) < $1
-         returning tenant, id",
+         returning tenant as "tenant: TenantId", id as "id: InstanceId""#,
+        cutoff,
     )
-    .bind(cutoff)
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(forgotten.into_iter().map(|r| (r.tenant, r.id)).collect())
 }

@@ -2,14 +2,13 @@
 //! verdict, reports it dropped and why, its notifications, and the manager's actions.
 
 use chrono::{DateTime, Utc};
-use sqlx::FromRow;
 
 use super::{After, Db};
 use crate::domain::{InstanceId, NotificationId};
 use crate::tenant::TenantId;
 
 /// A trusted report as stored, with the lag the monitor measured and its verdict.
-#[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct StoredReport {
     pub id: i64,
     pub tenant: TenantId,
@@ -32,28 +31,27 @@ pub struct StoredReport {
 }
 
 pub async fn insert_report(db: &Db, r: &StoredReport) -> sqlx::Result<i64> {
-    let (id,): (i64,) = sqlx::query_as(
+    sqlx::query_scalar!(
         "insert into metrics_reports (tenant, app, instance, window_start, window_end, messages, bytes, rejected,
              avg_ingestion_ms, p95_ingestion_ms, processing_rate, throughput_bytes_per_s, lag, verdict)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) returning id",
+        r.tenant.as_str(),
+        r.app,
+        r.instance as InstanceId,
+        r.window_start,
+        r.window_end,
+        r.messages,
+        r.bytes,
+        r.rejected,
+        r.avg_ingestion_ms,
+        r.p95_ingestion_ms,
+        r.processing_rate,
+        r.throughput_bytes_per_s,
+        r.lag,
+        r.verdict,
     )
-    .bind(&r.tenant)
-    .bind(&r.app)
-    .bind(r.instance)
-    .bind(r.window_start)
-    .bind(r.window_end)
-    .bind(r.messages)
-    .bind(r.bytes)
-    .bind(r.rejected)
-    .bind(r.avg_ingestion_ms)
-    .bind(r.p95_ingestion_ms)
-    .bind(r.processing_rate)
-    .bind(r.throughput_bytes_per_s)
-    .bind(r.lag)
-    .bind(&r.verdict)
     .fetch_one(db)
-    .await?;
-    Ok(id)
+    .await
 }
 
 pub struct ReportFilter<'a> {
@@ -66,19 +64,23 @@ pub struct ReportFilter<'a> {
 
 /// The tenant's reports, newest first.
 pub async fn reports(db: &Db, tenant: &TenantId, f: &ReportFilter<'_>) -> sqlx::Result<Vec<StoredReport>> {
-    sqlx::query_as(
-        "select * from metrics_reports where tenant = $1 and ($2::text is null or app = $2)
+    sqlx::query_as!(
+        StoredReport,
+        r#"select id, tenant as "tenant: TenantId", app, instance as "instance: InstanceId", window_start, window_end,
+                  messages, bytes, rejected, avg_ingestion_ms, p95_ingestion_ms, processing_rate,
+                  throughput_bytes_per_s, lag, verdict, received_at
+             from metrics_reports where tenant = $1 and ($2::text is null or app = $2)
            and ($3::uuid is null or instance = $3) and ($4::timestamptz is null or received_at >= $4)
            and ($6::timestamptz is null or (received_at, id) < ($6, $7))
-         order by received_at desc, id desc limit $5",
+         order by received_at desc, id desc limit $5"#,
+        tenant.as_str(),
+        f.app,
+        f.instance as Option<InstanceId>,
+        f.since,
+        f.limit,
+        f.after.map(|a| a.at),
+        f.after.map(|a| a.id),
     )
-    .bind(tenant.as_str())
-    .bind(f.app)
-    .bind(f.instance)
-    .bind(f.since)
-    .bind(f.limit)
-    .bind(f.after.map(|a| a.at))
-    .bind(f.after.map(|a| a.id))
     .fetch_all(db)
     .await
 }
@@ -91,17 +93,19 @@ pub async fn insert_dropped(
     reason: &str,
     detail: &str,
 ) -> sqlx::Result<()> {
-    sqlx::query("insert into dropped_reports (tenant, key, reason, detail) values ($1, $2, $3, $4)")
-        .bind(tenant)
-        .bind(key)
-        .bind(reason)
-        .bind(detail)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "insert into dropped_reports (tenant, key, reason, detail) values ($1, $2, $3, $4)",
+        tenant,
+        key,
+        reason,
+        detail,
+    )
+    .execute(db)
+    .await?;
     Ok(())
 }
 
-#[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct DroppedCount {
     pub reason: String,
     pub count: i64,
@@ -111,12 +115,13 @@ pub struct DroppedCount {
 
 /// Dropped reports whose key names the tenant, by reason.
 pub async fn dropped(db: &Db, tenant: &TenantId) -> sqlx::Result<Vec<DroppedCount>> {
-    sqlx::query_as(
-        "select reason, count(*) as count,
-                (array_agg(detail order by id desc))[1] as last_detail, max(received_at) as last_at
-           from dropped_reports where tenant = $1 group by reason order by reason",
+    sqlx::query_as!(
+        DroppedCount,
+        r#"select reason, count(*) as "count!",
+                (array_agg(detail order by id desc))[1] as "last_detail!", max(received_at) as "last_at!"
+           from dropped_reports where tenant = $1 group by reason order by reason"#,
+        tenant.as_str(),
     )
-    .bind(tenant.as_str())
     .fetch_all(db)
     .await
 }
@@ -147,24 +152,23 @@ pub struct Reason {
 }
 
 pub async fn insert_notification(db: &Db, n: &Notification) -> sqlx::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "insert into notifications (id, tenant, app, instance, kind, action, reasons, at)
          values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict (id) do nothing",
+        n.id as NotificationId,
+        n.tenant.as_str(),
+        n.app,
+        n.instance as Option<InstanceId>,
+        n.kind,
+        n.action,
+        sqlx::types::Json(&n.reasons) as _,
+        n.at,
     )
-    .bind(n.id)
-    .bind(&n.tenant)
-    .bind(&n.app)
-    .bind(n.instance)
-    .bind(&n.kind)
-    .bind(&n.action)
-    .bind(sqlx::types::Json(&n.reasons))
-    .bind(n.at)
     .execute(db)
     .await?;
     Ok(())
 }
 
-#[derive(FromRow)]
 struct NotificationRow {
     id: NotificationId,
     tenant: TenantId,
@@ -174,6 +178,18 @@ struct NotificationRow {
     action: String,
     reasons: sqlx::types::Json<Vec<Reason>>,
     at: DateTime<Utc>,
+}
+
+/// `NotificationRow`s from the notifications table, `$tail` choosing which.
+macro_rules! notification_query {
+    ($tail:tt $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            NotificationRow,
+            r#"select id as "id: NotificationId", tenant as "tenant: TenantId", app, instance as "instance: InstanceId",
+                      kind, action, reasons as "reasons: sqlx::types::Json<Vec<Reason>>", at from notifications"# + $tail
+            $(, $arg)*
+        )
+    };
 }
 
 impl From<NotificationRow> for Notification {
@@ -199,16 +215,16 @@ pub async fn notifications(
     limit: i64,
     after: Option<After<NotificationId>>,
 ) -> sqlx::Result<Vec<Notification>> {
-    let rows: Vec<NotificationRow> = sqlx::query_as(
-        "select * from notifications where tenant = $1 and ($2::timestamptz is null or at >= $2)
+    let rows = notification_query!(
+        " where tenant = $1 and ($2::timestamptz is null or at >= $2)
            and ($4::timestamptz is null or (at, id) < ($4, $5))
          order by at desc, id desc limit $3",
+        tenant.as_str(),
+        since,
+        limit,
+        after.map(|a| a.at),
+        after.map(|a| a.id) as Option<NotificationId>,
     )
-    .bind(tenant.as_str())
-    .bind(since)
-    .bind(limit)
-    .bind(after.map(|a| a.at))
-    .bind(after.map(|a| a.id))
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(Notification::from).collect())
@@ -216,8 +232,7 @@ pub async fn notifications(
 
 /// The notification the monitor stored under `id`, if it did.
 pub async fn notification(db: &Db, id: NotificationId) -> sqlx::Result<Option<Notification>> {
-    let row: Option<NotificationRow> =
-        sqlx::query_as("select * from notifications where id = $1").bind(id).fetch_optional(db).await?;
+    let row = notification_query!(" where id = $1", id as NotificationId).fetch_optional(db).await?;
     Ok(row.map(Notification::from))
 }
 
@@ -234,16 +249,16 @@ pub struct DroppedControl<'a> {
 pub async fn insert_control_dropped(db: &Db, d: &DroppedControl<'_>) -> sqlx::Result<()> {
     // Whatever the message held, PostgreSQL text takes no NUL.
     let clean = |s: &str| s.replace('\0', "\u{FFFD}");
-    sqlx::query(
-        "insert into control_dropped (reason, detail, tenant, notification, partition, \"offset\")
-         values ($1, $2, $3, $4, $5, $6)",
+    sqlx::query!(
+        r#"insert into control_dropped (reason, detail, tenant, notification, partition, "offset")
+         values ($1, $2, $3, $4, $5, $6)"#,
+        d.reason,
+        clean(d.detail),
+        d.tenant.map(clean),
+        d.notification as Option<NotificationId>,
+        d.partition,
+        d.offset,
     )
-    .bind(d.reason)
-    .bind(clean(d.detail))
-    .bind(d.tenant.map(clean))
-    .bind(d.notification)
-    .bind(d.partition)
-    .bind(d.offset)
     .execute(db)
     .await?;
     Ok(())
@@ -251,11 +266,15 @@ pub async fn insert_control_dropped(db: &Db, d: &DroppedControl<'_>) -> sqlx::Re
 
 /// Control messages dropped, by reason (for operators and the tests).
 pub async fn control_dropped(db: &Db) -> sqlx::Result<Vec<(String, i64)>> {
-    sqlx::query_as("select reason, count(*) from control_dropped group by reason order by reason").fetch_all(db).await
+    let dropped =
+        sqlx::query!(r#"select reason, count(*) as "count!" from control_dropped group by reason order by reason"#)
+            .fetch_all(db)
+            .await?;
+    Ok(dropped.into_iter().map(|r| (r.reason, r.count)).collect())
 }
 
 /// What the manager did about a notification.
-#[derive(Clone, Debug, FromRow, serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Action {
     pub id: i64,
     pub tenant: TenantId,
@@ -283,18 +302,18 @@ pub struct NewAction<'a> {
 
 /// Records an action inside `tx`; false if this notification was already acted on.
 pub async fn insert_action(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, a: &NewAction<'_>) -> sqlx::Result<bool> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "insert into stream_actions (tenant, app, notification, action, outcome, detail, instances_before, instances_after)
          values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict (notification) do nothing",
+        a.tenant,
+        a.app,
+        a.notification as NotificationId,
+        a.action,
+        a.outcome,
+        a.detail,
+        a.before as i32,
+        a.after as i32,
     )
-    .bind(a.tenant)
-    .bind(a.app)
-    .bind(a.notification)
-    .bind(a.action)
-    .bind(a.outcome)
-    .bind(a.detail)
-    .bind(a.before as i32)
-    .bind(a.after as i32)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -304,10 +323,10 @@ pub async fn already_acted(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     notification: NotificationId,
 ) -> sqlx::Result<bool> {
-    let row: Option<(i64,)> = sqlx::query_as("select id from stream_actions where notification = $1")
-        .bind(notification)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let row =
+        sqlx::query_scalar!("select id from stream_actions where notification = $1", notification as NotificationId)
+            .fetch_optional(&mut **tx)
+            .await?;
     Ok(row.is_some())
 }
 
@@ -317,14 +336,13 @@ pub async fn last_applied(
     tenant: &TenantId,
     app: &str,
 ) -> sqlx::Result<Option<DateTime<Utc>>> {
-    let (at,): (Option<DateTime<Utc>>,) = sqlx::query_as(
+    sqlx::query_scalar!(
         "select max(at) from stream_actions where tenant = $1 and app = $2 and outcome = 'applied' and action <> 'notify'",
+        tenant.as_str(),
+        app,
     )
-    .bind(tenant.as_str())
-    .bind(app)
     .fetch_one(&mut **tx)
-    .await?;
-    Ok(at)
+    .await
 }
 
 pub async fn actions(
@@ -334,16 +352,19 @@ pub async fn actions(
     limit: i64,
     after: Option<After<i64>>,
 ) -> sqlx::Result<Vec<Action>> {
-    sqlx::query_as(
-        "select * from stream_actions where tenant = $1 and ($2::timestamptz is null or at >= $2)
+    sqlx::query_as!(
+        Action,
+        r#"select id, tenant as "tenant: TenantId", app, notification as "notification: NotificationId", action,
+                  outcome, detail, instances_before, instances_after, at
+             from stream_actions where tenant = $1 and ($2::timestamptz is null or at >= $2)
            and ($4::timestamptz is null or (at, id) < ($4, $5))
-         order by at desc, id desc limit $3",
+         order by at desc, id desc limit $3"#,
+        tenant.as_str(),
+        since,
+        limit,
+        after.map(|a| a.at),
+        after.map(|a| a.id),
     )
-    .bind(tenant.as_str())
-    .bind(since)
-    .bind(limit)
-    .bind(after.map(|a| a.at))
-    .bind(after.map(|a| a.id))
     .fetch_all(db)
     .await
 }
