@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs what is missing (Debian packages), starts the
 # local services (scripts/services.sh), then runs the same checks CI runs: formatting, clippy, the
-# benchmarks' smoke modes, the unit tests, the end-to-end tests against real PostgreSQL, and schemathesis
-# fuzzing the API against its own OpenAPI document.
+# store's query data against the migrations, the benchmarks' smoke modes, the unit tests, the
+# end-to-end tests against real PostgreSQL, and schemathesis fuzzing the API against its own OpenAPI
+# document.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -14,6 +15,8 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+step "sqlx's offline query data (.sqlx/) matches the migrations"
+scripts/sqlx-prepare.sh --check
 step "benchmark smoke run (the benchmark itself works; figures from a smoke run mean nothing)"
 scripts/bench-batch.sh --smoke > "$ROOT/.local/bench-smoke.log" 2>&1 || { tail -n 40 "$ROOT/.local/bench-smoke.log"; exit 1; }
 tail -n 4 "$ROOT/.local/bench-smoke.log"
