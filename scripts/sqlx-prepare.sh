@@ -4,6 +4,8 @@
 # Run it after changing a query or a migration; `--check` fails if `.sqlx/` is out of date instead
 # (a query whose text changed fails the offline build by itself; a migration that changes a column
 # under an unchanged query is what this check is for). Needs the local services (scripts/services.sh).
+# This is what sqlx's message "run `cargo sqlx prepare`" asks for, without installing sqlx-cli: the
+# macros themselves write a query's data when SQLX_OFFLINE_DIR is set and they reach a database.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
