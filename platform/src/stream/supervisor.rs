@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::StreamCtx;
 use crate::agreement::{RestartMode, RestartPolicy, StreamAgreement};
-use crate::domain::InstanceState;
+use crate::domain::{Desired, InstanceState};
 use crate::layout::{instance_log, INSTANCE_LOG_LIMIT};
 use crate::messaging::topics::{tenant_topic, METRICS_TOPIC};
 use crate::runtime::instance::{InstanceSpec, Runtime, Started};
@@ -210,6 +210,12 @@ async fn supervise_inner(
     control: Arc<Control>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    // The manager's list of wanted instances can be a moment old: started from it just as the
+    // instance failed, exited or was stopped, a supervisor would run it once more (seen: a crash
+    // looping app run a fifth time past its max_restarts of 3). The store's row decides.
+    let fresh = instances::get(&ctx.db, &inst.tenant, inst.id).await?;
+    let Some(inst) = fresh.filter(|i| i.desired == Desired::Running) else { return Ok(()) };
+    let inst = &inst;
     let id = inst.id;
     let tenant = inst.tenant.clone();
     let mut restarts = inst.restarts.max(0) as u64;
