@@ -272,7 +272,7 @@ pub async fn wait_docs(p: &TestPlatform, tenant: &str, n: i64, within: Duration)
             let by_partition: Vec<(String, i64, i64)> = sqlx::query_as(
                 "select split_part(_id, '/', 2), count(*), max(split_part(_id, '/', 3)::bigint) from readings group by 1 order by 1",
             )
-            .fetch_all(&mut c)
+            .fetch_all(&mut *c)
             .await
             .unwrap();
             let gaps: Vec<(String, i64, i64)> = sqlx::query_as(
@@ -280,7 +280,7 @@ pub async fn wait_docs(p: &TestPlatform, tenant: &str, n: i64, within: Duration)
                       n as (select p, o, lead(o) over (partition by p order by o) nx from o)
                  select p, o + 1, nx - 1 from n where nx > o + 1 order by 1, 2",
             )
-            .fetch_all(&mut c)
+            .fetch_all(&mut *c)
             .await
             .unwrap();
             eprintln!("missing offset ranges (partition, from, to): {gaps:?}");
@@ -554,19 +554,32 @@ async fn a_stopped_instances_partitions_pass_at_once_to_its_replacement_or_to_th
     p.cleanup().await;
 }
 
-/// The instance ids whose programs run now, from the processes' own environments.
+/// The instance ids whose programs run now, from the processes' own environments: one entry per run,
+/// so an id listed twice is an instance running twice.
 pub fn running_instance_ids(tenant: &str) -> Vec<String> {
-    let mut ids = Vec::new();
+    // (pid, parent pid, instance id) of every process carrying the tenant's instance environment.
+    let mut carriers = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(env) = std::fs::read(entry.path().join("environ")) else { continue };
         let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
         let has = |prefix: &str| vars.iter().find_map(|v| v.strip_prefix(prefix.as_bytes()));
-        if has(&format!("MYSIMBDP_TENANT={tenant}")).is_some() {
-            if let Some(id) = has("MYSIMBDP_INSTANCE_ID=") {
-                ids.push(String::from_utf8_lossy(id).into_owned());
-            }
+        if has(&format!("MYSIMBDP_TENANT={tenant}")).is_none() {
+            continue;
         }
+        let Some(id) = has("MYSIMBDP_INSTANCE_ID=") else { continue };
+        // The parent pid is the second field after the command, which is in parentheses.
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        carriers.push((pid, ppid, String::from_utf8_lossy(id).into_owned()));
     }
+    // One per run: a process whose parent carries the same id (the start script's `$(...)` subshell,
+    // a program the script starts) belongs to its parent's run.
+    let mut ids: Vec<String> = carriers
+        .iter()
+        .filter(|(_, ppid, id)| !carriers.iter().any(|(pid, _, other)| Some(*pid) == *ppid && other == id))
+        .map(|(_, _, id)| id.clone())
+        .collect();
     ids.sort();
     ids
 }
