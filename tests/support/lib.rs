@@ -107,6 +107,8 @@ pub struct TestPlatform {
     tenants: Vec<TenantId>,
     running: Option<(CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)>,
     process: Option<Child>,
+    /// Small pools of administrator connections to the tenants' coredms (see `coredms_admin`).
+    coredms_pools: std::sync::Mutex<std::collections::HashMap<String, sqlx::PgPool>>,
 }
 
 pub fn fast_batch_config() -> BatchConfig {
@@ -174,6 +176,7 @@ impl TestPlatform {
             tenants: ids,
             running: None,
             process: None,
+            coredms_pools: Default::default(),
         }
     }
 
@@ -434,12 +437,21 @@ impl TestPlatform {
             .collect()
     }
 
-    /// The tenant's coredms database, opened with the platform's admin login.
-    pub async fn coredms_admin(&self, tenant: &str) -> sqlx::PgConnection {
-        connect_admin(&with_database(&self.admin_url, &self.tenant(tenant).coredms_name())).await
+    /// The tenant's coredms database, opened with the platform's admin login, from a pool kept for the
+    /// test: tests count documents several times a second while they wait, and a new login each time
+    /// costs the server a process and a SCRAM exchange (676 of one suite run's 2,924 logins were these).
+    pub async fn coredms_admin(&self, tenant: &str) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+        let pool = {
+            let mut pools = self.coredms_pools.lock().unwrap();
+            let url = with_database(&self.admin_url, &self.tenant(tenant).coredms_name());
+            let pool = pools.entry(tenant.to_owned()).or_insert_with(|| {
+                sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_lazy(&url).expect("a coredms URL")
+            });
+            pool.clone()
+        };
+        pool.acquire().await.unwrap_or_else(|e| panic!("cannot reach the coredms of {tenant} ({e})"))
     }
 
-    /// Documents in a tenant's collection (0 if the collection does not exist).
     /// The last `n` lines the platform process logged (`start_process`; an in-process platform logs
     /// only with `MYSIMBDP_TEST_LOG`), for a failure message: what the platform saw meanwhile.
     pub fn platform_log_tail(&self, n: usize) -> String {
@@ -448,14 +460,15 @@ impl TestPlatform {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// Documents in a tenant's collection (0 if the collection does not exist).
     pub async fn count_docs(&self, tenant: &str, collection: &str) -> i64 {
         let mut c = self.coredms_admin(tenant).await;
         let exists: bool =
-            sqlx::query_scalar("select to_regclass($1) is not null").bind(collection).fetch_one(&mut c).await.unwrap();
+            sqlx::query_scalar("select to_regclass($1) is not null").bind(collection).fetch_one(&mut *c).await.unwrap();
         if !exists {
             return 0;
         }
-        sqlx::query_scalar(&format!("select count(*) from \"{collection}\"")).fetch_one(&mut c).await.unwrap()
+        sqlx::query_scalar(&format!("select count(*) from \"{collection}\"")).fetch_one(&mut *c).await.unwrap()
     }
 
     /// One document by `_id`.
@@ -463,7 +476,7 @@ impl TestPlatform {
         let mut c = self.coredms_admin(tenant).await;
         sqlx::query_scalar(&format!("select doc from \"{collection}\" where _id = $1"))
             .bind(id)
-            .fetch_one(&mut c)
+            .fetch_one(&mut *c)
             .await
             .unwrap_or_else(|e| panic!("document {id} in {collection} of {tenant}: {e}"))
     }
@@ -487,6 +500,10 @@ impl TestPlatform {
         let off = mysimbdp::store::jobs::disk_totals_off(&self.db).await.expect("reading the disk totals");
         assert!(off.is_empty(), "running disk totals (tenant, total, sum of jobs) differ: {off:?}");
         self.db.close().await;
+        let pools: Vec<sqlx::PgPool> = self.coredms_pools.lock().unwrap().drain().map(|(_, p)| p).collect();
+        for pool in pools {
+            pool.close().await;
+        }
         let mut conn = connect_admin(&self.admin_url).await;
         for t in &self.tenants {
             let n = t.coredms_name();
@@ -637,19 +654,21 @@ impl TestPlatform {
     }
 }
 
-/// A workspace binary without its debug information (a tenth of its size), made once per test run.
+/// A workspace binary without its debug information (a tenth of its size), kept beside the binary
+/// (`<name>.stripped`) and made again only when the binary is newer.
 pub fn stripped(name: &str) -> Vec<u8> {
-    static DONE: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
-    let mut done = DONE.lock().unwrap();
-    if let Some((_, path)) = done.iter().find(|(n, _)| n == name) {
-        return std::fs::read(path).unwrap();
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MAKING.lock().unwrap();
+    let program = bin(name);
+    let path = program.with_file_name(format!("{name}.stripped"));
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&path) < modified(&program) {
+        // Written aside and renamed, so another test process never reads half a file.
+        let part = program.with_file_name(format!("{name}.stripped.{}", std::process::id()));
+        let status = Command::new("strip").arg("-o").arg(&part).arg(&program).status();
+        assert!(status.is_ok_and(|s| s.success()), "strip (binutils) is needed to bundle {name} into a test app");
+        std::fs::rename(&part, &path).unwrap();
     }
-    let dir = std::env::temp_dir().join(format!("mysimbdp-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    let status = Command::new("strip").arg("-o").arg(&path).arg(bin(name)).status();
-    assert!(status.is_ok_and(|s| s.success()), "strip (binutils) is needed to bundle {name} into a test app");
-    done.push((name.to_owned(), path.clone()));
     std::fs::read(path).unwrap()
 }
 
