@@ -695,12 +695,15 @@ async fn slow_app_scales_out_once_within_the_cooldown(monitor_in_process: bool) 
     // The idle tenant's slow app reported all along with nothing to read: never judged, never acted on.
     let idle_path = format!("/v1/tenants/{idle}/reports");
     // Under load its start may lag the busy tenant's: wait for five reports rather than assume them.
-    eventually(Duration::from_secs(20), "five reports of the idle app", async || {
-        get_list(&http, &idle_token, &idle_path).await.len() >= 5
+    eventually(Duration::from_secs(20), "five reports of the idle app judged idle", async || {
+        get_list(&http, &idle_token, &idle_path).await.iter().filter(|r| r["verdict"] == "idle").count() >= 5
     })
     .await;
     let idle_reports = get_list(&http, &idle_token, &idle_path).await;
-    assert!(idle_reports.iter().all(|r| r["verdict"] == "idle" && r["lag"] == 0), "{idle_reports:#?}");
+    // A report that reached the monitor too late is "stale" (seen under a heavily loaded machine,
+    // 7 s after its window): not judged either.
+    let unjudged = |r: &Value| (r["verdict"] == "idle" && r["lag"] == 0) || r["verdict"] == "stale";
+    assert!(idle_reports.iter().all(unjudged), "{idle_reports:#?}");
     assert!(get_list(&http, &idle_token, &format!("/v1/tenants/{idle}/notifications")).await.is_empty());
     assert!(get_list(&http, &idle_token, &format!("/v1/tenants/{idle}/actions")).await.is_empty());
     assert_eq!(instances(&http, &idle_token, &idle).await.len(), 1);
