@@ -73,8 +73,9 @@ pub struct JobEvent {
 macro_rules! job_query {
     ([$($head:tt),*] $tail:tt => |$row:ident, $job:ident| $out:expr $(, $arg:expr)* $(,)?) => {
         sqlx::query!(
-            $($head +)* r#"select id as "id!: crate::domain::JobId", tenant as "tenant!: crate::tenant::TenantId", file_name as "file_name!",
-                state as "state!: crate::domain::JobState", reason as "reason: crate::domain::Reason", detail, size_bytes, checksum, format,
+            $($head +)* r#"select id as "id!: crate::domain::JobId", tenant as "tenant!: crate::tenant::TenantId",
+                file_name as "file_name!", state as "state!: crate::domain::JobState",
+                reason as "reason: crate::domain::Reason", detail, size_bytes, checksum, format,
                 route_app as app, app_version, attempts as "attempts!", max_attempts as "max_attempts!",
                 records_ingested, records_rejected, bytes_read, app_message, exit_code, signal,
                 duplicate_of as "duplicate_of: crate::domain::JobId", log_dropped_bytes as "log_dropped_bytes!",
@@ -845,7 +846,8 @@ pub async fn in_progress(db: &Db, tenant: &TenantId) -> sqlx::Result<(i64, i64, 
 /// Jobs not yet final, counted by tenant and state, across every tenant (the metrics' gauges).
 pub async fn open_by_tenant(db: &Db) -> sqlx::Result<Vec<(String, JobState, i64)>> {
     let open = sqlx::query!(
-        r#"select tenant, state as "state: JobState", count(*) as "count!" from jobs where state = any($1) group by 1, 2"#,
+        r#"select tenant, state as "state: JobState", count(*) as "count!" from jobs
+           where state = any($1) group by 1, 2"#,
         &[JobState::Detected, JobState::Queued, JobState::Running, JobState::RetryWait] as &[JobState],
     )
     .fetch_all(db)

@@ -186,7 +186,8 @@ macro_rules! notification_query {
         sqlx::query_as!(
             NotificationRow,
             r#"select id as "id: NotificationId", tenant as "tenant: TenantId", app, instance as "instance: InstanceId",
-                      kind, action, reasons as "reasons: sqlx::types::Json<Vec<Reason>>", at from notifications"# + $tail
+                      kind, action, reasons as "reasons: sqlx::types::Json<Vec<Reason>>", at
+                 from notifications"# + $tail
             $(, $arg)*
         )
     };
