@@ -307,9 +307,9 @@ pub struct Admission<'a> {
     tenant: TenantId,
 }
 
-/// The tenant's admitted files in the last hour and bytes in the last day (see the store's
-/// `tenant_rates`, migration `one_round_trip`).
-async fn rates<'e>(conn: impl sqlx::PgExecutor<'e>, tenant: &TenantId) -> sqlx::Result<Usage> {
+/// What the tenant used of its rate limits, as admission sees it: its admitted files in the last hour
+/// and bytes in the last day (see the store's `tenant_rates`, migration `one_round_trip`).
+pub async fn usage<'e>(conn: impl sqlx::PgExecutor<'e>, tenant: &TenantId) -> sqlx::Result<Usage> {
     let r = sqlx::query!(r#"select files as "files!", bytes as "bytes!" from tenant_rates($1)"#, tenant.as_str())
         .fetch_one(conn)
         .await?;
@@ -318,7 +318,7 @@ async fn rates<'e>(conn: impl sqlx::PgExecutor<'e>, tenant: &TenantId) -> sqlx::
 
 /// Bytes the tenant's files take on the platform's disk, for its `disk_quota` (the store's
 /// `tenant_disk_used`).
-async fn disk_used<'e>(conn: impl sqlx::PgExecutor<'e>, tenant: &TenantId) -> sqlx::Result<i64> {
+pub async fn disk_usage<'e>(conn: impl sqlx::PgExecutor<'e>, tenant: &TenantId) -> sqlx::Result<i64> {
     sqlx::query_scalar!(r#"select tenant_disk_used($1) as "bytes!""#, tenant.as_str()).fetch_one(conn).await
 }
 
@@ -338,16 +338,6 @@ pub async fn disk_totals_off(db: &Db) -> sqlx::Result<Vec<(String, i64, i64)>> {
     Ok(off.into_iter().map(|r| (r.tenant, r.counted, r.summed)).collect())
 }
 
-/// What the tenant's files take on the platform's disk (see `disk_used`).
-pub async fn disk_usage(db: &Db, tenant: &TenantId) -> sqlx::Result<i64> {
-    disk_used(db, tenant).await
-}
-
-/// What the tenant used of its rate limits, as admission sees it.
-pub async fn usage(db: &Db, tenant: &TenantId) -> sqlx::Result<Usage> {
-    rates(db, tenant).await
-}
-
 pub struct Usage {
     pub files_last_hour: i64,
     pub bytes_last_day: i64,
@@ -364,11 +354,11 @@ impl<'a> Admission<'a> {
 
     /// What the tenant's files take on the platform's disk, under the admission lock.
     pub async fn disk_usage(&mut self) -> sqlx::Result<i64> {
-        disk_used(&mut *self.tx, &self.tenant).await
+        disk_usage(&mut *self.tx, &self.tenant).await
     }
 
     /// Another job with the same content that succeeded or is still on its way, and what was admitted
-    /// in the rolling windows (see `rates`).
+    /// in the rolling windows (see `usage`).
     pub async fn checks(&mut self, id: JobId, checksum: &str) -> sqlx::Result<(Option<(JobId, String)>, Usage)> {
         let r = sqlx::query!(
             r#"select d.id as "dup_id?: JobId", d.file_name as "dup_name?", u.files as "files!", u.bytes as "bytes!"
@@ -515,7 +505,7 @@ pub async fn retry(
     }
     let why = if job.state() == JobState::Rejected { "retry asked, duplicate content allowed" } else { "retry asked" };
     let mut admission = Admission::begin(db, tenant).await?;
-    let used = rates(&mut *admission.tx, tenant).await?;
+    let used = usage(&mut *admission.tx, tenant).await?;
     within_limits(&used).map_err(|(limit, detail)| RetryError::OverLimit(limit, detail))?;
     let tx = &mut admission.tx;
     change_job!(
