@@ -288,7 +288,8 @@ fn broker(victim: &str, direct: &str) {
     let config = |group: &str| {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &brokers).set("group.id", group).set("enable.auto.commit", "false");
-        c.set("socket.timeout.ms", "5000").set("message.timeout.ms", "5000");
+        // A refused commit waits out the session timeout (45 s by default) looking for a coordinator.
+        c.set("socket.timeout.ms", "5000").set("message.timeout.ms", "5000").set("session.timeout.ms", "6000");
         c
     };
     let consumer: BaseConsumer = config(&group).create().unwrap();
