@@ -18,7 +18,7 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = mysimbdp_e2e::scratch_dir();
         let config = SandboxConfig { init: Some(bin("mysimbdp-sandbox")), uid_base: 2_000_000_000 };
         let sandbox = Sandbox::start(&config, dir.path()).expect("the sandbox starts on this host");
         Lab { dir, sandbox: Arc::new(sandbox) }

@@ -56,6 +56,11 @@ pub fn with_database(url: &str, db: &str) -> String {
     format!("{base}/{db}")
 }
 
+/// The login a `postgres://login:password@...` URL names.
+fn login_of(url: &str) -> &str {
+    url.split("://").nth(1).and_then(|r| r.split(':').next()).expect("a login in the URL")
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_owned()
 }
@@ -109,6 +114,8 @@ pub struct TestPlatform {
     process: Option<Child>,
     /// Small pools of administrator connections to the tenants' coredms (see `coredms_admin`).
     coredms_pools: std::sync::Mutex<std::collections::HashMap<String, sqlx::PgPool>>,
+    /// Whether `cleanup` dropped its databases (if not, dropping the platform does).
+    dropped: bool,
 }
 
 pub fn fast_batch_config() -> BatchConfig {
@@ -138,14 +145,13 @@ impl TestPlatform {
         // Owned by the store's own login, as on a real installation: the platform never runs its
         // store as a superuser.
         let store = store.to_owned();
-        let owner = store.split("://").nth(1).and_then(|r| r.split(':').next()).expect("a login in the store URL");
-        sqlx::Executor::execute(&mut conn, format!("create database {database} owner {owner}").as_str())
-            .await
-            .expect("create test database");
+        let owner = login_of(&store);
+        let template = store_template(&mut conn, &store).await;
+        let create = format!("create database {database} owner {owner} template {template}");
+        sqlx::Executor::execute(&mut conn, create.as_str()).await.expect("create test database");
         let database_url = with_database(&store, &database);
         let db = store::connect(&database_url).await.expect("connect to test database");
-        store::migrate(&db).await.expect("migrate");
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = scratch_dir();
         let (tenants_dir, staging_dir, data_dir) =
             (dir.path().join("tenants"), dir.path().join("staging"), dir.path().join("data"));
         for d in [&tenants_dir, &staging_dir, &data_dir] {
@@ -177,6 +183,7 @@ impl TestPlatform {
             running: None,
             process: None,
             coredms_pools: Default::default(),
+            dropped: false,
         }
     }
 
@@ -504,19 +511,67 @@ impl TestPlatform {
         for pool in pools {
             pool.close().await;
         }
-        let mut conn = connect_admin(&self.admin_url).await;
-        for t in &self.tenants {
-            let n = t.coredms_name();
-            let _ =
-                sqlx::Executor::execute(&mut conn, format!("drop database if exists {n} with (force)").as_str()).await;
-            let _ = sqlx::Executor::execute(&mut conn, format!("drop role if exists {n}").as_str()).await;
-        }
-        let _ = sqlx::Executor::execute(
-            &mut conn,
-            format!("drop database if exists {} with (force)", self.database).as_str(),
-        )
-        .await;
+        drop_databases(&self.admin_url, &self.databases()).await;
+        self.dropped = true;
     }
+
+    /// The test's own databases: its store and its tenants' coredms.
+    fn databases(&self) -> Vec<String> {
+        self.tenants.iter().map(|t| t.coredms_name()).chain([self.database.clone()]).collect()
+    }
+}
+
+/// Drops `databases` and the logins of the same names (best effort: never panics, as it also runs
+/// while a failed test unwinds).
+async fn drop_databases(admin: &str, databases: &[String]) {
+    use sqlx::{Connection, Executor};
+    let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(10), sqlx::PgConnection::connect(admin)).await
+    else {
+        return;
+    };
+    for n in databases {
+        let _ = conn.execute(format!("drop database if exists {n} with (force)").as_str()).await;
+        if n.starts_with("coredms_") {
+            let _ = conn.execute(format!("drop role if exists {n}").as_str()).await;
+        }
+    }
+}
+
+/// A database migrated to `migrations/` that each test's store is copied from: cheaper than
+/// migrating each one afresh. One per server and set of migrations (its name carries their
+/// checksums), made by whichever test finds it missing and kept for the next runs.
+async fn store_template(admin: &mut sqlx::PgConnection, store: &str) -> String {
+    use sqlx::Executor;
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    sqlx::migrate!("../migrations").iter().for_each(|m| (m.version, &m.checksum).hash(&mut hasher));
+    let name = format!("mysimbdp_template_{:016x}", hasher.finish());
+    let exists: bool = sqlx::query_scalar("select exists (select from pg_database where datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut *admin)
+        .await
+        .expect("looking for the store template");
+    if exists {
+        return name;
+    }
+    // Made under a name of its own and renamed when complete, so another test (or one killed half
+    // way) never copies a half-migrated template. Nobody else may connect to it: no copy can be made
+    // while anyone is (a hostile app would try).
+    let building = format!("{name}_{}", uuid::Uuid::new_v4().simple());
+    for sql in [
+        format!("create database {building} owner {}", login_of(store)),
+        format!("revoke all on database {building} from public"),
+    ] {
+        admin.execute(sql.as_str()).await.expect("create the store template");
+    }
+    let db = store::connect(&with_database(store, &building)).await.expect("connect to the store template");
+    store::migrate(&db).await.expect("migrate the store template");
+    db.close().await;
+    if admin.execute(format!("alter database {building} rename to {name}").as_str()).await.is_err() {
+        // Another test finished one first.
+        admin.execute(format!("drop database {building} with (force)").as_str()).await.expect("drop a spare template");
+    }
+    name
 }
 
 /// A test that panics never reaches `cleanup`; its platform process must not outlive it.
@@ -529,7 +584,41 @@ impl Drop for TestPlatform {
         if let Some((shutdown, _)) = &self.running {
             shutdown.cancel();
         }
+        if !self.dropped {
+            // Its databases too, or every failed run leaves some on the server for good (hundreds
+            // were found, each costing the server an autovacuum visit a minute). On a thread of its
+            // own: this runs inside the test's runtime, which cannot be blocked on.
+            let (admin, databases) = (self.admin_url.clone(), self.databases());
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                runtime.map(|r| r.block_on(drop_databases(&admin, &databases)))
+            })
+            .join();
+        }
     }
+}
+
+/// Where tests make their folders: the host's tmpfs (`/dev/shm`) where it has a writable one. A
+/// suite run creates and deletes hundreds of thousands of files (staged files, jobs' folders,
+/// unpacked apps, each sandbox's `/etc`); on an ext4 without a journal, as on these machines, the
+/// kernel looks for every new inode past the recently deleted ones, a large share of the suite's CPU.
+pub fn scratch_root() -> PathBuf {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let shm = Path::new("/dev/shm");
+        let writable = tempfile::tempdir_in(shm).is_ok();
+        if writable {
+            shm.to_owned()
+        } else {
+            std::env::temp_dir()
+        }
+    })
+    .clone()
+}
+
+/// A fresh folder under `scratch_root`, removed when dropped.
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("mysimbdp-test-").tempdir_in(scratch_root()).expect("a scratch folder")
 }
 
 /// Turns on the platform's logs in tests when `MYSIMBDP_TEST_LOG` is set (e.g. `mysimbdp=debug`).
@@ -675,6 +764,20 @@ pub fn stripped(name: &str) -> Vec<u8> {
 /// An app archive: `app.yaml`, the script as `run` (with `APP` set to the app's folder), and the
 /// workspace binaries it names beside it.
 pub fn bundle(name: &str, kind: &str, script: &str, binaries: &[&str]) -> Vec<u8> {
+    // Tests upload the same apps again and again; compressing a 14 MB binary each time is CPU the
+    // rest of the suite waits for.
+    type Made = std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>;
+    static MADE: std::sync::LazyLock<Made> = std::sync::LazyLock::new(Default::default);
+    let key = [name, kind, script].iter().chain(binaries).copied().collect::<Vec<_>>().join("\0");
+    if let Some(archive) = MADE.lock().unwrap().get(&key) {
+        return archive.clone();
+    }
+    let archive = make_bundle(name, kind, script, binaries);
+    MADE.lock().unwrap().insert(key, archive.clone());
+    archive
+}
+
+fn make_bundle(name: &str, kind: &str, script: &str, binaries: &[&str]) -> Vec<u8> {
     let manifest = format!("name: {name}\nkind: {kind}\nentrypoint: run\nversion: 1.0.0\n");
     let script = format!("#!/bin/sh\nAPP=$(dirname \"$0\")\n{script}\n");
     let programs: Vec<(String, Vec<u8>)> = binaries.iter().map(|b| (b.to_string(), stripped(b))).collect();
@@ -749,7 +852,7 @@ impl PrivatePg {
             .filter(|p| p.join("initdb").exists())
             .max()
             .expect("an initdb under /usr/lib/postgresql/*/bin");
-        let dir = std::env::temp_dir().join(format!("mysimbdp-pg-{}", uuid::Uuid::new_v4().simple()));
+        let dir = scratch_root().join(format!("mysimbdp-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let pg = PrivatePg { dir, bin, port };
@@ -852,7 +955,7 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = scratch_dir();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut broker = PrivateBroker { dir, port, process: None };
         broker.start_again();
