@@ -546,12 +546,7 @@ async fn store_template(admin: &mut sqlx::PgConnection, store: &str) -> String {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     sqlx::migrate!("../migrations").iter().for_each(|m| (m.version, &m.checksum).hash(&mut hasher));
     let name = format!("mysimbdp_template_{:016x}", hasher.finish());
-    let exists: bool = sqlx::query_scalar("select exists (select from pg_database where datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut *admin)
-        .await
-        .expect("looking for the store template");
-    if exists {
+    if database_exists(admin, &name).await {
         return name;
     }
     // Made under a name of its own and renamed when complete, so another test (or one killed half
@@ -567,11 +562,28 @@ async fn store_template(admin: &mut sqlx::PgConnection, store: &str) -> String {
     let db = store::connect(&with_database(store, &building)).await.expect("connect to the store template");
     store::migrate(&db).await.expect("migrate the store template");
     db.close().await;
-    if admin.execute(format!("alter database {building} rename to {name}").as_str()).await.is_err() {
-        // Another test finished one first.
-        admin.execute(format!("drop database {building} with (force)").as_str()).await.expect("drop a spare template");
+    let rename = format!("alter database {building} rename to {name}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = admin.execute(rename.as_str()).await {
+        if database_exists(admin, &name).await {
+            // Another test finished one first.
+            let drop = format!("drop database {building} with (force)");
+            admin.execute(drop.as_str()).await.expect("drop a spare template");
+            break;
+        }
+        // The migration's sessions are closed, but their server processes may not have ended yet.
+        assert!(Instant::now() < deadline, "renaming the store template: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     name
+}
+
+async fn database_exists(admin: &mut sqlx::PgConnection, name: &str) -> bool {
+    sqlx::query_scalar("select exists (select from pg_database where datname = $1)")
+        .bind(name)
+        .fetch_one(admin)
+        .await
+        .expect("looking for a database")
 }
 
 /// A test that panics never reaches `cleanup`; its platform process must not outlive it.

@@ -23,6 +23,10 @@ struct Partition {
     next: Option<i64>,
     /// While seeking back: the committed offset to reach, and how far back the last seek went.
     seeking: Option<(i64, i64)>,
+    /// Whether a message came since the last `unstick`.
+    heard: bool,
+    /// The committed offset `unstick` last sought back from.
+    unstuck: Option<i64>,
 }
 
 /// What to do with a message.
@@ -55,6 +59,7 @@ impl Resume {
             self.partitions.insert(topic.to_owned(), HashMap::new());
         }
         let p = self.partitions.get_mut(topic).expect("inserted").entry(partition).or_default();
+        p.heard = true;
         if p.next == Some(offset) && p.seeking.is_none() {
             p.next = Some(offset + 1);
             return Verdict::Take;
@@ -95,6 +100,39 @@ impl Resume {
                 }
                 p.next = Some(offset + 1);
                 Verdict::Take
+            }
+        }
+    }
+
+    /// A partition whose committed offset lies inside its last batch gets no answer at all from tansu
+    /// (only the batches after the offset, and there are none), so `check` never sees a first message
+    /// to judge and the rest of that batch waits until something new is written. Called now and then:
+    /// each assigned partition that gave nothing since the last call and whose committed offset is at
+    /// or past the end the broker reports (on tansu the last batch's first offset + 1; on Kafka the
+    /// true end, where this costs one message read again and dropped) is sought back to that batch.
+    pub fn unstick(&mut self, consumer: &BaseConsumer, app: &str) {
+        let Ok(assigned) = consumer.assignment() else { return };
+        for e in assigned.elements() {
+            let (topic, partition) = (e.topic(), e.partition());
+            let p = self.partitions.entry(topic.to_owned()).or_default().entry(partition).or_default();
+            if std::mem::take(&mut p.heard) || p.seeking.is_some() {
+                continue;
+            }
+            let Some(c) = committed(consumer, topic, partition) else { continue };
+            if p.unstuck == Some(c) {
+                continue;
+            }
+            let Ok((_, end)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) else { continue };
+            if end == 0 || c < end {
+                continue;
+            }
+            let back = end - 1;
+            eprintln!("{app}: {topic}/{partition}: nothing after the committed {c} (the broker's end: {end}); seeking back to {back}");
+            p.unstuck = Some(c);
+            p.seeking = Some((c, c - back));
+            p.next = None;
+            if let Err(e) = consumer.seek(topic, partition, Offset::Offset(back), Duration::from_secs(10)) {
+                eprintln!("{app}: seeking {topic}/{partition} to {back} failed: {e}");
             }
         }
     }

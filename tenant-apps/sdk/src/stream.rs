@@ -223,6 +223,7 @@ fn run(
             publish(&producer, &env, &window, &consumer);
             next_report += env.report_interval;
             log_assignment(app, &consumer, &mut assigned);
+            resume.unstick(&consumer, app);
             // A failed writer stops the app even while no input comes (the platform restarts it).
             if let Err(e) = writers.check() {
                 writer_error = Some(e);
