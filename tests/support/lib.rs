@@ -546,44 +546,33 @@ async fn store_template(admin: &mut sqlx::PgConnection, store: &str) -> String {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     sqlx::migrate!("../migrations").iter().for_each(|m| (m.version, &m.checksum).hash(&mut hasher));
     let name = format!("mysimbdp_template_{:016x}", hasher.finish());
-    if database_exists(admin, &name).await {
+    let complete = format!("select exists (select from pg_database where datname = '{name}' and datistemplate)");
+    let complete = async |admin: &mut sqlx::PgConnection| -> bool {
+        sqlx::query_scalar(complete.as_str()).fetch_one(admin).await.expect("looking for the store template")
+    };
+    if complete(admin).await {
         return name;
     }
-    // Made under a name of its own and renamed when complete, so another test (or one killed half
-    // way) never copies a half-migrated template. Nobody else may connect to it: no copy can be made
-    // while anyone is (a hostile app would try).
-    let building = format!("{name}_{}", uuid::Uuid::new_v4().simple());
-    for sql in [
-        format!("create database {building} owner {}", login_of(store)),
-        format!("revoke all on database {building} from public"),
-    ] {
-        admin.execute(sql.as_str()).await.expect("create the store template");
-    }
-    let db = store::connect(&with_database(store, &building)).await.expect("connect to the store template");
-    store::migrate(&db).await.expect("migrate the store template");
-    db.close().await;
-    let rename = format!("alter database {building} rename to {name}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while let Err(e) = admin.execute(rename.as_str()).await {
-        if database_exists(admin, &name).await {
-            // Another test finished one first.
-            let drop = format!("drop database {building} with (force)");
-            admin.execute(drop.as_str()).await.expect("drop a spare template");
-            break;
+    // One test makes it while the others wait (an advisory lock of the server's `postgres` database,
+    // where every admin session is); it is marked a template only once migrated, so a half-made one
+    // (its test killed) is made again. Nobody else may connect to it: no copy can be made while
+    // anyone is (a hostile app would try).
+    admin.execute("select pg_advisory_lock(7265537)").await.expect("waiting to make the store template");
+    if !complete(admin).await {
+        for sql in [
+            format!("drop database if exists {name} with (force)"),
+            format!("create database {name} owner {}", login_of(store)),
+            format!("revoke all on database {name} from public"),
+        ] {
+            admin.execute(sql.as_str()).await.expect("create the store template");
         }
-        // The migration's sessions are closed, but their server processes may not have ended yet.
-        assert!(Instant::now() < deadline, "renaming the store template: {e}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let db = store::connect(&with_database(store, &name)).await.expect("connect to the store template");
+        store::migrate(&db).await.expect("migrate the store template");
+        db.close().await;
+        admin.execute(format!("alter database {name} is_template true").as_str()).await.expect("mark the template");
     }
+    admin.execute("select pg_advisory_unlock(7265537)").await.expect("letting others copy the store template");
     name
-}
-
-async fn database_exists(admin: &mut sqlx::PgConnection, name: &str) -> bool {
-    sqlx::query_scalar("select exists (select from pg_database where datname = $1)")
-        .bind(name)
-        .fetch_one(admin)
-        .await
-        .expect("looking for a database")
 }
 
 /// A test that panics never reaches `cleanup`; its platform process must not outlive it.

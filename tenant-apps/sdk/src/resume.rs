@@ -92,6 +92,11 @@ impl Resume {
             }
             Some(c) if offset < c => {
                 p.next = Some(offset + 1);
+                // The committed offset is next (and may not be written yet: `unstick` seeks back from
+                // a partition's very end too).
+                if offset + 1 == c && p.seeking.take().is_some() {
+                    eprintln!("{app}: {topic}/{partition}: back at the committed offset {c}");
+                }
                 Verdict::Drop // written before the restart
             }
             _ => {
