@@ -85,6 +85,14 @@ CONF
         log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
         pg_ctl_ -l "$PG_DIR/server.log" -w -t 60 start >/dev/null
     fi
+    # Tenants' `postgres_cdc` sources (and the tests' source databases) read changes through logical
+    # decoding; a cluster made before that is switched over once (a restart).
+    local psql_admin=("$(pg_bin)/psql" -h "$PG_DIR/run" -p "$PG_PORT" -U postgres -d postgres -qtA -v ON_ERROR_STOP=1)
+    if [ "$(pg_run "${psql_admin[@]}" -c 'show wal_level')" != logical ]; then
+        log "switching PostgreSQL to wal_level=logical (a restart)"
+        pg_run "${psql_admin[@]}" -c 'alter system set wal_level = logical' -c 'alter system set max_replication_slots = 100' >/dev/null
+        pg_ctl_ -l "$PG_DIR/server.log" -w -t 60 restart >/dev/null
+    fi
     local password_file=$LOCAL/pg-password store_password_file=$LOCAL/pg-store-password
     for f in "$password_file" "$store_password_file"; do
         [ -s "$f" ] || (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$f")

@@ -6,6 +6,7 @@ mod agreements;
 mod api;
 mod batch_ingest;
 mod broker_isolation;
+mod cdc;
 mod constraints;
 mod control_forgery;
 mod coredms_conformance;
