@@ -3,7 +3,7 @@
 //! the position kept across `kill -9`, and sources that never share a slot or see what their login
 //! cannot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -278,4 +278,334 @@ async fn a_login_that_may_not_replicate_or_see_the_table_is_told_so() {
 fn stderr_of_exit(mut child: Child) -> String {
     child.wait().unwrap();
     stderr_of(child)
+}
+
+/// Reads `topic` from the start on a thread of its own, keeping every message, until dropped.
+struct Tail {
+    read: std::sync::Arc<std::sync::Mutex<Vec<Read>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tail {
+    fn start(topic: &str) -> Self {
+        let read: std::sync::Arc<std::sync::Mutex<Vec<Read>>> = std::sync::Arc::default();
+        let stop: std::sync::Arc<std::sync::atomic::AtomicBool> = std::sync::Arc::default();
+        let thread = std::thread::spawn({
+            let (topic, read, stop) = (topic.to_owned(), std::sync::Arc::clone(&read), std::sync::Arc::clone(&stop));
+            move || {
+                let c: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", kafka_brokers())
+                    .set("group.id", unique("cdc-tail"))
+                    .set("enable.auto.commit", "false")
+                    .set("fetch.wait.max.ms", "10")
+                    .create()
+                    .unwrap();
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition_offset(&topic, 0, Offset::Beginning).unwrap();
+                c.assign(&tpl).unwrap();
+                let parse = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Some(m) = c.poll(Duration::from_millis(50)) {
+                        let m = m.unwrap();
+                        let r = Read { offset: m.offset(), key: m.key().map(parse), value: m.payload().map(parse) };
+                        read.lock().unwrap().push(r);
+                    }
+                }
+            }
+        });
+        Tail { read, stop, thread: Some(thread) }
+    }
+
+    fn len(&self) -> usize {
+        self.read.lock().unwrap().len()
+    }
+
+    /// Waits until nothing new came for `quiet`; returns how many messages were read.
+    async fn settle(&self, quiet: Duration) -> usize {
+        let mut last = (self.len(), Instant::now());
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let n = self.len();
+            if n != last.0 {
+                last = (n, Instant::now());
+            } else if last.1.elapsed() >= quiet {
+                return n;
+            }
+        }
+    }
+
+    fn finish(mut self) -> Vec<Read> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap();
+        std::mem::take(&mut *self.read.lock().unwrap())
+    }
+}
+
+/// The slot's confirmed position, as a number.
+async fn confirmed(db: &SourceDb, slot: &str) -> u64 {
+    let text = db.slots().await.remove(slot).flatten().expect("the slot exists");
+    let (hi, lo) = text.split_once('/').unwrap();
+    u64::from_str_radix(hi, 16).unwrap() << 32 | u64::from_str_radix(lo, 16).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_ten_times_during_100000_changes_the_connector_loses_none_and_repeats_only_same_lsns() {
+    const TXNS: i64 = 1_000;
+    const INSERTS: i64 = 80; // and 20 updates of the same rows: 100 changes a transaction
+    let db = SourceDb::new(true).await;
+    db.sql("create table events (id bigint primary key, v int not null, note text)").await;
+    let tenant = unique("cdck");
+    let topic = format!("{tenant}.db.public.events");
+    create_topic(&topic).await;
+    let tail = Tail::start(&topic);
+    let start = || connector(&tenant, "events", &db, "public.events", &format!("{tenant}.db"), &[]);
+    let mut running = start();
+    // The slot exists once the (empty) snapshot is done.
+    let slot = eventually_slot(&db).await;
+
+    let writer = {
+        let url = db.url.clone();
+        async move {
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            for t in 0..TXNS {
+                let (lo, hi) = (t * INSERTS + 1, (t + 1) * INSERTS);
+                let sql = format!(
+                    "begin; insert into events select g, 0, 'n' || g from generate_series({lo}, {hi}) g; \
+                     update events set v = 1 where id between {lo} and {} ; commit",
+                    lo + 19
+                );
+                sqlx::raw_sql(&sql).execute(&mut c).await.unwrap();
+            }
+        }
+    };
+    let started = Instant::now();
+    let killer = async {
+        let mut checks = Vec::new();
+        for k in 0..10 {
+            // Killed while it writes, the moment new messages show: the window where a slot moved
+            // before the broker acknowledged would lose them. Every other kill at a random moment.
+            let seen = tail.len();
+            if k % 2 == 0 {
+                while tail.len() == seen {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            } else {
+                tokio::time::sleep(Duration::from_millis(200 + 97 * k)).await;
+            }
+            running.kill().unwrap(); // SIGKILL
+            running.wait().unwrap();
+            let at = confirmed(&db, &slot).await;
+            let read = tail.settle(Duration::from_millis(700)).await;
+            checks.push((at, read));
+            running = start();
+        }
+        checks
+    };
+    let ((), checks) = tokio::join!(writer, killer);
+    let expected = (TXNS * 100) as usize;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut distinct = BTreeMap::new();
+    while Instant::now() < deadline {
+        distinct = changes_by_identity(&tail.read.lock().unwrap());
+        if distinct.len() >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = stderr_of(running);
+    let all = tail.finish();
+    eprintln!("{} messages for {expected} changes in {:?}, kills at {checks:?}", all.len(), started.elapsed());
+    assert_eq!(distinct.len(), expected, "every change, once at least; the last run said:\n{log}");
+    for ((id, op), lsns) in &distinct {
+        assert_eq!(lsns.len(), 1, "change {op} of row {id} written with different positions: {lsns:?}");
+    }
+    // After each kill, everything before the slot's position was already in the topic.
+    for (at, read_then) in checks {
+        let late: Vec<&Read> = all
+            .iter()
+            .filter(|r| r.value.as_ref().is_some_and(|v| v["source"]["lsn"].as_u64().unwrap() < at))
+            .filter(|r| r.offset >= read_then as i64)
+            .collect();
+        // A message before the position may come again later (a duplicate): what matters is
+        // that its first copy was there.
+        let missing: Vec<&&Read> = late
+            .iter()
+            .filter(|r| {
+                !all[..read_then].iter().any(|e| {
+                    e.value.as_ref().map(|v| &v["source"]["lsn"]) == r.value.as_ref().map(|v| &v["source"]["lsn"])
+                })
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "the slot was at {at} while {} changes before it were not in the topic",
+            missing.len()
+        );
+    }
+    db.drop().await;
+}
+
+/// Each change (row, op) with the positions it was written with.
+fn changes_by_identity(read: &[Read]) -> BTreeMap<(i64, String), std::collections::BTreeSet<u64>> {
+    let mut out: BTreeMap<(i64, String), std::collections::BTreeSet<u64>> = BTreeMap::new();
+    for v in read.iter().filter_map(|r| r.value.as_ref()) {
+        let image = if v["after"].is_null() { &v["before"] } else { &v["after"] };
+        let id = image["id"].as_i64().unwrap();
+        out.entry((id, v["op"].as_str().unwrap().to_owned())).or_default().insert(v["source"]["lsn"].as_u64().unwrap());
+    }
+    out
+}
+
+async fn eventually_slot(db: &SourceDb) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let slots = db.slots().await;
+        if let Some(s) = slots.keys().find(|s| !s.ends_with("_init")) {
+            return s.clone();
+        }
+        assert!(Instant::now() < deadline, "no slot after 30s: {slots:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The table as the events say it is: each row's last image, deletes removing it.
+fn fold(read: &[Read]) -> BTreeMap<i64, Value> {
+    let mut rows = BTreeMap::new();
+    for v in read.iter().filter_map(|r| r.value.as_ref()) {
+        match v["op"].as_str().unwrap() {
+            "d" => rows.remove(&v["before"]["id"].as_i64().unwrap()),
+            _ => rows.insert(v["after"]["id"].as_i64().unwrap(), v["after"].clone()),
+        };
+    }
+    rows
+}
+
+/// Equal maps, or a panic naming the first few rows that differ.
+fn assert_same(got: &BTreeMap<i64, Value>, want: &BTreeMap<i64, Value>, what: &str) {
+    let keys: BTreeSet<&i64> = got.keys().chain(want.keys()).collect();
+    let differ: Vec<(&i64, Option<&Value>, Option<&Value>)> =
+        keys.into_iter().map(|k| (k, got.get(k), want.get(k))).filter(|(_, g, w)| g != w).collect();
+    assert!(
+        differ.is_empty(),
+        "{} rows differ (row, events, table), first: {:?}; {what}",
+        differ.len(),
+        &differ[..differ.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_taken_while_rows_change_is_exact_and_one_killed_halfway_is_taken_again() {
+    let db = SourceDb::new(true).await;
+    db.sql(
+        "create table items (id bigint primary key, v int not null); \
+            insert into items select g, 0 from generate_series(1, 20000) g",
+    )
+    .await;
+    let tenant = unique("cdcs");
+    let (exact, killed) = (format!("{tenant}.a"), format!("{tenant}.b"));
+    for prefix in [&exact, &killed] {
+        create_topic(&format!("{prefix}.public.items")).await;
+    }
+    let (tail_a, tail_b) =
+        (Tail::start(&format!("{exact}.public.items")), Tail::start(&format!("{killed}.public.items")));
+    let writer = {
+        let url = db.url.clone();
+        async move {
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            for t in 0..300i64 {
+                let sql = format!(
+                    "begin; insert into items values ({}, 0); update items set v = v + 1 where id % 300 = {t}; \
+                     delete from items where id = {}; commit",
+                    20_001 + t,
+                    t * 50 + 7
+                );
+                sqlx::raw_sql(&sql).execute(&mut c).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let a = connector(&tenant, "a", &db, "public.items", &exact, &[]);
+    let mut b = connector(&tenant, "b", &db, "public.items", &killed, &[]);
+    let killer = async {
+        while tail_b.len() < 1_000 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        b.kill().unwrap();
+        b.wait().unwrap();
+        let during = db.slots().await;
+        b = connector(&tenant, "b", &db, "public.items", &killed, &[]);
+        during
+    };
+    let ((), during) = tokio::join!(writer, killer);
+    assert!(
+        during.keys().all(|s| !s.contains("_b_") || s.ends_with("_init")),
+        "a source killed in its snapshot has no slot of its own yet (its temporary one dies with its session): {during:?}"
+    );
+    let mut truth = BTreeMap::new();
+    {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        for (id, v) in sqlx::query_as::<_, (i64, i32)>("select id, v from items").fetch_all(&mut c).await.unwrap() {
+            truth.insert(id, json!({"id": id, "v": v}));
+        }
+    }
+    // Both connectors poll every 50 ms: two quiet seconds after the last write, they are done.
+    tail_a.settle(Duration::from_secs(2)).await;
+    tail_b.settle(Duration::from_secs(2)).await;
+    let (log_a, log_b) = (stderr_of(a), stderr_of(b));
+    let (read_a, read_b) = (tail_a.finish(), tail_b.finish());
+    assert_same(
+        &fold(&read_a),
+        &truth,
+        &format!("the snapshot and the changes after it make the table; connector a said:\n{log_a}"),
+    );
+    // Killed in its snapshot, b took it again from the start. The first attempt's reads stay in the
+    // topic (as Debezium's do): rows it read that were deleted before the second attempt are never
+    // deleted there. From the second snapshot on, the events make the table.
+    let snapshots: Vec<u64> = read_b
+        .iter()
+        .filter_map(|r| r.value.as_ref())
+        .filter(|v| v["op"] == "r")
+        .map(|v| v["source"]["lsn"].as_u64().unwrap())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(snapshots.len(), 2, "b was killed during its snapshot and took it again");
+    let second: Vec<Read> = read_b
+        .into_iter()
+        .filter(|r| {
+            r.value.as_ref().is_none_or(|v| v["op"] != "r" || v["source"]["lsn"].as_u64() == Some(snapshots[1]))
+        })
+        .collect();
+    assert_same(&fold(&second), &truth, &format!("after a second snapshot too; connector b said:\n{log_b}"));
+    // Exact: a row is in the snapshot or created after it, never both; every change once.
+    let reads: BTreeSet<i64> = read_a
+        .iter()
+        .filter_map(|r| r.value.as_ref())
+        .filter(|v| v["op"] == "r")
+        .map(|v| v["after"]["id"].as_i64().unwrap())
+        .collect();
+    let created: BTreeSet<i64> = read_a
+        .iter()
+        .filter_map(|r| r.value.as_ref())
+        .filter(|v| v["op"] == "c")
+        .map(|v| v["after"]["id"].as_i64().unwrap())
+        .collect();
+    assert!(
+        reads.is_disjoint(&created),
+        "rows both in the snapshot and created after it: {:?}",
+        reads.intersection(&created).take(5).collect::<Vec<_>>()
+    );
+    let identities = changes_by_identity(&read_a);
+    let events = read_a.iter().filter(|r| r.value.as_ref().is_some_and(|v| v["op"] != "r")).count();
+    let snapshot_lsn = read_a
+        .iter()
+        .filter_map(|r| r.value.as_ref())
+        .filter(|v| v["op"] == "r")
+        .map(|v| v["source"]["lsn"].as_u64().unwrap())
+        .collect::<BTreeSet<_>>();
+    assert_eq!(snapshot_lsn.len(), 1, "one snapshot, one position");
+    assert_eq!(identities.values().map(BTreeSet::len).sum::<usize>(), identities.len(), "no change written twice");
+    assert!(events > 0 && reads.len() + created.len() >= truth.len());
+    db.drop().await;
 }

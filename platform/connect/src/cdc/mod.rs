@@ -178,6 +178,15 @@ impl Cdc {
     /// The initial snapshot, exact with respect to the change stream (see the module's comment).
     fn snapshot(&mut self, slot: &str) -> anyhow::Result<()> {
         let temporary = names::snapshot_slot(&self.ev.cfg.tenant, &self.ev.cfg.source);
+        // A run killed in its snapshot leaves its temporary slot until the server notices its
+        // session is gone: a moment, usually.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while source::slot_exists(&mut self.pg, &temporary)? {
+            if Instant::now() > deadline {
+                bail!("slot {temporary} of an earlier snapshot is still held by another session after 30s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let start = source::create_slot(&mut self.pg, &temporary, true)?;
         let mut tx = self
             .pg
