@@ -212,12 +212,17 @@ containers_up() {
 
 containers_down() { pid_stop podman "Podman's API service"; }
 
-# The API's token key: generated once per checkout, kept out of git with the rest of .local/.
+# The API's token key and the key tenants' secrets are sealed with: generated once per checkout,
+# kept out of git with the rest of .local/ (losing the second loses every tenant's secrets).
 platform_secret() {
-    if [ ! -s "$LOCAL/jwt-secret" ]; then
-        (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$LOCAL/jwt-secret")
-    fi
-    echo "MYSIMBDP_JWT_SECRET_FILE=$LOCAL/jwt-secret" > "$LOCAL/env.platform"
+    local f
+    for f in jwt-secret secrets-key; do
+        [ -s "$LOCAL/$f" ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$LOCAL/$f")
+    done
+    {
+        echo "MYSIMBDP_JWT_SECRET_FILE=$LOCAL/jwt-secret"
+        echo "MYSIMBDP_SECRETS_KEY_FILE=$LOCAL/secrets-key"
+    } > "$LOCAL/env.platform"
 }
 
 write_env() {

@@ -36,6 +36,9 @@ pub struct Config {
     /// How long finished work (jobs and their files, reports, notifications, stopped instances) is
     /// kept; absent: for ever.
     pub retention: Option<std::time::Duration>,
+    /// Seals tenants' secrets at rest; absent: the platform keeps none (and runs no connector that
+    /// needs one).
+    pub secrets_key: Option<crate::secrets::SecretsKey>,
 }
 
 /// The shortest JWT key taken: HS256 with less is guessable offline from one token.
@@ -165,7 +168,8 @@ pub fn secret_from(what: &str, value: Option<String>, file: Option<PathBuf>) -> 
 }
 
 /// Variables that may hold the platform's secrets.
-const SECRET_VARIABLES: [&str; 3] = ["MYSIMBDP_DATABASE_URL", "MYSIMBDP_COREDMS_URL", "MYSIMBDP_JWT_SECRET"];
+const SECRET_VARIABLES: [&str; 4] =
+    ["MYSIMBDP_DATABASE_URL", "MYSIMBDP_COREDMS_URL", "MYSIMBDP_JWT_SECRET", "MYSIMBDP_SECRETS_KEY"];
 
 /// Removes the platform's secrets from its environment once read: from the variables the C library
 /// keeps, and from the block the kernel shows in `/proc/PID/environ` (which removing a variable does

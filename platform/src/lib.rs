@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod names;
 pub mod runtime;
+pub mod secrets;
 pub mod store;
 pub mod stream;
 pub mod tenant;
@@ -149,6 +150,7 @@ impl Platform {
             pages: Arc::new(api::page_cache::PageCache::new(api.page_cache)),
             min_upload_rate: api.min_upload_rate,
             kafka_brokers: self.config.kafka_brokers.clone(),
+            secrets_key: self.config.secrets_key.clone(),
         };
         let listener = tokio::net::TcpListener::bind(api.listen)
             .await

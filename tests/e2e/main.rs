@@ -23,6 +23,7 @@ mod names;
 mod report_forgery;
 mod retention;
 mod sandbox;
+mod secrets;
 mod several_managers;
 mod staging_rules;
 mod stream;

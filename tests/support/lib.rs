@@ -95,6 +95,8 @@ pub struct TestPlatform {
     pub batch: BatchConfig,
     /// The API's token key, fresh per test.
     pub jwt_secret: String,
+    /// The key the platform seals tenants' secrets with (64 hex digits).
+    pub secrets_key: String,
     /// This platform's consumer-group prefix on the shared test broker.
     pub cluster: String,
     /// `start` runs the monitor in this process too (false: the test runs it as its own process).
@@ -172,6 +174,7 @@ impl TestPlatform {
             db,
             batch: fast_batch_config(),
             jwt_secret: uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string(),
+            secrets_key: uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string(),
             cluster: unique("mysimbdp-test"),
             monitor_in_process: true,
             admin_url: admin.clone(),
@@ -212,6 +215,7 @@ impl TestPlatform {
                 uid_base: mysimbdp::runtime::sandbox::DEFAULT_UID_BASE,
             }),
             retention: self.retention,
+            secrets_key: Some(mysimbdp::secrets::SecretsKey::from_hex(&self.secrets_key).unwrap()),
         }
     }
 
@@ -279,6 +283,7 @@ impl TestPlatform {
             .env("MYSIMBDP_BATCH_LEASE", "6s")
             .env("MYSIMBDP_API_LISTEN", "127.0.0.1:0")
             .env("MYSIMBDP_JWT_SECRET", &self.jwt_secret)
+            .env("MYSIMBDP_SECRETS_KEY", &self.secrets_key)
             .env("MYSIMBDP_KAFKA_BROKERS", c.kafka_brokers.clone().unwrap_or_default())
             .env("MYSIMBDP_CLUSTER", &c.cluster)
             .env("MYSIMBDP_CONTAINER_SOCKET", c.container_socket.clone().unwrap_or_default())

@@ -3,6 +3,7 @@
 //! `ServiceAgreement::from_yaml` parses and validates a whole file and reports every error at once
 //! (file, field, reason). `registry` keeps the agreements in force and hot-reloads them.
 
+mod connectors;
 mod fields;
 pub mod limits;
 pub mod registry;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde_yaml::Value;
 
+pub use connectors::{SecretsAgreement, SnapshotMode, Source};
 pub use fields::FieldError;
 use fields::{duration, integer, positive_number, size, string, Errors, Section};
 
@@ -37,6 +39,10 @@ pub struct ServiceAgreement {
     /// What the tenant's files may take of the platform's disk: files being ingested, quarantined
     /// files and installed app versions.
     pub disk_quota: ByteSize,
+    /// What the tenant may keep as secrets (see `crate::secrets`).
+    pub secrets: SecretsAgreement,
+    /// Connectors the platform runs for the tenant, each as one of its stream instances.
+    pub sources: Vec<Source>,
 }
 
 /// The disk quota of an agreement that does not set one.
@@ -289,7 +295,7 @@ fn parse(value: &Value, errors: &mut Errors) -> Option<ServiceAgreement> {
     let root = Section::new(
         value,
         "",
-        &["version", "tenant", "name", "batch", "stream", "apps", "coredms", "disk_quota"],
+        &["version", "tenant", "name", "batch", "stream", "apps", "coredms", "disk_quota", "secrets", "sources"],
         errors,
     )?;
     let disk_quota = root.optional("disk_quota", DEFAULT_DISK_QUOTA, errors, size);
@@ -315,6 +321,34 @@ fn parse(value: &Value, errors: &mut Errors) -> Option<ServiceAgreement> {
         Some(v) => parse_coredms(v, &root.field("coredms"), errors),
         None => Some(CoreDmsAgreement::default()),
     };
+    let secrets = match root.get("secrets") {
+        Some(v) => connectors::parse_secrets(v, &root.field("secrets"), errors),
+        None => Some(SecretsAgreement::default()),
+    };
+    let sources = connectors::parse_sources(&root, errors);
+    if let (Some(list), Some(None)) = (&sources, &stream) {
+        if !list.is_empty() {
+            errors.push(
+                "sources",
+                "sources run as stream instances under the stream section's limits; add a stream section",
+            );
+        }
+    }
+    if let (Some(list), Some(Some(stream))) = (&sources, &stream) {
+        // A source's topic may also be one of the stream's (its apps read it); with as many partitions.
+        for (i, src) in list.iter().enumerate() {
+            for (topic, t) in src.topics().zip(&src.tables) {
+                if let Some(declared) = stream.topics.iter().find(|d| d.name == topic) {
+                    if declared.partitions != src.partitions {
+                        errors.push(
+                            format!("sources[{i}].partitions"),
+                            format!("table {t} goes to topic `{topic}`, which stream.topics declares with {} partitions, not {}", declared.partitions, src.partitions),
+                        );
+                    }
+                }
+            }
+        }
+    }
     Some(ServiceAgreement {
         version: version?,
         tenant: tenant?,
@@ -324,6 +358,8 @@ fn parse(value: &Value, errors: &mut Errors) -> Option<ServiceAgreement> {
         apps: apps?,
         coredms: coredms?,
         disk_quota: disk_quota?,
+        secrets: secrets?,
+        sources: sources?,
     })
 }
 

@@ -18,6 +18,7 @@ pub mod page;
 pub mod page_cache;
 pub mod problem;
 pub mod scope;
+pub mod secrets;
 pub mod staging;
 pub mod stats;
 pub mod stream;
@@ -61,6 +62,8 @@ pub struct ApiState {
     /// The slowest an upload may be.
     pub min_upload_rate: upload::MinRate,
     pub kafka_brokers: Option<String>,
+    /// Seals tenants' secrets; absent: the platform keeps none.
+    pub secrets_key: Option<crate::secrets::SecretsKey>,
 }
 
 impl FromRef<ApiState> for Keys {
@@ -99,6 +102,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/tenants/{tenant}/actions", get(stream::actions))
         .route("/v1/tenants/{tenant}/stats", get(stats::tenant))
         .route("/v1/stats", get(stats::platform))
+        .route("/v1/tenants/{tenant}/secrets", get(secrets::list))
+        .route("/v1/tenants/{tenant}/secrets/{name}", put(secrets::put).delete(secrets::delete))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -4,7 +4,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::extract::Json;
-use super::{apps, health, ingestions, instances, problem, staging, stats, stream, tenants};
+use super::{apps, health, ingestions, instances, problem, secrets, staging, stats, stream, tenants};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,10 +18,11 @@ use super::{apps, health, ingestions, instances, problem, staging, stats, stream
         instances::start, instances::list, instances::show, instances::stop, instances::stop_app, instances::log,
         stream::reports, stream::notifications, stream::actions,
         stats::tenant, stats::platform,
+        secrets::put, secrets::list, secrets::delete,
     ),
-    components(schemas(problem::Problem, ingestions::RetryRequest, instances::StartRequest, crate::apps::AppKind, crate::store::jobs::JobState)),
+    components(schemas(problem::Problem, ingestions::RetryRequest, instances::StartRequest, crate::apps::AppKind, crate::store::jobs::JobState, secrets::PutSecret)),
     modifiers(&Bearer),
-    tags((name = "tenants"), (name = "apps"), (name = "staging"), (name = "ingestions"), (name = "instances"), (name = "stream"), (name = "stats"), (name = "health")),
+    tags((name = "tenants"), (name = "apps"), (name = "staging"), (name = "ingestions"), (name = "instances"), (name = "stream"), (name = "stats"), (name = "secrets"), (name = "health")),
 )]
 pub struct ApiDoc;
 

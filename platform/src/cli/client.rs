@@ -59,6 +59,10 @@ impl Client {
         Ok(self.send(self.request(Method::POST, path).json(body)).await?.json().await?)
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        Ok(self.send(self.request(Method::PUT, path).json(body)).await?.json().await?)
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<StatusCode> {
         Ok(self.send(self.request(Method::DELETE, path)).await?.status())
     }

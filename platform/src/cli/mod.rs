@@ -97,6 +97,12 @@ struct ServeArgs {
     listen: std::net::SocketAddr,
     #[command(flatten)]
     secret: SecretArgs,
+    /// The key tenants' secrets are sealed with: 64 hex digits (e.g. `openssl rand -hex 32`).
+    #[arg(long, env = "MYSIMBDP_SECRETS_KEY", hide_env_values = true)]
+    secrets_key: Option<String>,
+    /// File holding the secrets key (preferred). Without a key the platform keeps no secrets.
+    #[arg(long, env = "MYSIMBDP_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
     /// Memory for repeat answers of the ingestion log, e.g. 32MiB (0: no cache).
     #[arg(long, env = "MYSIMBDP_API_PAGE_CACHE", default_value = "32MiB", value_parser = ByteSize::parse)]
     page_cache: ByteSize,
@@ -269,6 +275,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         roles,
         listen,
         secret,
+        secrets_key,
+        secrets_key_file,
         page_cache,
         store,
         paths,
@@ -329,6 +337,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         container_socket,
         sandbox,
         retention: (!retention.is_zero()).then_some(retention),
+        secrets_key: match (secrets_key, secrets_key_file) {
+            (None, None) => None,
+            (value, file) => Some(mysimbdp::secrets::SecretsKey::from_hex(&mysimbdp::config::secret_from(
+                "the secrets key",
+                value,
+                file,
+            )?)?),
+        },
     };
     mysimbdp::config::harden_process();
     let shutdown = CancellationToken::new();

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use base64::Engine;
 use clap::{Args, Subcommand};
 use reqwest::Method;
@@ -46,6 +47,9 @@ pub enum RemoteCommand {
     /// Stream app instances: start, list, show, stop, log.
     #[command(subcommand)]
     Instances(InstancesCommand),
+    /// The tenant's secrets (a source database's URL): values go in, never come out.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// The stream apps' metrics reports with the monitor's verdicts, and dropped reports by reason.
     Reports {
         #[arg(long)]
@@ -94,6 +98,22 @@ pub enum AppsCommand {
         name: String,
     },
     /// Delete every version of an app.
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SecretsCommand {
+    /// Write a secret, or replace its value: read from a file, or from standard input (never from
+    /// the command line, which other users can see).
+    Put {
+        name: String,
+        /// The file holding the value (trailing newline dropped); default: standard input.
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+    },
+    List,
     Delete {
         name: String,
     },
@@ -243,6 +263,7 @@ pub async fn run(remote: Remote, command: RemoteCommand, data_dir: PathBuf) -> a
         RemoteCommand::Whoami => whoami(&remote, &c).await,
         RemoteCommand::Tenants => tenants(&remote, &c).await,
         RemoteCommand::Apps(cmd) => apps(&remote, &c, cmd).await,
+        RemoteCommand::Secrets(cmd) => secrets(&remote, &c, cmd).await,
         RemoteCommand::Files(cmd) => files(&remote, &c, cmd).await,
         RemoteCommand::Ingestions(cmd) => ingestions(&remote, &c, cmd).await,
         RemoteCommand::Instances(cmd) => instances(&remote, &c, cmd).await,
@@ -343,6 +364,36 @@ async fn apps(remote: &Remote, c: &Client, cmd: AppsCommand) -> anyhow::Result<E
         AppsCommand::Delete { name } => {
             c.delete(&format!("/v1/tenants/{t}/apps/{name}")).await?;
             println!("deleted app {name} of tenant {t}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn secrets(remote: &Remote, c: &Client, cmd: SecretsCommand) -> anyhow::Result<ExitCode> {
+    let t = remote.tenant()?;
+    match cmd {
+        SecretsCommand::Put { name, from_file } => {
+            let mut value = match &from_file {
+                Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+                None => std::io::read_to_string(std::io::stdin()).context("reading the value from standard input")?,
+            };
+            while value.ends_with(['\n', '\r']) {
+                value.pop();
+            }
+            let v = c.put(&format!("/v1/tenants/{t}/secrets/{name}"), &serde_json::json!({ "value": value })).await?;
+            remote
+                .print(&v, |v| println!("stored secret {} of tenant {t} ({})", cell(v, "name"), bytes(v, "size_bytes")))
+        }
+        SecretsCommand::List => {
+            let v = c.get(&format!("/v1/tenants/{t}/secrets"), &[]).await?;
+            remote.print(&v, |v| {
+                let r = rows(v, |s| vec![cell(s, "name"), bytes(s, "size_bytes"), time(s, "updated_at")]);
+                print_table(&["NAME", "SIZE", "UPDATED"], r);
+            })
+        }
+        SecretsCommand::Delete { name } => {
+            c.delete(&format!("/v1/tenants/{t}/secrets/{name}")).await?;
+            println!("deleted secret {name} of tenant {t}");
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod leader;
 pub mod leases;
 pub mod retention;
+pub mod secrets;
 pub mod stats;
 pub mod stream;
 
