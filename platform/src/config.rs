@@ -39,6 +39,8 @@ pub struct Config {
     /// Seals tenants' secrets at rest; absent: the platform keeps none (and runs no connector that
     /// needs one).
     pub secrets_key: Option<crate::secrets::SecretsKey>,
+    /// The connectors' program (`mysimbdp-connect`); default: beside the running `mysimbdp`.
+    pub connect_bin: Option<PathBuf>,
 }
 
 /// The shortest JWT key taken: HS256 with less is guessable offline from one token.

@@ -292,6 +292,11 @@ impl Platform {
             cluster: self.config.cluster.clone(),
             sandbox: self.sandbox.clone(),
             metrics: self.metrics.clone(),
+            connect_bin: match &self.config.connect_bin {
+                Some(path) => path.clone(),
+                None => std::env::current_exe()?.with_file_name("mysimbdp-connect"),
+            },
+            secrets_key: self.config.secrets_key.clone(),
         };
         Ok(role("stream", self.shutdown.clone(), Box::pin(stream::run(ctx, self.shutdown.clone()))))
     }

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mysimbdp_e2e::*;
+
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
@@ -607,5 +608,126 @@ async fn a_snapshot_taken_while_rows_change_is_exact_and_one_killed_halfway_is_t
     assert_eq!(snapshot_lsn.len(), 1, "one snapshot, one position");
     assert_eq!(identities.values().map(BTreeSet::len).sum::<usize>(), identities.len(), "no change written twice");
     assert!(events > 0 && reads.len() + created.len() >= truth.len());
+    db.drop().await;
+}
+
+/// An agreement whose stream section runs `sources` (YAML list items, indented four spaces).
+fn with_sources(tenant: &str, sources: &str) -> String {
+    let stream = crate::stream::stream_agreement(tenant, &crate::stream::Stream::default());
+    if sources.is_empty() {
+        stream
+    } else {
+        stream.replace("apps:\n", &format!("sources:\n{sources}apps:\n"))
+    }
+}
+
+/// The tenant's instances of app `app`, as the API lists them.
+async fn instances_of(p: &TestPlatform, token: &str, tenant: &str, app: &str) -> Vec<Value> {
+    let all = crate::stream::instances(&p.http(), token, tenant).await;
+    all.into_iter().filter(|i| i["app"] == app).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declared_source_runs_as_its_tenants_instance_with_its_secret_alone_and_stops_when_undeclared() {
+    let db = SourceDb::new(true).await;
+    db.sql(ORDERS).await;
+    db.sql("insert into orders (id, note) values (1, 'before')").await;
+    let (shop, thief) = (unique("shop"), unique("thief"));
+    let source =
+        "  - {name: orders, kind: postgres_cdc, secret: shop-db, tables: [public.orders], topic_prefix: cdc}\n";
+    let mut p =
+        TestPlatform::new(&[(&shop, with_sources(&shop, source)), (&thief, with_sources(&thief, source))]).await;
+    p.start().await;
+    let http = p.http();
+    let (token, thief_token) = (p.token(Some(&shop)), p.token(Some(&thief)));
+
+    // Declared before its secret is stored: the instance fails, saying what is missing.
+    let mut first = Value::Null;
+    eventually(Duration::from_secs(30), "the source's first instance to fail", async || {
+        first = instances_of(&p, &token, &shop, "source:orders").await.pop().unwrap_or_default();
+        first["state"] == "failed"
+    })
+    .await;
+    assert_eq!(
+        first["detail"],
+        format!("source `orders` needs secret `shop-db`, which tenant `{shop}` has not stored (PUT /v1/tenants/{shop}/secrets/shop-db)")
+    );
+    let body = serde_json::to_vec(&json!({ "value": db.url })).unwrap();
+    let r = http
+        .call("PUT", &format!("/v1/tenants/{shop}/secrets/shop-db"), Some(&token), Some(("application/json", body)))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The stored secret starts a new instance, in the tenant's sandbox, writing the tenant's topic.
+    let topic = format!("{shop}.cdc.public.orders");
+    let read = tokio::task::spawn_blocking({
+        let topic = topic.clone();
+        move || read_topic(&topic, 1, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    let running = instances_of(&p, &token, &shop, "source:orders").await;
+    assert_eq!(read.len(), 1, "the snapshot's row; instances: {running:?}");
+    assert_eq!(read[0].value.as_ref().unwrap()["after"]["note"], "before");
+    assert_eq!(read[0].value.as_ref().unwrap()["source"]["name"], format!("{shop}.cdc"));
+    let live: Vec<&Value> = running.iter().filter(|i| i["desired"] == "running").collect();
+    assert_eq!(live.len(), 1, "{running:?}");
+    assert_ne!(live[0]["id"], first["id"], "a new instance for the new secret");
+    db.sql("insert into orders (id, note) values (2, 'after')").await;
+    let read = tokio::task::spawn_blocking({
+        let topic = topic.clone();
+        move || read_topic(&topic, 2, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert_eq!(read[1].value.as_ref().unwrap()["op"], "c");
+    let log = http.get(&format!("/v1/tenants/{shop}/instances/{}/log", live[0]["id"].as_str().unwrap()), &token).await;
+    assert!(log.text().contains("postgres-cdc: streaming changes of 1 tables"), "{}", log.text());
+    assert!(!log.text().contains(&db.url), "the log shows no secret");
+
+    // The thief declares the same source: shop's secret is not its own, so its instance fails the
+    // same way, and with a secret of its own that guesses shop's database it cannot log in.
+    let mut theirs = Value::Null;
+    eventually(Duration::from_secs(30), "the thief's source to fail", async || {
+        theirs = instances_of(&p, &thief_token, &thief, "source:orders").await.pop().unwrap_or_default();
+        theirs["state"] == "failed"
+    })
+    .await;
+    assert!(theirs["detail"].as_str().unwrap().contains(&format!("which tenant `{thief}` has not stored")), "{theirs}");
+    let guessed = db.url.replace(db.url.split(':').nth(2).unwrap().split('@').next().unwrap(), "guessed");
+    let body = serde_json::to_vec(&json!({ "value": guessed })).unwrap();
+    let r = http
+        .call(
+            "PUT",
+            &format!("/v1/tenants/{thief}/secrets/shop-db"),
+            Some(&thief_token),
+            Some(("application/json", body)),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    eventually(Duration::from_secs(60), "the thief's connector to fail to log in", async || {
+        let latest = instances_of(&p, &thief_token, &thief, "source:orders").await;
+        let id = latest.iter().find(|i| i["desired"] == "running").map(|i| i["id"].as_str().unwrap().to_owned());
+        match id {
+            Some(id) => http
+                .get(&format!("/v1/tenants/{thief}/instances/{id}/log"), &thief_token)
+                .await
+                .text()
+                .contains("password authentication failed"),
+            None => false,
+        }
+    })
+    .await;
+    assert!(
+        db.slots().await.keys().all(|s| !s.contains(&thief.replace('-', "_"))),
+        "no slot of the thief's on shop's database"
+    );
+
+    // Undeclared: its instance stops.
+    std::fs::write(p.tenants_dir.join(format!("{shop}.yaml")), with_sources(&shop, "")).unwrap();
+    let id = live[0]["id"].as_str().unwrap().to_owned();
+    crate::stream::wait_state(&http, &token, &shop, &id, "exited", Duration::from_secs(60)).await;
+    assert!(instances_of(&p, &token, &shop, "source:orders").await.iter().all(|i| i["desired"] == "stopped"));
+    p.cleanup().await;
     db.drop().await;
 }

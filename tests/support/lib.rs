@@ -216,6 +216,7 @@ impl TestPlatform {
             }),
             retention: self.retention,
             secrets_key: Some(mysimbdp::secrets::SecretsKey::from_hex(&self.secrets_key).unwrap()),
+            connect_bin: Some(bin("mysimbdp-connect")),
         }
     }
 
@@ -284,6 +285,7 @@ impl TestPlatform {
             .env("MYSIMBDP_API_LISTEN", "127.0.0.1:0")
             .env("MYSIMBDP_JWT_SECRET", &self.jwt_secret)
             .env("MYSIMBDP_SECRETS_KEY", &self.secrets_key)
+            .env("MYSIMBDP_CONNECT_BIN", bin("mysimbdp-connect"))
             .env("MYSIMBDP_KAFKA_BROKERS", c.kafka_brokers.clone().unwrap_or_default())
             .env("MYSIMBDP_CLUSTER", &c.cluster)
             .env("MYSIMBDP_CONTAINER_SOCKET", c.container_socket.clone().unwrap_or_default())

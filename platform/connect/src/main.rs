@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let kind = std::env::args().nth(1).unwrap_or_default();
+    // As an argument, or (run by the stream manager, which gives a program no arguments) from the environment.
+    let kind = std::env::args().nth(1).or_else(|| std::env::var("MYSIMBDP_CONNECTOR").ok()).unwrap_or_default();
     let outcome = match kind.as_str() {
         "postgres-cdc" => mysimbdp_connect::cdc::Config::from_env().and_then(mysimbdp_connect::cdc::run),
         other => Err(anyhow::anyhow!("unknown connector `{other}` (postgres-cdc)")),

@@ -326,13 +326,10 @@ fn parse(value: &Value, errors: &mut Errors) -> Option<ServiceAgreement> {
         None => Some(SecretsAgreement::default()),
     };
     let sources = connectors::parse_sources(&root, errors);
-    if let (Some(list), Some(None)) = (&sources, &stream) {
-        if !list.is_empty() {
-            errors.push(
-                "sources",
-                "sources run as stream instances under the stream section's limits; add a stream section",
-            );
-        }
+    let declares_sources = root.get("sources").and_then(Value::as_sequence).is_some_and(|l| !l.is_empty());
+    if declares_sources && matches!(stream, Some(None)) {
+        errors
+            .push("sources", "sources run as stream instances under the stream section's limits; add a stream section");
     }
     if let (Some(list), Some(Some(stream))) = (&sources, &stream) {
         // A source's topic may also be one of the stream's (its apps read it); with as many partitions.

@@ -157,3 +157,52 @@ fn sandbox_and_coredms_limits_parse_with_defaults_and_report_their_errors() {
     }
     assert!(err.to_string().contains("10ms is less than a second"), "{err}");
 }
+
+const STREAM: &str = "stream:\n  topics: [{name: orders, partitions: 2}]\n  max_instances: 2\n  thresholds: {min_processing_rate: 1, max_avg_ingestion_time: 1s}\n";
+
+#[test]
+fn a_source_is_declared_with_its_secret_tables_and_topics() {
+    let text = format!(
+        "version: 1\ntenant: shop\nname: Shop\n{STREAM}secrets: {{max_secrets: 5}}\nsources:\n  - name: orders-db\n    kind: postgres_cdc\n    secret: shop-db\n    tables: [public.orders, sales.refunds]\n    topic_prefix: cdc\n    schemas: true\n    replica_identity: full\n"
+    );
+    let a = parse("shop", &text).unwrap_or_else(|e| panic!("{e}"));
+    let s = &a.sources[0];
+    assert_eq!((s.name.as_str(), s.secret.as_str(), s.snapshot), ("orders-db", "shop-db", SnapshotMode::Initial));
+    assert!(s.schemas && s.replica_identity_full && s.partitions == 1);
+    assert_eq!(s.topics().collect::<Vec<_>>(), ["cdc.public.orders", "cdc.sales.refunds"]);
+    assert_eq!((a.secrets.max_secrets, a.secrets.max_size), (5, ByteSize(16 << 10)));
+}
+
+#[test]
+fn a_bad_source_is_reported_field_by_field() {
+    let text = "version: 1\ntenant: shop\nname: Shop\nsources:\n  - name: Orders\n    kind: mysql_cdc\n    secret: ../db\n    tables: [orders, public.Orders]\n    topic_prefix: 'a..b'\n    snapshot: sometimes\n  - name: dup\n    kind: postgres_cdc\n    secret: s\n    tables: []\n    topic_prefix: p\n  - name: dup\n    kind: postgres_cdc\n    secret: s\n    tables: [public.t]\n    topic_prefix: p\n";
+    let err = parse("shop", text).unwrap_err();
+    let f = fields(&err);
+    for expected in [
+        "sources[0].name",
+        "sources[0].kind",
+        "sources[0].secret",
+        "sources[0].tables[0]",
+        "sources[0].tables[1]",
+        "sources[0].topic_prefix",
+        "sources[0].snapshot",
+        "sources[1].tables",
+        "sources[2].name",
+        "sources",
+    ] {
+        assert!(f.contains(&expected), "missing {expected} in {err}");
+    }
+    let text = err.to_string();
+    assert!(text.contains("unknown source kind `mysql_cdc` (postgres_cdc)"), "{text}");
+    assert!(text.contains("source `dup` is declared twice"), "{text}");
+    assert!(text.contains("add a stream section"), "{text}");
+    let clash = format!("version: 1\ntenant: shop\nname: Shop\n{STREAM}sources:\n  - {{name: o, kind: postgres_cdc, secret: s, tables: [public.t], topic_prefix: p, partitions: 3}}\n")
+        .replace("name: orders, partitions: 2", "name: p.public.t, partitions: 2");
+    let err = parse("shop", &clash).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "table public.t goes to topic `p.public.t`, which stream.topics declares with 2 partitions, not 3"
+        ),
+        "{err}"
+    );
+}

@@ -123,6 +123,9 @@ struct ServeArgs {
     /// The sandbox's init binary (default: `mysimbdp-sandbox` beside this binary).
     #[arg(long, env = "MYSIMBDP_SANDBOX_INIT")]
     sandbox_init: Option<PathBuf>,
+    /// The connectors' program (default: `mysimbdp-connect` beside this binary).
+    #[arg(long, env = "MYSIMBDP_CONNECT_BIN")]
+    connect_bin: Option<PathBuf>,
     /// Tenants' uids (and gids) are allocated from this one upwards.
     #[arg(long, env = "MYSIMBDP_SANDBOX_UID_BASE", default_value_t = mysimbdp::runtime::sandbox::DEFAULT_UID_BASE)]
     sandbox_uid_base: u32,
@@ -284,6 +287,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         coredms_url_file,
         sandbox,
         sandbox_init,
+        connect_bin,
         sandbox_uid_base,
         kafka_brokers,
         cluster,
@@ -337,6 +341,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         container_socket,
         sandbox,
         retention: (!retention.is_zero()).then_some(retention),
+        connect_bin,
         secrets_key: match (secrets_key, secrets_key_file) {
             (None, None) => None,
             (value, file) => Some(mysimbdp::secrets::SecretsKey::from_hex(&mysimbdp::config::secret_from(

@@ -47,6 +47,17 @@ pub fn wanted(snapshot: &Snapshot) -> BTreeMap<String, TopicSpec> {
             };
             out.insert(tenant_topic(tenant, &topic.name), spec);
         }
+        // The topics the tenant's sources write (the agreement checked that one also in
+        // stream.topics has the same partitions).
+        for source in &agreement.sources {
+            let spec = TopicSpec {
+                partitions: source.partitions.min(i32::MAX as u64) as i32,
+                max_message_bytes: Some(stream.max_message_size.0),
+            };
+            for topic in source.topics() {
+                out.insert(tenant_topic(tenant, &topic), spec);
+            }
+        }
     }
     out
 }

@@ -87,10 +87,12 @@ pub async fn lock_tenant(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, tenant:
     Ok(())
 }
 
-/// Instances of the tenant that run or are wanted running.
+/// Instances of the tenant's apps that run or are wanted running (its connectors are not counted:
+/// the agreement that declares them bounds them).
 pub async fn count_wanted(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, tenant: &TenantId) -> sqlx::Result<u64> {
     let n = sqlx::query_scalar!(
-        r#"select count(*) as "n!" from stream_instances where tenant = $1 and desired = 'running'"#,
+        r#"select count(*) as "n!" from stream_instances
+            where tenant = $1 and desired = 'running' and app not like 'source:%'"#,
         tenant.as_str()
     )
     .fetch_one(&mut **tx)
@@ -106,6 +108,49 @@ pub struct NewInstances<'a> {
     pub count: u64,
     pub max: u64,
     pub cause: &'a str,
+}
+
+/// Records the one instance of a declared connector (`app` is `source:<name>`), unless one is wanted
+/// already or one of the same declaration (`cause`) failed: a connector that keeps failing stays
+/// failed until its declaration or its secret changes. Returns the new instance, if any.
+pub async fn ensure_connector(
+    db: &Db,
+    tenant: &TenantId,
+    app: &str,
+    runtime: &str,
+    cause: &str,
+) -> sqlx::Result<Option<Instance>> {
+    let mut tx = db.begin().await?;
+    lock_tenant(&mut tx, tenant).await?;
+    let present = sqlx::query_scalar!(
+        r#"select exists (select from stream_instances where tenant = $1 and app = $2
+             and (desired = 'running' or (cause = $3 and state = 'failed'))) as "present!""#,
+        tenant.as_str(),
+        app,
+        cause,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if present {
+        return Ok(None);
+    }
+    let row = instance_query!(
+        [
+            "with i as (insert into stream_instances
+                 (id, tenant, app, app_version, runtime, desired, state, cause, detail)
+               values ($1, $2, $3, 0, $4, 'running', 'starting', $5, 'declared by the agreement; waiting for the stream manager')
+               returning *) "
+        ] " from i",
+        InstanceId::now() as InstanceId,
+        tenant.as_str(),
+        app,
+        runtime,
+        cause,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(row))
 }
 
 /// Records `count` new wanted instances inside `tx` (which holds the tenant's lock), refusing to pass

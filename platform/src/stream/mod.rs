@@ -10,6 +10,7 @@
 //!
 //! `reaction` applies the monitor's notifications from `mysimbdp.control`.
 
+pub mod connectors;
 pub mod leader;
 pub mod members;
 pub mod reaction;
@@ -49,6 +50,10 @@ pub struct StreamCtx {
     /// Confines the process runtime's instances (absent: `--sandbox off`).
     pub sandbox: Option<Arc<crate::runtime::sandbox::Sandbox>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The connectors' program (`mysimbdp-connect`).
+    pub connect_bin: PathBuf,
+    /// Opens tenants' secrets for their connectors.
+    pub secrets_key: Option<crate::secrets::SecretsKey>,
 }
 
 impl StreamCtx {
@@ -105,6 +110,7 @@ impl Manager {
     }
 
     async fn reconcile(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        connectors::sync(&self.ctx).await?;
         let mut wanted = instances::wanted(&self.ctx.db).await?;
         // A tenant whose agreement was withdrawn (its file removed, or no stream section left) has
         // its instances stopped: nothing runs for a tenant the platform no longer serves.

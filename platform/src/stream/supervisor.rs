@@ -148,24 +148,66 @@ struct Prepared {
     runtime: Runtime,
     spec: InstanceSpec,
     log: RotatingLog,
-    app: store::apps::App,
+    /// What runs, in words: `orders-stream version 3`, `source orders (postgres_cdc)`.
+    label: String,
+}
+
+/// The program an instance runs: a tenant's installed app, or a connector the agreement declares.
+struct Program {
+    dir: std::path::PathBuf,
+    entrypoint: String,
+    /// The container image it runs as (apps only).
+    image: String,
+    /// Variables beyond the stream app contract's.
+    env: Vec<(String, String)>,
+    label: String,
+}
+
+async fn program(
+    ctx: &StreamCtx,
+    inst: &Instance,
+    agreement: &crate::agreement::ServiceAgreement,
+) -> anyhow::Result<Result<Program, String>> {
+    let tenant = &inst.tenant;
+    if let Some(source) = super::connectors::source_of(&inst.app) {
+        let found = super::connectors::program(ctx, inst, agreement, source).await?;
+        return Ok(found.map(|p| Program {
+            dir: p.dir,
+            entrypoint: p.entrypoint,
+            image: String::new(),
+            env: p.env,
+            label: p.label,
+        }));
+    }
+    let Some(app) = store::apps::resolve(&ctx.db, tenant, &inst.app, Some(inst.app_version)).await? else {
+        return Ok(Err(format!("app `{}` version {} is no longer installed", inst.app, inst.app_version)));
+    };
+    Ok(Ok(Program {
+        dir: app.dir.clone().into(),
+        entrypoint: app.entrypoint.clone(),
+        image: crate::runtime::container::image_repository(tenant, app.id),
+        env: Vec::new(),
+        label: format!("{} version {}", app.name, app.version),
+    }))
 }
 
 /// Resolves what the instance runs under (the agreement's stream section, its app version, its
 /// runtime) and prepares its folder, log and spec; `Err` says why it cannot run at all.
 async fn prepare(ctx: &StreamCtx, inst: &Instance, tenant: &TenantId) -> anyhow::Result<Result<Prepared, String>> {
     let agreement = ctx.agreements.get(tenant);
-    let Some(stream) = agreement.as_ref().and_then(|a| a.stream.clone()) else {
+    let (Some(agreement), Some(stream)) = (agreement.as_ref(), agreement.as_ref().and_then(|a| a.stream.clone()))
+    else {
         return Ok(Err("the tenant's agreement has no stream section".into()));
     };
-    let Some(app) = store::apps::resolve(&ctx.db, tenant, &inst.app, Some(inst.app_version)).await? else {
-        return Ok(Err(format!("app `{}` version {} is no longer installed", inst.app, inst.app_version)));
+    let program = match program(ctx, inst, agreement).await? {
+        Ok(p) => p,
+        Err(why) => return Ok(Err(why)),
     };
     let runtime = match ctx.runtime(&inst.runtime) {
         Ok(r) => r,
         Err(why) => return Ok(Err(why)),
     };
-    let limits = agreement.map(|a| a.coredms.clone()).unwrap_or_default();
+    let limits = agreement.coredms.clone();
     let provisioned = ctx.tenants.ensure(tenant, &limits).await?;
     let dir = ctx.instance_dir(tenant, inst.id);
     let work = dir.join("work");
@@ -173,12 +215,18 @@ async fn prepare(ctx: &StreamCtx, inst: &Instance, tenant: &TenantId) -> anyhow:
     let made = if ctx.sandbox.is_none() { work.clone() } else { dir.clone() };
     tokio::task::spawn_blocking(move || std::fs::create_dir_all(made)).await??;
     let log = RotatingLog::open(&instance_log(&ctx.data_dir, tenant, inst.id), INSTANCE_LOG_LIMIT)?;
+    let mut env = environment(ctx, inst, tenant, &stream, &provisioned.coredms);
+    if !program.env.is_empty() {
+        // A connector reads no topics of the stream section's.
+        env.retain(|(k, _)| k != env::INPUT_TOPICS);
+        env.extend(program.env);
+    }
     let spec = InstanceSpec {
         name: format!("mysimbdp-{}", inst.id),
-        image: crate::runtime::container::image_repository(tenant, app.id),
-        app_dir: app.dir.clone().into(),
-        entrypoint: app.entrypoint.clone(),
-        env: environment(ctx, inst, tenant, &stream, &provisioned.coredms),
+        image: program.image,
+        app_dir: program.dir,
+        entrypoint: program.entrypoint,
+        env,
         work_dir: work,
         account: provisioned.account.clone(),
         memory: stream.memory,
@@ -186,7 +234,7 @@ async fn prepare(ctx: &StreamCtx, inst: &Instance, tenant: &TenantId) -> anyhow:
         pids: stream.max_processes,
         grace: stream.stop_grace,
     };
-    Ok(Ok(Prepared { stream, runtime, spec, log, app }))
+    Ok(Ok(Prepared { stream, runtime, spec, log, label: program.label }))
 }
 
 /// What the supervisor does after a run ended.
@@ -220,18 +268,18 @@ async fn supervise_inner(
     let tenant = inst.tenant.clone();
     let mut restarts = inst.restarts.max(0) as u64;
     loop {
-        let Prepared { stream, runtime, spec, mut log, app } = match prepare(ctx, inst, &tenant).await? {
+        let Prepared { stream, runtime, spec, mut log, label } = match prepare(ctx, inst, &tenant).await? {
             Ok(prepared) => prepared,
             Err(why) => {
                 instances::set_state(&ctx.db, id, InstanceState::Failed, &why).await?;
                 return Ok(());
             }
         };
-        log.push(format!("[mysimbdp] starting {} version {} ({})\n", app.name, app.version, runtime.kind()).as_bytes());
+        log.push(format!("[mysimbdp] starting {label} ({})\n", runtime.kind()).as_bytes());
         // Whatever still runs of this instance on this machine (a run its previous manager left
         // while dying, however it escaped) ends before the new run starts: an instance runs once.
         end_earlier_runs(inst, spec.account.uid, ctx.sandbox.is_some()).await;
-        tracing::info!(tenant = %tenant, instance = %id, app = %app.name, version = app.version, "starting instance");
+        tracing::info!(tenant = %tenant, instance = %id, program = %label, "starting instance");
         let outcome = run_once(ctx, id, &control, &runtime, spec, log).await;
         let ended = match &outcome {
             Err(e) => RunEnded::NotStarted { why: format!("could not start: {e}") },
