@@ -19,6 +19,7 @@ struct SourceDb {
     name: String,
     login: String,
     url: String,
+    dropped: bool,
 }
 
 impl SourceDb {
@@ -36,7 +37,7 @@ impl SourceDb {
         let base = pg_url();
         let host = base.split('@').nth(1).and_then(|h| h.split('/').next()).unwrap().to_owned();
         let url = format!("postgres://{login}:{password}@{host}/{name}");
-        SourceDb { name, login, url }
+        SourceDb { name, login, url, dropped: false }
     }
 
     async fn sql(&self, statements: &str) {
@@ -58,23 +59,47 @@ impl SourceDb {
         .collect()
     }
 
-    async fn drop(self) {
-        let mut admin = connect_admin(&pg_url()).await;
-        // A slot keeps its database (and the server's log) alive: drop them first.
-        let slots = "select pg_terminate_backend(active_pid) from pg_replication_slots where database = $1 and active_pid is not null";
-        sqlx::query(slots).bind(&self.name).execute(&mut admin).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        sqlx::query("select pg_drop_replication_slot(slot_name) from pg_replication_slots where database = $1")
-            .bind(&self.name)
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        sqlx::raw_sql(&format!("drop database if exists {} with (force)", self.name))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        sqlx::raw_sql(&format!("drop role if exists {}", self.login)).execute(&mut admin).await.unwrap();
+    /// Drops the database, its slots and its login. A slot left behind holds the server's log and its
+    /// catalog's oldest row versions (every later test's catalog then only grows): a failed test
+    /// drops them too, as it unwinds (`Drop`).
+    async fn drop(mut self) {
+        remove_source_db(&self.name, &self.login).await;
+        self.dropped = true;
     }
+}
+
+impl Drop for SourceDb {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        let (name, login) = (self.name.clone(), self.login.clone());
+        // The test's runtime cannot be blocked on from here: a thread and a runtime of its own.
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(remove_source_db(&name, &login));
+        });
+        let _ = done.join();
+    }
+}
+
+async fn remove_source_db(name: &str, login: &str) {
+    let mut admin = connect_admin(&pg_url()).await;
+    // Sessions still using a slot (a connector of a failed test) end first.
+    let slots = "select pg_terminate_backend(active_pid) from pg_replication_slots where database = $1 and active_pid is not null";
+    sqlx::query(slots).bind(name).execute(&mut admin).await.unwrap();
+    let active = "select count(*) from pg_replication_slots where database = $1 and active_pid is not null";
+    eventually(Duration::from_secs(10), "the slots' sessions to end", async || {
+        sqlx::query_scalar::<_, i64>(active).bind(name).fetch_one(&mut admin).await.unwrap() == 0
+    })
+    .await;
+    sqlx::query("select pg_drop_replication_slot(slot_name) from pg_replication_slots where database = $1")
+        .bind(name)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!("drop database if exists {name} with (force)")).execute(&mut admin).await.unwrap();
+    sqlx::raw_sql(&format!("drop role if exists {login}")).execute(&mut admin).await.unwrap();
 }
 
 async fn create_topic(topic: &str) {
@@ -89,8 +114,46 @@ async fn create_topic(topic: &str) {
     }
 }
 
+/// A connector's process, killed when dropped: a failed test leaves none running.
+struct Connector(Child);
+
+impl Connector {
+    fn kill(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+
+    /// Its output so far, once killed.
+    fn output(mut self) -> String {
+        use std::io::Read as _;
+        self.kill();
+        let mut s = String::new();
+        self.0.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+        s
+    }
+
+    /// Its output, once it has exited by itself.
+    fn output_at_exit(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.0.wait().unwrap();
+        (status, self.output())
+    }
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A connector of `tenant`'s source `source` on `db`'s tables.
-fn connector(tenant: &str, source: &str, db: &SourceDb, tables: &str, prefix: &str, extra: &[(&str, &str)]) -> Child {
+fn connector(
+    tenant: &str,
+    source: &str,
+    db: &SourceDb,
+    tables: &str,
+    prefix: &str,
+    extra: &[(&str, &str)],
+) -> Connector {
     let mut cmd = Command::new(bin("mysimbdp-connect"));
     cmd.arg("postgres-cdc")
         .env_clear()
@@ -106,7 +169,7 @@ fn connector(tenant: &str, source: &str, db: &SourceDb, tables: &str, prefix: &s
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    cmd.spawn().unwrap()
+    Connector(cmd.spawn().unwrap())
 }
 
 /// A message read back: its offset, key and value (`None`: a tombstone).
@@ -139,15 +202,6 @@ fn read_topic(topic: &str, want: usize, within: Duration) -> Vec<Read> {
         }
     }
     out
-}
-
-fn stderr_of(mut child: Child) -> String {
-    use std::io::Read as _;
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut s = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
-    s
 }
 
 const ORDERS: &str = "create table orders (id int primary key, amount numeric(12,2), placed_at timestamp, \
@@ -202,7 +256,7 @@ async fn a_tables_snapshot_and_changes_arrive_as_debezium_events_in_commit_order
     })
     .await
     .unwrap();
-    let log = stderr_of(plain);
+    let log = plain.output();
     assert_eq!(all.len(), 8, "snapshot 2 + 5 changes + 1 tombstone; the connector said:\n{log}");
     let ops: Vec<(Option<Value>, Option<String>)> = all[2..]
         .iter()
@@ -239,7 +293,7 @@ async fn a_tables_snapshot_and_changes_arrive_as_debezium_events_in_commit_order
     );
     let read =
         tokio::task::spawn_blocking(move || read_topic(&schema_topic, 3, Duration::from_secs(60))).await.unwrap();
-    stderr_of(with);
+    with.output();
     assert_eq!(read.len(), 3, "rows 1, 3 and 4 as the snapshot sees them");
     // A snapshot reads in the table's physical order: the updated row 1 now comes after row 3.
     let one = read.iter().find(|r| r.key.as_ref().unwrap()["payload"] == json!({"id": 1})).expect("row 1");
@@ -258,27 +312,16 @@ async fn a_login_that_may_not_replicate_or_see_the_table_is_told_so() {
     db.sql(ORDERS).await;
     let tenant = unique("cdct");
     let child = connector(&tenant, "orders", &db, "public.orders", &tenant, &[]);
-    let (status, log) = tokio::task::spawn_blocking(move || {
-        let mut child = child;
-        let status = child.wait().unwrap();
-        (status, stderr_of(child))
-    })
-    .await
-    .unwrap();
+    let (status, log) = tokio::task::spawn_blocking(move || child.output_at_exit()).await.unwrap();
     assert!(!status.success());
     assert!(log.contains("the login needs the REPLICATION attribute"), "{log}");
     let other = SourceDb::new(true).await;
     let child = connector(&tenant, "orders", &other, "public.orders", &tenant, &[]);
-    let log = tokio::task::spawn_blocking(move || stderr_of_exit(child)).await.unwrap();
+    let (_, log) = tokio::task::spawn_blocking(move || child.output_at_exit()).await.unwrap();
     assert!(log.contains("table public.orders does not exist (or this login cannot see it)"), "{log}");
     assert!(other.slots().await.is_empty(), "no slot made for a source that cannot run");
     db.drop().await;
     other.drop().await;
-}
-
-fn stderr_of_exit(mut child: Child) -> String {
-    child.wait().unwrap();
-    stderr_of(child)
 }
 
 /// Reads `topic` from the start on a thread of its own, keeping every message, until dropped.
@@ -320,6 +363,14 @@ impl Tail {
 
     fn len(&self) -> usize {
         self.read.lock().unwrap().len()
+    }
+
+    /// Waits until `n` messages were read, or `within` passed (the writer may be done).
+    async fn wait_for(&self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Waits until nothing new came for `quiet`; returns how many messages were read.
@@ -385,17 +436,12 @@ async fn killed_ten_times_during_100000_changes_the_connector_loses_none_and_rep
         let mut checks = Vec::new();
         for k in 0..10 {
             // Killed while it writes, the moment new messages show: the window where a slot moved
-            // before the broker acknowledged would lose them. Every other kill at a random moment.
+            // before the broker acknowledged would lose them. Every other kill a varying number of
+            // messages later, anywhere in a pass.
             let seen = tail.len();
-            if k % 2 == 0 {
-                while tail.len() == seen {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            } else {
-                tokio::time::sleep(Duration::from_millis(200 + 97 * k)).await;
-            }
-            running.kill().unwrap(); // SIGKILL
-            running.wait().unwrap();
+            let more = if k % 2 == 0 { 1 } else { 700 * k as usize };
+            tail.wait_for(seen + more, Duration::from_secs(10)).await;
+            running.kill();
             let at = confirmed(&db, &slot).await;
             let read = tail.settle(Duration::from_millis(700)).await;
             checks.push((at, read));
@@ -414,7 +460,7 @@ async fn killed_ten_times_during_100000_changes_the_connector_loses_none_and_rep
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let log = stderr_of(running);
+    let log = running.output();
     let all = tail.finish();
     eprintln!("{} messages for {expected} changes in {:?}, kills at {checks:?}", all.len(), started.elapsed());
     assert_eq!(distinct.len(), expected, "every change, once at least; the last run said:\n{log}");
@@ -500,7 +546,7 @@ async fn a_snapshot_taken_while_rows_change_is_exact_and_one_killed_halfway_is_t
     let db = SourceDb::new(true).await;
     db.sql(
         "create table items (id bigint primary key, v int not null); \
-            insert into items select g, 0 from generate_series(1, 20000) g",
+            insert into items select g, 0 from generate_series(1, 100000) g",
     )
     .await;
     let tenant = unique("cdcs");
@@ -516,9 +562,9 @@ async fn a_snapshot_taken_while_rows_change_is_exact_and_one_killed_halfway_is_t
             let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
             for t in 0..300i64 {
                 let sql = format!(
-                    "begin; insert into items values ({}, 0); update items set v = v + 1 where id % 300 = {t}; \
+                    "begin; insert into items values ({}, 0); update items set v = v + 1 where id % 3000 = {t}; \
                      delete from items where id = {}; commit",
-                    20_001 + t,
+                    100_001 + t,
                     t * 50 + 7
                 );
                 sqlx::raw_sql(&sql).execute(&mut c).await.unwrap();
@@ -529,11 +575,9 @@ async fn a_snapshot_taken_while_rows_change_is_exact_and_one_killed_halfway_is_t
     let a = connector(&tenant, "a", &db, "public.items", &exact, &[]);
     let mut b = connector(&tenant, "b", &db, "public.items", &killed, &[]);
     let killer = async {
-        while tail_b.len() < 1_000 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        b.kill().unwrap();
-        b.wait().unwrap();
+        // At its snapshot's first rows (a pass writes 5,000 at a time): well before its last.
+        tail_b.wait_for(1, Duration::from_secs(60)).await;
+        b.kill();
         let during = db.slots().await;
         b = connector(&tenant, "b", &db, "public.items", &killed, &[]);
         during
@@ -553,7 +597,7 @@ async fn a_snapshot_taken_while_rows_change_is_exact_and_one_killed_halfway_is_t
     // Both connectors poll every 50 ms: two quiet seconds after the last write, they are done.
     tail_a.settle(Duration::from_secs(2)).await;
     tail_b.settle(Duration::from_secs(2)).await;
-    let (log_a, log_b) = (stderr_of(a), stderr_of(b));
+    let (log_a, log_b) = (a.output(), b.output());
     let (read_a, read_b) = (tail_a.finish(), tail_b.finish());
     assert_same(
         &fold(&read_a),
