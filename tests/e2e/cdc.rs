@@ -767,10 +767,27 @@ async fn a_declared_source_runs_as_its_tenants_instance_with_its_secret_alone_an
         "no slot of the thief's on shop's database"
     );
 
-    // Undeclared: its instance stops.
+    // Undeclared: its instance stops, and one last run releases its slot and publication (a slot
+    // left behind would keep the database's log for ever).
+    let shop_slot =
+        |slots: &BTreeMap<String, Option<String>>| slots.keys().any(|s| s.contains(&shop.replace('-', "_")));
+    assert!(shop_slot(&db.slots().await));
     std::fs::write(p.tenants_dir.join(format!("{shop}.yaml")), with_sources(&shop, "")).unwrap();
     let id = live[0]["id"].as_str().unwrap().to_owned();
     crate::stream::wait_state(&http, &token, &shop, &id, "exited", Duration::from_secs(60)).await;
+    let mut release = Value::Null;
+    eventually(Duration::from_secs(60), "the source's release to run", async || {
+        let all = instances_of(&p, &token, &shop, "source:orders").await;
+        release =
+            all.iter().find(|i| i["cause"].as_str().unwrap().starts_with("release ")).cloned().unwrap_or_default();
+        assert_ne!(release["state"], "failed", "{all:?}");
+        release["state"] == "exited"
+    })
+    .await;
+    assert!(!shop_slot(&db.slots().await), "the slot is gone: {:?}", db.slots().await);
+    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let publications: i64 = sqlx::query_scalar("select count(*) from pg_publication").fetch_one(&mut c).await.unwrap();
+    assert_eq!(publications, 0, "the publication is gone");
     assert!(instances_of(&p, &token, &shop, "source:orders").await.iter().all(|i| i["desired"] == "stopped"));
     p.cleanup().await;
     db.drop().await;

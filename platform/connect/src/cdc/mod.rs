@@ -48,6 +48,8 @@ pub mod env {
     pub const SCHEMAS: &str = "MYSIMBDP_CDC_SCHEMAS";
     /// `default` or `full`: the tables' replica identity.
     pub const REPLICA_IDENTITY: &str = "MYSIMBDP_CDC_REPLICA_IDENTITY";
+    /// `true`: the source is gone; drop its slot and publication, and exit.
+    pub const RELEASE: &str = "MYSIMBDP_CDC_RELEASE";
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,6 +140,35 @@ struct Events {
     /// The relations decoding described, by oid.
     relations: HashMap<u32, Relation>,
     last_commit: Option<u64>,
+}
+
+/// A source the agreement no longer declares: its slot and publication are dropped, so PostgreSQL
+/// stops keeping the log for it (a forgotten slot fills the tenant's disk). The slot may still be in
+/// use for a moment by the source's last run, stopping.
+pub fn release(tenant: &str, source_name: &str, database_url: &str) -> anyhow::Result<()> {
+    let mut pg = source::connect(database_url)?;
+    let (slot, publication) = (names::slot(tenant, source_name), names::publication(tenant, source_name));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let dropped = pg.query(
+            "select pg_drop_replication_slot(slot_name) from pg_replication_slots \
+             where slot_name = $1 and database = current_database()",
+            &[&slot],
+        );
+        match dropped {
+            Ok(rows) => {
+                eprintln!("postgres-cdc: source {source_name} released: {} slot dropped", rows.len());
+                break;
+            }
+            Err(e) if Instant::now() < deadline && e.to_string().contains("is active") => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e).with_context(|| format!("dropping replication slot {slot}")),
+        }
+    }
+    pg.batch_execute(&format!("drop publication if exists {publication}"))
+        .with_context(|| format!("dropping publication {publication}"))?;
+    Ok(())
 }
 
 /// Runs until SIGTERM (then finishes the pass it is in) or an error.
