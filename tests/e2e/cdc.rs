@@ -725,6 +725,16 @@ async fn a_declared_source_runs_as_its_tenants_instance_with_its_secret_alone_an
     .await
     .unwrap();
     assert_eq!(read[1].value.as_ref().unwrap()["op"], "c");
+    // It reports like an app: signed, kept, its silence watched; not judged (nothing it reads is a topic).
+    let id = live[0]["id"].as_str().unwrap().to_owned();
+    let mut reports = Vec::new();
+    eventually(Duration::from_secs(30), "the connector's reports", async || {
+        let page = crate::stream::get_list(&http, &token, &format!("/v1/tenants/{shop}/reports?instance={id}")).await;
+        reports = page;
+        reports.iter().map(|r| r["messages"].as_i64().unwrap()).sum::<i64>() >= 2
+    })
+    .await;
+    assert!(reports.iter().all(|r| r["verdict"] == "unjudged" && r["app"] == "source:orders"), "{reports:?}");
     let log = http.get(&format!("/v1/tenants/{shop}/instances/{}/log", live[0]["id"].as_str().unwrap()), &token).await;
     assert!(log.text().contains("postgres-cdc: streaming changes of 1 tables"), "{}", log.text());
     assert!(!log.text().contains(&db.url), "the log shows no secret");

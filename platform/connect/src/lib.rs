@@ -3,3 +3,4 @@
 
 pub mod cdc;
 pub mod publish;
+pub mod report;

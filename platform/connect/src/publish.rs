@@ -19,6 +19,9 @@ pub struct Outgoing {
     pub key: Option<Vec<u8>>,
     /// `None`: a tombstone.
     pub value: Option<Vec<u8>>,
+    /// When its source happened (a commit, a snapshot's read), in ms since the epoch: reports say
+    /// how long each message took from there to the broker's acknowledgement.
+    pub at_ms: i64,
 }
 
 impl Publisher {
@@ -37,9 +40,9 @@ impl Publisher {
     }
 
     /// Writes `batch` and returns once the broker acknowledged every message, or with the first error.
-    pub fn send_all(&self, batch: Vec<Outgoing>) -> anyhow::Result<()> {
+    pub fn send_all(&self, batch: &[Outgoing]) -> anyhow::Result<()> {
         let mut pending = Vec::with_capacity(batch.len());
-        for m in &batch {
+        for m in batch {
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&m.topic);
             if let Some(k) = &m.key {
                 record = record.key(k.as_slice());
@@ -61,7 +64,7 @@ impl Publisher {
                 }
             }
         }
-        for (outcome, m) in futures::executor::block_on(join_all(pending)).into_iter().zip(&batch) {
+        for (outcome, m) in futures::executor::block_on(join_all(pending)).into_iter().zip(batch) {
             match outcome {
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => {

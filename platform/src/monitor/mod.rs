@@ -223,6 +223,11 @@ impl Monitor {
             (None, Verdict::Final)
         } else if stale {
             (None, Verdict::Stale)
+        } else if crate::stream::connectors::source_of(&r.app).is_some() {
+            // A connector reads no topic: what waits for it is in its source (the database's log),
+            // which the monitor does not measure yet. Kept, and its silence watched, not judged.
+            self.last_seen.insert(c.instance, Instant::now());
+            (None, Verdict::Unjudged)
         } else {
             self.last_seen.insert(c.instance, Instant::now());
             let group = crate::stream::consumer_group(&c.tenant, &r.app);

@@ -28,6 +28,7 @@ use anyhow::{bail, Context};
 use postgres::Client;
 
 use crate::publish::{Outgoing, Publisher};
+use crate::report::Reporter;
 use envelope::{Op, Shape, Source};
 use pgoutput::{Datum, Message, Relation, PG_EPOCH_OFFSET_US};
 use source::{Snapshot, Table};
@@ -128,7 +129,20 @@ struct Cdc {
     pg: Client,
     publication: String,
     publisher: Publisher,
+    reporter: Option<Reporter>,
     ev: Events,
+}
+
+/// Writes `batch`, waits for the broker to hold all of it, and counts it in the report.
+fn send(publisher: &Publisher, reporter: &Option<Reporter>, batch: &[Outgoing]) -> anyhow::Result<()> {
+    publisher.send_all(batch)?;
+    if let Some(r) = reporter {
+        let now = now_ms();
+        for m in batch {
+            r.record(m.value.as_ref().map_or(0, Vec::len), (now - m.at_ms) as f64);
+        }
+    }
+    Ok(())
 }
 
 /// What turns decoded changes into messages.
@@ -181,9 +195,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let publication = names::publication(&cfg.tenant, &cfg.source);
     source::ensure_publication(&mut pg, &publication, &tables, cfg.replica_identity_full)?;
     let publisher = Publisher::new(&cfg.brokers)?;
+    let reporter = Reporter::from_env(&cfg.brokers)?;
     let tables = tables.into_iter().map(|t| (t.relation.oid, t)).collect();
     let ev = Events { cfg, db, tables, relations: HashMap::new(), last_commit: None };
-    let mut cdc = Cdc { pg, publication, publisher, ev };
+    let mut cdc = Cdc { pg, publication, publisher, reporter, ev };
     let slot = names::slot(&cdc.ev.cfg.tenant, &cdc.ev.cfg.source);
     if !source::slot_exists(&mut cdc.pg, &slot)? {
         match cdc.ev.cfg.snapshot {
@@ -258,7 +273,7 @@ impl Cdc {
                     rows += 1;
                 }
                 if batch.len() >= 5_000 {
-                    self.publisher.send_all(std::mem::take(&mut batch))?;
+                    send(&self.publisher, &self.reporter, &std::mem::take(&mut batch))?;
                 }
             }
         }
@@ -272,7 +287,7 @@ impl Cdc {
             }
             batch.push(last);
         }
-        self.publisher.send_all(batch)?;
+        send(&self.publisher, &self.reporter, &batch)?;
         tx.commit()?;
         // The changes between the temporary slot's start and the snapshot: only those it did not see.
         self.pass(&temporary, Some(taken), Some(&snapshot))?;
@@ -327,7 +342,7 @@ impl Cdc {
                     Message::Other(_) => {}
                 }
             }
-            self.publisher.send_all(out)?;
+            send(&self.publisher, &self.reporter, &out)?;
             if let Some(lsn) = confirmed {
                 source::advance(&mut self.pg, slot, lsn)?;
             }
@@ -371,10 +386,11 @@ impl Events {
         };
         let (value, image) = shape.event(op, before, after, &source, now_ms(), self.cfg.schemas)?;
         let key = shape.key(&image, self.cfg.schemas).map(|k| serde_json::to_vec(&k)).transpose()?;
-        let mut out =
-            vec![Outgoing { topic: topic.clone(), key: key.clone(), value: Some(serde_json::to_vec(&value)?) }];
+        let at_ms = if op == Op::Read { now_ms() } else { s.commit_ts_ms };
+        let value = Some(serde_json::to_vec(&value)?);
+        let mut out = vec![Outgoing { topic: topic.clone(), key: key.clone(), value, at_ms }];
         if op == Op::Delete {
-            out.push(Outgoing { topic, key, value: None });
+            out.push(Outgoing { topic, key, value: None, at_ms });
         }
         Ok(out)
     }
