@@ -168,6 +168,9 @@ try:
 finally:
     admin_sql(f"drop database if exists {name} with (force)")
     admin_sql(f"drop role if exists {login}")
+    for f in os.listdir("/tmp"):
+        if f.startswith(f"bench-cdc-{RUN}-"):
+            os.remove(os.path.join("/tmp", f))
 
 med = lambda s, k: statistics.median(x[k] for x in results if x["system"] == s)
 print(f"\nmedians over {args.rounds} rounds ({args.n} changes for throughput; {args.rate}/s for {args.seconds}s for latency):")

@@ -57,13 +57,9 @@ impl SecretsKey {
     }
 }
 
-/// `[a-z0-9][a-z0-9._-]{0,63}`: a secret's name, safe in a path and a log line.
+/// A secret's name: a simple name (see `crate::agreement::is_simple_name`).
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
-    if ok {
+    if crate::agreement::is_simple_name(name) {
         Ok(())
     } else {
         Err(format!("`{name}` is not a valid secret name (1-64 characters of a-z, 0-9, `.`, `_`, `-`)"))

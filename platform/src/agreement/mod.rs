@@ -697,13 +697,16 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
-/// `[a-z0-9][a-z0-9._-]{0,63}`, safe as a folder name.
-pub fn validate_app_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
+/// `[a-z0-9][a-z0-9._-]{0,63}`: safe as a folder name and in a log line (apps' and secrets' names).
+pub fn is_simple_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
-    if ok {
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+}
+
+pub fn validate_app_name(name: &str) -> Result<(), String> {
+    if is_simple_name(name) {
         Ok(())
     } else {
         Err(format!("`{name}` is not a valid app name (1-64 characters of a-z, 0-9, `.`, `_`, `-`)"))

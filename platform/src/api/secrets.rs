@@ -24,6 +24,8 @@ pub struct PutSecret {
     params(("tenant" = String, Path, description = "tenant id"), ("name" = String, Path, description = "secret name")),
     request_body(content = PutSecret, content_type = "application/json"),
     responses((status = 200, body = SecretInfo),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "over the agreement's max_secrets"),
         (status = 413, body = Problem, content_type = "application/problem+json", description = "over the agreement's secrets.max_size"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "a bad name"),
