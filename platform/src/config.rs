@@ -38,7 +38,7 @@ pub struct Config {
     pub retention: Option<std::time::Duration>,
     /// Seals tenants' secrets at rest; absent: the platform keeps none (and runs no connector that
     /// needs one).
-    pub secrets_key: Option<crate::secrets::SecretsKey>,
+    pub secrets_key: Option<Redacted>,
     /// The connectors' program (`mysimbdp-connect`); default: beside the running `mysimbdp`.
     pub connect_bin: Option<PathBuf>,
 }
@@ -166,6 +166,25 @@ pub fn secret_from(what: &str, value: Option<String>, file: Option<PathBuf>) -> 
             Ok(text.trim_end_matches(['\n', '\r']).to_owned())
         }
         (None, None) => anyhow::bail!("{what} is not configured"),
+    }
+}
+
+/// The key tenants' secrets are sealed with, as given (a value or a file; 64 hex digits, checked when
+/// the platform starts); none if neither is given (the platform then keeps no secrets).
+pub fn secrets_key_from(value: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Option<Redacted>> {
+    if value.is_none() && file.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Redacted(secret_from("the secrets key", value, file)?)))
+}
+
+/// A secret's text, never shown by `Debug`.
+#[derive(Clone)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
     }
 }
 

@@ -89,12 +89,15 @@ pub struct Platform {
     metrics: Arc<metrics::Metrics>,
     tenants: Arc<tenants::Tenants>,
     sandbox: Option<Arc<runtime::sandbox::Sandbox>>,
+    /// Seals and opens tenants' secrets (from `config.secrets_key`).
+    secrets_key: Option<secrets::SecretsKey>,
     api: Option<(tokio::net::TcpListener, api::ApiState)>,
 }
 
 impl Platform {
     pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let config = config.absolute()?;
+        let secrets_key = config.secrets_key.as_ref().map(|k| secrets::SecretsKey::from_hex(&k.0)).transpose()?;
         let needs_tenants = config.batch_role || config.stream_role;
         if (config.stream_role || config.monitor_role) && config.kafka_brokers.is_none() {
             anyhow::bail!(
@@ -126,7 +129,8 @@ impl Platform {
         };
         let uid_base = config.sandbox.as_ref().map_or(runtime::sandbox::DEFAULT_UID_BASE, |s| s.uid_base);
         let tenants = Arc::new(tenants::Tenants::new(db.clone(), coredms, config.staging_dir.clone(), uid_base));
-        let mut platform = Platform { config, shutdown, db, agreements, layout, metrics, tenants, sandbox, api: None };
+        let mut platform =
+            Platform { config, shutdown, db, agreements, layout, metrics, tenants, sandbox, secrets_key, api: None };
         platform.api = platform.bind_api().await?;
         Ok(platform)
     }
@@ -150,7 +154,7 @@ impl Platform {
             pages: Arc::new(api::page_cache::PageCache::new(api.page_cache)),
             min_upload_rate: api.min_upload_rate,
             kafka_brokers: self.config.kafka_brokers.clone(),
-            secrets_key: self.config.secrets_key.clone(),
+            secrets_key: self.secrets_key.clone(),
         };
         let listener = tokio::net::TcpListener::bind(api.listen)
             .await
@@ -296,7 +300,7 @@ impl Platform {
                 Some(path) => path.clone(),
                 None => std::env::current_exe()?.with_file_name("mysimbdp-connect"),
             },
-            secrets_key: self.config.secrets_key.clone(),
+            secrets_key: self.secrets_key.clone(),
         };
         Ok(role("stream", self.shutdown.clone(), Box::pin(stream::run(ctx, self.shutdown.clone()))))
     }

@@ -57,15 +57,6 @@ impl SecretsKey {
     }
 }
 
-/// A secret's name: a simple name (see `crate::agreement::is_simple_name`).
-pub fn validate_name(name: &str) -> Result<(), String> {
-    if crate::agreement::is_simple_name(name) {
-        Ok(())
-    } else {
-        Err(format!("`{name}` is not a valid secret name (1-64 characters of a-z, 0-9, `.`, `_`, `-`)"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,11 +80,8 @@ mod tests {
     }
 
     #[test]
-    fn keys_and_names_are_checked() {
+    fn a_key_is_32_bytes_of_hex() {
         assert!(SecretsKey::from_hex("abcd").unwrap_err().to_string().contains("it must be 32"));
         assert!(SecretsKey::from_hex("zz").is_err());
-        assert!(validate_name("orders-db").is_ok());
-        assert!(validate_name("../x").is_err());
-        assert!(validate_name("").is_err());
     }
 }

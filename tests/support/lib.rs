@@ -215,7 +215,7 @@ impl TestPlatform {
                 uid_base: mysimbdp::runtime::sandbox::DEFAULT_UID_BASE,
             }),
             retention: self.retention,
-            secrets_key: Some(mysimbdp::secrets::SecretsKey::from_hex(&self.secrets_key).unwrap()),
+            secrets_key: Some(mysimbdp::config::Redacted(self.secrets_key.clone())),
             connect_bin: Some(bin("mysimbdp-connect")),
         }
     }

@@ -84,100 +84,103 @@ pub(super) fn parse_sources(s: &Section<'_>, errors: &mut Errors) -> Option<Vec<
     let sources: Vec<Option<Source>> = s
         .list("sources", errors, false)
         .into_iter()
-        .map(|(field, v)| {
-            let src = Section::new(
-                v,
-                &field,
-                &[
-                    "name",
-                    "kind",
-                    "secret",
-                    "tables",
-                    "topic_prefix",
-                    "snapshot",
-                    "schemas",
-                    "replica_identity",
-                    "partitions",
-                ],
-                errors,
-            )?;
-            let name = src.required("name", errors, |v| {
-                let n = string(v)?;
-                let ok = n.len() <= 32
-                    && n.starts_with(|c: char| c.is_ascii_lowercase())
-                    && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-                if !ok {
-                    return Err(format!("`{n}` is not a source name (a-z first, then a-z, 0-9, `-`; up to 32)"));
-                }
-                if !names.insert(n.clone()) {
-                    return Err(format!("source `{n}` is declared twice"));
-                }
-                Ok(n)
-            });
-            let kind = src.required("kind", errors, |v| match string(v)?.as_str() {
-                "postgres_cdc" => Ok(()),
-                other => Err(format!("unknown source kind `{other}` (postgres_cdc)")),
-            });
-            let secret = src.required("secret", errors, |v| {
-                let n = string(v)?;
-                crate::secrets::validate_name(&n)?;
-                Ok(n)
-            });
-            let tables: Vec<Option<String>> = src
-                .list("tables", errors, true)
-                .into_iter()
-                .map(|(field, v)| {
-                    let parsed = string(v).and_then(|t| match t.split_once('.') {
-                        Some((schema, table)) if identifier(schema) && identifier(table) => Ok(t),
-                        _ => Err(format!("`{t}` is not schema.table (lowercase identifiers, e.g. public.orders)")),
-                    });
-                    parsed.map_err(|m| errors.push(field, m)).ok()
-                })
-                .collect();
-            if src.get("tables").is_some_and(|t| t.as_sequence().is_some_and(|l| l.is_empty())) {
-                errors.push(src.field("tables"), "at least one table is needed to capture anything");
-            }
-            let topic_prefix = src.required("topic_prefix", errors, |v| {
-                let p = string(v)?;
-                let ok = p.len() <= 64
-                    && p.split('.').all(|part| {
-                        !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
-                    });
-                if ok {
-                    Ok(p)
-                } else {
-                    Err(format!(
-                        "`{p}` is not a topic prefix (letters, digits, `_`, `-`, parts joined by `.`; up to 64)"
-                    ))
-                }
-            });
-            let snapshot = src.optional("snapshot", SnapshotMode::Initial, errors, |v| match string(v)?.as_str() {
-                "initial" => Ok(SnapshotMode::Initial),
-                "never" => Ok(SnapshotMode::Never),
-                other => Err(format!("unknown snapshot mode `{other}` (initial, never)")),
-            });
-            let schemas = src
-                .optional("schemas", false, errors, |v| v.as_bool().ok_or_else(|| "expected true or false".to_owned()));
-            let replica_identity_full =
-                src.optional("replica_identity", false, errors, |v| match string(v)?.as_str() {
-                    "default" => Ok(false),
-                    "full" => Ok(true),
-                    other => Err(format!("unknown replica identity `{other}` (default, full)")),
-                });
-            let partitions = src.optional("partitions", 1, errors, integer(1, 1024));
-            kind?;
-            let tables: Option<Vec<String>> = tables.into_iter().collect();
-            Some(Source {
-                name: name?,
-                secret: secret?,
-                tables: tables?,
-                topic_prefix: topic_prefix?,
-                snapshot: snapshot?,
-                schemas: schemas?,
-                replica_identity_full: replica_identity_full?,
-                partitions: partitions?,
-            })
-        })
+        .map(|(field, v)| parse_source(v, &field, &mut names, errors))
         .collect();
     sources.into_iter().collect()
+}
+
+const SOURCE_FIELDS: [&str; 9] =
+    ["name", "kind", "secret", "tables", "topic_prefix", "snapshot", "schemas", "replica_identity", "partitions"];
+
+/// One entry of `sources`; `names` holds the names seen before it.
+fn parse_source(
+    v: &Value,
+    field: &str,
+    names: &mut std::collections::HashSet<String>,
+    errors: &mut Errors,
+) -> Option<Source> {
+    let src = Section::new(v, field, &SOURCE_FIELDS, errors)?;
+    let name = src.required("name", errors, |v| {
+        let n = source_name(v)?;
+        if !names.insert(n.clone()) {
+            return Err(format!("source `{n}` is declared twice"));
+        }
+        Ok(n)
+    });
+    let kind = src.required("kind", errors, |v| match string(v)?.as_str() {
+        "postgres_cdc" => Ok(()),
+        other => Err(format!("unknown source kind `{other}` (postgres_cdc)")),
+    });
+    let secret = src.required("secret", errors, |v| {
+        let n = string(v)?;
+        super::validate_secret_name(&n)?;
+        Ok(n)
+    });
+    let tables = parse_tables(&src, errors);
+    let topic_prefix = src.required("topic_prefix", errors, topic_prefix);
+    let snapshot = src.optional("snapshot", SnapshotMode::Initial, errors, |v| match string(v)?.as_str() {
+        "initial" => Ok(SnapshotMode::Initial),
+        "never" => Ok(SnapshotMode::Never),
+        other => Err(format!("unknown snapshot mode `{other}` (initial, never)")),
+    });
+    let schemas =
+        src.optional("schemas", false, errors, |v| v.as_bool().ok_or_else(|| "expected true or false".to_owned()));
+    let replica_identity_full = src.optional("replica_identity", false, errors, |v| match string(v)?.as_str() {
+        "default" => Ok(false),
+        "full" => Ok(true),
+        other => Err(format!("unknown replica identity `{other}` (default, full)")),
+    });
+    let partitions = src.optional("partitions", 1, errors, integer(1, 1024));
+    kind?;
+    Some(Source {
+        name: name?,
+        secret: secret?,
+        tables: tables?,
+        topic_prefix: topic_prefix?,
+        snapshot: snapshot?,
+        schemas: schemas?,
+        replica_identity_full: replica_identity_full?,
+        partitions: partitions?,
+    })
+}
+
+fn source_name(v: &Value) -> Result<String, String> {
+    let n = string(v)?;
+    let ok = n.len() <= 32
+        && n.starts_with(|c: char| c.is_ascii_lowercase())
+        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(n)
+    } else {
+        Err(format!("`{n}` is not a source name (a-z first, then a-z, 0-9, `-`; up to 32)"))
+    }
+}
+
+/// `tables`: at least one, each `schema.table`.
+fn parse_tables(src: &Section<'_>, errors: &mut Errors) -> Option<Vec<String>> {
+    let tables: Vec<Option<String>> = src
+        .list("tables", errors, true)
+        .into_iter()
+        .map(|(field, v)| {
+            let parsed = string(v).and_then(|t| match t.split_once('.') {
+                Some((schema, table)) if identifier(schema) && identifier(table) => Ok(t),
+                _ => Err(format!("`{t}` is not schema.table (lowercase identifiers, e.g. public.orders)")),
+            });
+            parsed.map_err(|m| errors.push(field, m)).ok()
+        })
+        .collect();
+    if src.get("tables").is_some_and(|t| t.as_sequence().is_some_and(|l| l.is_empty())) {
+        errors.push(src.field("tables"), "at least one table is needed to capture anything");
+    }
+    tables.into_iter().collect()
+}
+
+fn topic_prefix(v: &Value) -> Result<String, String> {
+    let p = string(v)?;
+    let part_ok = |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c));
+    if p.len() <= 64 && p.split('.').all(part_ok) {
+        Ok(p)
+    } else {
+        Err(format!("`{p}` is not a topic prefix (letters, digits, `_`, `-`, parts joined by `.`; up to 64)"))
+    }
 }

@@ -705,6 +705,15 @@ pub fn is_simple_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
 }
 
+/// A secret's name: a simple name (it appears in paths of the API and in agreements).
+pub fn validate_secret_name(name: &str) -> Result<(), String> {
+    if is_simple_name(name) {
+        Ok(())
+    } else {
+        Err(format!("`{name}` is not a valid secret name (1-64 characters of a-z, 0-9, `.`, `_`, `-`)"))
+    }
+}
+
 pub fn validate_app_name(name: &str) -> Result<(), String> {
     if is_simple_name(name) {
         Ok(())

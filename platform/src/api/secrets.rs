@@ -9,8 +9,9 @@ use super::extract::{Json, Path};
 use super::problem::{Problem, TenantScoped};
 use super::scope::{InForce, Scoped, Whole};
 use super::ApiState;
-use crate::secrets::validate_name;
+use crate::agreement::{validate_secret_name, SecretsAgreement};
 use crate::store::secrets::{self, PutError, SecretInfo};
+use crate::tenant::TenantId;
 
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -36,23 +37,33 @@ pub async fn put(
     Path((_, name)): Path<(String, String)>,
     Json(body): Json<PutSecret>,
 ) -> Result<Json<SecretInfo>, Problem> {
-    validate_name(&name).map_err(Problem::unprocessable)?;
-    let limits = &agreement.secrets;
-    if body.value.len() as u64 > limits.max_size.0 {
+    Ok(Json(store(&state, &tenant, &agreement.secrets, &name, &body.value).await?))
+}
+
+/// Seals and stores one secret within the agreement's limits.
+async fn store(
+    state: &ApiState,
+    tenant: &TenantId,
+    limits: &SecretsAgreement,
+    name: &str,
+    value: &str,
+) -> Result<SecretInfo, Problem> {
+    validate_secret_name(name).map_err(Problem::unprocessable)?;
+    if value.len() as u64 > limits.max_size.0 {
         return Err(Problem::too_large(format!(
             "the value is {} bytes, over the agreement's secrets.max_size of {}",
-            body.value.len(),
+            value.len(),
             limits.max_size
         )));
     }
     let key = state.secrets_key.as_ref().ok_or_else(|| {
         Problem::unavailable("this platform keeps no secrets: it has no secrets key (MYSIMBDP_SECRETS_KEY_FILE)")
     })?;
-    let sealed = key.seal(&tenant, &name, body.value.as_bytes());
-    match secrets::put(&state.db, &tenant, &name, &sealed, body.value.len(), limits.max_secrets).await {
+    let sealed = key.seal(tenant, name, value.as_bytes());
+    match secrets::put(&state.db, tenant, name, &sealed, value.len(), limits.max_secrets).await {
         Ok(info) => {
             tracing::info!(%tenant, secret = %name, "secret written");
-            Ok(Json(info))
+            Ok(info)
         }
         Err(e @ PutError::OverLimit { .. }) => Err(Problem::conflict(e.to_string())),
         Err(PutError::Store(e)) => Err(e.into()),

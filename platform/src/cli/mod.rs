@@ -342,14 +342,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         sandbox,
         retention: (!retention.is_zero()).then_some(retention),
         connect_bin,
-        secrets_key: match (secrets_key, secrets_key_file) {
-            (None, None) => None,
-            (value, file) => Some(mysimbdp::secrets::SecretsKey::from_hex(&mysimbdp::config::secret_from(
-                "the secrets key",
-                value,
-                file,
-            )?)?),
-        },
+        secrets_key: mysimbdp::config::secrets_key_from(secrets_key, secrets_key_file)?,
     };
     mysimbdp::config::harden_process();
     let shutdown = CancellationToken::new();
