@@ -74,12 +74,7 @@ impl Drop for SourceDb {
             return;
         }
         let (name, login) = (self.name.clone(), self.login.clone());
-        // The test's runtime cannot be blocked on from here: a thread and a runtime of its own.
-        let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(remove_source_db(&name, &login));
-        });
-        let _ = done.join();
+        block_on_aside(move || async move { remove_source_db(&name, &login).await });
     }
 }
 
@@ -525,6 +520,15 @@ fn fold(read: &[Read]) -> BTreeMap<i64, Value> {
     rows
 }
 
+/// `field` of each event with `op`.
+fn of_op<T: Ord>(read: &[Read], op: &str, field: impl Fn(&Value) -> T) -> BTreeSet<T> {
+    read.iter().filter_map(|r| r.value.as_ref()).filter(|v| v["op"] == op).map(field).collect()
+}
+
+fn lsn(v: &Value) -> u64 {
+    v["source"]["lsn"].as_u64().unwrap()
+}
+
 /// Equal maps, or a panic naming the first few rows that differ.
 fn assert_same(got: &BTreeMap<i64, Value>, want: &BTreeMap<i64, Value>, what: &str) {
     let keys: BTreeSet<&i64> = got.keys().chain(want.keys()).collect();
@@ -604,14 +608,7 @@ async fn a_snapshot_taken_while_rows_change_is_exact_and_one_killed_halfway_is_t
     // Killed in its snapshot, b took it again from the start. The first attempt's reads stay in the
     // topic (as Debezium's do): rows it read that were deleted before the second attempt are never
     // deleted there. From the second snapshot on, the events make the table.
-    let snapshots: Vec<u64> = read_b
-        .iter()
-        .filter_map(|r| r.value.as_ref())
-        .filter(|v| v["op"] == "r")
-        .map(|v| v["source"]["lsn"].as_u64().unwrap())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let snapshots: Vec<u64> = of_op(&read_b, "r", lsn).into_iter().collect();
     assert_eq!(snapshots.len(), 2, "b was killed during its snapshot and took it again");
     let second: Vec<Read> = read_b
         .into_iter()
@@ -621,18 +618,8 @@ async fn a_snapshot_taken_while_rows_change_is_exact_and_one_killed_halfway_is_t
         .collect();
     assert_same(&fold(&second), &truth, &format!("after a second snapshot too; connector b said:\n{log_b}"));
     // Exact: a row is in the snapshot or created after it, never both; every change once.
-    let reads: BTreeSet<i64> = read_a
-        .iter()
-        .filter_map(|r| r.value.as_ref())
-        .filter(|v| v["op"] == "r")
-        .map(|v| v["after"]["id"].as_i64().unwrap())
-        .collect();
-    let created: BTreeSet<i64> = read_a
-        .iter()
-        .filter_map(|r| r.value.as_ref())
-        .filter(|v| v["op"] == "c")
-        .map(|v| v["after"]["id"].as_i64().unwrap())
-        .collect();
+    let id = |v: &Value| v["after"]["id"].as_i64().unwrap();
+    let (reads, created) = (of_op(&read_a, "r", id), of_op(&read_a, "c", id));
     assert!(
         reads.is_disjoint(&created),
         "rows both in the snapshot and created after it: {:?}",
@@ -640,12 +627,7 @@ async fn a_snapshot_taken_while_rows_change_is_exact_and_one_killed_halfway_is_t
     );
     let identities = changes_by_identity(&read_a);
     let events = read_a.iter().filter(|r| r.value.as_ref().is_some_and(|v| v["op"] != "r")).count();
-    let snapshot_lsn = read_a
-        .iter()
-        .filter_map(|r| r.value.as_ref())
-        .filter(|v| v["op"] == "r")
-        .map(|v| v["source"]["lsn"].as_u64().unwrap())
-        .collect::<BTreeSet<_>>();
+    let snapshot_lsn = of_op(&read_a, "r", lsn);
     assert_eq!(snapshot_lsn.len(), 1, "one snapshot, one position");
     assert_eq!(identities.values().map(BTreeSet::len).sum::<usize>(), identities.len(), "no change written twice");
     assert!(events > 0 && reads.len() + created.len() >= truth.len());

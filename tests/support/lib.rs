@@ -597,13 +597,19 @@ impl Drop for TestPlatform {
             // were found, each costing the server an autovacuum visit a minute). On a thread of its
             // own: this runs inside the test's runtime, which cannot be blocked on.
             let (admin, databases) = (self.admin_url.clone(), self.databases());
-            let _ = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-                runtime.map(|r| r.block_on(drop_databases(&admin, &databases)))
-            })
-            .join();
+            block_on_aside(move || async move { drop_databases(&admin, &databases).await });
         }
     }
+}
+
+/// Runs the future `work` makes to its end from a `Drop` inside a test's runtime, which cannot be
+/// blocked on: on a thread and a runtime of its own.
+pub fn block_on_aside<F: std::future::Future<Output = ()>>(work: impl FnOnce() -> F + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        runtime.map(|r| r.block_on(work()))
+    })
+    .join();
 }
 
 /// Where tests make their folders: the host's tmpfs (`/dev/shm`) where it has a writable one. A

@@ -7,7 +7,7 @@ fn main() -> ExitCode {
     let kind = std::env::args().nth(1).or_else(|| std::env::var("MYSIMBDP_CONNECTOR").ok()).unwrap_or_default();
     let outcome = match kind.as_str() {
         "postgres-cdc" if std::env::var(mysimbdp_connect::cdc::env::RELEASE).is_ok_and(|v| v == "true") => {
-            release_from_env()
+            mysimbdp_connect::cdc::release_from_env()
         }
         "postgres-cdc" => mysimbdp_connect::cdc::Config::from_env().and_then(mysimbdp_connect::cdc::run),
         other => Err(anyhow::anyhow!("unknown connector `{other}` (postgres-cdc)")),
@@ -19,10 +19,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn release_from_env() -> anyhow::Result<()> {
-    use mysimbdp_connect::cdc::env;
-    let var = |name: &str| std::env::var(name).map_err(|_| anyhow::anyhow!("{name} is not set"));
-    mysimbdp_connect::cdc::release(&var("MYSIMBDP_TENANT")?, &var(env::SOURCE)?, &var(env::DATABASE_URL)?)
 }

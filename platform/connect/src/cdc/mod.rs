@@ -185,6 +185,11 @@ pub fn release(tenant: &str, source_name: &str, database_url: &str) -> anyhow::R
     Ok(())
 }
 
+/// `release` for the source the environment names.
+pub fn release_from_env() -> anyhow::Result<()> {
+    release(&var("MYSIMBDP_TENANT")?, &var(env::SOURCE)?, &var(env::DATABASE_URL)?)
+}
+
 /// Runs until SIGTERM (then finishes the pass it is in) or an error.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     // SAFETY: the handler only stores to an atomic.
