@@ -9,6 +9,7 @@
 //! <data>/ingested/<tenant>/<job>/<name>        succeeded
 //! <data>/quarantine/<tenant>/<job>/<name>      rejected or failed, beside <job>.reason.json
 //! <data>/instances/<tenant>/<instance>/        a stream instance's folder, its `log` in it
+//! <data>/lake/<tenant>/<topic>/date=<day>/     the tenant's lake sinks' Parquet files
 //! ```
 //!
 //! A name is always a path component of its own (never joined to the job's id), so any name the
@@ -58,6 +59,11 @@ impl Layout {
 /// The folder of a tenant's stream instance: its working folder and its `log`.
 pub fn instance_dir(data: &Path, t: &TenantId, id: InstanceId) -> PathBuf {
     data.join("instances").join(t.as_str()).join(id.to_string())
+}
+
+/// The tenant's lake: its lake sinks write here (and nowhere else), the lake API reads here.
+pub fn lake_dir(data: &Path, t: &TenantId) -> PathBuf {
+    data.join("lake").join(t.as_str())
 }
 
 /// The log of a stream instance, in its folder.

@@ -20,6 +20,7 @@ pub mod config;
 pub mod coredms;
 pub mod domain;
 pub mod janitor;
+pub mod lake;
 pub mod layout;
 pub mod messaging;
 pub mod metrics;

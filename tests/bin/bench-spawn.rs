@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
         confined: confined.then(|| {
             let account = Account { uid: 2_000_000_001, name: "bench".into() };
             let limits = Limits { memory: 256 << 20, pids: 256, cpus: None };
-            (sandbox.clone(), Confined { account, app_dir: app.clone(), input: None, limits })
+            (sandbox.clone(), Confined { account, app_dir: app.clone(), input: None, lake: None, limits })
         }),
     };
     println!("== command: bench-spawn {runs}");

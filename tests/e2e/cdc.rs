@@ -4,7 +4,7 @@
 //! cannot.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mysimbdp_e2e::*;
@@ -97,49 +97,6 @@ async fn remove_source_db(name: &str, login: &str) {
     sqlx::raw_sql(&format!("drop role if exists {login}")).execute(&mut admin).await.unwrap();
 }
 
-async fn create_topic(topic: &str) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-    let made = admin.create_topics([&new], &AdminOptions::new()).await;
-    for r in made.unwrap() {
-        r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
-    }
-}
-
-/// A connector's process, killed when dropped: a failed test leaves none running.
-struct Connector(Child);
-
-impl Connector {
-    fn kill(&mut self) {
-        let _ = self.0.kill(); // SIGKILL
-        let _ = self.0.wait();
-    }
-
-    /// Its output so far, once killed.
-    fn output(mut self) -> String {
-        use std::io::Read as _;
-        self.kill();
-        let mut s = String::new();
-        self.0.stderr.take().unwrap().read_to_string(&mut s).unwrap();
-        s
-    }
-
-    /// Its output, once it has exited by itself.
-    fn output_at_exit(mut self) -> (std::process::ExitStatus, String) {
-        let status = self.0.wait().unwrap();
-        (status, self.output())
-    }
-}
-
-impl Drop for Connector {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// A connector of `tenant`'s source `source` on `db`'s tables.
 fn connector(
     tenant: &str,
@@ -221,7 +178,7 @@ async fn a_tables_snapshot_and_changes_arrive_as_debezium_events_in_commit_order
     let tenant = unique("cdct");
     let prefix = format!("{tenant}.shop");
     let topic = format!("{prefix}.public.orders");
-    create_topic(&topic).await;
+    create_topic(1, &topic).await;
     let plain = connector(&tenant, "orders", &db, "public.orders", &prefix, &[]);
     let snapshot = tokio::task::spawn_blocking({
         let topic = topic.clone();
@@ -283,7 +240,7 @@ async fn a_tables_snapshot_and_changes_arrive_as_debezium_events_in_commit_order
     // The same changes with Connect's schema part, from a second source of the same tenant: its own
     // slot, its own snapshot (the table as it is now), the same payloads.
     let schema_topic = format!("{prefix}2.public.orders");
-    create_topic(&schema_topic).await;
+    create_topic(1, &schema_topic).await;
     let with = connector(
         &tenant,
         "orders-with-schema",
@@ -401,7 +358,7 @@ async fn killed_ten_times_during_100000_changes_the_connector_loses_none_and_rep
     db.sql("create table events (id bigint primary key, v int not null, note text)").await;
     let tenant = unique("cdck");
     let topic = format!("{tenant}.db.public.events");
-    create_topic(&topic).await;
+    create_topic(1, &topic).await;
     let tail = Tail::start(&topic);
     let start = || connector(&tenant, "events", &db, "public.events", &format!("{tenant}.db"), &[]);
     let mut running = start();
@@ -553,7 +510,7 @@ async fn a_snapshot_taken_while_rows_change_is_exact_and_one_killed_halfway_is_t
     let tenant = unique("cdcs");
     let (exact, killed) = (format!("{tenant}.a"), format!("{tenant}.b"));
     for prefix in [&exact, &killed] {
-        create_topic(&format!("{prefix}.public.items")).await;
+        create_topic(1, &format!("{prefix}.public.items")).await;
     }
     let (tail_a, tail_b) =
         (Tail::start(&format!("{exact}.public.items")), Tail::start(&format!("{killed}.public.items")));

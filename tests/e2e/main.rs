@@ -17,6 +17,7 @@ mod hostile_apps;
 mod hostile_files;
 mod http_limits;
 mod isolation;
+mod lake;
 mod loop_judgement;
 mod misbehaving_apps;
 mod names;

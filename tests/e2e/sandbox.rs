@@ -55,6 +55,7 @@ impl Lab {
                     account: Account { uid: 2_000_000_077, name: "lab".into() },
                     app_dir: app.to_owned(),
                     input,
+                    lake: None,
                     limits,
                 },
             )),

@@ -1022,3 +1022,47 @@ impl Drop for PrivateBroker {
         }
     }
 }
+
+/// Makes `topic` on the test broker, with `partitions`.
+pub async fn create_topic(partitions: i32, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let made = admin.create_topics([&new], &AdminOptions::new()).await;
+    for r in made.unwrap() {
+        r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+    }
+}
+
+/// A connector's process, killed when dropped: a failed test leaves none running.
+pub struct Connector(pub Child);
+
+impl Connector {
+    pub fn kill(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+
+    /// Its output so far, once killed.
+    pub fn output(mut self) -> String {
+        use std::io::Read as _;
+        self.kill();
+        let mut s = String::new();
+        self.0.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+        s
+    }
+
+    /// Its output, once it has exited by itself.
+    pub fn output_at_exit(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.0.wait().unwrap();
+        (status, self.output())
+    }
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

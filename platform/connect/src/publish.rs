@@ -7,6 +7,7 @@ use anyhow::Context;
 use futures::future::join_all;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 pub struct Publisher {
@@ -22,6 +23,8 @@ pub struct Outgoing {
     /// When its source happened (a commit, a snapshot's read), in ms since the epoch: reports say
     /// how long each message took from there to the broker's acknowledgement.
     pub at_ms: i64,
+    /// Header names and values (a dead letter's reason and origin).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Publisher {
@@ -49,6 +52,12 @@ impl Publisher {
             }
             if let Some(v) = &m.value {
                 record = record.payload(v.as_slice());
+            }
+            if !m.headers.is_empty() {
+                let headers = m.headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
+                    h.insert(Header { key, value: Some(value.as_bytes()) })
+                });
+                record = record.headers(headers);
             }
             loop {
                 match self.producer.send_result(record) {

@@ -62,6 +62,11 @@ impl Reporter {
     pub fn record(&self, bytes: usize, ms: f64) {
         self.window.lock().expect("window lock").record(bytes as u64, ms.max(0.0));
     }
+
+    /// One message refused (a lake sink's dead letter).
+    pub fn reject(&self) {
+        self.window.lock().expect("window lock").reject();
+    }
 }
 
 impl Sender {
@@ -71,7 +76,7 @@ impl Sender {
         let headers = OwnedHeaders::new().insert(Header { key: SIGNATURE_HEADER, value: Some(&signature) });
         let record = BaseRecord::to(&self.topic).key(&self.key).payload(&payload).headers(headers);
         if let Err((e, _)) = self.producer.send(record) {
-            eprintln!("postgres-cdc: sending the metrics report failed: {e}");
+            eprintln!("{}: sending the metrics report failed: {e}", self.app);
         }
     }
 }

@@ -101,7 +101,7 @@ fn parse_source(
 ) -> Option<Source> {
     let src = Section::new(v, field, &SOURCE_FIELDS, errors)?;
     let name = src.required("name", errors, |v| {
-        let n = source_name(v)?;
+        let n = connector_name(v)?;
         if !names.insert(n.clone()) {
             return Err(format!("source `{n}` is declared twice"));
         }
@@ -144,7 +144,7 @@ fn parse_source(
     })
 }
 
-fn source_name(v: &Value) -> Result<String, String> {
+pub(super) fn connector_name(v: &Value) -> Result<String, String> {
     let n = string(v)?;
     let ok = n.len() <= 32
         && n.starts_with(|c: char| c.is_ascii_lowercase())
@@ -152,7 +152,7 @@ fn source_name(v: &Value) -> Result<String, String> {
     if ok {
         Ok(n)
     } else {
-        Err(format!("`{n}` is not a source name (a-z first, then a-z, 0-9, `-`; up to 32)"))
+        Err(format!("`{n}` is not a connector name (a-z first, then a-z, 0-9, `-`; up to 32)"))
     }
 }
 

@@ -7,6 +7,7 @@ mod connectors;
 mod fields;
 pub mod limits;
 pub mod registry;
+mod sinks;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use serde_yaml::Value;
 pub use connectors::{SecretsAgreement, SnapshotMode, Source};
 pub use fields::FieldError;
 use fields::{duration, integer, positive_number, size, string, Errors, Section};
+pub use sinks::{Column, ColumnKind, Columns, Lake, Sink, SinkKind};
 
 use crate::tenant::TenantId;
 use crate::units::ByteSize;
@@ -43,6 +45,8 @@ pub struct ServiceAgreement {
     pub secrets: SecretsAgreement,
     /// Connectors the platform runs for the tenant, each as one of its stream instances.
     pub sources: Vec<Source>,
+    /// Connectors copying the tenant's topics out (a lake, the coredms), each one of its stream instances.
+    pub sinks: Vec<Sink>,
 }
 
 /// The disk quota of an agreement that does not set one.
@@ -295,7 +299,19 @@ fn parse(value: &Value, errors: &mut Errors) -> Option<ServiceAgreement> {
     let root = Section::new(
         value,
         "",
-        &["version", "tenant", "name", "batch", "stream", "apps", "coredms", "disk_quota", "secrets", "sources"],
+        &[
+            "version",
+            "tenant",
+            "name",
+            "batch",
+            "stream",
+            "apps",
+            "coredms",
+            "disk_quota",
+            "secrets",
+            "sources",
+            "sinks",
+        ],
         errors,
     )?;
     let disk_quota = root.optional("disk_quota", DEFAULT_DISK_QUOTA, errors, size);
@@ -326,25 +342,19 @@ fn parse(value: &Value, errors: &mut Errors) -> Option<ServiceAgreement> {
         None => Some(SecretsAgreement::default()),
     };
     let sources = connectors::parse_sources(&root, errors);
-    let declares_sources = root.get("sources").and_then(Value::as_sequence).is_some_and(|l| !l.is_empty());
-    if declares_sources && matches!(stream, Some(None)) {
-        errors
-            .push("sources", "sources run as stream instances under the stream section's limits; add a stream section");
-    }
-    if let (Some(list), Some(Some(stream))) = (&sources, &stream) {
-        // A source's topic may also be one of the stream's (its apps read it); with as many partitions.
-        for (i, src) in list.iter().enumerate() {
-            for (topic, t) in src.topics().zip(&src.tables) {
-                if let Some(declared) = stream.topics.iter().find(|d| d.name == topic) {
-                    if declared.partitions != src.partitions {
-                        errors.push(
-                            format!("sources[{i}].partitions"),
-                            format!("table {t} goes to topic `{topic}`, which stream.topics declares with {} partitions, not {}", declared.partitions, src.partitions),
-                        );
-                    }
-                }
-            }
+    for connectors in ["sources", "sinks"] {
+        let declared = root.get(connectors).and_then(Value::as_sequence).is_some_and(|l| !l.is_empty());
+        if declared && matches!(stream, Some(None)) {
+            errors.push(
+                connectors,
+                format!("{connectors} run as stream instances under the stream section's limits; add a stream section"),
+            );
         }
+    }
+    let known = known_topics(stream.as_ref().and_then(Option::as_ref), sources.as_deref());
+    let sinks = sinks::parse_sinks(&root, &known, errors);
+    if let (Some(list), Some(Some(stream))) = (&sources, &stream) {
+        check_source_partitions(list, stream, errors);
     }
     Some(ServiceAgreement {
         version: version?,
@@ -357,7 +367,30 @@ fn parse(value: &Value, errors: &mut Errors) -> Option<ServiceAgreement> {
         disk_quota: disk_quota?,
         secrets: secrets?,
         sources: sources?,
+        sinks: sinks?,
     })
+}
+
+/// A source's topic may also be one of the stream's (its apps read it); with as many partitions.
+fn check_source_partitions(list: &[Source], stream: &StreamAgreement, errors: &mut Errors) {
+    for (i, src) in list.iter().enumerate() {
+        for (topic, t) in src.topics().zip(&src.tables) {
+            if let Some(declared) = stream.topics.iter().find(|d| d.name == topic) {
+                if declared.partitions != src.partitions {
+                    errors.push(
+                        format!("sources[{i}].partitions"),
+                        format!("table {t} goes to topic `{topic}`, which stream.topics declares with {} partitions, not {}", declared.partitions, src.partitions),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The tenant's topics a sink may copy: its stream's and its sources'.
+fn known_topics(stream: Option<&StreamAgreement>, sources: Option<&[Source]>) -> std::collections::HashSet<String> {
+    let declared = stream.into_iter().flat_map(|s| s.topics.iter().map(|t| t.name.clone()));
+    declared.chain(sources.into_iter().flatten().flat_map(Source::topics)).collect()
 }
 
 fn parse_batch(value: &Value, path: &str, errors: &mut Errors) -> Option<BatchAgreement> {
@@ -556,11 +589,14 @@ fn parse_topics(s: &Section<'_>, errors: &mut Errors) -> Option<Vec<Topic>> {
             let t = Section::new(v, &field, &["name", "partitions"], errors)?;
             let name = t.required("name", errors, |v| {
                 let n = string(v)?;
-                let ok = n.len() <= 100 && n.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                // `.` and `..` are not topic names to Kafka, nor folder names to the lake.
+                let ok = n.len() <= 100
+                    && n.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                    && !n.starts_with('.');
                 if ok {
                     Ok(n)
                 } else {
-                    Err(format!("`{n}` is not a topic name (letters, digits, `.`, `_`, `-`, up to 100)"))
+                    Err(format!("`{n}` is not a topic name (letters, digits, `.`, `_`, `-`, not `.` first; up to 100)"))
                 }
             });
             if let Some(n) = &name {

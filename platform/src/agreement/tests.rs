@@ -206,3 +206,66 @@ fn a_bad_source_is_reported_field_by_field() {
         "{err}"
     );
 }
+
+#[test]
+fn sinks_copy_the_tenants_topics_into_the_lake_and_the_coredms() {
+    let text = format!(
+        "version: 1\ntenant: shop\nname: Shop\n{STREAM}sources:\n  - {{name: db, kind: postgres_cdc, secret: s, tables: [public.t], topic_prefix: cdc}}\nsinks:\n  - name: lake\n    kind: parquet_lake\n    topics: [orders, cdc.public.t]\n    columns: [{{name: id, type: int64}}, {{name: at, type: timestamp}}]\n    date_field: at\n    flush_interval: 2s\n  - {{name: docs, kind: coredms, topics: [orders], collection: orders_copy}}\n"
+    );
+    let a = parse("shop", &text).unwrap_or_else(|e| panic!("{e}"));
+    let SinkKind::ParquetLake(lake) = &a.sinks[0].kind else { panic!("{:?}", a.sinks[0]) };
+    assert_eq!(a.sinks[0].topics, ["orders", "cdc.public.t"]);
+    let columns: Vec<(&str, ColumnKind)> =
+        lake.columns.as_ref().unwrap().0.iter().map(|c| (c.name.as_str(), c.kind)).collect();
+    assert_eq!(columns, [("id", ColumnKind::Int64), ("at", ColumnKind::Timestamp)]);
+    assert_eq!(
+        (lake.date_field.as_deref(), lake.flush_rows, lake.flush_interval),
+        (Some("at"), 100_000, Duration::from_secs(2))
+    );
+    assert_eq!(a.sinks[1].kind, SinkKind::Coredms { collection: Some("orders_copy".into()) });
+}
+
+#[test]
+fn a_bad_sink_is_reported_field_by_field() {
+    let text = format!(
+        "version: 1\ntenant: shop\nname: Shop\n{STREAM}sinks:\n  - name: Lake\n    kind: s3\n    topics: [other-tenant.orders]\n  - name: l\n    kind: parquet_lake\n    topics: [orders]\n    columns: [{{name: id, type: uuid}}, {{name: id, type: int64}}]\n    collection: x\n    flush_interval: 2h\n  - {{name: m, kind: parquet_lake, topics: [orders]}}\n  - {{name: m, kind: coredms, topics: [], collection: 'Bad Name', date_field: at}}\n  - {{name: n, kind: parquet_lake, topics: [orders]}}\n"
+    );
+    let err = parse("shop", &text).unwrap_err();
+    let f = fields(&err);
+    for expected in [
+        "sinks[0].name",
+        "sinks[0].kind",
+        "sinks[0].topics[0]",
+        "sinks[1].columns[0].type",
+        "sinks[1].columns[1].name",
+        "sinks[1].collection",
+        "sinks[1].flush_interval",
+        "sinks[4].topics",
+        "sinks[3].name",
+        "sinks[3].topics",
+        "sinks[3].collection",
+        "sinks[3].date_field",
+    ] {
+        assert!(f.contains(&expected), "missing {expected} in {err}");
+    }
+    let text = err.to_string();
+    for message in [
+        "unknown sink kind `s3` (parquet_lake, coredms)",
+        "topic `other-tenant.orders` is neither in stream.topics nor written by one of the sources",
+        "unknown column type `uuid`",
+        "column `id` is listed twice",
+        "not a field of a parquet_lake sink",
+        "topic `orders` already goes to another parquet_lake sink (one lake folder per topic)",
+        "sink `m` is declared twice",
+    ] {
+        assert!(text.contains(message), "{message} not in {text}");
+    }
+    let without_stream =
+        "version: 1\ntenant: shop\nname: Shop\nsinks:\n  - {name: m, kind: coredms, topics: [orders]}\n";
+    assert!(parse("shop", without_stream).unwrap_err().to_string().contains("sinks run as stream instances"));
+    let dots = STREAM.replace("name: orders", "name: '..'");
+    assert!(parse("shop", &format!("version: 1\ntenant: shop\nname: Shop\n{dots}"))
+        .unwrap_err()
+        .to_string()
+        .contains("is not a topic name"));
+}

@@ -13,6 +13,7 @@ pub mod extract;
 pub mod health;
 pub mod ingestions;
 pub mod instances;
+pub mod lake;
 pub mod openapi;
 pub mod page;
 pub mod page_cache;
@@ -104,6 +105,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/stats", get(stats::platform))
         .route("/v1/tenants/{tenant}/secrets", get(secrets::list))
         .route("/v1/tenants/{tenant}/secrets/{name}", put(secrets::put).delete(secrets::delete))
+        .route("/v1/tenants/{tenant}/lake", get(lake::list))
+        .route("/v1/tenants/{tenant}/lake/{topic}/{date}/{file}", get(lake::download))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

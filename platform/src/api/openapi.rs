@@ -4,7 +4,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::extract::Json;
-use super::{apps, health, ingestions, instances, problem, secrets, staging, stats, stream, tenants};
+use super::{apps, health, ingestions, instances, lake, problem, secrets, staging, stats, stream, tenants};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,10 +19,11 @@ use super::{apps, health, ingestions, instances, problem, secrets, staging, stat
         stream::reports, stream::notifications, stream::actions,
         stats::tenant, stats::platform,
         secrets::put, secrets::list, secrets::delete,
+        lake::list, lake::download,
     ),
     components(schemas(problem::Problem, ingestions::RetryRequest, instances::StartRequest, crate::apps::AppKind, crate::store::jobs::JobState, secrets::PutSecret)),
     modifiers(&Bearer),
-    tags((name = "tenants"), (name = "apps"), (name = "staging"), (name = "ingestions"), (name = "instances"), (name = "stream"), (name = "stats"), (name = "secrets"), (name = "health")),
+    tags((name = "tenants"), (name = "apps"), (name = "staging"), (name = "ingestions"), (name = "instances"), (name = "stream"), (name = "stats"), (name = "secrets"), (name = "lake"), (name = "health")),
 )]
 pub struct ApiDoc;
 

@@ -184,7 +184,7 @@ async fn prepare(
     let confined = ctx.sandbox.clone().map(|sandbox| {
         let limits = cgroup::Limits { memory: route.memory.0, pids: route.max_processes, cpus: route.cpus };
         let account = provisioned.account.clone();
-        (sandbox, Confined { account, app_dir: app_dir.clone(), input: Some(input.clone()), limits })
+        (sandbox, Confined { account, app_dir: app_dir.clone(), input: Some(input.clone()), lake: None, limits })
     });
     let spec = ProcessSpec {
         program,

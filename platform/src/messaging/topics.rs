@@ -58,6 +58,13 @@ pub fn wanted(snapshot: &Snapshot) -> BTreeMap<String, TopicSpec> {
                 out.insert(tenant_topic(tenant, &topic), spec);
             }
         }
+        // Each lake sink's dead letters, one per topic; a letter is its message and a few headers.
+        for sink in agreement.sinks.iter().filter(|s| matches!(s.kind, crate::agreement::SinkKind::ParquetLake(_))) {
+            let spec = TopicSpec { partitions: 1, max_message_bytes: Some(stream.max_message_size.0 + (4 << 10)) };
+            for topic in &sink.topics {
+                out.entry(tenant_topic(tenant, &format!("{topic}.dlq"))).or_insert(spec);
+            }
+        }
     }
     out
 }

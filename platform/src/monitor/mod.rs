@@ -223,9 +223,10 @@ impl Monitor {
             (None, Verdict::Final)
         } else if stale {
             (None, Verdict::Stale)
-        } else if crate::stream::connectors::source_of(&r.app).is_some() {
-            // A connector reads no topic: what waits for it is in its source (the database's log),
-            // which the monitor does not measure yet. Kept, and its silence watched, not judged.
+        } else if crate::stream::connectors::is_connector(&r.app) {
+            // A source reads no topic: what waits for it is in its database's log, which the monitor
+            // does not measure yet; a sink runs one instance and cannot be scaled out. Kept, and
+            // their silence watched, not judged.
             self.last_seen.insert(c.instance, Instant::now());
             (None, Verdict::Unjudged)
         } else {

@@ -36,6 +36,8 @@ pub struct InstanceSpec {
     pub pids: u64,
     /// Between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// The tenant's lake folder on the host, for a lake sink (shown at `/lake` when confined).
+    pub lake: Option<PathBuf>,
 }
 
 /// What identifies a started run, for the store (and for finding it again after a crash).
@@ -82,7 +84,8 @@ impl Runtime {
                 env.push(("HOME".into(), work.to_string_lossy().into_owned()));
                 let confined = sandbox.clone().map(|s| {
                     let limits = cgroup::Limits { memory: spec.memory.0, pids: spec.pids, cpus: Some(spec.cpus) };
-                    (s, Confined { account: spec.account.clone(), app_dir: spec.app_dir.clone(), input: None, limits })
+                    let (account, app_dir, lake) = (spec.account.clone(), spec.app_dir.clone(), spec.lake.clone());
+                    (s, Confined { account, app_dir, input: None, lake, limits })
                 });
                 let ps = ProcessSpec {
                     program,

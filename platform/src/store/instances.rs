@@ -92,7 +92,7 @@ pub async fn lock_tenant(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, tenant:
 pub async fn count_wanted(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, tenant: &TenantId) -> sqlx::Result<u64> {
     let n = sqlx::query_scalar!(
         r#"select count(*) as "n!" from stream_instances
-            where tenant = $1 and desired = 'running' and app not like 'source:%'"#,
+            where tenant = $1 and desired = 'running' and app not like 'source:%' and app not like 'sink:%'"#,
         tenant.as_str()
     )
     .fetch_one(&mut **tx)

@@ -161,6 +161,8 @@ struct Program {
     /// Variables beyond the stream app contract's.
     env: Vec<(String, String)>,
     label: String,
+    /// The tenant's lake folder (a lake sink only).
+    lake: Option<std::path::PathBuf>,
 }
 
 async fn program(
@@ -169,14 +171,15 @@ async fn program(
     agreement: &crate::agreement::ServiceAgreement,
 ) -> anyhow::Result<Result<Program, String>> {
     let tenant = &inst.tenant;
-    if let Some(source) = super::connectors::source_of(&inst.app) {
-        let found = super::connectors::program(ctx, inst, agreement, source).await?;
+    if super::connectors::is_connector(&inst.app) {
+        let found = super::connectors::program(ctx, inst, agreement).await?;
         return Ok(found.map(|p| Program {
             dir: p.dir,
             entrypoint: p.entrypoint,
             image: String::new(),
             env: p.env,
             label: p.label,
+            lake: p.lake,
         }));
     }
     let Some(app) = store::apps::resolve(&ctx.db, tenant, &inst.app, Some(inst.app_version)).await? else {
@@ -188,6 +191,7 @@ async fn program(
         image: crate::runtime::container::image_repository(tenant, app.id),
         env: Vec::new(),
         label: format!("{} version {}", app.name, app.version),
+        lake: None,
     }))
 }
 
@@ -215,6 +219,11 @@ async fn prepare(ctx: &StreamCtx, inst: &Instance, tenant: &TenantId) -> anyhow:
     let made = if ctx.sandbox.is_none() { work.clone() } else { dir.clone() };
     tokio::task::spawn_blocking(move || std::fs::create_dir_all(made)).await??;
     let log = RotatingLog::open(&instance_log(&ctx.data_dir, tenant, inst.id), INSTANCE_LOG_LIMIT)?;
+    if let Some(lake) = program.lake.clone() {
+        // The tenant's own, as its working folder is: its sinks write here as the tenant's user.
+        let owner = ctx.sandbox.as_ref().map(|_| provisioned.account.uid);
+        tokio::task::spawn_blocking(move || own_folder(&lake, owner)).await??;
+    }
     let mut env = environment(ctx, inst, tenant, &stream, &provisioned.coredms);
     if !program.env.is_empty() {
         // A connector reads no topics of the stream section's.
@@ -233,8 +242,19 @@ async fn prepare(ctx: &StreamCtx, inst: &Instance, tenant: &TenantId) -> anyhow:
         cpus: stream.cpus,
         pids: stream.max_processes,
         grace: stream.stop_grace,
+        lake: program.lake,
     };
     Ok(Ok(Prepared { stream, runtime, spec, log, label: program.label }))
+}
+
+/// Makes `dir` (and its parents) and gives it to `uid` alone (when programs run confined).
+fn own_folder(dir: &std::path::Path, uid: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    if let Some(uid) = uid {
+        std::os::unix::fs::chown(dir, Some(uid), Some(uid))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// What the supervisor does after a run ended.

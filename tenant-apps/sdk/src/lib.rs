@@ -16,7 +16,7 @@ pub mod coredms;
 pub mod env;
 pub mod metrics;
 pub mod result;
-mod resume;
+pub mod resume;
 pub mod stream;
 mod stream_writers;
 

@@ -41,23 +41,43 @@ pub enum Verdict {
 #[derive(Default)]
 pub struct Resume {
     partitions: HashMap<String, HashMap<i32, Partition>>,
+    /// Where partitions start when that is past the group's commit (a consumer that keeps its
+    /// progress elsewhere, such as the lake sink in its files).
+    floors: HashMap<(String, i32), i64>,
 }
 
-fn committed(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
+/// Where the partition should resume: the group's committed offset, or its floor if further.
+fn target(consumer: &BaseConsumer, floors: &HashMap<(String, i32), i64>, topic: &str, partition: i32) -> Option<i64> {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, partition);
-    let got = consumer.committed_offsets(tpl, Duration::from_secs(10)).ok()?;
-    match got.find_partition(topic, partition)?.offset() {
-        Offset::Offset(o) => Some(o),
-        _ => None,
-    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).ok().and_then(|got| {
+        match got.find_partition(topic, partition)?.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }
+    });
+    committed.max(floors.get(&(topic.to_owned(), partition)).copied())
 }
 
 impl Resume {
+    /// Partitions start at these offsets (where past the group's commit).
+    pub fn starting_at(start: &TopicPartitionList) -> Self {
+        let floors = start
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
+                _ => None,
+            })
+            .collect();
+        Resume { partitions: HashMap::new(), floors }
+    }
+
     pub fn check(&mut self, consumer: &BaseConsumer, app: &str, topic: &str, partition: i32, offset: i64) -> Verdict {
         if !self.partitions.contains_key(topic) {
             self.partitions.insert(topic.to_owned(), HashMap::new());
         }
+        let floors = &self.floors;
         let p = self.partitions.get_mut(topic).expect("inserted").entry(partition).or_default();
         p.heard = true;
         if p.next == Some(offset) && p.seeking.is_none() {
@@ -67,7 +87,7 @@ impl Resume {
         // The first message, a jump, or the answer to a seek back: where should the partition be?
         let target = match p.seeking {
             Some((target, _)) => Some(target),
-            None => committed(consumer, topic, partition),
+            None => target(consumer, floors, topic, partition),
         };
         match target {
             Some(c) if offset > c => {
@@ -117,13 +137,14 @@ impl Resume {
     /// true end, where this costs one message read again and dropped) is sought back to that batch.
     pub fn unstick(&mut self, consumer: &BaseConsumer, app: &str) {
         let Ok(assigned) = consumer.assignment() else { return };
+        let floors = &self.floors;
         for e in assigned.elements() {
             let (topic, partition) = (e.topic(), e.partition());
             let p = self.partitions.entry(topic.to_owned()).or_default().entry(partition).or_default();
             if std::mem::take(&mut p.heard) || p.seeking.is_some() {
                 continue;
             }
-            let Some(c) = committed(consumer, topic, partition) else { continue };
+            let Some(c) = target(consumer, floors, topic, partition) else { continue };
             if p.unstuck == Some(c) {
                 continue;
             }

@@ -118,11 +118,14 @@ pub struct StreamOptions {
     pub linger: Duration,
     /// Connections writing at once (offsets are still committed in order).
     pub writers: usize,
+    /// The one collection every topic's documents go to; `None`: each topic's own (its name
+    /// without the tenant's prefix).
+    pub collection: Option<String>,
 }
 
 impl Default for StreamOptions {
     fn default() -> Self {
-        StreamOptions { batch: 5_000, linger: Duration::from_millis(20), writers: 2 }
+        StreamOptions { batch: 5_000, linger: Duration::from_millis(20), writers: 2, collection: None }
     }
 }
 
@@ -196,7 +199,7 @@ fn run(
         .context("creating the metrics producer")?;
     let mut coredms = CoreDms::connect(&env.coredms_url, &env.coredms_db)?;
     for t in &env.topics {
-        coredms.ensure_collection(env.collection_for(t))?;
+        coredms.ensure_collection(options.collection.as_deref().unwrap_or_else(|| env.collection_for(t)))?;
     }
     let window = Arc::new(Mutex::new(Window::default()));
     let member = env.group_instance_id.as_deref().map(|m| format!(" member {m}")).unwrap_or_default();
@@ -206,8 +209,13 @@ fn run(
     for _ in 1..options.writers.max(1) {
         connections.push(CoreDms::connect(&env.coredms_url, &env.coredms_db)?);
     }
-    let shared =
-        Shared { app: app.to_owned(), tenant: env.tenant.clone(), consumer: consumer.clone(), window: window.clone() };
+    let shared = Shared {
+        app: app.to_owned(),
+        tenant: env.tenant.clone(),
+        collection: options.collection.clone(),
+        consumer: consumer.clone(),
+        window: window.clone(),
+    };
     let mut writers = Writers::start(connections, shared);
 
     let mut batch = Batch::new();

@@ -47,6 +47,8 @@ pub(crate) struct Writers {
 pub(crate) struct Shared {
     pub app: String,
     pub tenant: String,
+    /// Every topic's documents into this collection, if set.
+    pub collection: Option<String>,
     pub consumer: Arc<BaseConsumer>,
     pub window: Arc<Mutex<Window>>,
 }
@@ -74,7 +76,10 @@ impl Writers {
                             docs.sort_unstable_by(|a, b| a.id.cmp(&b.id));
                         }
                         for (topic, docs) in &batch.docs {
-                            if let Err(e) = coredms.insert_batch(collection_for(&shared.tenant, topic), docs) {
+                            if let Err(e) = coredms.insert_batch(
+                                shared.collection.as_deref().unwrap_or_else(|| collection_for(&shared.tenant, topic)),
+                                docs,
+                            ) {
                                 *failed.lock().expect("failed lock") = Some(format!("{e:#}"));
                                 return Err(e);
                             }

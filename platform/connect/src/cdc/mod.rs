@@ -21,12 +21,12 @@ pub mod source;
 pub mod values;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use postgres::Client;
 
+use crate::process::{now_ms, stop_on_sigterm, terminating, var};
 use crate::publish::{Outgoing, Publisher};
 use crate::report::Reporter;
 use envelope::{Op, Shape, Source};
@@ -76,10 +76,6 @@ pub struct Config {
     pub idle: Duration,
 }
 
-fn var(name: &str) -> anyhow::Result<String> {
-    std::env::var(name).with_context(|| format!("{name} is not set"))
-}
-
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let tables = var(env::TABLES)?
@@ -112,16 +108,6 @@ impl Config {
     fn topic(&self, relation: &Relation) -> String {
         format!("{}.{}.{}", self.topic_prefix, relation.schema, relation.name)
     }
-}
-
-static TERMINATE: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_terminate(_: libc::c_int) {
-    TERMINATE.store(true, Ordering::SeqCst);
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }
 
 /// The connector's state while it runs.
@@ -192,8 +178,7 @@ pub fn release_from_env() -> anyhow::Result<()> {
 
 /// Runs until SIGTERM (then finishes the pass it is in) or an error.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
-    // SAFETY: the handler only stores to an atomic.
-    unsafe { libc::signal(libc::SIGTERM, on_terminate as *const () as libc::sighandler_t) };
+    stop_on_sigterm();
     let mut pg = source::connect(&cfg.database_url)?;
     let db = source::database_name(&mut pg)?;
     let tables = source::describe(&mut pg, &cfg.tables)?;
@@ -215,7 +200,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
     eprintln!("postgres-cdc: streaming changes of {} tables from slot {slot}", cdc.ev.tables.len());
-    while !TERMINATE.load(Ordering::SeqCst) {
+    while !terminating() {
         let started = Instant::now();
         if cdc.pass(&slot, None, None)? == 0 {
             std::thread::sleep(cdc.ev.cfg.idle.saturating_sub(started.elapsed()));
@@ -351,7 +336,7 @@ impl Cdc {
             if let Some(lsn) = confirmed {
                 source::advance(&mut self.pg, slot, lsn)?;
             }
-            if !full || TERMINATE.load(Ordering::SeqCst) {
+            if !full || terminating() {
                 return Ok(total);
             }
         }
@@ -393,9 +378,9 @@ impl Events {
         let key = shape.key(&image, self.cfg.schemas).map(|k| serde_json::to_vec(&k)).transpose()?;
         let at_ms = if op == Op::Read { now_ms() } else { s.commit_ts_ms };
         let value = Some(serde_json::to_vec(&value)?);
-        let mut out = vec![Outgoing { topic: topic.clone(), key: key.clone(), value, at_ms }];
+        let mut out = vec![Outgoing { topic: topic.clone(), key: key.clone(), value, at_ms, headers: Vec::new() }];
         if op == Op::Delete {
-            out.push(Outgoing { topic, key, value: None, at_ms });
+            out.push(Outgoing { topic, key, value: None, at_ms, headers: Vec::new() });
         }
         Ok(out)
     }

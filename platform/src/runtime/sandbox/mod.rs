@@ -49,6 +49,8 @@ pub mod paths {
     pub const INPUT: &str = "/input";
     /// Where a batch app may leave its result.
     pub const RESULT_FILE: &str = "/work/result.json";
+    /// The tenant's lake folder, writable, for its lake sinks only.
+    pub const LAKE: &str = "/lake";
 }
 
 /// The largest result file taken from an app.
@@ -123,6 +125,8 @@ pub struct Confined {
     /// Host file shown at `/input/<its name>`. Its folder is what the sandbox shows at `/input`, so it
     /// must hold nothing else (a job's work folder holds its claimed file only).
     pub input: Option<PathBuf>,
+    /// Host folder shown at `/lake`, writable: the tenant's own lake folder (its lake sinks only).
+    pub lake: Option<PathBuf>,
     pub limits: cgroup::Limits,
 }
 
@@ -258,6 +262,15 @@ impl Sandbox {
             let folder =
                 input.parent().ok_or_else(|| io::Error::other(format!("{} has no folder", input.display())))?;
             mounts.push(bind(folder.to_owned(), paths::INPUT, false, false));
+        }
+        if let Some(lake) = &run.lake {
+            mounts.push(Mount::Bind {
+                src: lake.clone(),
+                dst: paths::LAKE.into(),
+                writable: true,
+                exec: false,
+                devices: false,
+            });
         }
         mounts.push(Mount::Tmpfs { dst: paths::WORK.into(), size: memory, mode: 0o700, owned: true });
         mounts.push(Mount::Tmpfs { dst: "/tmp".into(), size: memory, mode: 0o1777, owned: false });
@@ -421,7 +434,7 @@ fn make_root(root: &Path) -> io::Result<(PathBuf, Vec<Mount>)> {
         std::fs::remove_dir_all(root)?;
     }
     std::fs::create_dir(root)?;
-    for dir in ["etc", "dev", "proc", "app", "input", "work", "tmp", "var"] {
+    for dir in ["etc", "dev", "proc", "app", "input", "lake", "work", "tmp", "var"] {
         std::fs::create_dir(root.join(dir))?;
     }
     std::os::unix::fs::symlink("/tmp", root.join("var/tmp"))?;

@@ -1,0 +1,330 @@
+//! The `parquet_lake` sink (`mysimbdp-connect parquet-lake`) against the real broker: messages into
+//! Parquet files by date, each exactly once across `kill -9`, read back by another Parquet reader
+//! (pyarrow), rows that do not fit sent to the dead-letter topic with their reason.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mysimbdp_e2e::*;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+/// The Python with pyarrow that `scripts/test.sh` installs (`MYSIMBDP_TEST_PYTHON`).
+fn pyarrow_python() -> PathBuf {
+    let python = std::env::var("MYSIMBDP_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/mysimbdp/pyarrow-venv/bin/python")
+    });
+    assert!(python.exists(), "no Python with pyarrow at {} (scripts/test.sh installs it)", python.display());
+    python
+}
+
+/// Every finished file under a lake folder, as pyarrow reads it: its path, and each row's `id` and
+/// the UTC day of its `at`.
+const READ_LAKE: &str = r#"
+import json, os, sys
+import pyarrow.parquet as pq
+root = sys.argv[1]
+out = []
+for folder, _, names in sorted(os.walk(root)):
+    for name in sorted(names):
+        if not name.endswith(".parquet") or name.startswith("."):
+            continue
+        table = pq.ParquetFile(os.path.join(folder, name)).read()
+        out.append({
+            "file": os.path.relpath(os.path.join(folder, name), root),
+            "schema": {f.name: str(f.type) for f in table.schema},
+            "ids": table.column("id").to_pylist(),
+            "days": [t.date().isoformat() for t in table.column("at").to_pylist()],
+        })
+# And the whole folder as one dataset, its `date=` folders read as a column.
+dataset = pq.read_table(root)
+dates = sorted(set(str(d) for d in dataset.column("date").to_pylist()))
+json.dump({"files": out, "dataset_rows": dataset.num_rows, "dataset_dates": dates}, sys.stdout)
+"#;
+
+#[derive(Debug)]
+pub struct LakeRead {
+    pub file: String,
+    pub schema: BTreeMap<String, String>,
+    pub ids: Vec<i64>,
+    pub days: Vec<String>,
+}
+
+/// The lake under `root` read by pyarrow: file by file, and the rows and dates of the whole folder
+/// read as one dataset.
+pub fn read_lake(root: &Path) -> (Vec<LakeRead>, u64, Vec<String>) {
+    let out = Command::new(pyarrow_python()).arg("-c").arg(READ_LAKE).arg(root).output().unwrap();
+    assert!(out.status.success(), "pyarrow could not read the lake: {}", String::from_utf8_lossy(&out.stderr));
+    let read: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files = read["files"].as_array().unwrap();
+    let strings =
+        |v: &Value| -> Vec<String> { v.as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_owned()).collect() };
+    let files = files
+        .iter()
+        .map(|f| LakeRead {
+            file: f["file"].as_str().unwrap().to_owned(),
+            schema: f["schema"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect(),
+            ids: f["ids"].as_array().unwrap().iter().map(|i| i.as_i64().unwrap()).collect(),
+            days: strings(&f["days"]),
+        })
+        .collect();
+    (files, read["dataset_rows"].as_u64().unwrap(), strings(&read["dataset_dates"]))
+}
+
+/// A lake sink of `topic` writing into `lake`.
+fn lake_sink(tenant: &str, topic: &str, group: &str, lake: &Path, extra: &[(&str, &str)]) -> Connector {
+    let mut cmd = Command::new(bin("mysimbdp-connect"));
+    cmd.arg("parquet-lake")
+        .env_clear()
+        .env("KAFKA_BROKERS", kafka_brokers())
+        .env("MYSIMBDP_TENANT", tenant)
+        .env("MYSIMBDP_SINK", "lake")
+        .env("MYSIMBDP_INPUT_TOPICS", topic)
+        .env("MYSIMBDP_CONSUMER_GROUP", group)
+        .env("MYSIMBDP_LAKE_DIR", lake)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    Connector(cmd.spawn().unwrap())
+}
+
+const COLUMNS: &str = r#"[{"name":"id","type":"int64"},{"name":"at","type":"timestamp"},{"name":"amount","type":"float64"},{"name":"name","type":"string"}]"#;
+
+/// Why message `i` is refused, if it is.
+fn refused(i: u64) -> Option<&'static str> {
+    match () {
+        _ if i % 4999 == 7 => Some("not a JSON object"),
+        _ if i % 997 == 500 => Some("column `amount`: expected float64, found a string"),
+        _ if i % 1999 == 1000 => Some("date field `at` is missing"),
+        _ => None,
+    }
+}
+
+/// Message `i`: 1.7 s after the one before from 2026-11-28T00:00:00Z, its time written three ways.
+fn event(i: u64) -> Vec<u8> {
+    let base = chrono::DateTime::parse_from_rfc3339("2026-11-28T00:00:00Z").unwrap().to_utc();
+    let at = base + chrono::Duration::milliseconds(i as i64 * 1700);
+    let at = match i % 7 {
+        0 => json!(at.timestamp_millis()),
+        1 => json!(at.with_timezone(&chrono::FixedOffset::east_opt(3600).unwrap()).to_rfc3339()),
+        _ => json!(at.to_rfc3339()),
+    };
+    let mut v = json!({"id": i, "at": at, "amount": i as f64 / 2.0, "name": format!("n{i}")});
+    match refused(i) {
+        Some("not a JSON object") => return format!("garbage {i}").into_bytes(),
+        Some(r) if r.starts_with("column") => v["amount"] = json!("lots"),
+        Some(_) => {
+            v.as_object_mut().unwrap().remove("at");
+        }
+        None => {}
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// The UTC day of message `i`.
+fn day_of(i: u64) -> String {
+    let base = chrono::DateTime::parse_from_rfc3339("2026-11-28T00:00:00Z").unwrap().to_utc();
+    (base + chrono::Duration::milliseconds(i as i64 * 1700)).date_naive().to_string()
+}
+
+/// Whether `group` has committed every partition of `topic` up to its end.
+fn caught_up(group: &str, topic: &str, partitions: i32) -> bool {
+    let c: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(5)) else { return false };
+    committed.elements().iter().all(|e| {
+        let (_, high) = c.fetch_watermarks(topic, e.partition(), Duration::from_secs(5)).unwrap();
+        matches!(e.offset(), Offset::Offset(o) if o >= high)
+    })
+}
+
+/// The files under `root` whose names end with `suffix`.
+fn files_ending(root: &Path, suffix: &str) -> usize {
+    let mut n = 0;
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.file_name().to_string_lossy().ends_with(suffix) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// What the dead-letter topic holds: by message id, the reasons given.
+fn dead_letters(topic: &str, within: Duration, want: usize) -> BTreeMap<u64, BTreeSet<String>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", unique("dlq-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    c.assign(&tpl).unwrap();
+    let mut out: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    let deadline = Instant::now() + within;
+    while out.len() < want && Instant::now() < deadline {
+        let Some(m) = c.poll(Duration::from_millis(100)) else { continue };
+        let m = m.unwrap();
+        let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+        let id = serde_json::from_str::<Value>(&payload)
+            .ok()
+            .and_then(|v| v["id"].as_u64())
+            .or_else(|| payload.strip_prefix("garbage ").and_then(|i| i.parse().ok()))
+            .unwrap_or_else(|| panic!("a dead letter that is no message of the test: {payload}"));
+        let headers = m.headers().expect("a dead letter has headers");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(header("mysimbdp.dlq.topic").as_deref(), Some(topic.trim_end_matches(".dlq")));
+        assert!(header("mysimbdp.dlq.offset").is_some_and(|o| o.parse::<i64>().is_ok()));
+        out.entry(id).or_default().insert(header("mysimbdp.dlq.reason").expect("a reason"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_ten_times_during_200000_messages_the_lake_holds_each_once_under_its_date() {
+    const N: u64 = 200_000;
+    let tenant = unique("lake");
+    let topic = format!("{tenant}.events");
+    create_topic(3, &topic).await;
+    create_topic(1, &format!("{topic}.dlq")).await;
+    let (group, scratch) = (format!("{tenant}.sink:lake"), scratch_dir());
+    let lake = scratch.path().join("lake");
+    std::fs::create_dir(&lake).unwrap();
+    let extra = [
+        ("MYSIMBDP_LAKE_COLUMNS", COLUMNS),
+        ("MYSIMBDP_LAKE_DATE_FIELD", "at"),
+        ("MYSIMBDP_LAKE_FLUSH_ROWS", "4000"),
+        ("MYSIMBDP_LAKE_FLUSH_MS", "300"),
+    ];
+
+    // Written at about 25,000 a second while the sink runs and is killed.
+    let producing = {
+        let topic = topic.clone();
+        std::thread::spawn(move || {
+            let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+                .set("bootstrap.servers", kafka_brokers())
+                .set("linger.ms", "5")
+                .set("queue.buffering.max.messages", "1000000")
+                .create()
+                .unwrap();
+            for i in 0..N {
+                let payload = event(i);
+                let key = i.to_string();
+                let record = BaseRecord::to(&topic).partition((i % 3) as i32).key(&key).payload(&payload);
+                producer.send(record).map_err(|(e, _)| e).unwrap();
+                if i % 2_500 == 2_499 {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            producer.flush(Duration::from_secs(30)).unwrap();
+        })
+    };
+    let mut sink = lake_sink(&tenant, &topic, &group, &lake, &extra);
+    for k in 0..10u64 {
+        // Half the kills the moment a new file shows (between its rename and the next ones, or the
+        // commit); the others at varying moments.
+        if k % 2 == 0 {
+            let before = files_ending(&lake, ".parquet");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while files_ending(&lake, ".parquet") == before && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(200 + 150 * k));
+        }
+        sink.kill();
+        sink = lake_sink(&tenant, &topic, &group, &lake, &extra);
+    }
+    producing.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !caught_up(&group, &topic, 3) {
+        assert!(Instant::now() < deadline, "the sink did not catch up within 180s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SIGTERM: it writes what it gathered and exits 0.
+    unsafe { libc::kill(sink.0.id() as i32, libc::SIGTERM) };
+    let (status, log) = sink.output_at_exit();
+    assert!(status.success(), "{status}: {log}");
+    assert_eq!(files_ending(&lake, ".tmp"), 0, "no temporary file is left");
+
+    let (read, dataset_rows, dataset_dates) = read_lake(&lake.join("events"));
+    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+    for f in &read {
+        assert_eq!(
+            f.schema,
+            BTreeMap::from([
+                ("id".into(), "int64".into()),
+                ("at".into(), "timestamp[us, tz=UTC]".into()),
+                ("amount".into(), "double".into()),
+                ("name".into(), "string".into())
+            ]),
+            "{}",
+            f.file
+        );
+        let folder = f.file.split('/').next().unwrap();
+        for (id, day) in f.ids.iter().zip(&f.days) {
+            *seen.entry(*id).or_default() += 1;
+            assert_eq!(folder, format!("date={day}"), "row {id} is in {}", f.file);
+            assert_eq!(*day, day_of(*id as u64), "row {id}'s date");
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    if let Some((id, _)) = twice.first() {
+        let holding: Vec<_> = read.iter().filter(|f| f.ids.contains(id)).map(|f| (&f.file, f.ids.len())).collect();
+        eprintln!("row {id} is in {holding:?}; the sink's last run:\n{log}");
+    }
+    assert!(twice.is_empty(), "rows in more than one file: {twice:?} (of {} files)", read.len());
+    let want: BTreeSet<i64> = (0..N).filter(|i| refused(*i).is_none()).map(|i| i as i64).collect();
+    let got: BTreeSet<i64> = seen.keys().copied().collect();
+    let missing: Vec<_> = want.difference(&got).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "rows missing from the lake: {missing:?} ({} of {})",
+        want.len() - got.len(),
+        want.len()
+    );
+    assert_eq!(got, want);
+    let days: BTreeSet<&str> = read.iter().map(|f| f.file.split('/').next().unwrap()).collect();
+    assert!(days.len() >= 4, "the rows span four days at least: {days:?}");
+    assert_eq!(dataset_rows, want.len() as u64, "read as one dataset");
+    let folders: Vec<String> = days.iter().map(|d| d.trim_start_matches("date=").to_owned()).collect();
+    assert_eq!(dataset_dates, folders, "the dataset's date column is its folders'");
+
+    // Every refused message is in the dead-letter topic with its reason (sent again after a kill, a
+    // letter may come twice: the dead letters are at least once, the lake exactly once).
+    let bad: BTreeMap<u64, &str> = (0..N).filter_map(|i| refused(i).map(|r| (i, r))).collect();
+    let letters = dead_letters(&format!("{topic}.dlq"), Duration::from_secs(60), bad.len());
+    assert_eq!(letters.keys().copied().collect::<Vec<_>>(), bad.keys().copied().collect::<Vec<_>>());
+    for (id, reasons) in &letters {
+        assert!(reasons.iter().all(|r| r.starts_with(bad[id])), "message {id}: {reasons:?}, not {}", bad[id]);
+    }
+    eprintln!("{} rows in {} files over {} days; {} dead letters", got.len(), read.len(), days.len(), letters.len());
+}
