@@ -46,20 +46,30 @@ pub async fn download(
     scoped: Scoped,
     Path((_, topic, date, file)): Path<(String, String, String, String)>,
 ) -> Result<impl IntoResponse, Problem> {
-    let root = crate::layout::lake_dir(&state.layout.data, &scoped.tenant);
+    let (opened, size) = open(&state, &scoped.tenant, topic, date, file).await?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(opened)));
+    let headers = [
+        (header::CONTENT_TYPE, "application/vnd.apache.parquet".to_owned()),
+        (header::CONTENT_LENGTH, size.to_string()),
+    ];
+    Ok((headers, body))
+}
+
+/// The tenant's lake file and its size, or 404 naming what is not there.
+async fn open(
+    state: &ApiState,
+    tenant: &crate::tenant::TenantId,
+    topic: String,
+    date: String,
+    file: String,
+) -> Result<(std::fs::File, u64), Problem> {
+    let root = crate::layout::lake_dir(&state.layout.data, tenant);
     let (t, d, f) = (topic.clone(), date.clone(), file.clone());
     let opened =
         tokio::task::spawn_blocking(move || lake::open(&root, &t, &d, &f)).await.map_err(Problem::internal)??;
-    let file_ = opened.ok_or_else(|| {
-        Problem::not_found(format!("the lake of tenant `{}` has no file {topic}/{date}/{file}", scoped.tenant))
+    let opened = opened.ok_or_else(|| {
+        Problem::not_found(format!("the lake of tenant `{tenant}` has no file {topic}/{date}/{file}"))
     })?;
-    let size = file_.metadata()?.len();
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file_)));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/vnd.apache.parquet".to_owned()),
-            (header::CONTENT_LENGTH, size.to_string()),
-        ],
-        body,
-    ))
+    let size = opened.metadata()?.len();
+    Ok((opened, size))
 }
