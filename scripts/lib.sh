@@ -43,6 +43,18 @@ claim_build_cache() {
     echo "$here" > "$marker"
 }
 
+# A Python with pyarrow, the second Parquet reader the lake's tests read its files with (PyPI;
+# installed once into the cache, about 30 seconds). Exports MYSIMBDP_TEST_PYTHON.
+ensure_pyarrow() {
+    local venv=$HOME/.cache/mysimbdp/pyarrow-venv
+    if ! "$venv/bin/python" -c 'import pyarrow.parquet' 2>/dev/null; then
+        step "installing pyarrow from PyPI into $venv (once)"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check 'pyarrow==18.1.0'
+    fi
+    export MYSIMBDP_TEST_PYTHON=$venv/bin/python
+}
+
 # What every entry script does first: build tools, build cache, local services, their environment.
 prepare() {
     ensure_build_tools

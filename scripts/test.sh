@@ -2,8 +2,8 @@
 # The whole test suite, on a fresh machine too: installs what is missing (Debian packages), starts the
 # local services (scripts/services.sh), then runs the same checks CI runs: formatting, clippy, the
 # store's query data against the migrations, the benchmarks' smoke modes, the unit tests, the
-# end-to-end tests against real PostgreSQL, and schemathesis fuzzing the API against its own OpenAPI
-# document.
+# end-to-end tests against real PostgreSQL and the real broker (the lake's Parquet files read back
+# with pyarrow from PyPI), and schemathesis fuzzing the API against its own OpenAPI document.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -27,6 +27,7 @@ grep -E 'msg/s|p50|acted' "$ROOT/.local/bench-stream-smoke.log"
 step "build (the end-to-end tests run the workspace's binaries)"
 cargo build --workspace --bins --locked
 step "tests"
+ensure_pyarrow
 # The end-to-end tests mostly wait on processes and the database; more threads than cores keeps them brief.
 log=$ROOT/.local/test.log
 RUST_TEST_THREADS=${RUST_TEST_THREADS:-6} cargo test --workspace --locked 2>&1 | tee "$log"

@@ -40,7 +40,8 @@ for folder, _, names in sorted(os.walk(root)):
             "file": os.path.relpath(os.path.join(folder, name), root),
             "schema": {f.name: str(f.type) for f in table.schema},
             "ids": table.column("id").to_pylist(),
-            "days": [t.date().isoformat() for t in table.column("at").to_pylist()],
+            # A declared timestamp column, or (inferred from JSON) the text it was written as.
+            "days": [t.date().isoformat() if hasattr(t, "date") else str(t)[:10] for t in table.column("at").to_pylist()],
         })
 # And the whole folder as one dataset, its `date=` folders read as a column.
 dataset = pq.read_table(root)
@@ -327,4 +328,169 @@ async fn killed_ten_times_during_200000_messages_the_lake_holds_each_once_under_
         assert!(reasons.iter().all(|r| r.starts_with(bad[id])), "message {id}: {reasons:?}, not {}", bad[id]);
     }
     eprintln!("{} rows in {} files over {} days; {} dead letters", got.len(), read.len(), days.len(), letters.len());
+}
+
+fn with_sinks(tenant: &str, sinks: &str) -> String {
+    let stream =
+        crate::stream::stream_agreement(tenant, &crate::stream::Stream { partitions: 2, ..Default::default() });
+    stream.replace("apps:\n", &format!("sinks:\n{sinks}apps:\n"))
+}
+
+const LAKE_AND_DOCS: &str = "  - {name: lake, kind: parquet_lake, topics: [readings], date_field: at, flush_interval: 300ms}\n  - {name: docs, kind: coredms, topics: [readings]}\n";
+const LAKE_ONLY: &str =
+    "  - {name: lake, kind: parquet_lake, topics: [readings], date_field: at, flush_interval: 300ms}\n";
+
+/// Readings `ids`, their `at` on three days, each keyed `id-<id>`; returns once the broker has all.
+async fn produce_keyed(topic: &str, ids: std::ops::Range<u64>) {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            ClientConfig::new().set("bootstrap.servers", kafka_brokers()).set("linger.ms", "5").create().unwrap();
+        for i in ids {
+            let payload =
+                json!({"id": i, "at": format!("2026-11-2{}T12:00:00Z", i % 3), "v": i as f64 / 4.0}).to_string();
+            let key = format!("id-{i}");
+            producer.send(BaseRecord::to(&topic).key(&key).payload(&payload)).map_err(|(e, _)| e).unwrap();
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+/// The rows of a tenant's lake topic, as pyarrow reads its files.
+fn lake_ids(p: &TestPlatform, tenant: &str, topic: &str) -> Vec<i64> {
+    let dir = p.data_dir.join("lake").join(tenant).join(topic);
+    if !dir.exists() {
+        return Vec::new();
+    }
+    let mut ids: Vec<i64> = read_lake(&dir).0.iter().flat_map(|f| f.ids.clone()).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn declared_sinks_fan_a_topic_out_to_the_lake_and_the_coredms_each_at_its_own_pace() {
+    let (shop, thief) = (unique("shop"), unique("thief"));
+    let mut p =
+        TestPlatform::new(&[(&shop, with_sinks(&shop, LAKE_AND_DOCS)), (&thief, with_sinks(&thief, LAKE_ONLY))]).await;
+    p.start().await;
+    let http = p.http();
+    let (token, thief_token) = (p.token(Some(&shop)), p.token(Some(&thief)));
+    crate::stream::wait_topic(&format!("{shop}.readings")).await;
+    crate::stream::wait_topic(&format!("{thief}.readings")).await;
+    produce_keyed(&format!("{shop}.readings"), 0..1000).await;
+    produce_keyed(&format!("{thief}.readings"), 5000..5010).await;
+
+    // Both sinks, each its own instance and consumer group, take every reading.
+    eventually(Duration::from_secs(90), "1,000 rows in the lake and 1,000 documents", async || {
+        lake_ids(&p, &shop, "readings").len() == 1000 && p.count_docs(&shop, "readings").await == 1000
+    })
+    .await;
+    assert_eq!(lake_ids(&p, &shop, "readings"), (0..1000).collect::<Vec<_>>(), "each once");
+    let columns = p.data_dir.join("lake").join(&shop).join("readings/_columns.json");
+    let inferred: Value = serde_json::from_slice(&std::fs::read(columns).unwrap()).unwrap();
+    assert_eq!(
+        inferred,
+        json!([{"name": "id", "type": "int64"}, {"name": "at", "type": "string"}, {"name": "v", "type": "float64"}])
+    );
+    // The coredms sink keys documents by the message's key.
+    assert_eq!(p.doc(&shop, "readings", "id-7").await["id"], 7);
+
+    // The lake over the API: listed by topic and date, each file served as written.
+    let listed = http.get(&format!("/v1/tenants/{shop}/lake?topic=readings"), &token).await.json();
+    let files = listed.as_array().unwrap().clone();
+    let dates: BTreeSet<&str> = files.iter().map(|f| f["date"].as_str().unwrap()).collect();
+    assert_eq!(dates, BTreeSet::from(["2026-11-20", "2026-11-21", "2026-11-22"]), "{listed}");
+    let f = &files[0];
+    let path = format!("readings/{}/{}", f["date"], f["name"]).replace('"', "");
+    let got = http
+        .get(
+            &format!(
+                "/v1/tenants/{shop}/lake/readings/{}/{}",
+                f["date"].as_str().unwrap(),
+                f["name"].as_str().unwrap()
+            ),
+            &token,
+        )
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let on_disk =
+        std::fs::read(p.data_dir.join("lake").join(&shop).join(path.replace("readings/", "readings/date="))).unwrap();
+    assert_eq!(got.body, on_disk);
+    assert!(got.body.starts_with(b"PAR1") && got.body.ends_with(b"PAR1"));
+
+    // The thief sees none of shop's lake: not the listing, not a file, not through a link planted in
+    // its own lake (the sinks run as their tenant's user; the API follows no link they leave).
+    let theirs = format!("/v1/tenants/{shop}/lake");
+    assert_eq!(http.get(&theirs, &thief_token).await.problem(404), format!("there is no tenant `{shop}`"));
+    let file_path =
+        format!("/v1/tenants/{shop}/lake/readings/{}/{}", f["date"].as_str().unwrap(), f["name"].as_str().unwrap());
+    assert_eq!(http.get(&file_path, &thief_token).await.status, 404);
+    let own = http.get(&format!("/v1/tenants/{thief}/lake"), &thief_token).await.json();
+    assert!(
+        own.as_array().unwrap().iter().all(|f| f["topic"] == "readings") && !own.to_string().contains(&shop),
+        "{own}"
+    );
+    let planted = p.data_dir.join("lake").join(&thief).join("readings/date=2026-11-20/readings-p9-o0-0-1of1.parquet");
+    std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(
+        p.data_dir
+            .join("lake")
+            .join(&shop)
+            .join("readings")
+            .join(format!("date={}", f["date"].as_str().unwrap()))
+            .join(f["name"].as_str().unwrap()),
+        &planted,
+    )
+    .unwrap();
+    let r = http
+        .get(&format!("/v1/tenants/{thief}/lake/readings/2026-11-20/readings-p9-o0-0-1of1.parquet"), &thief_token)
+        .await;
+    assert_eq!(r.status, 404, "a planted link is not followed");
+    let operator = p.token(None);
+    assert_eq!(
+        http.get(&theirs, &operator).await.json().as_array().unwrap().len(),
+        files.len(),
+        "operators see every tenant's lake"
+    );
+
+    // Reports: each sink reports like an app, kept, not judged.
+    for app in ["sink:lake", "sink:docs"] {
+        let mut of = Vec::new();
+        eventually(Duration::from_secs(30), &format!("{app}'s reports of 1,000 messages"), async || {
+            let reports = crate::stream::get_list(&http, &token, &format!("/v1/tenants/{shop}/reports")).await;
+            of = reports.into_iter().filter(|r| r["app"] == app).collect::<Vec<_>>();
+            of.iter().map(|r| r["messages"].as_i64().unwrap()).sum::<i64>() >= 1000
+        })
+        .await;
+        assert!(of.iter().all(|r| r["verdict"] == "unjudged"), "{app}: {of:?}");
+    }
+
+    // The coredms sink undeclared: its instance stops, and the lake goes on alone.
+    let docs_id =
+        instances_of(&p, &token, &shop, "sink:docs").await.iter().find(|i| i["desired"] == "running").unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    std::fs::write(p.tenants_dir.join(format!("{shop}.yaml")), with_sinks(&shop, LAKE_ONLY)).unwrap();
+    crate::stream::wait_state(&http, &token, &shop, &docs_id, "exited", Duration::from_secs(60)).await;
+    produce_keyed(&format!("{shop}.readings"), 1000..1500).await;
+    eventually(Duration::from_secs(60), "1,500 rows in the lake", async || {
+        lake_ids(&p, &shop, "readings").len() == 1500
+    })
+    .await;
+    assert_eq!(p.count_docs(&shop, "readings").await, 1000, "the stopped sink took nothing");
+    // Declared again, it goes on from its own group's position.
+    std::fs::write(p.tenants_dir.join(format!("{shop}.yaml")), with_sinks(&shop, LAKE_AND_DOCS)).unwrap();
+    eventually(Duration::from_secs(60), "1,500 documents", async || p.count_docs(&shop, "readings").await == 1500)
+        .await;
+    assert_eq!(lake_ids(&p, &shop, "readings"), (0..1500).collect::<Vec<_>>());
+    p.cleanup().await;
+}
+
+/// The tenant's instances of app `app`, as the API lists them.
+async fn instances_of(p: &TestPlatform, token: &str, tenant: &str, app: &str) -> Vec<Value> {
+    let all = crate::stream::instances(&p.http(), token, tenant).await;
+    all.into_iter().filter(|i| i["app"] == app).collect()
 }
