@@ -24,6 +24,8 @@ scripts/bench-api.sh --smoke > "$ROOT/.local/bench-api-smoke.log" 2>&1 || { tail
 grep '^median' "$ROOT/.local/bench-api-smoke.log"
 scripts/bench-stream.sh --smoke > "$ROOT/.local/bench-stream-smoke.log" 2>&1 || { tail -n 40 "$ROOT/.local/bench-stream-smoke.log"; exit 1; }
 grep -E 'msg/s|p50|acted' "$ROOT/.local/bench-stream-smoke.log"
+scripts/bench-lake.sh --smoke > "$ROOT/.local/bench-lake-smoke.log" 2>&1 || { tail -n 40 "$ROOT/.local/bench-lake-smoke.log"; exit 1; }
+grep '^median' "$ROOT/.local/bench-lake-smoke.log"
 step "build (the end-to-end tests run the workspace's binaries)"
 cargo build --workspace --bins --locked
 step "tests"

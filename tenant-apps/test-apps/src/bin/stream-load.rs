@@ -6,6 +6,7 @@
 //!   stream-load --topic zoo.readings --messages 100000 [--rate 10000] [--from 0] [--brokers host:port]
 //!   stream-load --topic zoo.readings --consume 1000000 [--group g]
 //!   stream-load --topic zoo.readings --wait-topic 30      (until the topic exists, at most 30 s)
+//!   stream-load --topic zoo.readings --messages N --partitions 3   (makes the topic first)
 //!
 //! `--set key=value` (repeatable) passes a librdkafka setting to the producer or consumer.
 //!
@@ -24,7 +25,7 @@ fn now_ms() -> i64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let (mut topic, mut messages, mut rate, mut from, mut consume, mut group) = (None, 0u64, 0u64, 0u64, 0u64, None);
-    let mut wait_topic = 0u64;
+    let (mut wait_topic, mut partitions) = (0u64, 0i32);
     let mut settings: Vec<(String, String)> = Vec::new();
     let mut brokers = std::env::var("KAFKA_BROKERS").or_else(|_| std::env::var("MYSIMBDP_KAFKA_BROKERS")).ok();
     while let Some(a) = args.next() {
@@ -42,6 +43,7 @@ fn main() {
                 settings.push((k.to_owned(), v.to_owned()));
             }
             "--wait-topic" => wait_topic = value().parse().expect("--wait-topic SECONDS"),
+            "--partitions" => partitions = value().parse().expect("--partitions N"),
             "--brokers" => brokers = Some(value()),
             other => panic!("unknown argument {other}; see the source's header for usage"),
         }
@@ -88,6 +90,9 @@ fn main() {
         println!("consumed {n} messages in {secs:.2}s: {:.0} msg/s", n as f64 / secs);
         return;
     }
+    if partitions > 0 {
+        create_topic(&brokers, &topic, partitions);
+    }
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &brokers).set("linger.ms", "5").set("queue.buffering.max.messages", "1000000");
     for (k, v) in &settings {
@@ -125,4 +130,17 @@ fn main() {
         bytes / messages.max(1),
         messages as f64 / secs
     );
+}
+
+/// Makes `topic` with `partitions` (a benchmark's own topic, where no platform makes it).
+fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let made = futures::executor::block_on(admin.create_topics([&new], &AdminOptions::new())).expect("create topics");
+    for r in made {
+        r.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+    }
 }

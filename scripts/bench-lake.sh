@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Benchmark of the parquet_lake sink: N tortoise readings (~220-byte JSON) waiting in a 3-partition
+# topic of the real broker (tansu), read into Parquet files by `mysimbdp-connect parquet-lake`
+# (columns inferred, dated by the message's timestamp, 100,000 rows per flush), beside a plain
+# librdkafka consumer reading the same messages and writing nothing; rounds alternate, each in its own
+# consumer group. The sink's time runs from its start to the moment its files hold all N rows (read
+# from their names: a flush's offsets), so it includes its start-up and its last flush.
+#   scripts/bench-lake.sh [--smoke]   (--smoke: small figures; checks that the benchmark works)
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+. scripts/lib.sh
+prepare
+
+N=500000 ROUNDS=3
+if [ "${1:-}" = "--smoke" ]; then N=20000 ROUNDS=1; fi
+step "building (release)"
+cargo build --release --bins --locked -p mysimbdp-connect -p test-apps
+BIN=$CARGO_TARGET_DIR/release
+RUN=$(date +%s | tail -c 7)
+TENANT=benchlake-$RUN TOPIC=benchlake-$RUN.readings
+WORK=$ROOT/.local/bench-lake
+rm -rf "$WORK" && mkdir -p "$WORK"
+
+echo "== command: scripts/bench-lake.sh ${1:-}"
+echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem/ {print $2}') GiB, kernel $(uname -r)"
+echo "== broker: tansu 0.6.0 (memory storage) | git: $(git rev-parse --short HEAD)$(git diff --quiet || echo -dirty)"
+"$BIN/stream-load" --topic "$TOPIC" --messages "$N" --partitions 3 | sed 's/^/   producer: /'
+
+# Rows the finished files of the lake under $1 hold, by their names' offset ranges (one date, no
+# dead letters: each flush of a partition is one file holding all its offsets).
+rows_in() {
+    find "$1" -name '*.parquet' ! -name '.*' 2>/dev/null \
+        | sed -E 's/.*-o([0-9]+)-([0-9]+)-[0-9]+of[0-9]+\.parquet$/\1 \2/' | awk '{ n += $2 - $1 + 1 } END { print n + 0 }'
+}
+
+lake_round() { # round
+    local dir=$WORK/lake-$1 t0 t1 pid
+    mkdir -p "$dir"
+    t0=$(date +%s.%N)
+    env -i KAFKA_BROKERS="$MYSIMBDP_KAFKA_BROKERS" MYSIMBDP_TENANT="$TENANT" MYSIMBDP_SINK=lake \
+        MYSIMBDP_INPUT_TOPICS="$TOPIC" MYSIMBDP_CONSUMER_GROUP="$TENANT.lake-$1" MYSIMBDP_LAKE_DIR="$dir" \
+        MYSIMBDP_LAKE_FLUSH_ROWS=100000 MYSIMBDP_LAKE_FLUSH_MS=2000 \
+        "$BIN/mysimbdp-connect" parquet-lake 2> "$WORK/lake-$1.log" &
+    pid=$!
+    for _ in $(seq 6000); do
+        [ "$(rows_in "$dir")" -ge "$N" ] && break
+        kill -0 "$pid" 2>/dev/null || { cat "$WORK/lake-$1.log" >&2; exit 1; }
+        sleep 0.05
+    done
+    t1=$(date +%s.%N)
+    kill "$pid"; wait "$pid" || true
+    [ "$(rows_in "$dir")" = "$N" ] || { echo "the lake holds $(rows_in "$dir") rows, not $N" >&2; exit 1; }
+    echo "lake sink: $N rows in $(find "$dir" -name '*.parquet' | wc -l) files, $(du -sm "$dir" | cut -f1) MiB, in $(python3 -c "print(f'{$t1 - $t0:.2f}')")s: $(python3 -c "print(round($N / ($t1 - $t0)))") msg/s"
+}
+
+step "$ROUNDS rounds of: the plain consumer, the lake sink (alternating which goes first)"
+for i in $(seq "$ROUNDS"); do
+    plain() { "$BIN/stream-load" --topic "$TOPIC" --consume "$N" --group "$TENANT.plain-$i" --set fetch.wait.max.ms=10 | sed 's/^/   plain consumer: /'; }
+    if [ $((i % 2)) = 1 ]; then plain; lake_round "$i" | sed 's/^/   /'; else lake_round "$i" | sed 's/^/   /'; plain; fi
+done | tee "$WORK/rounds.log"
+python3 - "$WORK/rounds.log" <<'PY'
+import re, statistics, sys
+text = open(sys.argv[1]).read()
+plain = [int(x) for x in re.findall(r"plain consumer: consumed \d+ messages in [\d.]+s: (\d+) msg/s", text)]
+lake = [int(x) for x in re.findall(r"lake sink: .* (\d+) msg/s", text)]
+p, l = statistics.median(plain), statistics.median(lake)
+print(f"median of {len(plain)} rounds: plain consumer {p:.0f} msg/s, lake sink {l:.0f} msg/s: {l / p:.2f} of the plain consumer's rate")
+PY
