@@ -227,8 +227,9 @@ async fn killed_ten_times_during_200000_messages_the_lake_holds_each_once_under_
     ];
 
     // Written at about 25,000 a second while the sink runs and is killed.
+    let produced = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let producing = {
-        let topic = topic.clone();
+        let (topic, produced) = (topic.clone(), produced.clone());
         std::thread::spawn(move || {
             let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
                 .set("bootstrap.servers", kafka_brokers())
@@ -241,6 +242,7 @@ async fn killed_ten_times_during_200000_messages_the_lake_holds_each_once_under_
                 let key = i.to_string();
                 let record = BaseRecord::to(&topic).partition((i % 3) as i32).key(&key).payload(&payload);
                 producer.send(record).map_err(|(e, _)| e).unwrap();
+                produced.store(i + 1, std::sync::atomic::Ordering::Relaxed);
                 if i % 2_500 == 2_499 {
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -251,7 +253,7 @@ async fn killed_ten_times_during_200000_messages_the_lake_holds_each_once_under_
     let mut sink = lake_sink(&tenant, &topic, &group, &lake, &extra);
     for k in 0..10u64 {
         // Half the kills the moment a new file shows (between its rename and the next ones, or the
-        // commit); the others at varying moments.
+        // commit); the others in the middle of gathering, a varying number of messages later.
         if k % 2 == 0 {
             let before = files_ending(&lake, ".parquet");
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -259,7 +261,11 @@ async fn killed_ten_times_during_200000_messages_the_lake_holds_each_once_under_
                 std::thread::sleep(Duration::from_millis(2));
             }
         } else {
-            std::thread::sleep(Duration::from_millis(200 + 150 * k));
+            let target = (produced.load(std::sync::atomic::Ordering::Relaxed) + 1_500 * k).min(N);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while produced.load(std::sync::atomic::Ordering::Relaxed) < target && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
         }
         sink.kill();
         sink = lake_sink(&tenant, &topic, &group, &lake, &extra);

@@ -92,6 +92,8 @@ cat /proc/1/environ 2>/dev/null && echo "LEAK: read init's environment"
 touch /usr/x 2>/dev/null && echo "LEAK: wrote /usr"
 touch /x 2>/dev/null && echo "LEAK: wrote /"
 touch /app/x 2>/dev/null && echo "LEAK: wrote /app"
+touch /lake/x 2>/dev/null && echo "LEAK: wrote /lake"
+[ -z "$(ls -A /lake)" ] || echo "LEAK: /lake holds something"
 echo hi > "$1" 2>/dev/null && echo "LEAK: wrote the input"
 echo ok > /work/w && echo ok > /tmp/t && echo "writes: work and tmp"
 unshare -U true 2>/dev/null && echo "LEAK: a new user namespace"
@@ -114,9 +116,10 @@ echo '{{"records_ingested": 2}}' > /work/result.json"#,
     let root = log.lines().find_map(|l| l.strip_prefix("root: ")).unwrap();
     let mut entries: Vec<&str> = root.split_whitespace().collect();
     entries.sort();
+    // `lake` is a lake sink's mount point; empty and read-only for every other program.
     assert_eq!(
         entries,
-        ["app", "bin", "dev", "etc", "input", "lib", "lib64", "proc", "sbin", "tmp", "usr", "var", "work"]
+        ["app", "bin", "dev", "etc", "input", "lake", "lib", "lib64", "proc", "sbin", "tmp", "usr", "var", "work"]
     );
     assert!(log.contains("input: a,b\n1,2"), "{log}");
     assert!(log.contains("writes: work and tmp"), "{log}");
