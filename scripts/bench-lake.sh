@@ -6,6 +6,8 @@
 # consumer group. The sink's time runs from its start to the moment its files hold all N rows (read
 # from their names: a flush's offsets), so it includes its start-up and its last flush.
 #   scripts/bench-lake.sh [--smoke]   (--smoke: small figures; checks that the benchmark works)
+#   BASELINE=/path/to/an/older/mysimbdp-connect scripts/bench-lake.sh   (an A/B: that build's sink
+#   runs in each round too, interleaved)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -34,36 +36,41 @@ rows_in() {
         | sed -E 's/.*-o([0-9]+)-([0-9]+)-[0-9]+of[0-9]+\.parquet$/\1 \2/' | awk '{ n += $2 - $1 + 1 } END { print n + 0 }'
 }
 
-lake_round() { # round
-    local dir=$WORK/lake-$1 t0 t1 pid
+lake_round() { # round [binary label]
+    local dir=$WORK/lake-$1${3:-} t0 t1 pid bin=${2:-$BIN/mysimbdp-connect}
     mkdir -p "$dir"
     t0=$(date +%s.%N)
     env -i KAFKA_BROKERS="$MYSIMBDP_KAFKA_BROKERS" MYSIMBDP_TENANT="$TENANT" MYSIMBDP_SINK=lake \
-        MYSIMBDP_INPUT_TOPICS="$TOPIC" MYSIMBDP_CONSUMER_GROUP="$TENANT.lake-$1" MYSIMBDP_LAKE_DIR="$dir" \
+        MYSIMBDP_INPUT_TOPICS="$TOPIC" MYSIMBDP_CONSUMER_GROUP="$TENANT.lake-$1${3:-}" MYSIMBDP_LAKE_DIR="$dir" \
         MYSIMBDP_LAKE_FLUSH_ROWS=100000 MYSIMBDP_LAKE_FLUSH_MS=2000 \
-        "$BIN/mysimbdp-connect" parquet-lake 2> "$WORK/lake-$1.log" &
+        "$bin" parquet-lake 2> "$WORK/lake-$1${3:-}.log" &
     pid=$!
     for _ in $(seq 6000); do
         [ "$(rows_in "$dir")" -ge "$N" ] && break
-        kill -0 "$pid" 2>/dev/null || { cat "$WORK/lake-$1.log" >&2; exit 1; }
+        kill -0 "$pid" 2>/dev/null || { cat "$WORK/lake-$1${3:-}.log" >&2; exit 1; }
         sleep 0.05
     done
     t1=$(date +%s.%N)
     kill "$pid"; wait "$pid" || true
     [ "$(rows_in "$dir")" = "$N" ] || { echo "the lake holds $(rows_in "$dir") rows, not $N" >&2; exit 1; }
-    echo "lake sink: $N rows in $(find "$dir" -name '*.parquet' | wc -l) files, $(du -sm "$dir" | cut -f1) MiB, in $(python3 -c "print(f'{$t1 - $t0:.2f}')")s: $(python3 -c "print(round($N / ($t1 - $t0)))") msg/s"
+    echo "${3:+$3 }lake sink: $N rows in $(find "$dir" -name '*.parquet' | wc -l) files, $(du -sm "$dir" | cut -f1) MiB, in $(python3 -c "print(f'{$t1 - $t0:.2f}')")s: $(python3 -c "print(round($N / ($t1 - $t0)))") msg/s"
 }
 
 step "$ROUNDS rounds of: the plain consumer, the lake sink (alternating which goes first)"
 for i in $(seq "$ROUNDS"); do
     plain() { "$BIN/stream-load" --topic "$TOPIC" --consume "$N" --group "$TENANT.plain-$i" --set fetch.wait.max.ms=10 | sed 's/^/   plain consumer: /'; }
-    if [ $((i % 2)) = 1 ]; then plain; lake_round "$i" | sed 's/^/   /'; else lake_round "$i" | sed 's/^/   /'; plain; fi
+    baseline() { [ -z "${BASELINE:-}" ] || lake_round "$i" "$BASELINE" baseline | sed 's/^/   /'; }
+    if [ $((i % 2)) = 1 ]; then plain; baseline; lake_round "$i" | sed 's/^/   /'; else lake_round "$i" | sed 's/^/   /'; baseline; plain; fi
 done | tee "$WORK/rounds.log"
 python3 - "$WORK/rounds.log" <<'PY'
 import re, statistics, sys
 text = open(sys.argv[1]).read()
 plain = [int(x) for x in re.findall(r"plain consumer: consumed \d+ messages in [\d.]+s: (\d+) msg/s", text)]
-lake = [int(x) for x in re.findall(r"lake sink: .* (\d+) msg/s", text)]
+lake = [int(x) for x in re.findall(r"^   lake sink: .* (\d+) msg/s", text, re.M)]
+base = [int(x) for x in re.findall(r"^   baseline lake sink: .* (\d+) msg/s", text, re.M)]
 p, l = statistics.median(plain), statistics.median(lake)
 print(f"median of {len(plain)} rounds: plain consumer {p:.0f} msg/s, lake sink {l:.0f} msg/s: {l / p:.2f} of the plain consumer's rate")
+if base:
+    b = statistics.median(base)
+    print(f"A/B: baseline lake sink {b:.0f} msg/s, this one {l:.0f} msg/s: {l / b:.2f}x")
 PY

@@ -121,19 +121,21 @@ pub fn timestamp_us(v: &Value) -> Result<i64, String> {
             .as_i64()
             .and_then(|ms| ms.checked_mul(1000))
             .ok_or_else(|| format!("{n} is not a whole number of milliseconds since the epoch")),
-        Value::String(s) => {
-            let parsed = DateTime::parse_from_rfc3339(s)
-                .map(|t| t.with_timezone(&Utc))
-                .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").map(|t| t.and_utc()))
-                .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc()))
-                .or_else(|_| {
-                    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
-                });
-            parsed.map(|t| t.timestamp_micros()).map_err(|_| format!("`{s}` is not a timestamp"))
-        }
+        Value::String(s) => timestamp_text_us(s),
         other => Err(format!("{} is not a timestamp", kind_of(other))),
     }
+}
+
+/// `timestamp_us` of a JSON string's text.
+pub fn timestamp_text_us(s: &str) -> Result<i64, String> {
+    let parsed = DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").map(|t| t.and_utc()))
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc()))
+        .or_else(|_| {
+            NaiveDate::parse_from_str(s, "%Y-%m-%d").map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+        });
+    parsed.map(|t| t.timestamp_micros()).map_err(|_| format!("`{s}` is not a timestamp"))
 }
 
 /// Days since the epoch, as Parquet's DATE counts them.
@@ -164,7 +166,8 @@ enum Values {
 }
 
 /// One value checked against its column's type.
-enum Cell {
+#[derive(Debug)]
+pub(super) enum Cell {
     Null,
     Text(String),
     Int(i64),
@@ -225,6 +228,12 @@ impl Rows {
             .iter()
             .map(|c| cell(c.kind, object.get(&c.name)).map_err(|why| format!("column `{}`: {why}", c.name)))
             .collect::<Result<Vec<_>, _>>()?;
+        self.push_cells(cells);
+        Ok(())
+    }
+
+    /// Adds a row of checked cells, one per column in order.
+    pub(super) fn push_cells(&mut self, cells: impl IntoIterator<Item = Cell>) {
         for (values, cell) in self.values.iter_mut().zip(cells) {
             match (values, cell) {
                 (Values::Text(b), Cell::Text(s)) => b.append_value(s),
@@ -242,7 +251,6 @@ impl Rows {
             }
         }
         self.len += 1;
-        Ok(())
     }
 
     pub fn finish(mut self) -> anyhow::Result<RecordBatch> {
