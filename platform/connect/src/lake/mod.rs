@@ -166,6 +166,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // tansu holds a fetch for this long even when data is waiting (Kafka answers at once): the
+        // default 500 ms made the sink wait on the broker, not work (as in the SDK's stream loop).
+        .set("fetch.wait.max.ms", "10")
+        .set("queued.min.messages", "200000")
         .create()
         .context("creating the Kafka consumer")?;
     let start = positions(&consumer, &topics)?;
