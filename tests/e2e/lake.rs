@@ -346,6 +346,21 @@ const LAKE_AND_DOCS: &str = "  - {name: lake, kind: parquet_lake, topics: [readi
 const LAKE_ONLY: &str =
     "  - {name: lake, kind: parquet_lake, topics: [readings], date_field: at, flush_interval: 300ms}\n";
 
+/// `payloads` as they are, unkeyed; returns once the broker has all.
+async fn produce_raw(topic: &str, payloads: Vec<String>) {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
+        for payload in &payloads {
+            producer.send(BaseRecord::<(), _>::to(&topic).payload(payload)).map_err(|(e, _)| e).unwrap();
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
+    })
+    .await
+    .unwrap();
+}
+
 /// Readings `ids`, their `at` on three days, each keyed `id-<id>`; returns once the broker has all.
 async fn produce_keyed(topic: &str, ids: std::ops::Range<u64>) {
     let topic = topic.to_owned();
@@ -394,6 +409,29 @@ async fn declared_sinks_fan_a_topic_out_to_the_lake_and_the_coredms_each_at_its_
     })
     .await;
     assert_eq!(lake_ids(&p, &shop, "readings"), (0..1000).collect::<Vec<_>>(), "each once");
+    // Messages that do not fit (the thief's: its columns were inferred from its first ten) go to its
+    // dead-letter topic with their reason, through the gateway like everything its sink writes.
+    eventually(Duration::from_secs(60), "the thief's ten rows", async || lake_ids(&p, &thief, "readings").len() == 10)
+        .await;
+    let thief_topic = format!("{thief}.readings");
+    produce_raw(
+        &thief_topic,
+        vec![r#"{"id": 5010, "at": "2026-11-20T00:00:00Z", "v": "lots"}"#.into(), "garbage 5011".into()],
+    )
+    .await;
+    produce_keyed(&thief_topic, 5012..5013).await;
+    let letters =
+        tokio::task::spawn_blocking(move || dead_letters(&format!("{thief_topic}.dlq"), Duration::from_secs(60), 2))
+            .await
+            .unwrap();
+    assert_eq!(letters.keys().copied().collect::<Vec<_>>(), [5010, 5011]);
+    assert!(letters[&5010].iter().all(|r| r == "column `v`: expected float64, found a string"), "{letters:?}");
+    assert!(letters[&5011].iter().all(|r| r.starts_with("not a JSON object")), "{letters:?}");
+    eventually(Duration::from_secs(60), "the thief's row after the bad ones", async || {
+        lake_ids(&p, &thief, "readings").len() == 11
+    })
+    .await;
+    assert_eq!(lake_ids(&p, &thief, "readings"), (5000..5010).chain([5012]).collect::<Vec<_>>());
     let columns = p.data_dir.join("lake").join(&shop).join("readings/_columns.json");
     let inferred: Value = serde_json::from_slice(&std::fs::read(columns).unwrap()).unwrap();
     assert_eq!(

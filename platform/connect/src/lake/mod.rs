@@ -362,7 +362,13 @@ impl Sink {
         let now = now_ms();
         for ((topic, partition), p) in std::mem::take(&mut self.pending) {
             let t = &self.topics[&topic];
-            let dates = p.dates.into_iter().map(|(d, rows)| Ok((d, rows.finish()?))).collect::<anyhow::Result<_>>()?;
+            // A date whose only rows were refused has no file.
+            let dates = p
+                .dates
+                .into_iter()
+                .filter(|(_, rows)| rows.len > 0)
+                .map(|(d, rows)| Ok((d, rows.finish()?)))
+                .collect::<anyhow::Result<_>>()?;
             files::write_flush(&t.dir, &t.name, partition, (p.first, p.last), dates)?;
             commit.add_partition_offset(&topic, partition, Offset::Offset(p.last + 1))?;
             if let Some(r) = &self.reporter {
