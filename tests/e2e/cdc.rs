@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use mysimbdp_e2e::*;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use serde_json::{json, Value};
 use sqlx::Connection;
 
@@ -132,24 +131,9 @@ struct Read {
     value: Option<Value>,
 }
 
-/// A consumer of `topic`'s one partition from its start, in no group's name but its own.
-fn reader(topic: &str) -> BaseConsumer {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .set("group.id", unique("cdc-reader"))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
-    c.assign(&tpl).unwrap();
-    c
-}
-
 /// Reads `topic` from the start until `want` messages came, or `within` passed.
 fn read_topic(topic: &str, want: usize, within: Duration) -> Vec<Read> {
-    let c = reader(topic);
+    let c = partition_reader(topic);
     let mut out = Vec::new();
     let deadline = Instant::now() + within;
     while out.len() < want && Instant::now() < deadline {
@@ -296,7 +280,7 @@ impl Tail {
         let thread = std::thread::spawn({
             let (topic, read, stop) = (topic.to_owned(), std::sync::Arc::clone(&read), std::sync::Arc::clone(&stop));
             move || {
-                let c = reader(&topic);
+                let c = partition_reader(&topic);
                 let parse = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap();
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     if let Some(m) = c.poll(Duration::from_millis(50)) {

@@ -174,15 +174,7 @@ fn files_ending(root: &Path, suffix: &str) -> usize {
 
 /// What the dead-letter topic holds: by message id, the reasons given.
 fn dead_letters(topic: &str, within: Duration, want: usize) -> BTreeMap<u64, BTreeSet<String>> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .set("group.id", unique("dlq-reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
-    c.assign(&tpl).unwrap();
+    let c = partition_reader(topic);
     let mut out: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
     let deadline = Instant::now() + within;
     while out.len() < want && Instant::now() < deadline {

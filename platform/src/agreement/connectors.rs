@@ -145,14 +145,20 @@ fn parse_source(
 }
 
 pub(super) fn connector_name(v: &Value) -> Result<String, String> {
+    lowercase_name(v, 32, '-', "connector name")
+}
+
+/// `v` as a name of `a-z` first, then `a-z`, `0-9` and `extra`, up to `max` bytes; the error names
+/// it as `what`.
+pub(super) fn lowercase_name(v: &Value, max: usize, extra: char, what: &str) -> Result<String, String> {
     let n = string(v)?;
-    let ok = n.len() <= 32
+    let ok = n.len() <= max
         && n.starts_with(|c: char| c.is_ascii_lowercase())
-        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == extra);
     if ok {
         Ok(n)
     } else {
-        Err(format!("`{n}` is not a connector name (a-z first, then a-z, 0-9, `-`; up to 32)"))
+        Err(format!("`{n}` is not a {what} (a-z first, then a-z, 0-9, `{extra}`; up to {max})"))
     }
 }
 

@@ -193,13 +193,5 @@ fn parse_columns(s: &Section<'_>, errors: &mut Errors) -> Option<Columns> {
 
 /// A coredms collection: `[a-z0-9_]`, starting with a letter, up to 63.
 fn collection_name(v: &Value) -> Result<String, String> {
-    let n = string(v)?;
-    let ok = n.len() <= 63
-        && n.starts_with(|c: char| c.is_ascii_lowercase())
-        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if ok {
-        Ok(n)
-    } else {
-        Err(format!("`{n}` is not a collection name (a-z first, then a-z, 0-9, `_`; up to 63)"))
-    }
+    super::connectors::lowercase_name(v, 63, '_', "collection name")
 }
