@@ -530,3 +530,47 @@ async fn instances_of(p: &TestPlatform, token: &str, tenant: &str, app: &str) ->
     let all = crate::stream::instances(&p.http(), token, tenant).await;
     all.into_iter().filter(|i| i["app"] == app).collect()
 }
+
+/// A tenant flooding its topic cannot fill the platform's disk through its lake: the sink stops
+/// before its files would pass the agreement's `max_size`, and says so; the messages stay in the topic.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lake_stops_at_its_max_size_and_says_so() {
+    let flood = unique("flood");
+    let sink = "  - {name: lake, kind: parquet_lake, topics: [readings], date_field: at, flush_interval: 200ms, max_size: 4KiB}\n";
+    // One restart: the test waits for the instance to fail for good.
+    let restart = crate::stream::Stream {
+        partitions: 2,
+        restart: "{policy: on-failure, max_restarts: 1, backoff: 100ms}",
+        ..Default::default()
+    };
+    let agreement =
+        crate::stream::stream_agreement(&flood, &restart).replace("apps:\n", &format!("sinks:\n{sink}apps:\n"));
+    let mut p = TestPlatform::new(&[(&flood, agreement)]).await;
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(&flood)));
+    crate::stream::wait_topic(&format!("{flood}.readings")).await;
+    let mut failed = Value::Null;
+    let mut next = 0;
+    eventually(Duration::from_secs(90), "the lake sink to stop at its max_size", async || {
+        // Ten readings at a time: each flush a small file, until the lake is full.
+        produce_keyed(&format!("{flood}.readings"), next..next + 10).await;
+        next += 10;
+        failed = instances_of(&p, &token, &flood, "sink:lake").await.pop().unwrap_or_default();
+        failed["state"] == "failed"
+    })
+    .await;
+    let id = failed["id"].as_str().unwrap();
+    let log = http.get(&format!("/v1/tenants/{flood}/instances/{id}/log"), &token).await.text();
+    assert!(log.contains("would take its lake past the agreement's max_size of 4096 bytes"), "{log}");
+    let held: u64 = http
+        .get(&format!("/v1/tenants/{flood}/lake"), &token)
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["size"].as_u64().unwrap())
+        .sum();
+    assert!(held > 0 && held <= 4096, "the lake holds {held} bytes");
+    p.cleanup().await;
+}

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_yaml::Value;
 
-use super::fields::{duration, integer, string, Errors, Section};
+use super::fields::{duration, integer, size, string, Errors, Section};
+use crate::units::ByteSize;
 pub use mysimbdp_connect::lake::columns::{Column, Columns, Kind as ColumnKind};
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -42,10 +43,13 @@ pub struct Lake {
     /// The longest a message waits before its file is written.
     #[serde(serialize_with = "crate::units::serialize_duration")]
     pub flush_interval: Duration,
+    /// The most the sink's files may take; the sink stops (its messages waiting in the topic) before
+    /// it would write past it.
+    pub max_size: ByteSize,
 }
 
-const SINK_FIELDS: [&str; 8] =
-    ["name", "kind", "topics", "columns", "date_field", "flush_rows", "flush_interval", "collection"];
+const SINK_FIELDS: [&str; 9] =
+    ["name", "kind", "topics", "columns", "date_field", "flush_rows", "flush_interval", "max_size", "collection"];
 
 /// `known`: the tenant's topics (its stream's and its sources').
 pub(super) fn parse_sinks(s: &Section<'_>, known: &HashSet<String>, errors: &mut Errors) -> Option<Vec<Sink>> {
@@ -91,7 +95,7 @@ fn parse_sink(
         other => Err(format!("unknown sink kind `{other}` (parquet_lake, coredms)")),
     });
     let topics = parse_topics(&s, known, errors);
-    let lake_only = ["columns", "date_field", "flush_rows", "flush_interval"];
+    let lake_only = ["columns", "date_field", "flush_rows", "flush_interval", "max_size"];
     let coredms_only = ["collection"];
     let misplaced = match kind {
         Some(true) => coredms_only.as_slice(),
@@ -156,7 +160,14 @@ fn parse_lake(s: &Section<'_>, errors: &mut Errors) -> Option<Lake> {
         }
         Ok(d)
     });
-    Some(Lake { columns: columns?, date_field: date_field?, flush_rows: flush_rows?, flush_interval: flush_interval? })
+    let max_size = s.optional("max_size", ByteSize(10 << 30), errors, size);
+    Some(Lake {
+        columns: columns?,
+        date_field: date_field?,
+        flush_rows: flush_rows?,
+        flush_interval: flush_interval?,
+        max_size: max_size?,
+    })
 }
 
 fn parse_columns(s: &Section<'_>, errors: &mut Errors) -> Option<Columns> {

@@ -252,6 +252,7 @@ fn sink_program(
                 (lake::env::LAKE_DIR, seen),
                 (lake::env::FLUSH_ROWS, l.flush_rows.to_string()),
                 (lake::env::FLUSH_MS, l.flush_interval.as_millis().to_string()),
+                (lake::env::MAX_BYTES, l.max_size.0.to_string()),
             ]);
             vars.extend(
                 l.columns.as_ref().map(|c| (lake::env::COLUMNS, serde_json::to_string(c).expect("columns serialise"))),

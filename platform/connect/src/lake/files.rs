@@ -121,14 +121,17 @@ pub fn recover(topic_dir: &Path, topic: &str) -> anyhow::Result<HashMap<i32, i64
     Ok(next)
 }
 
-/// Writes one flush of a partition: every date's file under a temporary name, synced, then renamed.
+/// Writes one flush of a partition: every date's file under a temporary name, synced, then renamed;
+/// unless the files together are larger than `room` (bytes the lake may still take): then they are
+/// removed and nothing is renamed. Returns the files' size.
 pub fn write_flush(
     topic_dir: &Path,
     topic: &str,
     partition: i32,
     (first, last): (i64, i64),
     dates: Vec<(i32, RecordBatch)>,
-) -> anyhow::Result<Vec<PathBuf>> {
+    room: u64,
+) -> anyhow::Result<Result<u64, u64>> {
     let n = dates.len();
     let mut written = Vec::with_capacity(n);
     for (k, (days, rows)) in dates.into_iter().enumerate() {
@@ -142,13 +145,36 @@ pub fn write_flush(
         write_parquet(&temporary, &rows).with_context(|| format!("writing {}", temporary.display()))?;
         written.push((temporary, dir.join(name)));
     }
-    let mut done = Vec::with_capacity(n);
+    let mut size = 0;
+    for (temporary, _) in &written {
+        size += fs::metadata(temporary).with_context(|| format!("reading {}", temporary.display()))?.len();
+    }
+    if size > room {
+        for (temporary, _) in &written {
+            fs::remove_file(temporary).with_context(|| format!("removing {}", temporary.display()))?;
+        }
+        return Ok(Err(size));
+    }
     for (temporary, path) in written {
         fs::rename(&temporary, &path).with_context(|| format!("renaming {}", temporary.display()))?;
         sync_dir(path.parent().expect("a file in a folder"))?;
-        done.push(path);
     }
-    Ok(done)
+    Ok(Ok(size))
+}
+
+/// What the finished files under a topic's folder take, in bytes (links and other names not counted).
+pub fn size_of(topic_dir: &Path, topic: &str) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for dir in date_folders(topic_dir).with_context(|| format!("listing {}", topic_dir.display()))? {
+        for e in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if FileName::parse(topic, &name).is_some() && e.file_type()?.is_file() {
+                total += e.metadata()?.len();
+            }
+        }
+    }
+    Ok(total)
 }
 
 fn write_parquet(path: &Path, rows: &RecordBatch) -> anyhow::Result<()> {
@@ -194,6 +220,25 @@ mod tests {
         assert_eq!(FileName::parse("t", "t-p1-o5-4-1of1.parquet.tmp"), None);
         assert_eq!(date_folder(0), "date=1970-01-01");
         assert_eq!(date_folder(20_423), "date=2025-12-01");
+    }
+
+    #[test]
+    fn a_flush_past_its_room_leaves_nothing_behind() {
+        use super::super::columns::{Column, Columns, Kind, Rows};
+        let dir = tempfile::tempdir().unwrap();
+        let columns = Columns(vec![Column { name: "id".into(), kind: Kind::Int64 }]);
+        let batch = || {
+            let mut rows = Rows::new(&columns);
+            let row = serde_json::json!({"id": 1});
+            rows.push(&columns, row.as_object().unwrap()).unwrap();
+            vec![(20_423, rows.finish().unwrap())]
+        };
+        let refused = write_flush(dir.path(), "t", 0, (0, 0), batch(), 10).unwrap().unwrap_err();
+        assert!(refused > 10);
+        assert_eq!(size_of(dir.path(), "t").unwrap(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("date=2025-12-01")).unwrap().count(), 0, "no temporary file is left");
+        let size = write_flush(dir.path(), "t", 0, (0, 0), batch(), refused).unwrap().unwrap();
+        assert_eq!((size, size_of(dir.path(), "t").unwrap()), (refused, refused));
     }
 
     #[test]

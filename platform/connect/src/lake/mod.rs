@@ -43,6 +43,8 @@ pub mod env {
     pub const FLUSH_ROWS: &str = "MYSIMBDP_LAKE_FLUSH_ROWS";
     /// The longest a message waits before its file is written.
     pub const FLUSH_MS: &str = "MYSIMBDP_LAKE_FLUSH_MS";
+    /// The most the sink's files may take, in bytes (the agreement's `max_size`).
+    pub const MAX_BYTES: &str = "MYSIMBDP_LAKE_MAX_BYTES";
 }
 
 /// The headers a dead letter carries.
@@ -70,6 +72,7 @@ pub struct Config {
     pub date_field: Option<String>,
     pub flush_rows: usize,
     pub flush: Duration,
+    pub max_bytes: u64,
 }
 
 impl Config {
@@ -97,6 +100,7 @@ impl Config {
             date_field: std::env::var(env::DATE_FIELD).ok().filter(|f| !f.is_empty()),
             flush_rows: number(env::FLUSH_ROWS, 100_000)?.max(1) as usize,
             flush: Duration::from_millis(number(env::FLUSH_MS, 10_000)?.max(10)),
+            max_bytes: number(env::MAX_BYTES, 10 << 30)?,
         })
     }
 }
@@ -131,6 +135,8 @@ struct Pending {
 
 struct Sink {
     cfg: Config,
+    /// What the sink's files take now, in bytes.
+    used: u64,
     topics: HashMap<String, Topic>,
     /// By partition, the last offset taken in this run.
     taken: HashMap<(String, i32), i64>,
@@ -180,7 +186,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let publisher = Publisher::new(&cfg.brokers)?;
     let reporter = Reporter::from_env(&cfg.brokers)?;
     eprintln!("parquet-lake: sink {} writing {} partitions into {}", cfg.sink, start.count(), cfg.lake_dir.display());
+    let mut used = 0;
+    for t in topics.values() {
+        used += files::size_of(&t.dir, &t.name)?;
+    }
     let mut sink = Sink {
+        used,
         cfg,
         topics,
         taken: HashMap::new(),
@@ -369,7 +380,18 @@ impl Sink {
                 .filter(|(_, rows)| rows.len > 0)
                 .map(|(d, rows)| Ok((d, rows.finish()?)))
                 .collect::<anyhow::Result<_>>()?;
-            files::write_flush(&t.dir, &t.name, partition, (p.first, p.last), dates)?;
+            let room = self.cfg.max_bytes.saturating_sub(self.used);
+            match files::write_flush(&t.dir, &t.name, partition, (p.first, p.last), dates, room)? {
+                Ok(size) => self.used += size,
+                // Stopped before the lake outgrows the agreement: the messages wait in the topic
+                // (nothing committed), and the instance fails saying why.
+                Err(size) => bail!(
+                    "sink {}: the next files ({size} bytes) would take its lake past the agreement's max_size of {} bytes (it holds {}); its messages wait in the topic",
+                    self.cfg.sink,
+                    self.cfg.max_bytes,
+                    self.used
+                ),
+            }
             commit.add_partition_offset(&topic, partition, Offset::Offset(p.last + 1))?;
             if let Some(r) = &self.reporter {
                 p.written.iter().for_each(|(bytes, at)| r.record(*bytes, (now - at) as f64));
