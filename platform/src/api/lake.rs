@@ -23,7 +23,8 @@ pub struct LakeParams {
 /// The tenant's lake files, by topic, date and name.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/lake", tag = "lake", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant id"), LakeParams),
-    responses((status = 200, body = Vec<LakeFile>), TenantScoped))]
+    responses((status = 200, body = Vec<LakeFile>),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "an unknown query parameter"), TenantScoped))]
 pub async fn list(
     State(state): State<ApiState>,
     scoped: Scoped,
