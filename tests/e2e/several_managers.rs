@@ -163,8 +163,11 @@ async fn managers_killed_at_random_do_every_file_once_and_never_run_an_instance_
 
     // Chaos: kill -9 of a random manager (restarted at once), and once the stream leader's session
     // ended from the store's side while the process lives on.
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    eprintln!("chaos seed {seed}");
+    // MYSIMBDP_CHAOS_SEED=<the seed a failed run printed> replays that run's choices.
+    let seed = std::env::var("MYSIMBDP_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
+    eprintln!("chaos seed {seed} (MYSIMBDP_CHAOS_SEED={seed} replays it)");
     let mut dice = Dice(seed);
     let mut killed_managers: HashSet<String> = HashSet::new();
     for round in 0..10 {
