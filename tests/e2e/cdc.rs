@@ -585,12 +585,6 @@ fn with_sources(tenant: &str, sources: &str) -> String {
     }
 }
 
-/// The tenant's instances of app `app`, as the API lists them.
-async fn instances_of(p: &TestPlatform, token: &str, tenant: &str, app: &str) -> Vec<Value> {
-    let all = crate::stream::instances(&p.http(), token, tenant).await;
-    all.into_iter().filter(|i| i["app"] == app).collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_declared_source_runs_as_its_tenants_instance_with_its_secret_alone_and_stops_when_undeclared() {
     let db = SourceDb::new(true).await;
@@ -608,7 +602,7 @@ async fn a_declared_source_runs_as_its_tenants_instance_with_its_secret_alone_an
     // Declared before its secret is stored: the instance fails, saying what is missing.
     let mut first = Value::Null;
     eventually(Duration::from_secs(30), "the source's first instance to fail", async || {
-        first = instances_of(&p, &token, &shop, "source:orders").await.pop().unwrap_or_default();
+        first = crate::stream::instances_of(&p, &token, &shop, "source:orders").await.pop().unwrap_or_default();
         first["state"] == "failed"
     })
     .await;
@@ -630,7 +624,7 @@ async fn a_declared_source_runs_as_its_tenants_instance_with_its_secret_alone_an
     })
     .await
     .unwrap();
-    let running = instances_of(&p, &token, &shop, "source:orders").await;
+    let running = crate::stream::instances_of(&p, &token, &shop, "source:orders").await;
     assert_eq!(read.len(), 1, "the snapshot's row; instances: {running:?}");
     assert_eq!(read[0].value.as_ref().unwrap()["after"]["note"], "before");
     assert_eq!(read[0].value.as_ref().unwrap()["source"]["name"], format!("{shop}.cdc"));
@@ -663,7 +657,7 @@ async fn a_declared_source_runs_as_its_tenants_instance_with_its_secret_alone_an
     // same way, and with a secret of its own that guesses shop's database it cannot log in.
     let mut theirs = Value::Null;
     eventually(Duration::from_secs(30), "the thief's source to fail", async || {
-        theirs = instances_of(&p, &thief_token, &thief, "source:orders").await.pop().unwrap_or_default();
+        theirs = crate::stream::instances_of(&p, &thief_token, &thief, "source:orders").await.pop().unwrap_or_default();
         theirs["state"] == "failed"
     })
     .await;
@@ -680,7 +674,7 @@ async fn a_declared_source_runs_as_its_tenants_instance_with_its_secret_alone_an
         .await;
     assert_eq!(r.status, 200);
     eventually(Duration::from_secs(60), "the thief's connector to fail to log in", async || {
-        let latest = instances_of(&p, &thief_token, &thief, "source:orders").await;
+        let latest = crate::stream::instances_of(&p, &thief_token, &thief, "source:orders").await;
         let id = latest.iter().find(|i| i["desired"] == "running").map(|i| i["id"].as_str().unwrap().to_owned());
         match id {
             Some(id) => http
@@ -707,7 +701,7 @@ async fn a_declared_source_runs_as_its_tenants_instance_with_its_secret_alone_an
     crate::stream::wait_state(&http, &token, &shop, &id, "exited", Duration::from_secs(60)).await;
     let mut release = Value::Null;
     eventually(Duration::from_secs(60), "the source's release to run", async || {
-        let all = instances_of(&p, &token, &shop, "source:orders").await;
+        let all = crate::stream::instances_of(&p, &token, &shop, "source:orders").await;
         release =
             all.iter().find(|i| i["cause"].as_str().unwrap().starts_with("release ")).cloned().unwrap_or_default();
         assert_ne!(release["state"], "failed", "{all:?}");
@@ -718,7 +712,10 @@ async fn a_declared_source_runs_as_its_tenants_instance_with_its_secret_alone_an
     let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
     let publications: i64 = sqlx::query_scalar("select count(*) from pg_publication").fetch_one(&mut c).await.unwrap();
     assert_eq!(publications, 0, "the publication is gone");
-    assert!(instances_of(&p, &token, &shop, "source:orders").await.iter().all(|i| i["desired"] == "stopped"));
+    assert!(crate::stream::instances_of(&p, &token, &shop, "source:orders")
+        .await
+        .iter()
+        .all(|i| i["desired"] == "stopped"));
     p.cleanup().await;
     db.drop().await;
 }

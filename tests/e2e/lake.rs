@@ -504,11 +504,14 @@ async fn declared_sinks_fan_a_topic_out_to_the_lake_and_the_coredms_each_at_its_
     }
 
     // The coredms sink undeclared: its instance stops, and the lake goes on alone.
-    let docs_id =
-        instances_of(&p, &token, &shop, "sink:docs").await.iter().find(|i| i["desired"] == "running").unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+    let docs_id = crate::stream::instances_of(&p, &token, &shop, "sink:docs")
+        .await
+        .iter()
+        .find(|i| i["desired"] == "running")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     std::fs::write(p.tenants_dir.join(format!("{shop}.yaml")), with_sinks(&shop, LAKE_ONLY)).unwrap();
     crate::stream::wait_state(&http, &token, &shop, &docs_id, "exited", Duration::from_secs(60)).await;
     produce_keyed(&format!("{shop}.readings"), 1000..1500).await;
@@ -523,12 +526,6 @@ async fn declared_sinks_fan_a_topic_out_to_the_lake_and_the_coredms_each_at_its_
         .await;
     assert_eq!(lake_ids(&p, &shop, "readings"), (0..1500).collect::<Vec<_>>());
     p.cleanup().await;
-}
-
-/// The tenant's instances of app `app`, as the API lists them.
-async fn instances_of(p: &TestPlatform, token: &str, tenant: &str, app: &str) -> Vec<Value> {
-    let all = crate::stream::instances(&p.http(), token, tenant).await;
-    all.into_iter().filter(|i| i["app"] == app).collect()
 }
 
 /// A tenant flooding its topic cannot fill the platform's disk through its lake: the sink stops
@@ -555,7 +552,7 @@ async fn a_lake_stops_at_its_max_size_and_says_so() {
         // Ten readings at a time: each flush a small file, until the lake is full.
         produce_keyed(&format!("{flood}.readings"), next..next + 10).await;
         next += 10;
-        failed = instances_of(&p, &token, &flood, "sink:lake").await.pop().unwrap_or_default();
+        failed = crate::stream::instances_of(&p, &token, &flood, "sink:lake").await.pop().unwrap_or_default();
         failed["state"] == "failed"
     })
     .await;

@@ -81,6 +81,12 @@ pub async fn instances(http: &Http, token: &str, tenant: &str) -> Vec<Value> {
     get_list(http, token, &format!("/v1/tenants/{tenant}/instances")).await
 }
 
+/// The tenant's instances of app `app` (a connector's `source:<name>` or `sink:<name>` too).
+pub async fn instances_of(p: &TestPlatform, token: &str, tenant: &str, app: &str) -> Vec<Value> {
+    let all = instances(&p.http(), token, tenant).await;
+    all.into_iter().filter(|i| i["app"] == app).collect()
+}
+
 pub async fn instance(http: &Http, token: &str, tenant: &str, id: &str) -> Value {
     let r = http.get(&format!("/v1/tenants/{tenant}/instances/{id}"), token).await;
     assert_eq!(r.status, 200, "{}", r.text());
