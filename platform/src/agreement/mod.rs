@@ -153,6 +153,9 @@ impl fmt::Display for Format {
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct StreamAgreement {
     pub topics: Vec<Topic>,
+    /// The topics each named app reads, without the tenant prefix (each in `topics` or written by
+    /// a source); an app not named here reads every topic in `topics`.
+    pub inputs: std::collections::BTreeMap<String, Vec<String>>,
     pub max_instances: u64,
     pub restart: RestartPolicy,
     #[serde(serialize_with = "crate::units::serialize_duration")]
@@ -173,6 +176,21 @@ pub struct StreamAgreement {
     pub stop_grace: Duration,
     /// How instances run: `process` (default) or `container` (through the Docker Engine API).
     pub runtime: RuntimeKind,
+}
+
+impl StreamAgreement {
+    /// The topics app `app` reads, without the tenant prefix: its `inputs`, or every stream topic.
+    pub fn inputs_of(&self, app: &str) -> Vec<&str> {
+        match self.inputs.get(app) {
+            Some(named) => named.iter().map(String::as_str).collect(),
+            None => self.topics.iter().map(|t| t.name.as_str()).collect(),
+        }
+    }
+}
+
+/// A topic named for reading that the tenant neither declares nor has a source write.
+pub(super) fn unknown_topic(t: &str) -> String {
+    format!("topic `{t}` is neither in stream.topics nor written by one of the sources")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -325,8 +343,9 @@ fn parse(value: &Value, errors: &mut Errors) -> Option<ServiceAgreement> {
         Some(v) => parse_batch(v, &root.field("batch"), errors).map(Some),
         None => Some(None),
     };
+    let sources = connectors::parse_sources(&root, errors);
     let stream = match root.get("stream") {
-        Some(v) => parse_stream(v, &root.field("stream"), errors).map(Some),
+        Some(v) => parse_stream(v, &root.field("stream"), sources.as_deref(), errors).map(Some),
         None => Some(None),
     };
     let apps = match root.get("apps") {
@@ -341,7 +360,6 @@ fn parse(value: &Value, errors: &mut Errors) -> Option<ServiceAgreement> {
         Some(v) => connectors::parse_secrets(v, &root.field("secrets"), errors),
         None => Some(SecretsAgreement::default()),
     };
-    let sources = connectors::parse_sources(&root, errors);
     for connectors in ["sources", "sinks"] {
         let declared = root.get(connectors).and_then(Value::as_sequence).is_some_and(|l| !l.is_empty());
         if declared && matches!(stream, Some(None)) {
@@ -505,12 +523,14 @@ fn parse_route(value: &Value, path: &str, errors: &mut Errors) -> Option<Route> 
     })
 }
 
-fn parse_stream(value: &Value, path: &str, errors: &mut Errors) -> Option<StreamAgreement> {
+/// `sources`: the agreement's, whose topics apps may read too (`inputs`).
+fn parse_stream(value: &Value, path: &str, sources: Option<&[Source]>, errors: &mut Errors) -> Option<StreamAgreement> {
     let s = Section::new(
         value,
         path,
         &[
             "topics",
+            "inputs",
             "max_instances",
             "restart",
             "report_interval",
@@ -526,6 +546,15 @@ fn parse_stream(value: &Value, path: &str, errors: &mut Errors) -> Option<Stream
         errors,
     )?;
     let topics = parse_topics(&s, errors);
+    let inputs = match (&topics, s.get("inputs")) {
+        (Some(declared), Some(v)) => {
+            let names = declared.iter().map(|t| t.name.clone());
+            let known = names.chain(sources.into_iter().flatten().flat_map(Source::topics)).collect();
+            parse_inputs(v, &s.field("inputs"), &known, errors)
+        }
+        (_, None) => Some(Default::default()),
+        (None, Some(_)) => None,
+    };
     let max_instances = s.required("max_instances", errors, integer(1, 256));
     let restart = parse_restart(&s, errors);
     let report_interval = s.optional("report_interval", Duration::from_secs(10), errors, duration);
@@ -555,6 +584,7 @@ fn parse_stream(value: &Value, path: &str, errors: &mut Errors) -> Option<Stream
     });
     Some(StreamAgreement {
         topics: topics?,
+        inputs: inputs?,
         max_instances: max_instances?,
         restart: restart?,
         report_interval: report_interval?,
@@ -609,6 +639,57 @@ fn parse_topics(s: &Section<'_>, errors: &mut Errors) -> Option<Vec<Topic>> {
         })
         .collect();
     topics.into_iter().collect()
+}
+
+/// `stream.inputs`: app name -> the topics it reads. A tenant names only its own topics here (the
+/// platform adds the prefix), so no app is ever handed another tenant's topic.
+fn parse_inputs(
+    value: &Value,
+    path: &str,
+    known: &std::collections::HashSet<String>,
+    errors: &mut Errors,
+) -> Option<std::collections::BTreeMap<String, Vec<String>>> {
+    let Some(map) = value.as_mapping() else {
+        errors.push(path, "expected a mapping of app names to lists of topics (`my-app: [orders]`)");
+        return None;
+    };
+    let mut inputs = std::collections::BTreeMap::new();
+    let mut ok = true;
+    for (app, topics) in map {
+        let app = match string(app).and_then(|a| validate_app_name(&a).map(|()| a)) {
+            Ok(a) => a,
+            Err(m) => {
+                errors.push(path, m);
+                ok = false;
+                continue;
+            }
+        };
+        let field = format!("{path}.{app}");
+        let list = match topics.as_sequence() {
+            Some(l) if !l.is_empty() => l,
+            _ => {
+                errors.push(&field, "expected a list of at least one topic the app reads");
+                ok = false;
+                continue;
+            }
+        };
+        let mut read = Vec::new();
+        for (i, t) in list.iter().enumerate() {
+            match string(t) {
+                Ok(t) if known.contains(&t) => read.push(t),
+                Ok(t) => {
+                    errors.push(format!("{field}[{i}]"), unknown_topic(&t));
+                    ok = false;
+                }
+                Err(m) => {
+                    errors.push(format!("{field}[{i}]"), m);
+                    ok = false;
+                }
+            }
+        }
+        inputs.insert(app, read);
+    }
+    ok.then_some(inputs)
 }
 
 /// `stream.restart`, or its defaults when absent.

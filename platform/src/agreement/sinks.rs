@@ -130,13 +130,7 @@ fn parse_topics(s: &Section<'_>, known: &HashSet<String>, errors: &mut Errors) -
     let topics: Vec<Option<String>> = items
         .into_iter()
         .map(|(field, v)| {
-            let parsed = string(v).and_then(|t| {
-                if known.contains(&t) {
-                    Ok(t)
-                } else {
-                    Err(format!("topic `{t}` is neither in stream.topics nor written by one of the sources"))
-                }
-            });
+            let parsed = string(v).and_then(|t| if known.contains(&t) { Ok(t) } else { Err(super::unknown_topic(&t)) });
             parsed.map_err(|m| errors.push(field, m)).ok()
         })
         .collect();

@@ -10,11 +10,11 @@ fn fields(err: &AgreementError) -> Vec<&str> {
 
 #[test]
 fn the_example_agreements_parse() {
-    for name in ["zoo", "food"] {
+    for name in ["zoo", "food", "bank"] {
         let path = PathBuf::from(format!("{}/../tenants/{name}.yaml", env!("CARGO_MANIFEST_DIR")));
         let a = ServiceAgreement::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a.tenant.as_str(), name);
-        assert!(a.batch.is_some() && a.stream.is_some());
+        assert!(a.stream.is_some());
     }
 }
 
@@ -268,4 +268,41 @@ fn a_bad_sink_is_reported_field_by_field() {
         .unwrap_err()
         .to_string()
         .contains("is not a topic name"));
+}
+
+#[test]
+fn an_app_reads_the_topics_its_inputs_name_and_only_its_tenants() {
+    let stream = STREAM.replace(
+        "max_instances",
+        "inputs:\n    cleaner: [cdc.public.t]\n    copier: [orders, cdc.public.t]\n  max_instances",
+    );
+    let sources = "sources:\n  - {name: db, kind: postgres_cdc, secret: s, tables: [public.t], topic_prefix: cdc}\n";
+    let a = parse("shop", &format!("version: 1\ntenant: shop\nname: Shop\n{stream}{sources}")).unwrap();
+    let inputs = &a.stream.unwrap().inputs;
+    assert_eq!(inputs["cleaner"], ["cdc.public.t"]);
+    assert_eq!(inputs["copier"], ["orders", "cdc.public.t"]);
+    assert!(!inputs.contains_key("other"), "an app not named reads every stream topic");
+
+    // Another tenant's topic, a topic nobody writes, a bad app name, an empty list, not a mapping.
+    let bad = STREAM.replace(
+        "max_instances",
+        "inputs:\n    thief: [other.orders, cdc.public.t]\n    Bad/Name: [orders]\n    idle: []\n  max_instances",
+    );
+    let err = parse("shop", &format!("version: 1\ntenant: shop\nname: Shop\n{bad}")).unwrap_err();
+    let text = err.to_string();
+    for (field, message) in [
+        (
+            "stream.inputs.thief[0]",
+            "topic `other.orders` is neither in stream.topics nor written by one of the sources",
+        ),
+        ("stream.inputs.thief[1]", "topic `cdc.public.t` is neither"),
+        ("stream.inputs", "`Bad/Name` is not a valid app name"),
+        ("stream.inputs.idle", "at least one topic"),
+    ] {
+        assert!(fields(&err).contains(&field), "{field} missing: {text}");
+        assert!(text.contains(message), "{message} not in {text}");
+    }
+    let list = STREAM.replace("max_instances", "inputs: [orders]\n  max_instances");
+    let err = parse("shop", &format!("version: 1\ntenant: shop\nname: Shop\n{list}")).unwrap_err();
+    assert!(err.to_string().contains("expected a mapping of app names"), "{err}");
 }

@@ -237,7 +237,7 @@ impl Monitor {
                 let keys = claimed.iter().flat_map(|(t, ps)| ps.iter().map(|p| (t.clone(), *p))).collect();
                 self.claims.entry(group.clone()).or_default().insert(member.clone(), (Instant::now(), keys));
             }
-            let observed = self.observe(&c.tenant, &group, &stream).await;
+            let observed = self.observe(&c.tenant, &r.app, &group, &stream).await;
             if let Some(now) = &observed {
                 let readable = now.readable_since(self.earlier(&group, r.window_start));
                 if r.messages > readable + readable / 10 + 100 {
@@ -320,8 +320,14 @@ impl Monitor {
 
     /// The app's group at the broker now, kept for bounding later reports; None if the broker did
     /// not answer (the report is then not judged).
-    async fn observe(&mut self, tenant: &TenantId, group: &str, stream: &StreamAgreement) -> Option<lag::Observation> {
-        let topics: Vec<String> = stream.topics.iter().map(|t| tenant_topic(tenant, &t.name)).collect();
+    async fn observe(
+        &mut self,
+        tenant: &TenantId,
+        app: &str,
+        group: &str,
+        stream: &StreamAgreement,
+    ) -> Option<lag::Observation> {
+        let topics: Vec<String> = stream.inputs_of(app).into_iter().map(|t| tenant_topic(tenant, t)).collect();
         match lag::observe(&self.brokers, group, &topics).await {
             Ok(mut o) => {
                 if o.partitions.values().all(|p| p.owner.is_none()) {

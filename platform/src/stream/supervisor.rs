@@ -67,7 +67,7 @@ fn environment(
     stream: &StreamAgreement,
     coredms: &crate::coredms::TenantCoreDms,
 ) -> Vec<(String, String)> {
-    let topics: Vec<String> = stream.topics.iter().map(|t| tenant_topic(tenant, &t.name)).collect();
+    let topics: Vec<String> = stream.inputs_of(&inst.app).into_iter().map(|t| tenant_topic(tenant, t)).collect();
     let group = super::consumer_group(tenant, &inst.app);
     // HOME is the runtime's to add: it knows where the working folder is for the program.
     vec![
