@@ -7,23 +7,27 @@
 //! - [`JobResult`] is the result file a batch app leaves for the platform.
 //! - [`metrics::Report`] is the metrics report a stream app publishes, and [`run_stream`] is a stream
 //!   app's whole loop (consume, wrangle, write idempotently, commit after the write, report, stop on
-//!   SIGTERM).
+//!   SIGTERM); [`run_transform`] is the loop of an app that writes to the tenant's topics instead
+//!   (consume, transform, produce, commit after the broker's acknowledgement).
 //!
 //! This crate depends on nothing of the platform: apps in other languages follow the same contract
 //! by hand (see the README).
 
 pub mod coredms;
 pub mod env;
+mod kafka;
 pub mod metrics;
 pub mod result;
 pub mod resume;
 pub mod stream;
 mod stream_writers;
+pub mod transform;
 
 pub use coredms::{Batcher, CoreDms, Doc, PipelinedWriter, WriteStats};
 pub use env::BatchEnv;
 pub use result::JobResult;
 pub use stream::{run_stream, Message, StreamEnv, StreamOptions, Wrangled};
+pub use transform::{run_transform, Output, TransformOptions};
 
 /// Exit status that asks the platform to run the job again later (EX_TEMPFAIL), e.g. when the
 /// coredms is unreachable.

@@ -10,20 +10,17 @@
 //! checks that the broker really resumes each partition at the committed offset.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Message as _, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::producer::Producer;
 
 use crate::coredms::{CoreDms, Doc};
 use crate::env::var;
+use crate::kafka;
 use crate::metrics::Window;
-use crate::resume::{Resume, Verdict};
 use crate::stream_writers::{collection_for, Batch, Shared, Writers};
 use mysimbdp_contract::env;
 
@@ -89,6 +86,19 @@ pub struct Message<'a> {
     pub timestamp_ms: Option<i64>,
 }
 
+impl<'a> Message<'a> {
+    pub(crate) fn of(m: &'a BorrowedMessage<'_>) -> Self {
+        Message {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key(),
+            payload: m.payload().unwrap_or_default(),
+            timestamp_ms: m.timestamp().to_millis(),
+        }
+    }
+}
+
 /// What the wrangler makes of a message: the document's JSON text (an object) and, if it has one, the
 /// business key to use as its `_id` (otherwise `<topic>/<partition>/<offset>`).
 #[derive(Clone, Debug)]
@@ -129,20 +139,6 @@ impl Default for StreamOptions {
     }
 }
 
-static TERMINATE: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_terminate(_: libc::c_int) {
-    TERMINATE.store(true, Ordering::SeqCst);
-}
-
-fn catch_sigterm() {
-    // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGTERM, on_terminate as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_terminate as *const () as libc::sighandler_t);
-    }
-}
-
 /// Runs a stream app: `wrangle` turns a message into a document or says why the message is
 /// rejected. Returns the exit code the contract asks for.
 pub fn run_stream(
@@ -150,7 +146,7 @@ pub fn run_stream(
     options: StreamOptions,
     wrangle: impl FnMut(&Message<'_>) -> Result<Wrangled, String>,
 ) -> std::process::ExitCode {
-    catch_sigterm();
+    kafka::catch_sigterm();
     match run(app, options, wrangle) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -160,43 +156,14 @@ pub fn run_stream(
     }
 }
 
-/// Rejection reasons printed per run; the rest are only counted.
-const REJECTIONS_SHOWN: u64 = 20;
-
 fn run(
     app: &str,
     options: StreamOptions,
     mut wrangle: impl FnMut(&Message<'_>) -> Result<Wrangled, String>,
 ) -> anyhow::Result<()> {
     let env = StreamEnv::from_env()?;
-    let mut config = ClientConfig::new();
-    if let Some(member) = &env.group_instance_id {
-        // Static membership: a restarted instance (or the one replacing a stopped one) takes the
-        // member's place and partitions back at once, instead of waiting for the group to give up on
-        // the process that ended. The platform removes the member when the instance ends for good.
-        config.set("group.instance.id", member);
-    }
-    let consumer: Arc<BaseConsumer> = Arc::new(
-        config
-            .set("bootstrap.servers", &env.brokers)
-            .set("group.id", &env.group)
-            .set("client.id", format!("{}-{}", env.app, env.instance))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            // tansu (the local broker) holds a fetch for this long even when data is waiting; Kafka
-            // answers at once. 10 ms keeps latency low there and costs little here.
-            .set("fetch.wait.max.ms", "10")
-            .set("queued.min.messages", "200000")
-            .create()
-            .context("creating the Kafka consumer")?,
-    );
-    let topics: Vec<&str> = env.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).context("subscribing to the input topics")?;
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &env.brokers)
-        .set("linger.ms", "5")
-        .create()
-        .context("creating the metrics producer")?;
+    let consumer = kafka::consumer(&env)?;
+    let producer = kafka::metrics_producer(&env)?;
     let mut coredms = CoreDms::connect(&env.coredms_url, &env.coredms_db)?;
     for t in &env.topics {
         coredms.ensure_collection(options.collection.as_deref().unwrap_or_else(|| env.collection_for(t)))?;
@@ -219,56 +186,30 @@ fn run(
     let mut writers = Writers::start(connections, shared);
 
     let mut batch = Batch::new();
-    let mut resume = Resume::default();
+    let mut reader = kafka::Reader::default();
     let mut assigned = String::new();
     let mut batch_started = Instant::now();
     let mut next_report = Instant::now() + env.report_interval;
-    let mut rejected_total = 0u64;
+    let mut rejections = kafka::Rejections::default();
     let mut writer_error = None;
-    let mut out_of_reach_said = None;
-    while !TERMINATE.load(Ordering::SeqCst) {
+    while !kafka::terminating() {
         if Instant::now() >= next_report {
-            publish(&producer, &env, &window, &consumer);
+            kafka::publish(&producer, &env, &window, &consumer);
             next_report += env.report_interval;
-            log_assignment(app, &consumer, &mut assigned);
-            resume.unstick(&consumer, app);
+            kafka::log_assignment(app, &consumer, &mut assigned);
+            reader.unstick(&consumer, app);
             // A failed writer stops the app even while no input comes (the platform restarts it).
             if let Err(e) = writers.check() {
                 writer_error = Some(e);
                 break;
             }
         }
-        if let Some(result) = consumer.poll(Duration::from_millis(10)) {
-            let m = match result {
-                // librdkafka reconnects by itself: a broker out of reach (restarting, cut off) is
-                // waited for, not a reason to exit and spend one of the instance's restarts.
-                Err(e) if broker_out_of_reach(&e) => {
-                    if out_of_reach_said.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(10)) {
-                        eprintln!("{app}: the broker is out of reach ({e}); waiting for it");
-                        out_of_reach_said = Some(Instant::now());
-                    }
-                    continue;
-                }
-                other => other.context("reading from the broker")?,
-            };
-            out_of_reach_said = None;
-            if resume.check(&consumer, app, m.topic(), m.partition(), m.offset()) == Verdict::Drop {
-                continue;
-            }
-            let payload = m.payload().unwrap_or_default();
-            let msg = Message {
-                topic: m.topic(),
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key(),
-                payload,
-                timestamp_ms: m.timestamp().to_millis(),
-            };
-            let outcome = match env.max_message_size {
-                Some(max) if payload.len() > max => {
-                    Err(format!("{} bytes is over the agreement's max_message_size of {max}", payload.len()))
-                }
-                _ => wrangle(&msg),
+        if let Some(m) = reader.next(&consumer, app)? {
+            let msg = Message::of(&m);
+            let payload = msg.payload;
+            let outcome = match kafka::too_large(&env, payload) {
+                Some(why) => Err(why),
+                None => wrangle(&msg),
             };
             match outcome {
                 Ok(Wrangled { json, id }) => {
@@ -283,13 +224,7 @@ fn run(
                     }
                     batch.read_at.push((Instant::now(), payload.len() as u64));
                 }
-                Err(why) => {
-                    rejected_total += 1;
-                    window.lock().expect("window lock").reject();
-                    if rejected_total <= REJECTIONS_SHOWN {
-                        eprintln!("{app}: {}/{}/{} rejected: {why}", msg.topic, msg.partition, msg.offset);
-                    }
-                }
+                Err(why) => rejections.note(app, &msg, &why, &window),
             }
             if batch.is_empty() {
                 batch_started = Instant::now();
@@ -317,56 +252,12 @@ fn run(
         writer_error = writers.send(batch).err();
     }
     let written = writers.finish();
-    publish(&producer, &env, &window, &consumer);
+    kafka::publish(&producer, &env, &window, &consumer);
     let _ = producer.flush(Duration::from_secs(5));
     written?;
     if let Some(e) = writer_error {
         return Err(e);
     }
-    eprintln!("{app}: stopped cleanly; {rejected_total} messages rejected in this run");
+    eprintln!("{app}: stopped cleanly; {} messages rejected in this run", rejections.total);
     Ok(())
-}
-
-/// Prints the partitions the group gave this instance whenever they change.
-fn log_assignment(app: &str, consumer: &BaseConsumer, last: &mut String) {
-    let Ok(tpl) = consumer.assignment() else { return };
-    let mut now: Vec<String> = tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect();
-    now.sort();
-    let now = now.join(" ");
-    if now != *last {
-        eprintln!("{app}: reading {}", if now.is_empty() { "no partitions" } else { &now });
-        *last = now;
-    }
-}
-
-fn publish(
-    producer: &ThreadedProducer<DefaultProducerContext>,
-    env: &StreamEnv,
-    window: &Mutex<Window>,
-    consumer: &BaseConsumer,
-) {
-    let mut partitions: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
-    if let Ok(assigned) = consumer.assignment() {
-        for e in assigned.elements() {
-            partitions.entry(e.topic().to_owned()).or_default().push(e.partition());
-        }
-    }
-    let report = window.lock().expect("window lock").close(&env.tenant, &env.app, &env.instance, Some(partitions));
-    let key = format!("{}/{}/{}", env.tenant, env.app, env.instance);
-    let payload = serde_json::to_vec(&report).expect("a report serialises");
-    let signature = crate::metrics::sign(&env.report_key, &payload);
-    let headers = OwnedHeaders::new().insert(Header { key: crate::metrics::SIGNATURE_HEADER, value: Some(&signature) });
-    let record = BaseRecord::to(&env.metrics_topic).key(&key).payload(&payload).headers(headers);
-    if let Err((e, _)) = producer.send(record) {
-        eprintln!("{}: publishing the metrics report failed: {e}", env.app);
-    }
-}
-
-/// Errors by which librdkafka says it cannot reach the broker for now; it keeps trying by itself.
-fn broker_out_of_reach(e: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as Code;
-    matches!(
-        e.rdkafka_error_code(),
-        Some(Code::AllBrokersDown | Code::BrokerTransportFailure | Code::BrokerNotAvailable | Code::NetworkException)
-    )
 }
