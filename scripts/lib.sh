@@ -36,7 +36,7 @@ claim_build_cache() {
     mkdir -p "$CARGO_TARGET_DIR"
     if [ -f "$marker" ] && [ "$(cat "$marker")" != "$here" ]; then
         step "build cache last used by $(cat "$marker"); rebuilding this workspace's crates"
-        local pkgs=(-p mysimbdp -p mysimbdp-connect -p mysimbdp-contract -p mysimbdp-sdk -p tortoise-csv -p orders-jsonl -p orders-model -p orders-stream -p tortoise-model -p tortoise-stream -p test-apps -p mysimbdp-e2e)
+        local pkgs=(-p mysimbdp -p mysimbdp-connect -p mysimbdp-contract -p mysimbdp-sdk -p tortoise-csv -p orders-jsonl -p orders-model -p orders-stream -p orders-cleaner -p fraud-agents -p tortoise-model -p tortoise-stream -p test-apps -p mysimbdp-e2e)
         cargo clean "${pkgs[@]}" 2>/dev/null || true
         cargo clean --release "${pkgs[@]}" 2>/dev/null || true
     fi
