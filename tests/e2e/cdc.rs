@@ -14,15 +14,15 @@ use serde_json::{json, Value};
 use sqlx::Connection;
 
 /// A database of its own on the test server, owned by a login of its own that may replicate.
-struct SourceDb {
+pub struct SourceDb {
     name: String,
     login: String,
-    url: String,
+    pub url: String,
     dropped: bool,
 }
 
 impl SourceDb {
-    async fn new(replication: bool) -> Self {
+    pub async fn new(replication: bool) -> Self {
         let name = unique("cdc_src").replace('-', "_");
         let login = format!("{name}_login");
         let password = uuid::Uuid::new_v4().simple().to_string();
@@ -39,9 +39,14 @@ impl SourceDb {
         SourceDb { name, login, url, dropped: false }
     }
 
-    async fn sql(&self, statements: &str) {
+    pub async fn sql(&self, statements: &str) {
         let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
         sqlx::raw_sql(statements).execute(&mut c).await.unwrap_or_else(|e| panic!("{statements}: {e}"));
+    }
+
+    /// A connection as the database's own login.
+    pub async fn connect(&self) -> sqlx::PgConnection {
+        sqlx::PgConnection::connect(&self.url).await.unwrap()
     }
 
     /// The confirmed position of each slot in this database.
@@ -61,7 +66,7 @@ impl SourceDb {
     /// Drops the database, its slots and its login. A slot left behind holds the server's log and its
     /// catalog's oldest row versions (every later test's catalog then only grows): a failed test
     /// drops them too, as it unwinds (`Drop`).
-    async fn drop(mut self) {
+    pub async fn drop(mut self) {
         remove_source_db(&self.name, &self.login).await;
         self.dropped = true;
     }

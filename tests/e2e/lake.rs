@@ -24,12 +24,12 @@ fn pyarrow_python() -> PathBuf {
     python
 }
 
-/// Every finished file under a lake folder, as pyarrow reads it: its path, and each row's `id` and
-/// the UTC day of its `at`.
+/// Every finished file under a lake folder, as pyarrow reads it: its path, and each row's id (the
+/// column named second) and the UTC day of its time (the column named third).
 const READ_LAKE: &str = r#"
 import json, os, sys
 import pyarrow.parquet as pq
-root = sys.argv[1]
+root, id_column, at_column = sys.argv[1:4]
 out = []
 for folder, _, names in sorted(os.walk(root)):
     for name in sorted(names):
@@ -39,9 +39,9 @@ for folder, _, names in sorted(os.walk(root)):
         out.append({
             "file": os.path.relpath(os.path.join(folder, name), root),
             "schema": {f.name: str(f.type) for f in table.schema},
-            "ids": table.column("id").to_pylist(),
+            "ids": table.column(id_column).to_pylist(),
             # A declared timestamp column, or (inferred from JSON) the text it was written as.
-            "days": [t.date().isoformat() if hasattr(t, "date") else str(t)[:10] for t in table.column("at").to_pylist()],
+            "days": [t.date().isoformat() if hasattr(t, "date") else str(t)[:10] for t in table.column(at_column).to_pylist()],
         })
 # And the whole folder as one dataset, its `date=` folders read as a column.
 dataset = pq.read_table(root)
@@ -57,10 +57,10 @@ pub struct LakeRead {
     pub days: Vec<String>,
 }
 
-/// The lake under `root` read by pyarrow: file by file, and the rows and dates of the whole folder
-/// read as one dataset.
-pub fn read_lake(root: &Path) -> (Vec<LakeRead>, u64, Vec<String>) {
-    let out = Command::new(pyarrow_python()).arg("-c").arg(READ_LAKE).arg(root).output().unwrap();
+/// The lake under `root` read by pyarrow: file by file (rows by their columns `id` and `at`), and
+/// the rows and dates of the whole folder read as one dataset.
+pub fn read_lake(root: &Path, [id, at]: [&str; 2]) -> (Vec<LakeRead>, u64, Vec<String>) {
+    let out = Command::new(pyarrow_python()).arg("-c").arg(READ_LAKE).arg(root).args([id, at]).output().unwrap();
     assert!(out.status.success(), "pyarrow could not read the lake: {}", String::from_utf8_lossy(&out.stderr));
     let read: Value = serde_json::from_slice(&out.stdout).unwrap();
     let files = read["files"].as_array().unwrap();
@@ -274,7 +274,7 @@ async fn killed_ten_times_during_200000_messages_the_lake_holds_each_once_under_
     assert!(status.success(), "{status}: {log}");
     assert_eq!(files_ending(&lake, ".tmp"), 0, "no temporary file is left");
 
-    let (read, dataset_rows, dataset_dates) = read_lake(&lake.join("events"));
+    let (read, dataset_rows, dataset_dates) = read_lake(&lake.join("events"), ["id", "at"]);
     let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
     for f in &read {
         assert_eq!(
@@ -377,7 +377,7 @@ fn lake_ids(p: &TestPlatform, tenant: &str, topic: &str) -> Vec<i64> {
     if !dir.exists() {
         return Vec::new();
     }
-    let mut ids: Vec<i64> = read_lake(&dir).0.iter().flat_map(|f| f.ids.clone()).collect();
+    let mut ids: Vec<i64> = read_lake(&dir, ["id", "at"]).0.iter().flat_map(|f| f.ids.clone()).collect();
     ids.sort();
     ids
 }

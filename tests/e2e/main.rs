@@ -11,6 +11,7 @@ mod constraints;
 mod control_forgery;
 mod coredms_conformance;
 mod crash_recovery;
+mod examples;
 mod fairness;
 mod faults;
 mod hostile_apps;
