@@ -65,7 +65,9 @@ TXT
 "$BIN/mysimbdp" serve &
 SERVE=$!
 GENERATORS=()
-trap 'kill "${GENERATORS[@]}" 2>/dev/null; kill -INT $SERVE 2>/dev/null; wait $SERVE' INT TERM
+# Ctrl-C reaches this shell; what it started in the background ignores SIGINT (as a script's
+# background jobs do), so each is told with SIGTERM, and the platform stops as on Ctrl-C.
+trap 'kill "${GENERATORS[@]}" $SERVE 2>/dev/null; wait $SERVE' INT TERM
 API=http://${MYSIMBDP_API_LISTEN:-127.0.0.1:8080}
 for _ in $(seq 300); do curl -fs "$API/healthz" >/dev/null && break; sleep 0.2; done
 export MYSIMBDP_URL=$API
