@@ -74,8 +74,9 @@ export MYSIMBDP_URL=$API
 # The examples' secrets, their stream apps, and generators writing into their source databases
 # (a few rows a second, until Ctrl-C).
 as() { MYSIMBDP_TOKEN=$("$BIN/mysimbdp" token --role tenant --tenant "$1") "$BIN/mysimbdp" "${@:2}"; }
-as food secrets put food-db <<<"$FOOD_DB" >/dev/null
-as bank secrets put bank-db <<<"$BANK_DB" >/dev/null
+# Stored once: storing a secret again (even the same value) replaces the source that uses it.
+as food secrets list | grep -qw food-db || as food secrets put food-db <<<"$FOOD_DB" >/dev/null
+as bank secrets list | grep -qw bank-db || as bank secrets put bank-db <<<"$BANK_DB" >/dev/null
 for tenant_app in food:orders-cleaner bank:fraud-amount bank:fraud-velocity; do
     t=${tenant_app%%:*} app=${tenant_app#*:}
     as "$t" instances list --app "$app" | grep -Eq 'starting|running|restarting' || as "$t" instances start "$app" >/dev/null
