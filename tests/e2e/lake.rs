@@ -142,7 +142,7 @@ fn day_of(i: u64) -> String {
 }
 
 /// Whether `group` has committed every partition of `topic` up to its end.
-fn caught_up(group: &str, topic: &str, partitions: i32) -> bool {
+pub fn caught_up(group: &str, topic: &str, partitions: i32) -> bool {
     let c: BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", kafka_brokers()).set("group.id", group).create().unwrap();
     let mut tpl = TopicPartitionList::new();

@@ -31,6 +31,17 @@ pub(crate) fn catch_sigterm() {
     }
 }
 
+/// The contract's exit: 0 after a clean stop, else 1 with the error said (the platform restarts it).
+pub(crate) fn exit_code(app: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{app}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 pub(crate) fn terminating() -> bool {
     TERMINATE.load(Ordering::SeqCst)
 }

@@ -147,13 +147,7 @@ pub fn run_stream(
     wrangle: impl FnMut(&Message<'_>) -> Result<Wrangled, String>,
 ) -> std::process::ExitCode {
     kafka::catch_sigterm();
-    match run(app, options, wrangle) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{app}: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    kafka::exit_code(app, run(app, options, wrangle))
 }
 
 fn run(

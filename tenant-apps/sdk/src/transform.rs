@@ -67,13 +67,7 @@ pub fn run_transform(
     transform: impl FnMut(&Message<'_>) -> Result<Vec<Output>, String>,
 ) -> std::process::ExitCode {
     kafka::catch_sigterm();
-    match run(app, options, transform) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{app}: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    kafka::exit_code(app, run(app, options, transform))
 }
 
 /// Records the first record the broker refused; the loop stops on it before committing anything
