@@ -22,7 +22,7 @@ use rdkafka::Message;
 use serde_json::json;
 
 use crate::cdc::SourceDb;
-use crate::lake::{caught_up, read_lake};
+use crate::lake::{caught_up, read_lake, stop_when_caught_up};
 use crate::stream::{get_list, instance, instances_of, produce, start, upload, wait_committed, wait_state};
 use mysimbdp_e2e::*;
 
@@ -364,15 +364,7 @@ async fn the_food_cleaner_killed_ten_times_loses_no_record_and_repeats_only_the_
     assert!(missing.is_empty(), "orders with no record: {missing:?} ({} of {} keys)", records.len(), good.len());
     assert_eq!(records.len(), good.len(), "a record for a dropped order");
     // It read everything it wrote a record for, and commits it: caught up, then a clean stop.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !caught_up(&group, &input, 2) {
-        assert!(Instant::now() < deadline, "the cleaner did not commit its input within 30s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // SAFETY: plain syscall on the test's own child.
-    unsafe { libc::kill(app.0.id() as i32, libc::SIGTERM) };
-    let (status, log) = app.output_at_exit();
-    assert!(status.success(), "{status}: {log}");
+    stop_when_caught_up(app, &group, &input, 2, Duration::from_secs(30));
     let repeated = records.values().filter(|v| v.len() > 1).count();
     for (key, values) in &records {
         assert!(values.iter().all(|v| v == &values[0]), "order {key} written differently: {values:?}");

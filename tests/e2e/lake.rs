@@ -156,6 +156,21 @@ pub fn caught_up(group: &str, topic: &str, partitions: i32) -> bool {
     })
 }
 
+/// Once `group` has committed every partition of `topic` (or `within` passed: a failure), a
+/// connector or app is stopped with SIGTERM and must exit 0; its log.
+pub fn stop_when_caught_up(c: Connector, group: &str, topic: &str, partitions: i32, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    while !caught_up(group, topic, partitions) {
+        assert!(Instant::now() < deadline, "{group} did not commit the end of {topic} within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: plain syscall on the test's own child.
+    unsafe { libc::kill(c.0.id() as i32, libc::SIGTERM) };
+    let (status, log) = c.output_at_exit();
+    assert!(status.success(), "{status}: {log}");
+    log
+}
+
 /// The files under `root` whose names end with `suffix`.
 fn files_ending(root: &Path, suffix: &str) -> usize {
     let mut n = 0;
@@ -263,15 +278,8 @@ async fn killed_ten_times_during_200000_messages_the_lake_holds_each_once_under_
         sink = lake_sink(&tenant, &topic, &group, &lake, &extra);
     }
     producing.join().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !caught_up(&group, &topic, 3) {
-        assert!(Instant::now() < deadline, "the sink did not catch up within 180s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
     // SIGTERM: it writes what it gathered and exits 0.
-    unsafe { libc::kill(sink.0.id() as i32, libc::SIGTERM) };
-    let (status, log) = sink.output_at_exit();
-    assert!(status.success(), "{status}: {log}");
+    let log = stop_when_caught_up(sink, &group, &topic, 3, Duration::from_secs(180));
     assert_eq!(files_ending(&lake, ".tmp"), 0, "no temporary file is left");
 
     let (read, dataset_rows, dataset_dates) = read_lake(&lake.join("events"), ["id", "at"]);
