@@ -43,7 +43,11 @@ for folder, _, names in sorted(os.walk(root)):
             # A declared timestamp column, or (inferred from JSON) the text it was written as.
             "days": [t.date().isoformat() if hasattr(t, "date") else str(t)[:10] for t in table.column(at_column).to_pylist()],
         })
-# And the whole folder as one dataset, its `date=` folders read as a column.
+# And the whole folder as one dataset, its `date=` folders read as a column (a folder with no file
+# yet, only the inferred columns' `_columns.json`, has no `date`).
+if not out:
+    json.dump({"files": [], "dataset_rows": 0, "dataset_dates": []}, sys.stdout)
+    sys.exit(0)
 dataset = pq.read_table(root)
 dates = sorted(set(str(d) for d in dataset.column("date").to_pylist()))
 json.dump({"files": out, "dataset_rows": dataset.num_rows, "dataset_dates": dates}, sys.stdout)
