@@ -63,9 +63,16 @@ impl Reporter {
         self.window.lock().expect("window lock").record(bytes as u64, ms.max(0.0));
     }
 
-    /// One message refused (a lake sink's dead letter).
-    pub fn reject(&self) {
-        self.window.lock().expect("window lock").reject();
+    /// Many messages at once: `(size, ms)` each, as for `record`.
+    pub fn record_all(&self, messages: impl IntoIterator<Item = (usize, f64)>) {
+        let mut w = self.window.lock().expect("window lock");
+        messages.into_iter().for_each(|(bytes, ms)| w.record(bytes as u64, ms.max(0.0)));
+    }
+
+    /// Messages refused (a lake sink's dead letters).
+    pub fn reject_all(&self, n: usize) {
+        let mut w = self.window.lock().expect("window lock");
+        (0..n).for_each(|_| w.reject());
     }
 }
 

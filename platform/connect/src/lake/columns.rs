@@ -167,9 +167,9 @@ enum Values {
 
 /// One value checked against its column's type.
 #[derive(Debug)]
-pub(super) enum Cell {
+pub(super) enum Cell<'p> {
     Null,
-    Text(String),
+    Text(std::borrow::Cow<'p, str>),
     Int(i64),
     Float(f64),
     Bool(bool),
@@ -177,7 +177,7 @@ pub(super) enum Cell {
     Days(i32),
 }
 
-fn cell(kind: Kind, v: Option<&Value>) -> Result<Cell, String> {
+fn cell(kind: Kind, v: Option<&Value>) -> Result<Cell<'_>, String> {
     let v = match v {
         None | Some(Value::Null) => return Ok(Cell::Null),
         Some(v) => v,
@@ -186,8 +186,8 @@ fn cell(kind: Kind, v: Option<&Value>) -> Result<Cell, String> {
         format!("expected {}, found {}", serde_json::to_value(kind).expect("a kind").as_str().unwrap_or(""), kind_of(v))
     };
     Ok(match kind {
-        Kind::String => Cell::Text(v.as_str().ok_or_else(wrong)?.to_owned()),
-        Kind::Json => Cell::Text(v.to_string()),
+        Kind::String => Cell::Text(v.as_str().ok_or_else(wrong)?.into()),
+        Kind::Json => Cell::Text(v.to_string().into()),
         Kind::Int64 => Cell::Int(v.as_i64().ok_or_else(wrong)?),
         Kind::Float64 => Cell::Float(v.as_f64().ok_or_else(wrong)?),
         Kind::Boolean => Cell::Bool(v.as_bool().ok_or_else(wrong)?),
@@ -233,7 +233,7 @@ impl Rows {
     }
 
     /// Adds a row of checked cells, one per column in order.
-    pub(super) fn push_cells(&mut self, cells: impl IntoIterator<Item = Cell>) {
+    pub(super) fn push_cells<'p>(&mut self, cells: impl IntoIterator<Item = Cell<'p>>) {
         for (values, cell) in self.values.iter_mut().zip(cells) {
             match (values, cell) {
                 (Values::Text(b), Cell::Text(s)) => b.append_value(s),

@@ -10,6 +10,7 @@
 pub mod columns;
 mod fast;
 pub mod files;
+mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -25,9 +26,10 @@ use serde_json::{Map, Value};
 use crate::process::{now_ms, stop_on_sigterm, terminating, var};
 use crate::publish::{Outgoing, Publisher};
 use crate::report::Reporter;
-use columns::{Columns, Rows};
+use columns::{Cell, Columns, Rows};
 use mysimbdp_contract::env as contract;
 use mysimbdp_sdk::resume::{Resume, Verdict};
+use writer::{Chunk, Flush, Raw, Writer};
 
 /// The environment a lake sink is given (beside the stream app contract's topics and group).
 pub mod env {
@@ -107,6 +109,8 @@ impl Config {
 
 /// One of the sink's topics.
 struct Topic {
+    /// With the tenant's prefix, as the broker names it.
+    full: String,
     /// Without the tenant's prefix: its folder's and files' name.
     name: String,
     dir: PathBuf,
@@ -123,7 +127,6 @@ const INFER_FROM: usize = 1_000;
 /// A message read before its topic's columns were known (they are inferred from the first ones).
 struct Early {
     offset: i64,
-    days: i32,
     object: Map<String, Value>,
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
@@ -135,31 +138,41 @@ struct Pending {
     first: i64,
     last: i64,
     early: Vec<Early>,
-    dates: BTreeMap<i32, Rows>,
-    /// Size and timestamp of each message bound for a file, for the report.
-    written: Vec<(usize, i64)>,
+    /// The messages read once the columns were known (and the early ones then), as read, until they
+    /// go to the writer, which reads them into rows.
+    raw: Raw,
+}
+
+/// Messages handed to the writer at a time: it reads them into rows while the next ones arrive, so
+/// a flush waits only for the last few to be read.
+const CHUNK: usize = 8_192;
+
+/// One assigned partition in this run.
+struct Part {
+    /// Its topic's place in `Sink::topics`.
+    topic: usize,
+    partition: i32,
+    /// The last offset taken in this run.
+    taken: Option<i64>,
+    pending: Option<Pending>,
 }
 
 struct Sink {
     cfg: Config,
-    /// What the sink's files take now, in bytes.
-    used: u64,
-    topics: HashMap<String, Topic>,
-    /// By partition, the last offset taken in this run.
-    taken: HashMap<String, HashMap<i32, i64>>,
-    /// By topic, then partition: looked up by `&str`, so a message costs no allocation for its key.
-    pending: BTreeMap<String, BTreeMap<i32, Pending>>,
+    topics: Vec<Topic>,
+    /// Found by a scan, from the one the last message came from (a fetch's messages come in runs of
+    /// one partition): a message costs no hashing or allocation for its topic's name.
+    parts: Vec<Part>,
+    last_part: usize,
     dead: Vec<Outgoing>,
     gathered: usize,
     since: Option<Instant>,
-    publisher: Publisher,
-    reporter: Option<Reporter>,
 }
 
 /// Runs until SIGTERM (then writes what it gathered) or an error.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     stop_on_sigterm();
-    let mut topics = HashMap::new();
+    let mut topics = Vec::new();
     for full in &cfg.topics {
         let prefix = format!("{}.", cfg.tenant);
         let name =
@@ -172,7 +185,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             Some(c) => Some(c.clone()),
             None => Columns::load(&dir.join(COLUMNS_FILE))?,
         };
-        topics.insert(full.clone(), Topic { name: name.to_owned(), dir, columns, sampled: 0 });
+        topics.push(Topic { full: full.clone(), name: name.to_owned(), dir, columns, sampled: 0 });
     }
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
@@ -184,6 +197,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         // default 500 ms made the sink wait on the broker, not work (as in the SDK's stream loop).
         .set("fetch.wait.max.ms", "10")
         .set("queued.min.messages", "200000")
+        // Fetching pauses while a partition's queue is full (the sink is slower than the fetcher);
+        // the default pause of a second left the sink idle for most of it once the queue drained.
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .context("creating the Kafka consumer")?;
     let start = positions(&consumer, &topics)?;
@@ -191,69 +207,74 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // tansu answers a fetch from inside a record batch with the batches after it: the guard seeks
     // back to each partition's start (see the SDK's `resume`).
     let mut resume = Resume::starting_at(&start);
-    let publisher = Publisher::new(&cfg.brokers)?;
-    let reporter = Reporter::from_env(&cfg.brokers)?;
-    eprintln!("parquet-lake: sink {} writing {} partitions into {}", cfg.sink, start.count(), cfg.lake_dir.display());
     let mut used = 0;
-    for t in topics.values() {
+    for t in &topics {
         used += files::size_of(&t.dir, &t.name)?;
     }
-    let mut sink = Sink {
-        used,
-        cfg,
-        topics,
-        taken: HashMap::new(),
-        pending: BTreeMap::new(),
-        dead: Vec::new(),
-        gathered: 0,
-        since: None,
-        publisher,
-        reporter,
-    };
+    let writer = Writer::start(&cfg, used, Publisher::new(&cfg.brokers)?, Reporter::from_env(&cfg.brokers)?);
+    eprintln!("parquet-lake: sink {} writing {} partitions into {}", cfg.sink, start.count(), cfg.lake_dir.display());
+    let mut sink = Sink { cfg, topics, parts: Vec::new(), last_part: 0, dead: Vec::new(), gathered: 0, since: None };
     let mut unstick_at = Instant::now();
+    let mut read = 0u32;
     while !terminating() {
-        if unstick_at.elapsed() >= Duration::from_secs(1) {
-            resume.unstick(&consumer, "parquet-lake");
-            unstick_at = Instant::now();
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
+        let idle = match consumer.poll(Duration::from_millis(100)) {
+            None => true,
             Some(Ok(m)) => {
                 let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+                let part = sink.part(topic, partition)?;
                 // A message delivered again within this run is taken once; one before the
                 // partition's start (a seek back's batch) is not taken at all.
-                let again = sink.taken.get(topic).and_then(|t| t.get(&partition)).is_some_and(|t| offset <= *t);
+                let again = sink.parts[part].taken.is_some_and(|t| offset <= t);
                 if !again && resume.check(&consumer, "parquet-lake", topic, partition, offset) == Verdict::Take {
-                    match sink.taken.get_mut(topic) {
-                        Some(t) => {
-                            t.insert(partition, offset);
-                        }
-                        None => {
-                            sink.taken.insert(topic.to_owned(), HashMap::from([(partition, offset)]));
-                        }
-                    }
-                    sink.take(&m)?;
+                    sink.parts[part].taken = Some(offset);
+                    sink.take(part, &m, &writer)?;
                 }
+                false
             }
             // The client reconnects by itself; what it could not do is retried by the next poll.
-            Some(Err(e)) => eprintln!("parquet-lake: {e}"),
+            Some(Err(e)) => {
+                eprintln!("parquet-lake: {e}");
+                true
+            }
+        };
+        for commit in writer.written()? {
+            // The files already say how far each partition got; the commit only shows the group's lag.
+            if let Err(e) = consumer.commit(&commit, CommitMode::Async) {
+                eprintln!("parquet-lake: committing the group's offsets failed (the files hold the progress): {e}");
+            }
         }
-        let due = sink.since.is_some_and(|s| s.elapsed() >= sink.cfg.flush);
-        if sink.gathered >= sink.cfg.flush_rows || due {
-            sink.flush(&consumer)?;
+        // The clock is read now and then, not for every message.
+        read = read.wrapping_add(1);
+        if idle || read.is_multiple_of(256) {
+            if unstick_at.elapsed() >= Duration::from_secs(1) {
+                resume.unstick(&consumer, "parquet-lake");
+                unstick_at = Instant::now();
+            }
+            if sink.since.is_some_and(|s| s.elapsed() >= sink.cfg.flush) {
+                sink.flush(&writer)?;
+            }
+        }
+        if sink.gathered >= sink.cfg.flush_rows {
+            sink.flush(&writer)?;
         }
     }
-    sink.flush(&consumer)?;
+    sink.flush(&writer)?;
+    for commit in writer.finish()? {
+        if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+            eprintln!("parquet-lake: committing the group's offsets failed (the files hold the progress): {e}");
+        }
+    }
     eprintln!("parquet-lake: stopping");
     Ok(())
 }
 
 /// Where each partition starts: after its last whole flush in the files, or where the group's
 /// commit says if that is further (a flush with no row for the files), or the beginning.
-fn positions(consumer: &BaseConsumer, topics: &HashMap<String, Topic>) -> anyhow::Result<TopicPartitionList> {
+fn positions(consumer: &BaseConsumer, topics: &[Topic]) -> anyhow::Result<TopicPartitionList> {
     let mut all = TopicPartitionList::new();
     let mut from_files = HashMap::new();
-    for (full, topic) in topics {
+    for topic in topics {
+        let full = &topic.full;
         let metadata = consumer
             .fetch_metadata(Some(full), Duration::from_secs(10))
             .with_context(|| format!("reading topic {full}'s partitions"))?;
@@ -287,154 +308,101 @@ fn positions(consumer: &BaseConsumer, topics: &HashMap<String, Topic>) -> anyhow
 }
 
 impl Sink {
-    /// Gathers one message into its partition's rows, or its dead letters.
-    fn take(&mut self, m: &BorrowedMessage<'_>) -> anyhow::Result<()> {
-        let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
-        let at_ms = m.timestamp().to_millis().unwrap_or_else(now_ms);
-        if !self.pending.contains_key(topic) {
-            self.pending.insert(topic.to_owned(), BTreeMap::new());
+    /// The place in `parts` of a topic's partition (added at its first message).
+    fn part(&mut self, topic: &str, partition: i32) -> anyhow::Result<usize> {
+        let is = |p: &Part| p.partition == partition && self.topics[p.topic].full == topic;
+        if self.parts.get(self.last_part).is_some_and(is) {
+            return Ok(self.last_part);
         }
-        let partitions = self.pending.get_mut(topic).expect("inserted above");
-        let p = partitions.entry(partition).or_insert_with(|| Pending {
+        let found = match self.parts.iter().position(is) {
+            Some(i) => i,
+            None => {
+                let t = self.topics.iter().position(|t| t.full == topic).with_context(|| {
+                    format!("the broker handed over a message of {topic}, which the sink does not read")
+                })?;
+                self.parts.push(Part { topic: t, partition, taken: None, pending: None });
+                self.parts.len() - 1
+            }
+        };
+        self.last_part = found;
+        Ok(found)
+    }
+
+    /// Gathers one message: as read, once its topic's columns are known (the writer reads it into
+    /// rows); before that, parsed for inference, or a dead letter if it cannot be a row.
+    fn take(&mut self, part: usize, m: &BorrowedMessage<'_>, writer: &Writer) -> anyhow::Result<()> {
+        let offset = m.offset();
+        let at_ms = m.timestamp().to_millis().unwrap_or_else(now_ms);
+        let Part { topic, partition, pending, .. } = &mut self.parts[part];
+        let (topic, partition) = (*topic, *partition);
+        let p = pending.get_or_insert_with(|| Pending {
             first: offset,
             last: offset,
             early: Vec::new(),
-            dates: BTreeMap::new(),
-            written: Vec::new(),
+            raw: Raw::default(),
         });
         p.last = offset;
         self.since.get_or_insert_with(Instant::now);
         // A tombstone (a deleted key) has no row to keep.
         let Some(payload) = m.payload() else { return Ok(()) };
-        let Some(t) = self.topics.get(topic) else { return Ok(()) };
-        let date_field = self.cfg.date_field.as_deref();
-        // Most messages: straight into their cells. The rest below, which also names what is wrong.
+        let t = &mut self.topics[topic];
         if let Some(columns) = &t.columns {
-            if let Some((cells, date)) = fast::row(payload, &columns.0, date_field) {
-                let us = match (date_field, date) {
-                    (None, _) => Some(at_ms.saturating_mul(1000)),
-                    (Some(_), us) => us,
-                };
-                if let Some(us) = us {
-                    let days = us.div_euclid(86_400_000_000) as i32;
-                    p.dates.entry(days).or_insert_with(|| Rows::new(columns)).push_cells(cells);
-                    p.written.push((payload.len(), at_ms));
-                    self.gathered += 1;
-                    return Ok(());
-                }
+            p.raw.push(offset, at_ms, m.key(), payload);
+            self.gathered += 1;
+            if p.raw.len() >= CHUNK {
+                let raw = std::mem::take(&mut p.raw);
+                writer.read(Chunk { topic: t.full.clone(), partition, columns: columns.clone(), raw })?;
             }
+            return Ok(());
         }
-        let mut sampled = false;
         let parsed = serde_json::from_slice::<Map<String, Value>>(payload)
             .map_err(|e| format!("not a JSON object: {e}"))
-            .and_then(|object| Ok((day_of(&object, date_field, at_ms)?, object)));
-        let outcome = match (parsed, &t.columns) {
-            (Err(why), _) => Err(why),
-            (Ok((days, object)), Some(columns)) => {
-                p.dates.entry(days).or_insert_with(|| Rows::new(columns)).push(columns, &object)
-            }
-            (Ok((days, object)), None) => {
+            .and_then(|object| day_of(&object, self.cfg.date_field.as_deref(), at_ms).map(|_| object));
+        match parsed {
+            Ok(object) => {
                 let key = m.key().map(<[u8]>::to_vec);
-                p.early.push(Early { offset, days, object, key, payload: payload.to_vec(), at_ms });
-                sampled = true;
-                Ok(())
-            }
-        };
-        match outcome {
-            Ok(()) => {
-                p.written.push((payload.len(), at_ms));
+                p.early.push(Early { offset, object, key, payload: payload.to_vec(), at_ms });
                 self.gathered += 1;
+                t.sampled += 1;
+                if t.sampled >= INFER_FROM {
+                    // Nothing to infer from yet (no field seen): another sample later.
+                    t.sampled = 0;
+                    self.settle_columns()?;
+                }
             }
             Err(why) => {
-                let letter = self.dead_letter(topic, partition, offset, m.key(), payload, at_ms, why);
-                self.dead.push(letter);
-            }
-        }
-        if sampled {
-            let t = self.topics.get_mut(topic).expect("a topic of the sink");
-            t.sampled += 1;
-            if t.sampled >= INFER_FROM {
-                // Nothing to infer from yet (no field seen): another sample later.
-                t.sampled = 0;
-                self.settle_columns()?;
+                let origin = Origin { topic: &t.full, partition, offset, key: m.key(), payload, at_ms };
+                self.dead.push(origin.dead_letter(&self.cfg.sink, why));
             }
         }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn dead_letter(
-        &self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        at_ms: i64,
-        reason: String,
-    ) -> Outgoing {
-        Outgoing {
-            topic: format!("{topic}.dlq"),
-            key: key.map(<[u8]>::to_vec),
-            value: Some(payload.to_vec()),
-            at_ms,
-            headers: vec![
-                (dead_letter::REASON, reason),
-                (dead_letter::TOPIC, topic.to_owned()),
-                (dead_letter::PARTITION, partition.to_string()),
-                (dead_letter::OFFSET, offset.to_string()),
-                (dead_letter::SINK, self.cfg.sink.clone()),
-            ],
-        }
-    }
-
-    /// Writes what was gathered: the dead letters (acknowledged), then each partition's files, then
-    /// the group's offsets.
-    fn flush(&mut self, consumer: &BaseConsumer) -> anyhow::Result<()> {
-        if self.pending.is_empty() {
+    /// Hands the rest of what was gathered to the writer and asks it to write: the dead letters
+    /// (acknowledged), then each partition's files, and only then the group's offsets back to
+    /// commit. The next messages are gathered meanwhile.
+    fn flush(&mut self, writer: &Writer) -> anyhow::Result<()> {
+        if self.parts.iter().all(|p| p.pending.is_none()) {
             return Ok(());
         }
         self.settle_columns()?;
-        self.publisher.send_all(&self.dead)?;
-        if let Some(r) = &self.reporter {
-            self.dead.iter().for_each(|_| r.reject());
-        }
-        self.dead.clear();
-        let mut commit = TopicPartitionList::new();
-        let now = now_ms();
-        let pending = std::mem::take(&mut self.pending);
-        for (topic, partition, p) in
-            pending.into_iter().flat_map(|(t, ps)| ps.into_iter().map(move |(n, p)| (t.clone(), n, p)))
-        {
-            let t = &self.topics[&topic];
-            // A date whose only rows were refused has no file.
-            let dates = p
-                .dates
-                .into_iter()
-                .filter(|(_, rows)| rows.len > 0)
-                .map(|(d, rows)| Ok((d, rows.finish()?)))
-                .collect::<anyhow::Result<_>>()?;
-            let room = self.cfg.max_bytes.saturating_sub(self.used);
-            match files::write_flush(&t.dir, &t.name, partition, (p.first, p.last), dates, room)? {
-                Ok(size) => self.used += size,
-                // Stopped before the lake outgrows the agreement: the messages wait in the topic
-                // (nothing committed), and the instance fails saying why.
-                Err(size) => bail!(
-                    "sink {}: the next files ({size} bytes) would take its lake past the agreement's max_size of {} bytes (it holds {}); its messages wait in the topic",
-                    self.cfg.sink,
-                    self.cfg.max_bytes,
-                    self.used
-                ),
+        let mut flush = Flush { dead: std::mem::take(&mut self.dead), partitions: Vec::new() };
+        for part in &mut self.parts {
+            let Some(p) = part.pending.take() else { continue };
+            let t = &self.topics[part.topic];
+            if !p.raw.is_empty() {
+                let columns = t.columns.clone().context("a flush settles its topics' columns")?;
+                writer.read(Chunk { topic: t.full.clone(), partition: part.partition, columns, raw: p.raw })?;
             }
-            commit.add_partition_offset(&topic, partition, Offset::Offset(p.last + 1))?;
-            if let Some(r) = &self.reporter {
-                p.written.iter().for_each(|(bytes, at)| r.record(*bytes, (now - at) as f64));
-            }
+            flush.partitions.push(writer::Partition {
+                topic: t.full.clone(),
+                name: t.name.clone(),
+                dir: t.dir.clone(),
+                partition: part.partition,
+                offsets: (p.first, p.last),
+            });
         }
-        // The files already say how far each partition got; the commit only shows the group's lag.
-        if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
-            eprintln!("parquet-lake: committing the group's offsets failed (the files hold the progress): {e}");
-        }
+        writer.write(flush)?;
         self.gathered = 0;
         self.since = None;
         Ok(())
@@ -443,43 +411,92 @@ impl Sink {
     /// Infers the columns of topics that have none from the messages gathered so far, keeps them
     /// beside the topic's files, and moves those messages into rows.
     fn settle_columns(&mut self) -> anyhow::Result<()> {
-        let waiting: Vec<String> =
-            self.topics.iter().filter(|(_, t)| t.columns.is_none()).map(|(n, _)| n.clone()).collect();
-        for full in waiting {
+        for (i, t) in self.topics.iter_mut().enumerate().filter(|(_, t)| t.columns.is_none()) {
             let objects = self
-                .pending
-                .get(&full)
-                .into_iter()
-                .flat_map(|ps| ps.values())
+                .parts
+                .iter()
+                .filter(|p| p.topic == i)
+                .flat_map(|p| p.pending.iter())
                 .flat_map(|p| p.early.iter().map(|e| &e.object));
             let inferred = Columns::infer(objects);
             if inferred.0.is_empty() {
                 continue;
             }
-            let t = self.topics.get_mut(&full).expect("a topic of the sink");
             files::write_atomically(&t.dir.join(COLUMNS_FILE), &serde_json::to_vec_pretty(&inferred)?)?;
             eprintln!("parquet-lake: topic {} has columns {}", t.name, serde_json::to_string(&inferred)?);
             t.columns = Some(inferred);
         }
-        let mut dead = Vec::new();
-        for (topic, partitions) in &mut self.pending {
-            let Some(columns) = &self.topics[topic].columns else { continue };
-            for (partition, p) in partitions {
-                for e in std::mem::take(&mut p.early) {
-                    if let Err(why) =
-                        p.dates.entry(e.days).or_insert_with(|| Rows::new(columns)).push(columns, &e.object)
-                    {
-                        dead.push((topic.clone(), *partition, e, why));
-                    }
-                }
+        // The early messages are read again by the writer, as every later one is: they come first.
+        for part in &mut self.parts {
+            if self.topics[part.topic].columns.is_none() {
+                continue;
             }
-        }
-        for (topic, partition, e, why) in dead {
-            let letter = self.dead_letter(&topic, partition, e.offset, e.key.as_deref(), &e.payload, e.at_ms, why);
-            self.dead.push(letter);
+            let Some(p) = &mut part.pending else { continue };
+            for e in std::mem::take(&mut p.early) {
+                p.raw.push(e.offset, e.at_ms, e.key.as_deref(), &e.payload);
+            }
         }
         Ok(())
     }
+}
+
+/// Where a message came from, for its dead letter.
+struct Origin<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    key: Option<&'a [u8]>,
+    payload: &'a [u8],
+    at_ms: i64,
+}
+
+impl Origin<'_> {
+    fn dead_letter(&self, sink: &str, reason: String) -> Outgoing {
+        Outgoing {
+            topic: format!("{}.dlq", self.topic),
+            key: self.key.map(<[u8]>::to_vec),
+            value: Some(self.payload.to_vec()),
+            at_ms: self.at_ms,
+            headers: vec![
+                (dead_letter::REASON, reason),
+                (dead_letter::TOPIC, self.topic.to_owned()),
+                (dead_letter::PARTITION, self.partition.to_string()),
+                (dead_letter::OFFSET, self.offset.to_string()),
+                (dead_letter::SINK, sink.to_owned()),
+            ],
+        }
+    }
+}
+
+/// Reads one message into its date's rows: straight into its cells for most (`fast`), the ordinary
+/// way for the rest, which also names what is wrong. `cells` is scratch space kept between calls.
+fn read_row(
+    columns: &Columns,
+    date_field: Option<&str>,
+    payload: &[u8],
+    at_ms: i64,
+    dates: &mut BTreeMap<i32, Rows>,
+    cells: &mut Vec<Cell<'static>>,
+) -> Result<(), String> {
+    let mut row = fast::recycle(std::mem::take(cells));
+    let fast = fast::row(payload, &columns.0, date_field, &mut row);
+    let us = match (date_field, fast) {
+        (_, None) => None,
+        (None, Some(_)) => Some(at_ms.saturating_mul(1000)),
+        (Some(_), Some(us)) => us,
+    };
+    if let Some(us) = us {
+        let days = us.div_euclid(86_400_000_000) as i32;
+        dates.entry(days).or_insert_with(|| Rows::new(columns)).push_cells(row.drain(..));
+    }
+    *cells = fast::recycle(row);
+    if us.is_some() {
+        return Ok(());
+    }
+    let object =
+        serde_json::from_slice::<Map<String, Value>>(payload).map_err(|e| format!("not a JSON object: {e}"))?;
+    let days = day_of(&object, date_field, at_ms)?;
+    dates.entry(days).or_insert_with(|| Rows::new(columns)).push(columns, &object)
 }
 
 /// The day (since the epoch, UTC) a row belongs to: its date field's, or its message's.

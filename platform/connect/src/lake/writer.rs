@@ -1,0 +1,276 @@
+//! The lake sink's writer: a thread of its own that reads the messages into rows as they arrive and
+//! writes each flush's rows as Parquet files, while the sink's reading thread takes the next messages
+//! from the broker (reading JSON and encoding Parquet were most of the sink's time, and reading the
+//! broker waited for both).
+//!
+//! The sink hands over chunks of messages as read (`Chunk`), then at each flush what to write
+//! (`Flush`). Flushes are written one at a time, in the order they were gathered: a flush's dead
+//! letters (acknowledged), then its files (each renamed into place), and only then are its offsets
+//! handed back for the group's commit. The first error stops the writer; nothing after it is
+//! written, and the sink fails with it.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::thread::JoinHandle;
+
+use anyhow::{bail, Context};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::columns::{Cell, Columns, Rows};
+use super::{files, read_row, Origin};
+use crate::process::now_ms;
+use crate::publish::{Outgoing, Publisher};
+use crate::report::Reporter;
+
+/// Messages of one partition to read into rows, in offset order.
+pub(super) struct Chunk {
+    pub topic: String,
+    pub partition: i32,
+    pub columns: Columns,
+    pub raw: Raw,
+}
+
+/// What to write now: the dead letters the sink found itself (not JSON, no date), and each
+/// partition's files for the messages handed over since its last flush.
+pub(super) struct Flush {
+    pub dead: Vec<Outgoing>,
+    pub partitions: Vec<Partition>,
+}
+
+pub(super) struct Partition {
+    /// The topic's full name, for the commit.
+    pub topic: String,
+    /// Its name in the lake, and its folder.
+    pub name: String,
+    pub dir: PathBuf,
+    pub partition: i32,
+    /// The first and last offsets read (the files' names), whatever became of them.
+    pub offsets: (i64, i64),
+}
+
+/// Messages as read, their bytes in one buffer (a copy each, no allocation each).
+#[derive(Default)]
+pub(super) struct Raw {
+    bytes: Vec<u8>,
+    messages: Vec<RawMessage>,
+}
+
+struct RawMessage {
+    offset: i64,
+    at_ms: i64,
+    key: Option<Range<usize>>,
+    payload: Range<usize>,
+}
+
+impl Raw {
+    pub fn push(&mut self, offset: i64, at_ms: i64, key: Option<&[u8]>, payload: &[u8]) {
+        let mut copy = |b: &[u8]| {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(b);
+            start..self.bytes.len()
+        };
+        let key = key.map(&mut copy);
+        let payload = copy(payload);
+        self.messages.push(RawMessage { offset, at_ms, key, payload });
+    }
+
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+}
+
+enum Job {
+    Read(Chunk),
+    Flush(Flush),
+}
+
+pub(super) struct Writer {
+    jobs: Option<SyncSender<Job>>,
+    written: Receiver<anyhow::Result<TopicPartitionList>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the writer thread keeps.
+struct State {
+    sink: String,
+    date_field: Option<String>,
+    max_bytes: u64,
+    /// What the sink's files take now, in bytes.
+    used: u64,
+    publisher: Publisher,
+    reporter: Option<Reporter>,
+    /// By topic and partition, the rows read since its last flush.
+    gathered: Vec<Gathered>,
+    /// Dead letters found while reading, sent with the next flush.
+    dead: Vec<Outgoing>,
+    /// Scratch space for a row's cells.
+    cells: Vec<Cell<'static>>,
+}
+
+struct Gathered {
+    topic: String,
+    partition: i32,
+    /// By day since the epoch, the rows bound for that date's file.
+    dates: BTreeMap<i32, Rows>,
+    /// Size and timestamp of each message in those rows, for the report.
+    written: Vec<(usize, i64)>,
+}
+
+/// Chunks that may wait for the writer (with one flush's worth of rows being read or written).
+const WAITING: usize = 16;
+
+impl Writer {
+    pub fn start(cfg: &super::Config, used: u64, publisher: Publisher, reporter: Option<Reporter>) -> Writer {
+        let (jobs, to_do) = mpsc::sync_channel::<Job>(WAITING);
+        let (done, written) = mpsc::channel();
+        let mut state = State {
+            sink: cfg.sink.clone(),
+            date_field: cfg.date_field.clone(),
+            max_bytes: cfg.max_bytes,
+            used,
+            publisher,
+            reporter,
+            gathered: Vec::new(),
+            dead: Vec::new(),
+            cells: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("lake-writer".into())
+            .spawn(move || {
+                for job in to_do {
+                    let outcome = match job {
+                        Job::Read(chunk) => {
+                            state.read(chunk);
+                            continue;
+                        }
+                        Job::Flush(flush) => state.write(flush),
+                    };
+                    let failed = outcome.is_err();
+                    if done.send(outcome).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .expect("starting the lake writer thread");
+        Writer { jobs: Some(jobs), written, thread: Some(thread) }
+    }
+
+    /// Hands messages over to be read into rows (waiting while many wait already).
+    pub fn read(&self, chunk: Chunk) -> anyhow::Result<()> {
+        self.send(Job::Read(chunk))
+    }
+
+    /// Asks for everything handed over so far to be written.
+    pub fn write(&self, flush: Flush) -> anyhow::Result<()> {
+        self.send(Job::Flush(flush))
+    }
+
+    fn send(&self, job: Job) -> anyhow::Result<()> {
+        let sent = self.jobs.as_ref().map(|j| j.send(job));
+        if !matches!(sent, Some(Ok(()))) {
+            // The writer stopped: its error says why.
+            self.written()?;
+            bail!("the lake writer stopped");
+        }
+        Ok(())
+    }
+
+    /// The offsets of the flushes written since the last call, to commit; the writer's error if it
+    /// failed.
+    pub fn written(&self) -> anyhow::Result<Vec<TopicPartitionList>> {
+        let mut all = Vec::new();
+        loop {
+            match self.written.try_recv() {
+                Ok(outcome) => all.push(outcome?),
+                Err(TryRecvError::Empty) => return Ok(all),
+                Err(TryRecvError::Disconnected) => bail!("the lake writer stopped"),
+            }
+        }
+    }
+
+    /// Waits until every flush asked for is written; their offsets, to commit.
+    pub fn finish(mut self) -> anyhow::Result<Vec<TopicPartitionList>> {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            thread.join().map_err(|_| anyhow::anyhow!("the lake writer panicked"))?;
+        }
+        self.written.try_iter().collect()
+    }
+}
+
+impl State {
+    fn read(&mut self, chunk: Chunk) {
+        let i = match self.gathered.iter().position(|g| g.partition == chunk.partition && g.topic == chunk.topic) {
+            Some(i) => i,
+            None => {
+                let (topic, partition) = (chunk.topic.clone(), chunk.partition);
+                self.gathered.push(Gathered { topic, partition, dates: BTreeMap::new(), written: Vec::new() });
+                self.gathered.len() - 1
+            }
+        };
+        let g = &mut self.gathered[i];
+        let raw = &chunk.raw;
+        for m in &raw.messages {
+            let payload = &raw.bytes[m.payload.clone()];
+            let date_field = self.date_field.as_deref();
+            match read_row(&chunk.columns, date_field, payload, m.at_ms, &mut g.dates, &mut self.cells) {
+                Ok(()) => g.written.push((payload.len(), m.at_ms)),
+                Err(why) => {
+                    let key = m.key.clone().map(|k| &raw.bytes[k]);
+                    let (topic, partition, offset, at_ms) = (&chunk.topic, chunk.partition, m.offset, m.at_ms);
+                    let origin = Origin { topic, partition, offset, key, payload, at_ms };
+                    self.dead.push(origin.dead_letter(&self.sink, why));
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, flush: Flush) -> anyhow::Result<TopicPartitionList> {
+        let mut dead = flush.dead;
+        dead.append(&mut self.dead);
+        self.publisher.send_all(&dead)?;
+        if let Some(r) = &self.reporter {
+            r.reject_all(dead.len());
+        }
+        let mut commit = TopicPartitionList::new();
+        let now = now_ms();
+        for p in flush.partitions {
+            let gathered = match self.gathered.iter().position(|g| g.partition == p.partition && g.topic == p.topic) {
+                Some(i) => Some(self.gathered.swap_remove(i)),
+                // Only tombstones and dead letters since the last flush.
+                None => None,
+            };
+            let (dates, written) = gathered.map(|g| (g.dates, g.written)).unwrap_or_default();
+            let dates = dates
+                .into_iter()
+                // A date whose only rows were refused has no file.
+                .filter(|(_, rows)| rows.len > 0)
+                .map(|(d, rows)| Ok((d, rows.finish()?)))
+                .collect::<anyhow::Result<_>>()
+                .with_context(|| format!("gathering the rows of {}/{}", p.topic, p.partition))?;
+            let room = self.max_bytes.saturating_sub(self.used);
+            match files::write_flush(&p.dir, &p.name, p.partition, p.offsets, dates, room)? {
+                Ok(size) => self.used += size,
+                // Stopped before the lake outgrows the agreement: the messages wait in the topic
+                // (nothing committed), and the instance fails saying why.
+                Err(size) => bail!(
+                    "sink {}: the next files ({size} bytes) would take its lake past the agreement's max_size of {} bytes (it holds {}); its messages wait in the topic",
+                    self.sink,
+                    self.max_bytes,
+                    self.used
+                ),
+            }
+            commit.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.offsets.1 + 1))?;
+            if let Some(r) = &self.reporter {
+                r.record_all(written.iter().map(|(bytes, at)| (*bytes, (now - at) as f64)));
+            }
+        }
+        Ok(commit)
+    }
+}
