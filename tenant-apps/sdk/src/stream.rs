@@ -181,17 +181,12 @@ fn run(
 
     let mut batch = Batch::new();
     let mut reader = kafka::Reader::default();
-    let mut assigned = String::new();
+    let mut chores = kafka::Chores::new(app, &env);
     let mut batch_started = Instant::now();
-    let mut next_report = Instant::now() + env.report_interval;
     let mut rejections = kafka::Rejections::default();
     let mut writer_error = None;
     while !kafka::terminating() {
-        if Instant::now() >= next_report {
-            kafka::publish(&producer, &env, &window, &consumer);
-            next_report += env.report_interval;
-            kafka::log_assignment(app, &consumer, &mut assigned);
-            reader.unstick(&consumer, app);
+        if chores.due(&env, &consumer, &mut reader, &producer, &window) {
             // A failed writer stops the app even while no input comes (the platform restarts it).
             if let Err(e) = writers.check() {
                 writer_error = Some(e);

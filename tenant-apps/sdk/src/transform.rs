@@ -124,15 +124,9 @@ fn run(
     let mut reader = kafka::Reader::default();
     let mut rejections = kafka::Rejections::default();
     let mut pending = Pending::default();
-    let mut assigned = String::new();
-    let mut next_report = Instant::now() + env.report_interval;
+    let mut chores = kafka::Chores::new(app, &env);
     while !kafka::terminating() {
-        if Instant::now() >= next_report {
-            kafka::publish(&reports, &env, &window, &consumer);
-            next_report += env.report_interval;
-            kafka::log_assignment(app, &consumer, &mut assigned);
-            reader.unstick(&consumer, app);
-        }
+        chores.due(&env, &consumer, &mut reader, &reports, &window);
         if let Some(m) = reader.next(&consumer, app)? {
             let msg = Message::of(&m);
             let outcome = match kafka::too_large(&env, msg.payload) {
