@@ -40,7 +40,10 @@ pub enum Verdict {
 
 #[derive(Default)]
 pub struct Resume {
-    partitions: HashMap<String, HashMap<i32, Partition>>,
+    /// Found by a scan from the one the last message came from (messages come in runs of one
+    /// partition): checking a message costs no hashing of its topic's name.
+    partitions: Vec<(String, i32, Partition)>,
+    last: usize,
     /// Where partitions start when that is past the group's commit (a consumer that keeps its
     /// progress elsewhere, such as the lake sink in its files).
     floors: HashMap<(String, i32), i64>,
@@ -60,6 +63,21 @@ fn target(consumer: &BaseConsumer, floors: &HashMap<(String, i32), i64>, topic: 
 }
 
 impl Resume {
+    /// The place of a partition's state (added when first asked for).
+    fn find(&mut self, topic: &str, partition: i32) -> usize {
+        let is = |(t, p, _): &(String, i32, Partition)| *p == partition && t == topic;
+        if self.partitions.get(self.last).is_some_and(is) {
+            return self.last;
+        }
+        match self.partitions.iter().position(is) {
+            Some(i) => i,
+            None => {
+                self.partitions.push((topic.to_owned(), partition, Partition::default()));
+                self.partitions.len() - 1
+            }
+        }
+    }
+
     /// Partitions start at these offsets (where past the group's commit).
     pub fn starting_at(start: &TopicPartitionList) -> Self {
         let floors = start
@@ -70,15 +88,14 @@ impl Resume {
                 _ => None,
             })
             .collect();
-        Resume { partitions: HashMap::new(), floors }
+        Resume { partitions: Vec::new(), last: 0, floors }
     }
 
     pub fn check(&mut self, consumer: &BaseConsumer, app: &str, topic: &str, partition: i32, offset: i64) -> Verdict {
-        if !self.partitions.contains_key(topic) {
-            self.partitions.insert(topic.to_owned(), HashMap::new());
-        }
+        let i = self.find(topic, partition);
+        self.last = i;
         let floors = &self.floors;
-        let p = self.partitions.get_mut(topic).expect("inserted").entry(partition).or_default();
+        let p = &mut self.partitions[i].2;
         p.heard = true;
         if p.next == Some(offset) && p.seeking.is_none() {
             p.next = Some(offset + 1);
@@ -137,10 +154,10 @@ impl Resume {
     /// true end, where this costs one message read again and dropped) is sought back to that batch.
     pub fn unstick(&mut self, consumer: &BaseConsumer, app: &str) {
         let Ok(assigned) = consumer.assignment() else { return };
-        let floors = &self.floors;
         for e in assigned.elements() {
             let (topic, partition) = (e.topic(), e.partition());
-            let p = self.partitions.entry(topic.to_owned()).or_default().entry(partition).or_default();
+            let i = self.find(topic, partition);
+            let (floors, p) = (&self.floors, &mut self.partitions[i].2);
             if std::mem::take(&mut p.heard) || p.seeking.is_some() {
                 continue;
             }
