@@ -121,33 +121,70 @@ pub fn recover(topic_dir: &Path, topic: &str) -> anyhow::Result<HashMap<i32, i64
     Ok(next)
 }
 
-/// Writes one flush of a partition: every date's file under a temporary name, synced, then renamed;
-/// unless the files together are larger than `room` (bytes the lake may still take): then they are
-/// removed and nothing is renamed. Returns the files' size.
-pub fn write_flush(
-    topic_dir: &Path,
-    topic: &str,
-    partition: i32,
-    (first, last): (i64, i64),
-    dates: Vec<(i32, RecordBatch)>,
-    room: u64,
-) -> anyhow::Result<Result<u64, u64>> {
-    let n = dates.len();
-    let mut written = Vec::with_capacity(n);
-    for (k, (days, rows)) in dates.into_iter().enumerate() {
+/// One date's file of a partition's flush while it is written: rows go in as they are read (Parquet
+/// encodes them then), under a hidden temporary name until `finish_flush` renames it.
+pub struct Open {
+    days: i32,
+    temporary: PathBuf,
+    file: fs::File,
+    writer: ArrowWriter<fs::File>,
+}
+
+impl Open {
+    /// Starts the file of `days` for the flush of `partition` starting at `first`.
+    pub fn create(
+        topic_dir: &Path,
+        topic: &str,
+        partition: i32,
+        first: i64,
+        days: i32,
+        rows: &RecordBatch,
+    ) -> anyhow::Result<Open> {
         let dir = topic_dir.join(date_folder(days));
         if !dir.is_dir() {
             fs::create_dir_all(&dir).with_context(|| format!("making {}", dir.display()))?;
             sync_dir(topic_dir)?;
         }
-        let name = FileName { partition, first, last, k: k + 1, n }.render(topic);
-        let temporary = dir.join(format!(".{name}.tmp"));
-        write_parquet(&temporary, &rows).with_context(|| format!("writing {}", temporary.display()))?;
-        written.push((temporary, dir.join(name)));
+        let temporary = dir.join(format!(".{topic}-p{partition}-o{first}-d{days}.tmp"));
+        let start = || -> anyhow::Result<(fs::File, ArrowWriter<fs::File>)> {
+            let file = fs::File::create(&temporary)?;
+            let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+            let writer = ArrowWriter::try_new(file.try_clone()?, rows.schema(), Some(props))?;
+            Ok((file, writer))
+        };
+        let (file, writer) = start().with_context(|| format!("writing {}", temporary.display()))?;
+        Ok(Open { days, temporary, file, writer })
     }
+
+    pub fn write(&mut self, rows: &RecordBatch) -> anyhow::Result<()> {
+        self.writer.write(rows).with_context(|| format!("writing {}", self.temporary.display()))
+    }
+}
+
+/// Ends one flush of a partition: closes and syncs every date's file, then renames each to its name
+/// (`k` of `n` by date); unless the files together are larger than `room` (bytes the lake may still
+/// take): then they are removed and nothing is renamed. Returns the files' size.
+pub fn finish_flush(
+    topic: &str,
+    partition: i32,
+    (first, last): (i64, i64),
+    mut open: Vec<Open>,
+    room: u64,
+) -> anyhow::Result<Result<u64, u64>> {
+    open.sort_by_key(|o| o.days);
+    let n = open.len();
+    let mut written = Vec::with_capacity(n);
     let mut size = 0;
-    for (temporary, _) in &written {
-        size += fs::metadata(temporary).with_context(|| format!("reading {}", temporary.display()))?.len();
+    for (k, o) in open.into_iter().enumerate() {
+        let close = || -> anyhow::Result<u64> {
+            o.writer.close()?;
+            o.file.sync_all()?;
+            Ok(o.file.metadata()?.len())
+        };
+        size += close().with_context(|| format!("writing {}", o.temporary.display()))?;
+        let name = FileName { partition, first, last, k: k + 1, n }.render(topic);
+        let path = o.temporary.with_file_name(name);
+        written.push((o.temporary, path));
     }
     if size > room {
         for (temporary, _) in &written {
@@ -175,16 +212,6 @@ pub fn size_of(topic_dir: &Path, topic: &str) -> anyhow::Result<u64> {
         }
     }
     Ok(total)
-}
-
-fn write_parquet(path: &Path, rows: &RecordBatch) -> anyhow::Result<()> {
-    let file = fs::File::create(path)?;
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-    let mut writer = ArrowWriter::try_new(file.try_clone()?, rows.schema(), Some(props))?;
-    writer.write(rows)?;
-    writer.close()?;
-    file.sync_all()?;
-    Ok(())
 }
 
 /// Writes `bytes` to `path` through a synced temporary file and a rename.
@@ -231,13 +258,16 @@ mod tests {
             let mut rows = Rows::new(&columns);
             let row = serde_json::json!({"id": 1});
             rows.push(&columns, row.as_object().unwrap()).unwrap();
-            vec![(20_423, rows.finish().unwrap())]
+            let rows = rows.finish().unwrap();
+            let mut open = Open::create(dir.path(), "t", 0, 0, 20_423, &rows).unwrap();
+            open.write(&rows).unwrap();
+            vec![open]
         };
-        let refused = write_flush(dir.path(), "t", 0, (0, 0), batch(), 10).unwrap().unwrap_err();
+        let refused = finish_flush("t", 0, (0, 0), batch(), 10).unwrap().unwrap_err();
         assert!(refused > 10);
         assert_eq!(size_of(dir.path(), "t").unwrap(), 0);
         assert_eq!(fs::read_dir(dir.path().join("date=2025-12-01")).unwrap().count(), 0, "no temporary file is left");
-        let size = write_flush(dir.path(), "t", 0, (0, 0), batch(), refused).unwrap().unwrap();
+        let size = finish_flush("t", 0, (0, 0), batch(), refused).unwrap().unwrap();
         assert_eq!((size, size_of(dir.path(), "t").unwrap()), (refused, refused));
     }
 

@@ -237,15 +237,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 true
             }
         };
-        for commit in writer.written()? {
-            // The files already say how far each partition got; the commit only shows the group's lag.
-            if let Err(e) = consumer.commit(&commit, CommitMode::Async) {
-                eprintln!("parquet-lake: committing the group's offsets failed (the files hold the progress): {e}");
-            }
-        }
-        // The clock is read now and then, not for every message.
+        // The clock and the writer are looked at now and then, not for every message.
         read = read.wrapping_add(1);
         if idle || read.is_multiple_of(256) {
+            for commit in writer.written()? {
+                // The files already say how far each partition got; the commit only shows the group's lag.
+                if let Err(e) = consumer.commit(&commit, CommitMode::Async) {
+                    eprintln!("parquet-lake: committing the group's offsets failed (the files hold the progress): {e}");
+                }
+            }
             if unstick_at.elapsed() >= Duration::from_secs(1) {
                 resume.unstick(&consumer, "parquet-lake");
                 unstick_at = Instant::now();
@@ -351,7 +351,8 @@ impl Sink {
             self.gathered += 1;
             if p.raw.len() >= CHUNK {
                 let raw = std::mem::take(&mut p.raw);
-                writer.read(Chunk { topic: t.full.clone(), partition, columns: columns.clone(), raw })?;
+                let (topic, name, dir, columns) = (t.full.clone(), t.name.clone(), t.dir.clone(), columns.clone());
+                writer.read(Chunk { topic, name, dir, partition, columns, raw })?;
             }
             return Ok(());
         }
@@ -392,12 +393,12 @@ impl Sink {
             let t = &self.topics[part.topic];
             if !p.raw.is_empty() {
                 let columns = t.columns.clone().context("a flush settles its topics' columns")?;
-                writer.read(Chunk { topic: t.full.clone(), partition: part.partition, columns, raw: p.raw })?;
+                let (topic, name, dir, partition) = (t.full.clone(), t.name.clone(), t.dir.clone(), part.partition);
+                writer.read(Chunk { topic, name, dir, partition, columns, raw: p.raw })?;
             }
             flush.partitions.push(writer::Partition {
                 topic: t.full.clone(),
                 name: t.name.clone(),
-                dir: t.dir.clone(),
                 partition: part.partition,
                 offsets: (p.first, p.last),
             });

@@ -9,6 +9,7 @@
 //! handed back for the group's commit. The first error stops the writer; nothing after it is
 //! written, and the sink fails with it.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use std::thread::JoinHandle;
 use anyhow::{bail, Context};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::columns::{Cell, Columns, Rows};
+use super::columns::{Cell, Columns};
 use super::{files, read_row, Origin};
 use crate::process::now_ms;
 use crate::publish::{Outgoing, Publisher};
@@ -27,6 +28,9 @@ use crate::report::Reporter;
 /// Messages of one partition to read into rows, in offset order.
 pub(super) struct Chunk {
     pub topic: String,
+    /// Its name in the lake, and its folder.
+    pub name: String,
+    pub dir: PathBuf,
     pub partition: i32,
     pub columns: Columns,
     pub raw: Raw,
@@ -42,9 +46,8 @@ pub(super) struct Flush {
 pub(super) struct Partition {
     /// The topic's full name, for the commit.
     pub topic: String,
-    /// Its name in the lake, and its folder.
+    /// Its name in the lake.
     pub name: String,
-    pub dir: PathBuf,
     pub partition: i32,
     /// The first and last offsets read (the files' names), whatever became of them.
     pub offsets: (i64, i64),
@@ -116,9 +119,10 @@ struct State {
 struct Gathered {
     topic: String,
     partition: i32,
-    /// By day since the epoch, the rows bound for that date's file.
-    dates: BTreeMap<i32, Rows>,
-    /// Size and timestamp of each message in those rows, for the report.
+    /// By day since the epoch, the file of that date, written a chunk's rows at a time (so a flush
+    /// waits only for its last chunk to be encoded).
+    files: BTreeMap<i32, files::Open>,
+    /// Size and timestamp of each message in those files, for the report.
     written: Vec<(usize, i64)>,
 }
 
@@ -145,10 +149,10 @@ impl Writer {
             .spawn(move || {
                 for job in to_do {
                     let outcome = match job {
-                        Job::Read(chunk) => {
-                            state.read(chunk);
-                            continue;
-                        }
+                        Job::Read(chunk) => match state.read(chunk) {
+                            Ok(()) => continue,
+                            Err(e) => Err(e),
+                        },
                         Job::Flush(flush) => state.write(flush),
                     };
                     let failed = outcome.is_err();
@@ -172,8 +176,8 @@ impl Writer {
     }
 
     fn send(&self, job: Job) -> anyhow::Result<()> {
-        let sent = self.jobs.as_ref().map(|j| j.send(job));
-        if !matches!(sent, Some(Ok(()))) {
+        let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
+        if !sent {
             // The writer stopped: its error says why.
             self.written()?;
             bail!("the lake writer stopped");
@@ -205,21 +209,24 @@ impl Writer {
 }
 
 impl State {
-    fn read(&mut self, chunk: Chunk) {
+    /// Reads a chunk's messages into rows and writes them into their dates' files.
+    fn read(&mut self, chunk: Chunk) -> anyhow::Result<()> {
+        let Some(first) = chunk.raw.messages.first().map(|m| m.offset) else { return Ok(()) };
         let i = match self.gathered.iter().position(|g| g.partition == chunk.partition && g.topic == chunk.topic) {
             Some(i) => i,
             None => {
                 let (topic, partition) = (chunk.topic.clone(), chunk.partition);
-                self.gathered.push(Gathered { topic, partition, dates: BTreeMap::new(), written: Vec::new() });
+                self.gathered.push(Gathered { topic, partition, files: BTreeMap::new(), written: Vec::new() });
                 self.gathered.len() - 1
             }
         };
         let g = &mut self.gathered[i];
         let raw = &chunk.raw;
+        let mut dates = BTreeMap::new();
         for m in &raw.messages {
             let payload = &raw.bytes[m.payload.clone()];
             let date_field = self.date_field.as_deref();
-            match read_row(&chunk.columns, date_field, payload, m.at_ms, &mut g.dates, &mut self.cells) {
+            match read_row(&chunk.columns, date_field, payload, m.at_ms, &mut dates, &mut self.cells) {
                 Ok(()) => g.written.push((payload.len(), m.at_ms)),
                 Err(why) => {
                     let key = m.key.clone().map(|k| &raw.bytes[k]);
@@ -229,6 +236,18 @@ impl State {
                 }
             }
         }
+        // A date whose only rows were refused has no file.
+        for (days, rows) in dates.into_iter().filter(|(_, rows)| rows.len > 0) {
+            let rows = rows.finish().with_context(|| format!("gathering the rows of {}/{}", g.topic, g.partition))?;
+            let file = match g.files.entry(days) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    e.insert(files::Open::create(&chunk.dir, &chunk.name, chunk.partition, first, days, &rows)?)
+                }
+            };
+            file.write(&rows)?;
+        }
+        Ok(())
     }
 
     fn write(&mut self, flush: Flush) -> anyhow::Result<TopicPartitionList> {
@@ -246,16 +265,9 @@ impl State {
                 // Only tombstones and dead letters since the last flush.
                 None => None,
             };
-            let (dates, written) = gathered.map(|g| (g.dates, g.written)).unwrap_or_default();
-            let dates = dates
-                .into_iter()
-                // A date whose only rows were refused has no file.
-                .filter(|(_, rows)| rows.len > 0)
-                .map(|(d, rows)| Ok((d, rows.finish()?)))
-                .collect::<anyhow::Result<_>>()
-                .with_context(|| format!("gathering the rows of {}/{}", p.topic, p.partition))?;
+            let (open, written) = gathered.map(|g| (g.files.into_values().collect(), g.written)).unwrap_or_default();
             let room = self.max_bytes.saturating_sub(self.used);
-            match files::write_flush(&p.dir, &p.name, p.partition, p.offsets, dates, room)? {
+            match files::finish_flush(&p.name, p.partition, p.offsets, open, room)? {
                 Ok(size) => self.used += size,
                 // Stopped before the lake outgrows the agreement: the messages wait in the topic
                 // (nothing committed), and the instance fails saying why.
