@@ -4,7 +4,9 @@
 //! stream app's reading is bounded by).
 //!
 //!   stream-load --topic zoo.readings --messages 100000 [--rate 10000] [--from 0] [--brokers host:port]
-//!   stream-load --topic zoo.readings --consume 1000000 [--group g]
+//!   stream-load --topic zoo.readings --consume 1000000 [--group g] [--assign]
+//!     (`--assign`: every partition from its beginning, no group join, as the lake sink starts;
+//!     timed from its first message and from its start)
 //!   stream-load --topic zoo.readings --wait-topic 30      (until the topic exists, at most 30 s)
 //!   stream-load --topic zoo.readings --messages N --partitions 3   (makes the topic first)
 //!
@@ -23,9 +25,10 @@ fn now_ms() -> i64 {
 }
 
 fn main() {
+    let started = Instant::now();
     let mut args = std::env::args().skip(1);
     let (mut topic, mut messages, mut rate, mut from, mut consume, mut group) = (None, 0u64, 0u64, 0u64, 0u64, None);
-    let (mut wait_topic, mut partitions) = (0u64, 0i32);
+    let (mut wait_topic, mut partitions, mut assign) = (0u64, 0i32, false);
     let mut settings: Vec<(String, String)> = Vec::new();
     let mut brokers = std::env::var("KAFKA_BROKERS").or_else(|_| std::env::var("MYSIMBDP_KAFKA_BROKERS")).ok();
     while let Some(a) = args.next() {
@@ -37,6 +40,7 @@ fn main() {
             "--from" => from = value().parse().expect("--from N"),
             "--consume" => consume = value().parse().expect("--consume N"),
             "--group" => group = Some(value()),
+            "--assign" => assign = true,
             "--set" => {
                 let kv = value();
                 let (k, v) = kv.split_once('=').expect("--set key=value");
@@ -77,7 +81,16 @@ fn main() {
             config.set(k, v);
         }
         let consumer: BaseConsumer = config.create().expect("consumer");
-        consumer.subscribe(&[&topic]).expect("subscribe");
+        if assign {
+            let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).expect("metadata");
+            let mut all = rdkafka::TopicPartitionList::new();
+            for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                all.add_partition_offset(&topic, p.id(), rdkafka::Offset::Beginning).expect("a partition");
+            }
+            consumer.assign(&all).expect("assign");
+        } else {
+            consumer.subscribe(&[&topic]).expect("subscribe");
+        }
         let (mut n, mut first) = (0u64, None);
         while n < consume {
             if let Some(m) = consumer.poll(Duration::from_millis(100)) {
@@ -87,7 +100,12 @@ fn main() {
             }
         }
         let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
-        println!("consumed {n} messages in {secs:.2}s: {:.0} msg/s", n as f64 / secs);
+        let all = started.elapsed().as_secs_f64();
+        println!(
+            "consumed {n} messages in {secs:.2}s: {:.0} msg/s (from its start: {all:.2}s: {:.0} msg/s)",
+            n as f64 / secs,
+            n as f64 / all
+        );
         return;
     }
     if partitions > 0 {
