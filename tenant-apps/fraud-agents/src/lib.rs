@@ -32,7 +32,7 @@ pub struct Alert<'a> {
 }
 
 impl Alert<'_> {
-    pub fn output(&self) -> mysimbdp_sdk::Output {
+    pub fn output(&self) -> Result<mysimbdp_sdk::Output, String> {
         mysimbdp_sdk::Output::json(ALERTS, Some(format!("{}:{}", self.agent, self.transaction_id)), self)
     }
 }

@@ -52,7 +52,7 @@ fn clean(event: &Value) -> Result<Option<Output>, String> {
         "order_status": text("order_status"),
         "created_at": created_at,
     });
-    Ok(Some(Output::json(CLEAN, Some(order_id.to_string()), &order)))
+    Output::json(CLEAN, Some(order_id.to_string()), &order).map(Some)
 }
 
 /// A `timestamp` as Debezium writes it (microseconds since the epoch), or a `timestamptz` (ISO

@@ -33,13 +33,11 @@ pub struct Output {
 }
 
 impl Output {
-    /// A record whose value is `value` as JSON.
-    pub fn json(topic: &str, key: Option<String>, value: &impl serde::Serialize) -> Self {
-        Output {
-            topic: topic.to_owned(),
-            key: key.map(String::into_bytes),
-            value: serde_json::to_vec(value).expect("a value serialises"),
-        }
+    /// A record whose value is `value` as JSON; `Err` names what cannot be JSON (a map whose keys
+    /// are not text, a failing `Serialize`), so a transform can reject the message with `?`.
+    pub fn json(topic: &str, key: Option<String>, value: &impl serde::Serialize) -> Result<Self, String> {
+        let value = serde_json::to_vec(value).map_err(|e| format!("the record for {topic} cannot be JSON: {e}"))?;
+        Ok(Output { topic: topic.to_owned(), key: key.map(String::into_bytes), value })
     }
 }
 
@@ -207,4 +205,21 @@ fn settle(
         window.record(bytes, at.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Output;
+
+    #[test]
+    fn a_value_that_cannot_be_json_is_an_error_naming_the_topic_not_a_panic() {
+        let out = Output::json("clean", Some("7".into()), &serde_json::json!({"id": 7})).unwrap();
+        assert_eq!(
+            (out.topic.as_str(), out.key.as_deref(), out.value.as_slice()),
+            ("clean", Some(&b"7"[..]), &br#"{"id":7}"#[..])
+        );
+        let keyed_by_pairs = std::collections::BTreeMap::from([((1, 2), "x")]);
+        let err = Output::json("clean", None, &keyed_by_pairs).unwrap_err();
+        assert!(err.starts_with("the record for clean cannot be JSON: key must be a string"), "{err}");
+    }
 }

@@ -15,8 +15,7 @@ fn main() -> ExitCode {
             return Ok(Vec::new());
         }
         let reason = format!("amount {:.2} is at or over {LIMIT:.0}", t.amount);
-        Ok(vec![
-            Alert { agent: AGENT, transaction_id: t.id, account_id: t.account_id, amount: t.amount, reason }.output()
-        ])
+        Ok(vec![Alert { agent: AGENT, transaction_id: t.id, account_id: t.account_id, amount: t.amount, reason }
+            .output()?])
     })
 }

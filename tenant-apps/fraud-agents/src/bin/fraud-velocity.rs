@@ -25,8 +25,7 @@ fn main() -> ExitCode {
             return Ok(Vec::new());
         }
         let reason = format!("{} transactions of account {} within {}s", times.len(), t.account_id, WINDOW_MS / 1000);
-        Ok(vec![
-            Alert { agent: AGENT, transaction_id: t.id, account_id: t.account_id, amount: t.amount, reason }.output()
-        ])
+        Ok(vec![Alert { agent: AGENT, transaction_id: t.id, account_id: t.account_id, amount: t.amount, reason }
+            .output()?])
     })
 }
