@@ -226,6 +226,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 // partition's start (a seek back's batch) is not taken at all.
                 let again = sink.parts[part].taken.is_some_and(|t| offset <= t);
                 if !again && resume.check(&consumer, "parquet-lake", topic, partition, offset) == Verdict::Take {
+                    if sink.parts[part].taken.is_none() {
+                        // Where each partition goes on from (after a crash: past its last whole flush).
+                        eprintln!("parquet-lake: {topic}/{partition}: taking from offset {offset}");
+                    }
                     sink.parts[part].taken = Some(offset);
                     sink.take(part, &m, &writer)?;
                 }
