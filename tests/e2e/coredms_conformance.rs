@@ -91,3 +91,35 @@ async fn mongodb_backend_conforms_when_reachable() {
         Err(_) => eprintln!("SKIPPED: MongoDB coredms conformance (MYSIMBDP_TEST_MONGODB_URL is not set; no MongoDB server is installable here)"),
     }
 }
+
+/// A tenant's login is provisioned again and given its agreement's limits from several places at once
+/// when the platform starts (the tenant manager, each declared connector's instance). Each must
+/// succeed: PostgreSQL refuses two concurrent changes of one role with "tuple concurrently updated".
+#[tokio::test(flavor = "multi_thread")]
+async fn one_tenant_provisioned_and_limited_from_many_places_at_once_never_fails() {
+    let p = TestPlatform::new(&[]).await;
+    let provisioner = std::sync::Arc::new(Provisioner::connect(&pg_url()).await.expect("connect coredms admin"));
+    let tenant = p.tenant(&unique("race"));
+    let limits = mysimbdp::agreement::CoreDmsAgreement::default();
+    // The login exists before it is limited (the tenant manager provisions, then limits).
+    provisioner.provision(&p.db, &tenant).await.expect("provision");
+    for round in 0..5 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let (provisioner, db, tenant, limits) = (provisioner.clone(), p.db.clone(), tenant.clone(), limits.clone());
+            tasks.spawn(async move {
+                let outcome = if i % 2 == 0 {
+                    provisioner.provision(&db, &tenant).await.map(drop)
+                } else {
+                    provisioner.limit(&tenant, &limits).await
+                };
+                outcome.map_err(|e| format!("round {round}, task {i}: {e}"))
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap().unwrap();
+        }
+    }
+    provisioner.drop_tenant(&tenant).await.unwrap();
+    p.cleanup().await;
+}

@@ -2,8 +2,9 @@
 //! from PUBLIC so no other tenant's role can open it. Collections are tables
 //! `(_id text primary key, doc jsonb not null, ingested_at timestamptz)` the apps create.
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres};
 
 use super::CoreDmsError;
 use crate::agreement::CoreDmsAgreement;
@@ -38,17 +39,9 @@ impl Provisioner {
     }
 
     pub async fn provision(&self, creds: &Credentials) -> Result<(), CoreDmsError> {
-        // Role and grant changes of one tenant from two places at once fail with "tuple concurrently
-        // updated"; a session lock per tenant serialises provisioners, in this process or another.
-        let mut conn = self.admin.acquire().await.map_err(pg)?;
-        let key = format!("mysimbdp-provision/{}", creds.database);
-        sqlx::query!("select pg_advisory_lock(hashtextextended($1, 0))", key).execute(&mut *conn).await.map_err(pg)?;
+        let mut conn = self.lock(&creds.database).await?;
         let result = provision_locked(&mut conn, creds).await;
-        let unlocked =
-            sqlx::query!("select pg_advisory_unlock(hashtextextended($1, 0))", key).fetch_one(&mut *conn).await;
-        result?;
-        unlocked.map_err(pg)?;
-        Ok(())
+        unlock(conn, &creds.database, result).await
     }
 
     /// The agreement's share of the server for the tenant's login: a connection limit enforced by
@@ -64,10 +57,27 @@ impl Provisioner {
                 ms(limits.idle_in_transaction_timeout)
             ),
         ];
+        // The tenant's login and database share its name.
+        let mut conn = self.lock(role).await?;
+        let mut result = Ok(());
         for sql in statements {
-            sqlx::query(&sql).execute(&self.admin).await.map_err(pg)?;
+            result = sqlx::query(&sql).execute(&mut *conn).await.map(drop).map_err(pg);
+            if result.is_err() {
+                break;
+            }
         }
-        Ok(())
+        unlock(conn, role, result).await
+    }
+
+    /// A connection holding the tenant's session lock. Role and grant changes of one tenant from two
+    /// places at once fail with "tuple concurrently updated" (the tenant manager provisions and
+    /// limits while each of the tenant's starting instances provisions), so every change of a
+    /// tenant's login and database is made under this lock, in this process or another.
+    async fn lock(&self, tenant: &str) -> Result<PoolConnection<Postgres>, CoreDmsError> {
+        let mut conn = self.admin.acquire().await.map_err(pg)?;
+        let key = format!("mysimbdp-provision/{tenant}");
+        sqlx::query!("select pg_advisory_lock(hashtextextended($1, 0))", key).execute(&mut *conn).await.map_err(pg)?;
+        Ok(conn)
     }
 
     /// The timeouts are only defaults a session may change for itself (`SET statement_timeout = 0`);
@@ -106,6 +116,19 @@ impl Provisioner {
         sqlx::query(&format!("drop role if exists {n}")).execute(&self.admin).await.map_err(pg)?;
         Ok(())
     }
+}
+
+/// Releases `lock`'s lock; `result`, the locked work's outcome, comes first.
+async fn unlock(
+    mut conn: PoolConnection<Postgres>,
+    tenant: &str,
+    result: Result<(), CoreDmsError>,
+) -> Result<(), CoreDmsError> {
+    let key = format!("mysimbdp-provision/{tenant}");
+    let unlocked = sqlx::query!("select pg_advisory_unlock(hashtextextended($1, 0))", key).fetch_one(&mut *conn).await;
+    result?;
+    unlocked.map_err(pg)?;
+    Ok(())
 }
 
 /// Runs `create` unless `exists` (a query taking `name`) says the object is there; a concurrent
