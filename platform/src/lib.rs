@@ -271,6 +271,10 @@ impl Platform {
     async fn start_stream(&self) -> anyhow::Result<Role> {
         let brokers = self.config.kafka_brokers.clone().expect("checked at build");
         let uid_base = self.config.sandbox.as_ref().map_or(runtime::sandbox::DEFAULT_UID_BASE, |s| s.uid_base);
+        // The gateway outlives the stream manager: instances told to stop still write their last
+        // records and commits through it (cut at shutdown, a lake sink's last commit waited for a
+        // broker that was gone until the grace period killed it).
+        let gateway_stop = CancellationToken::new();
         // Confined programs reach the broker only through the gateway, which keeps each tenant to its
         // own topics and groups; unconfined ones (`--sandbox off`) run as the platform's own user,
         // which no gateway can tell apart, and are given the broker itself.
@@ -279,7 +283,7 @@ impl Platform {
                 anyhow::anyhow!("broker isolation: {e} (run with --sandbox off to start without isolation)")
             })?;
             let gateway =
-                messaging::gateway::start(self.db.clone(), brokers.clone(), self.shutdown.clone()).await?.address;
+                messaging::gateway::start(self.db.clone(), brokers.clone(), gateway_stop.clone()).await?.address;
             // For operators and the benchmark: where tenants' programs reach the broker.
             std::fs::write(self.config.data_dir.join("broker-gateway.addr"), &gateway)?;
             gateway
@@ -303,7 +307,13 @@ impl Platform {
             },
             secrets_key: self.secrets_key.clone(),
         };
-        Ok(role("stream", self.shutdown.clone(), Box::pin(stream::run(ctx, self.shutdown.clone()))))
+        let shutdown = self.shutdown.clone();
+        let managed = async move {
+            let result = stream::run(ctx, shutdown).await;
+            gateway_stop.cancel();
+            result
+        };
+        Ok(role("stream", self.shutdown.clone(), Box::pin(managed)))
     }
 }
 

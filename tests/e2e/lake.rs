@@ -583,3 +583,35 @@ async fn a_lake_stops_at_its_max_size_and_says_so() {
     assert!(held > 0 && held <= 4096, "the lake holds {held} bytes");
     p.cleanup().await;
 }
+
+/// When the platform stops, a sink still has rows gathered for its next flush: told to stop, it
+/// writes them and commits through the broker gateway, which must still be there (it was cut at once,
+/// so the sink's last commit waited for a broker that was gone until the grace period killed it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_platform_stopping_lets_its_lake_sink_write_its_last_rows_commit_and_exit() {
+    let shop = unique("shop");
+    let slow = "  - {name: lake, kind: parquet_lake, topics: [readings], date_field: at, flush_interval: 60s}\n";
+    let mut p = TestPlatform::new(&[(&shop, with_sinks(&shop, slow))]).await;
+    p.start().await;
+    let (http, token) = (p.http(), p.token(Some(&shop)));
+    let topic = format!("{shop}.readings");
+    crate::stream::wait_topic(&topic).await;
+    produce_keyed(&topic, 0..200).await;
+    let mut sink = Value::Null;
+    eventually(Duration::from_secs(60), "the sink to take the first readings", async || {
+        sink = crate::stream::instances_of(&p, &token, &shop, "sink:lake").await.pop().unwrap_or_default();
+        let Some(id) = sink["id"].as_str() else { return false };
+        http.get(&format!("/v1/tenants/{shop}/instances/{id}/log"), &token).await.text().contains("taking from offset")
+    })
+    .await;
+    assert!(lake_ids(&p, &shop, "readings").is_empty(), "nothing flushed yet: the flush interval is a minute");
+
+    p.stop().await;
+    let id = sink["id"].as_str().unwrap();
+    let log = std::fs::read_to_string(p.data_dir.join("instances").join(&shop).join(id).join("log")).unwrap();
+    assert!(log.trim_end().ends_with("parquet-lake: stopping"), "the sink ended its run itself:\n{log}");
+    assert_eq!(lake_ids(&p, &shop, "readings"), (0..200).collect::<Vec<_>>(), "its last rows written");
+    let group = format!("{shop}.sink:lake");
+    assert!(tokio::task::spawn_blocking(move || caught_up(&group, &topic, 2)).await.unwrap(), "its last commit made");
+    p.cleanup().await;
+}
