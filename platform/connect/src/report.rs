@@ -58,12 +58,8 @@ impl Reporter {
         Ok(Some(Reporter { window }))
     }
 
-    /// One message the broker acknowledged: its size and how long it took from its source.
-    pub fn record(&self, bytes: usize, ms: f64) {
-        self.window.lock().expect("window lock").record(bytes as u64, ms.max(0.0));
-    }
-
-    /// Many messages at once: `(size, ms)` each, as for `record`.
+    /// Messages the broker acknowledged: the size of each and how long it took from its source
+    /// (ms), counted under one lock.
     pub fn record_all(&self, messages: impl IntoIterator<Item = (usize, f64)>) {
         let mut w = self.window.lock().expect("window lock");
         messages.into_iter().for_each(|(bytes, ms)| w.record(bytes as u64, ms.max(0.0)));

@@ -124,9 +124,7 @@ fn send(publisher: &Publisher, reporter: &Option<Reporter>, batch: &[Outgoing]) 
     publisher.send_all(batch)?;
     if let Some(r) = reporter {
         let now = now_ms();
-        for m in batch {
-            r.record(m.value.as_ref().map_or(0, Vec::len), (now - m.at_ms) as f64);
-        }
+        r.record_all(batch.iter().map(|m| (m.value.as_ref().map_or(0, Vec::len), (now - m.at_ms) as f64)));
     }
     Ok(())
 }

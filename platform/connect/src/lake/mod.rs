@@ -12,7 +12,7 @@ mod fast;
 pub mod files;
 mod writer;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 use crate::process::{now_ms, stop_on_sigterm, terminating, var};
 use crate::publish::{Outgoing, Publisher};
 use crate::report::Reporter;
-use columns::{Cell, Columns, Rows};
+use columns::Columns;
 use mysimbdp_contract::env as contract;
 use mysimbdp_sdk::resume::{Resume, Verdict};
 use writer::{Chunk, Flush, Raw, Writer};
@@ -472,37 +472,6 @@ impl Origin<'_> {
             ],
         }
     }
-}
-
-/// Reads one message into its date's rows: straight into its cells for most (`fast`), the ordinary
-/// way for the rest, which also names what is wrong. `cells` is scratch space kept between calls.
-fn read_row(
-    columns: &Columns,
-    date_field: Option<&str>,
-    payload: &[u8],
-    at_ms: i64,
-    dates: &mut BTreeMap<i32, Rows>,
-    cells: &mut Vec<Cell<'static>>,
-) -> Result<(), String> {
-    let mut row = fast::recycle(std::mem::take(cells));
-    let fast = fast::row(payload, &columns.0, date_field, &mut row);
-    let us = match (date_field, fast) {
-        (_, None) => None,
-        (None, Some(_)) => Some(at_ms.saturating_mul(1000)),
-        (Some(_), Some(us)) => us,
-    };
-    if let Some(us) = us {
-        let days = us.div_euclid(86_400_000_000) as i32;
-        dates.entry(days).or_insert_with(|| Rows::new(columns)).push_cells(row.drain(..));
-    }
-    *cells = fast::recycle(row);
-    if us.is_some() {
-        return Ok(());
-    }
-    let object =
-        serde_json::from_slice::<Map<String, Value>>(payload).map_err(|e| format!("not a JSON object: {e}"))?;
-    let days = day_of(&object, date_field, at_ms)?;
-    dates.entry(days).or_insert_with(|| Rows::new(columns)).push(columns, &object)
 }
 
 /// The day (since the epoch, UTC) a row belongs to: its date field's, or its message's.

@@ -18,9 +18,10 @@ use std::thread::JoinHandle;
 
 use anyhow::{bail, Context};
 use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{Map, Value};
 
-use super::columns::{Cell, Columns};
-use super::{files, read_row, Origin};
+use super::columns::{Cell, Columns, Rows};
+use super::{day_of, fast, files, Origin};
 use crate::process::now_ms;
 use crate::publish::{Outgoing, Publisher};
 use crate::report::Reporter;
@@ -94,9 +95,9 @@ enum Job {
 }
 
 pub(super) struct Writer {
-    jobs: Option<SyncSender<Job>>,
+    jobs: SyncSender<Job>,
     written: Receiver<anyhow::Result<TopicPartitionList>>,
-    thread: Option<JoinHandle<()>>,
+    thread: JoinHandle<()>,
 }
 
 /// What the writer thread keeps.
@@ -163,7 +164,7 @@ impl Writer {
                 }
             })
             .expect("starting the lake writer thread");
-        Writer { jobs: Some(jobs), written, thread: Some(thread) }
+        Writer { jobs, written, thread }
     }
 
     /// Hands messages over to be read into rows (waiting while many wait already).
@@ -177,8 +178,7 @@ impl Writer {
     }
 
     fn send(&self, job: Job) -> anyhow::Result<()> {
-        let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
-        if !sent {
+        if self.jobs.send(job).is_err() {
             // The writer stopped: its error says why.
             self.written()?;
             bail!("the lake writer stopped");
@@ -200,20 +200,24 @@ impl Writer {
     }
 
     /// Waits until every flush asked for is written; their offsets, to commit.
-    pub fn finish(mut self) -> anyhow::Result<Vec<TopicPartitionList>> {
-        drop(self.jobs.take());
-        if let Some(thread) = self.thread.take() {
-            thread.join().map_err(|_| anyhow::anyhow!("the lake writer panicked"))?;
-        }
-        self.written.try_iter().collect()
+    pub fn finish(self) -> anyhow::Result<Vec<TopicPartitionList>> {
+        let Writer { jobs, written, thread } = self;
+        drop(jobs);
+        thread.join().map_err(|_| anyhow::anyhow!("the lake writer panicked"))?;
+        written.try_iter().collect()
     }
 }
 
 impl State {
+    /// Where a partition's rows since its last flush are kept, if it has any.
+    fn gathered(&self, topic: &str, partition: i32) -> Option<usize> {
+        self.gathered.iter().position(|g| g.partition == partition && g.topic == topic)
+    }
+
     /// Reads a chunk's messages into rows and writes them into their dates' files.
     fn read(&mut self, chunk: Chunk) -> anyhow::Result<()> {
         let Some(first) = chunk.raw.messages.first().map(|m| m.offset) else { return Ok(()) };
-        let i = match self.gathered.iter().position(|g| g.partition == chunk.partition && g.topic == chunk.topic) {
+        let i = match self.gathered(&chunk.topic, chunk.partition) {
             Some(i) => i,
             None => {
                 let (topic, partition) = (chunk.topic.clone(), chunk.partition);
@@ -261,11 +265,8 @@ impl State {
         let mut commit = TopicPartitionList::new();
         let now = now_ms();
         for p in flush.partitions {
-            let gathered = match self.gathered.iter().position(|g| g.partition == p.partition && g.topic == p.topic) {
-                Some(i) => Some(self.gathered.swap_remove(i)),
-                // Only tombstones and dead letters since the last flush.
-                None => None,
-            };
+            // None: only tombstones and dead letters since the last flush.
+            let gathered = self.gathered(&p.topic, p.partition).map(|i| self.gathered.swap_remove(i));
             let (open, written) = gathered.map(|g| (g.files.into_values().collect(), g.written)).unwrap_or_default();
             let room = self.max_bytes.saturating_sub(self.used);
             match files::finish_flush(&p.name, p.partition, p.offsets, open, room)? {
@@ -286,4 +287,35 @@ impl State {
         }
         Ok(commit)
     }
+}
+
+/// Reads one message into its date's rows: straight into its cells for most (`fast`), the ordinary
+/// way for the rest, which also names what is wrong. `cells` is scratch space kept between calls.
+fn read_row(
+    columns: &Columns,
+    date_field: Option<&str>,
+    payload: &[u8],
+    at_ms: i64,
+    dates: &mut BTreeMap<i32, Rows>,
+    cells: &mut Vec<Cell<'static>>,
+) -> Result<(), String> {
+    let mut row = fast::recycle(std::mem::take(cells));
+    let fast = fast::row(payload, &columns.0, date_field, &mut row);
+    let us = match (date_field, fast) {
+        (_, None) => None,
+        (None, Some(_)) => Some(at_ms.saturating_mul(1000)),
+        (Some(_), Some(us)) => us,
+    };
+    if let Some(us) = us {
+        let days = us.div_euclid(86_400_000_000) as i32;
+        dates.entry(days).or_insert_with(|| Rows::new(columns)).push_cells(row.drain(..));
+    }
+    *cells = fast::recycle(row);
+    if us.is_some() {
+        return Ok(());
+    }
+    let object =
+        serde_json::from_slice::<Map<String, Value>>(payload).map_err(|e| format!("not a JSON object: {e}"))?;
+    let days = day_of(&object, date_field, at_ms)?;
+    dates.entry(days).or_insert_with(|| Rows::new(columns)).push(columns, &object)
 }
