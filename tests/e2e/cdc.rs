@@ -84,19 +84,15 @@ impl Drop for SourceDb {
 
 async fn remove_source_db(name: &str, login: &str) {
     let mut admin = connect_admin(&pg_url()).await;
-    // Sessions still using a slot (a connector of a failed test) end first.
-    let slots = "select pg_terminate_backend(active_pid) from pg_replication_slots where database = $1 and active_pid is not null";
-    sqlx::query(slots).bind(name).execute(&mut admin).await.unwrap();
-    let active = "select count(*) from pg_replication_slots where database = $1 and active_pid is not null";
-    eventually(Duration::from_secs(10), "the slots' sessions to end", async || {
-        sqlx::query_scalar::<_, i64>(active).bind(name).fetch_one(&mut admin).await.unwrap() == 0
+    // Sessions still using a slot (a connector of a failed test, or one a platform restarts and
+    // which comes back between the two steps) end, and then the slots go; again until both hold.
+    let end = "select pg_terminate_backend(active_pid) from pg_replication_slots where database = $1 and active_pid is not null";
+    let drop = "select pg_drop_replication_slot(slot_name) from pg_replication_slots where database = $1";
+    eventually(Duration::from_secs(10), "the slots to be dropped", async || {
+        sqlx::query(end).bind(name).execute(&mut admin).await.unwrap();
+        sqlx::query(drop).bind(name).execute(&mut admin).await.is_ok()
     })
     .await;
-    sqlx::query("select pg_drop_replication_slot(slot_name) from pg_replication_slots where database = $1")
-        .bind(name)
-        .execute(&mut admin)
-        .await
-        .unwrap();
     sqlx::raw_sql(&format!("drop database if exists {name} with (force)")).execute(&mut admin).await.unwrap();
     sqlx::raw_sql(&format!("drop role if exists {login}")).execute(&mut admin).await.unwrap();
 }
